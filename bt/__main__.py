@@ -1,0 +1,5 @@
+import sys
+
+from bt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""Every fixed guest address ring1 uses, and why it has its value.
+
+One module, so that the runtime, the patch manager and the static patcher agree
+(Firecracker's `arch::layout` is the model). It lives in `bt`, the lowest layer,
+because both `patchmgr` (static patching writes the patch segment) and `runtime`
+need it and neither may import the other's private knowledge.
+
+Physical memory seen by the guest
+---------------------------------
+Guest RAM starts at 0 and is `RAM_DEFAULT` bytes unless the user asks for more.
+Multiboot kernels load at 1 MiB and allocate upward from their `end` symbol, so
+nothing of the VMM's may sit in low memory.
+
+The VMM area
+------------
+The top 4 MiB of the 32-bit address space, 0xFFC00000-0xFFFFFFFF, belongs to the
+VMM, as VMware kept its monitor in the top 4 MiB of every guest address space and
+VirtualBox kept its hypervisor area at a fixed guest-virtual address. It is mapped
+identically (linear == physical). When the guest turns paging on, the VMM puts one
+page-directory entry (index 1023) pointing at its own page table (`VMM_PT`) into the
+guest's page directory, with U/S = 0: guest ring 1 can reach the area (patch code
+must run and the state block must be written without exiting), guest ring 3
+cannot. The one exception is `VMM_USER_PAGE`, mapped U/S = 1 read-only, because a
+transition from guest ring 3 to ring 1 goes through a call gate whose far CALL
+instruction has to be fetched at CPL 3 (see runtime/ for the mechanism).
+
+A guest that maps something of its own in the top 4 MiB conflicts with the VMM; the
+runtime stops it with a clear diagnosis rather than silently corrupting either.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+KiB = 1024
+MiB = 1024 * KiB
+
+PAGE_SIZE = 4 * KiB
+
+#: Default guest RAM: enough for every sample and for a small real kernel's early boot.
+RAM_DEFAULT = 64 * MiB
+#: Where multiboot kernels are loaded; ring1 refuses segments below it only if they overlap BIOS areas.
+KERNEL_LOAD_MIN = 1 * MiB
+#: Multiboot information structure and the command line string the loader hands the kernel.
+#: Placed in conventional memory below 640 KiB where a real loader (GRUB) puts it too.
+MULTIBOOT_INFO = 0x9000
+MULTIBOOT_CMDLINE = 0x9800
+MULTIBOOT_MMAP = 0x9400
+
+#: The VMM area: top 4 MiB, one page-directory slot (index 1023).
+VMM_BASE = 0xFFC00000
+VMM_SIZE = 4 * MiB
+VMM_PDE_INDEX = VMM_BASE >> 22
+
+#: The real GDT the CPU uses: a shadow of the guest's GDT (same indexes, DPL 0
+#: descriptors compressed to DPL 1) followed by the VMM's own descriptors. 64 KiB
+#: holds all 8192 descriptors a GDT can have, so any guest GDT fits.
+VMM_GDT = VMM_BASE + 0x00000
+VMM_GDT_SIZE = 64 * KiB
+#: The VMM's own descriptors occupy the last slots of the shadow GDT, which guests
+#: almost never use (a guest GDT that reaches them is refused with a diagnosis).
+VMM_GDT_FIRST_SLOT = 8192 - 16
+
+#: The real IDT. Unicorn hands every exception to the VMM's interrupt hook and never
+#: reads this table, but the CPU state must hold a valid one, all gates not present.
+VMM_IDT = VMM_BASE + 0x10000
+VMM_IDT_SIZE = 256 * 8
+
+#: The real TSS: ss1:esp1 holds the guest's ss0:esp0 (compressed to RPL 1) so that a
+#: transition from guest ring 3 lands on the guest kernel stack in ring 1. Its I/O
+#: bitmap is all ones so that every port faults on hardware with IOPL 0.
+VMM_TSS = VMM_BASE + 0x11000
+VMM_TSS_SIZE = 104 + 8 * KiB + 1
+
+#: VMM code the guest's CPU runs: the IRETD that first enters ring 1, trampolines.
+VMM_CODE = VMM_BASE + 0x14000
+#: The one user-readable page (see module docstring): the ring 3 -> ring 1 trampoline.
+VMM_USER_PAGE = VMM_BASE + 0x15000
+
+#: The state block shared by the runtime and patch code (see `STATE_FIELDS`).
+STATE_BASE = VMM_BASE + 0x16000
+STATE_SIZE = PAGE_SIZE
+
+#: Stacks the VMM itself uses: ring 0 for the first IRETD into the guest, ring 1
+#: scratch for building frames. Guest stacks are the guest's own.
+VMM_STACK0_TOP = VMM_BASE + 0x18000
+VMM_STACK1_TOP = VMM_BASE + 0x1A000
+
+#: The page table that maps the VMM area when the guest enables paging.
+VMM_PT = VMM_BASE + 0x1A000
+
+#: Patch memory: patch blocks and hypercall stubs (2 MiB, as PATM had).
+PATCH_BASE = VMM_BASE + 2 * MiB
+PATCH_SIZE = 2 * MiB
+
+
+@dataclass(frozen=True)
+class StateField:
+    name: str
+    offset: int
+    size: int
+    why: str
+
+    @property
+    def address(self) -> int:
+        return STATE_BASE + self.offset
+
+
+#: The state block: the one truth about virtual CPU state that patch code reads and
+#: writes without exiting and the runtime reads and writes on every exit.
+STATE_FIELDS: tuple[StateField, ...] = (
+    StateField("vflags", 0x00, 4, "virtual EFLAGS.IF and IOPL; other flag bits are the real ones"),
+    StateField("pending", 0x04, 4,
+               "non-zero while an interrupt waits for virtual IF = 1: STI/POPF exit only then"),
+    StateField("cr0", 0x08, 4, "virtual CR0 (MOV r,CR0 and SMSW read it)"),
+    StateField("cr2", 0x0C, 4, "virtual CR2, the last page-fault address delivered to the guest"),
+    StateField("cr3", 0x10, 4, "virtual CR3"),
+    StateField("cr4", 0x14, 4, "virtual CR4"),
+    StateField("gdtr", 0x18, 6, "guest GDTR as SGDT stores it: limit (2 bytes) then base (4)"),
+    StateField("idtr", 0x20, 6, "guest IDTR as SIDT stores it"),
+    StateField("ldtr", 0x28, 2, "guest LDTR selector (SLDT)"),
+    StateField("tr", 0x2A, 2, "guest TR selector (STR)"),
+    StateField("in_patch", 0x2C, 4, "non-zero while patch code runs, for the runtime's address maps"),
+    StateField("scratch", 0x30, 16, "scratch words for patch code (saved registers)"),
+)
+
+_FIELDS = {f.name: f for f in STATE_FIELDS}
+
+
+def state(name: str) -> int:
+    """Guest address of a state-block field, e.g. `state("vflags")`."""
+    return _FIELDS[name].address
+
+
+def state_field(name: str) -> StateField:
+    return _FIELDS[name]
+
+
+def _check() -> None:
+    regions = sorted([
+        (VMM_GDT, VMM_GDT_SIZE, "gdt"), (VMM_IDT, VMM_IDT_SIZE, "idt"), (VMM_TSS, VMM_TSS_SIZE, "tss"),
+        (VMM_CODE, PAGE_SIZE, "code"), (VMM_USER_PAGE, PAGE_SIZE, "user page"),
+        (STATE_BASE, STATE_SIZE, "state"), (VMM_STACK0_TOP - 2 * PAGE_SIZE, 2 * PAGE_SIZE, "stack0"),
+        (VMM_STACK1_TOP - 2 * PAGE_SIZE, 2 * PAGE_SIZE, "stack1"), (VMM_PT, PAGE_SIZE, "pt"),
+        (PATCH_BASE, PATCH_SIZE, "patch"),
+    ])
+    for (a, n, x), (b, _, y) in itertools.pairwise(regions):
+        assert a + n <= b, f"layout overlap: {x} and {y}"
+    assert regions[-1][0] + regions[-1][1] <= VMM_BASE + VMM_SIZE
+    end = 0
+    for f in STATE_FIELDS:
+        assert f.offset >= end, f"state field {f.name} overlaps"
+        end = f.offset + f.size
+    assert end <= STATE_SIZE
+
+
+_check()

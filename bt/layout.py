@@ -42,11 +42,13 @@ PAGE_SIZE = 4 * KiB
 RAM_DEFAULT = 64 * MiB
 #: Where multiboot kernels are loaded; ring1 refuses segments below it only if they overlap BIOS areas.
 KERNEL_LOAD_MIN = 1 * MiB
-#: Multiboot information structure and the command line string the loader hands the kernel.
-#: Placed in conventional memory below 640 KiB where a real loader (GRUB) puts it too.
-MULTIBOOT_INFO = 0x9000
-MULTIBOOT_CMDLINE = 0x9800
-MULTIBOOT_MMAP = 0x9400
+#: Multiboot information structure and its memory map, in conventional memory below
+#: 640 KiB, at the addresses QEMU's -kernel loader uses (hw/i386/multiboot.c: the e820
+#: map at 0x9000, the info structure at 0x9000 + 0x500), so a guest that prints EBX or
+#: mmap_addr prints what it prints under QEMU. The command line and the boot loader
+#: name go after the kernel image (page-aligned end), also as QEMU does: runtime/boot.py.
+MULTIBOOT_MMAP = 0x9000
+MULTIBOOT_INFO = 0x9500
 
 #: The VMM area: top 4 MiB, one page-directory slot (index 1023).
 VMM_BASE = 0xFFC00000

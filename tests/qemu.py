@@ -71,6 +71,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("hello", "mode=test greeting=hi"),
     Sample("irqsave", "iters=20000"),
     Sample("irqsave-pv", "iters=20000"),
+    Sample("timer", ""),
 )
 
 SAMPLES_BY_NAME = {s.name: s for s in SAMPLES}

@@ -88,6 +88,8 @@ STATE_SIZE = PAGE_SIZE
 #: scratch for building frames. Guest stacks are the guest's own.
 VMM_STACK0_TOP = VMM_BASE + 0x18000
 VMM_STACK1_TOP = VMM_BASE + 0x1A000
+#: One page each: the state block sits right below stack 0, so two pages would overlap it.
+VMM_STACK_SIZE = PAGE_SIZE
 
 #: The page table that maps the VMM area when the guest enables paging.
 VMM_PT = VMM_BASE + 0x1A000
@@ -125,6 +127,10 @@ STATE_FIELDS: tuple[StateField, ...] = (
     StateField("tr", 0x2A, 2, "guest TR selector (STR)"),
     StateField("in_patch", 0x2C, 4, "non-zero while patch code runs, for the runtime's address maps"),
     StateField("scratch", 0x30, 16, "scratch words for patch code (saved registers)"),
+    StateField("saved_esp", 0x40, 4,
+               "guest ESP while patch code saves EFLAGS on its private stack (never below the guest's ESP)"),
+    StateField("pstack", 0x44, 28, "patch code's private stack: room for the EFLAGS pushes of one bracket"),
+    StateField("rule_data", 0x60, 96, "words patch rules (plugins too) own, e.g. a virtual TSC; patchmgr hands them out"),
 )
 
 _FIELDS = {f.name: f for f in STATE_FIELDS}
@@ -143,8 +149,8 @@ def _check() -> None:
     regions = sorted([
         (VMM_GDT, VMM_GDT_SIZE, "gdt"), (VMM_IDT, VMM_IDT_SIZE, "idt"), (VMM_TSS, VMM_TSS_SIZE, "tss"),
         (VMM_CODE, PAGE_SIZE, "code"), (VMM_USER_PAGE, PAGE_SIZE, "user page"),
-        (STATE_BASE, STATE_SIZE, "state"), (VMM_STACK0_TOP - 2 * PAGE_SIZE, 2 * PAGE_SIZE, "stack0"),
-        (VMM_STACK1_TOP - 2 * PAGE_SIZE, 2 * PAGE_SIZE, "stack1"), (VMM_PT, PAGE_SIZE, "pt"),
+        (STATE_BASE, STATE_SIZE, "state"), (VMM_STACK0_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE, "stack0"),
+        (VMM_STACK1_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE, "stack1"), (VMM_PT, PAGE_SIZE, "pt"),
         (PATCH_BASE, PATCH_SIZE, "patch"),
     ])
     for (a, n, x), (b, _, y) in itertools.pairwise(regions):

@@ -72,6 +72,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("irqsave", "iters=20000"),
     Sample("irqsave-pv", "iters=20000"),
     Sample("timer", ""),
+    Sample("zoo", ""),
 )
 
 SAMPLES_BY_NAME = {s.name: s for s in SAMPLES}

@@ -1,0 +1,43 @@
+"""How numbers read in the text and HTML reports (JSON keeps raw values)."""
+
+from __future__ import annotations
+
+#: Shown where a run did not measure a figure; never a made-up number.
+NOT_MEASURED = "not measured"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def reduction(r: float | None) -> str:
+    """Share of exits removed: "99.9%", "-12.0%" when a patched run exits more, "-" with no baseline."""
+    if r is None:
+        return "-"
+    pct = r * 100
+    # Never round a partial reduction up to 100%: "100%" must mean every exit is gone.
+    if 0 < r < 1 and pct > 99.9:
+        return ">99.9%"
+    return f"{pct:.1f}%"
+
+
+def seconds(s: float | None) -> str:
+    if s is None:
+        return NOT_MEASURED
+    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def micros(us: float | None) -> str:
+    return NOT_MEASURED if us is None else f"{us:.1f} µs"
+
+
+def factor(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def maybe_count(n: int | None) -> str:
+    return NOT_MEASURED if n is None else count(n)
+
+
+def address(a: int) -> str:
+    return f"{a:#010x}"

@@ -1,0 +1,70 @@
+"""The JSON report has exactly the fields docs/compare-json.md documents, with their types."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from report_fixtures import comparison, kernel_comparison, load_recorded, paths
+from runtime.report import jsonout
+from runtime.report.model import Comparison, compare_kernel
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "compare-json.md"
+
+
+def documented() -> dict[str, set[str]]:
+    fields = {}
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\| `([^`]+)` \| ([a-z ]+) \|", line)
+        if m:
+            fields[m.group(1)] = set(m.group(2).split(" or "))
+    return fields
+
+
+def _with_mismatch() -> Comparison:
+    kernel, runs = load_recorded("synthetic")
+    runs["dynamic"] = dataclasses.replace(runs["dynamic"], serial=b"something else\n", exit_status=3)
+    return Comparison((compare_kernel(kernel, runs),), comparison("synthetic").repro)
+
+
+def _outputs() -> list[dict]:
+    return [jsonout.to_json(comparison("synthetic")), jsonout.to_json(_with_mismatch())]
+
+
+def test_every_field_is_documented_with_its_type():
+    doc = documented()
+    for out in _outputs():
+        for path, types in paths(out).items():
+            assert path in doc, f"{path} is not documented in {DOC.name}"
+            if "any" not in doc[path]:
+                assert types <= doc[path], f"{path}: {types} not in documented {doc[path]}"
+
+
+def test_every_documented_field_is_produced():
+    seen: set[str] = set()
+    for out in _outputs():
+        seen |= set(paths(out))
+    missing = set(documented()) - seen
+    assert not missing, f"documented but never produced: {sorted(missing)}"
+
+
+def test_schema_version_and_round_trip():
+    text = jsonout.dumps(comparison("synthetic"))
+    data = json.loads(text)
+    assert data["schema"] == jsonout.SCHEMA == "ring1.compare/1"
+    assert data["ok"] is True
+
+
+def test_mismatch_is_reported_and_not_ok():
+    data = jsonout.to_json(_with_mismatch())
+    assert data["ok"] is False
+    whats = {m["what"] for m in data["kernels"][0]["mismatches"]}
+    assert whats == {"serial", "exit status"}
+
+
+def test_reduction_is_null_without_baseline_exits():
+    k = kernel_comparison("synthetic")
+    hypercall = next(r for r in k.by_kind if r.key == "hypercall")
+    assert hypercall.before == 0 and hypercall.reduction("dynamic") is None

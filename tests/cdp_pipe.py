@@ -49,7 +49,7 @@ class Browser:
         self._profile = tempfile.TemporaryDirectory(prefix="ring1-chromium-")
         # Chromium logs a lot (D-Bus is absent in containers); a file never fills up like a pipe.
         self.log_path = Path(self._profile.name) / "stderr.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in close()
+        self._log = open(self.log_path, "wb")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         # The child must see the pipes as fds 3 (commands in) and 4 (replies out). Copy both
@@ -61,7 +61,8 @@ class Browser:
             os.dup2(w, 4)
 
         self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={self._profile.name}", "--window-size=1200,900", "about:blank"],
+            [binary, *FLAGS, f"--user-data-dir={self._profile.name}", "--window-size=1200,900",
+             "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
             pass_fds=(3, 4), preexec_fn=_setup,
         )
@@ -116,7 +117,8 @@ class Browser:
         """Attach to the first page, enable what the checks need, load `url`; returns the session id."""
         targets = self.call("Target.getTargets")["targetInfos"]
         page = next(t for t in targets if t["type"] == "page")
-        session: str = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        attached = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)
+        session: str = attached["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session)
         self.call("Page.navigate", session, url=url)

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from cdp_pipe import Browser, find_chromium
 from report_fixtures import comparison
+
 from runtime.report import html
 
 CHROMIUM = find_chromium()
@@ -22,8 +22,12 @@ CHART_SIZES = """
 JSON.stringify([...document.querySelectorAll('svg.chart')].map(svg => {
   const box = svg.getBoundingClientRect();
   const marks = [...svg.querySelectorAll('rect.bar, g.tile rect')];
-  const drawn = marks.filter(m => { const b = m.getBoundingClientRect(); return b.width > 0 && b.height > 0; });
-  return {name: svg.dataset.chart, width: box.width, height: box.height, marks: marks.length, drawn: drawn.length};
+  const drawn = marks.filter(m => {
+    const b = m.getBoundingClientRect();
+    return b.width > 0 && b.height > 0;
+  });
+  return {name: svg.dataset.chart, width: box.width, height: box.height,
+          marks: marks.length, drawn: drawn.length};
 }))
 """
 

@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from report_fixtures import DATA, comparison
+
 from runtime.report import jsonout, text
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "compare"

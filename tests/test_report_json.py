@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from report_fixtures import comparison, kernel_comparison, load_recorded, paths
+
 from runtime.report import jsonout
 from runtime.report.model import Comparison, compare_kernel
 

@@ -1,14 +1,144 @@
-"""`bt compare`: run unpatched and patched and report what patching changed."""
+"""`bt compare`: run unpatched and patched and report what patching changed.
+
+Parses arguments, shows progress, and writes the three outputs; the runs, the
+model and the renderers live in `runtime.report`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from bt.cli._notyet import not_built
+from bt.errors import InputError, MismatchError, UsageError
+
+#: Options forwarded to every run, as `bt run` takes them (name in argparse -> RunConfig field).
+RUN_OPTIONS = ("cmdline", "hot", "max_insns")
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "compare", help="run unpatched and patched and report what patching changed")
-    p.set_defaults(handler=not_built("compare", 6))
+        "compare", help="run unpatched and patched and report what patching changed",
+        description="Run each KERNEL under trap-and-emulate and with patching (dynamic; with --static "
+                    "also the statically patched ELF), check that guest output and exit status match, "
+                    "and report exits by kind and class, hot sites, patches and timings.")
+    p.add_argument("kernels", nargs="+", metavar="KERNEL", help="kernel ELF(s) to compare")
+    p.add_argument("--static", action="store_true", help="also run the ELF patched by `bt patch`")
+    p.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                   help="runs in parallel (default: one per run, up to the number of CPUs)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON (ring1.compare/1)")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="hot sites to list (default 10)")
+    run = p.add_argument_group("run options (the same for every run)")
+    run.add_argument("--cmdline", default=None, help="kernel command line")
+    run.add_argument("--hot", type=int, default=None, metavar="N",
+                     help="patch a site after it trapped N times (dynamic patching)")
+    run.add_argument("--max-insns", type=int, default=None, metavar="N",
+                     help="stop a run after N guest instructions")
+    rec = p.add_argument_group("recorded runs")
+    rec.add_argument("--save-runs", type=Path, metavar="DIR",
+                     help="also save each kernel's measured runs to DIR/NAME.runs.json")
+    rec.add_argument("--replay", action="store_true",
+                     help="KERNEL arguments are files saved by --save-runs: render them without running")
+    p.set_defaults(handler=run_compare)
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    """The command line, rebuilt from the parsed options in a canonical order."""
+    out = ["compare", *args.kernels]
+    for flag in ("static", "replay"):
+        if getattr(args, flag):
+            out.append(f"--{flag}")
+    for name in ("jobs", "top", *RUN_OPTIONS, "json", "html", "save_runs"):
+        value = getattr(args, name)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    return out
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Any]:
+    """A live progress display on a terminal (stderr), one line per finished run otherwise."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    from runtime.report import fmt
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        def plain(task: Any, record: Any) -> None:
+            if record is not None:
+                print(f"bt compare: ran {Path(task.kernel).stem} {task.mode} "
+                      f"({fmt.seconds(record.timing.wall)}, {fmt.count(record.total_exits)} exits)",
+                      file=sys.stderr)
+        yield plain
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
+        overall = progress.add_task("runs", total=total)
+        running: set[str] = set()
+
+        def update(task: Any, record: Any) -> None:
+            name = f"{Path(task.kernel).stem} {task.mode}"
+            if record is None:
+                running.add(name)
+            else:
+                running.discard(name)
+                progress.advance(overall)
+                progress.console.print(f"[green]done[/] {name}: {fmt.seconds(record.timing.wall)}, "
+                                       f"{fmt.count(record.total_exits)} exits")
+            progress.update(overall, description="running " + (", ".join(sorted(running)) or "-"))
+        yield update
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from runtime.report import adapter, html, jsonout, runner, text
+
+    for flag in ("jobs", "top"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1")
+    command = _command(args)
+    if args.replay:
+        try:
+            comparison = runner.replay(args.kernels, command, top=args.top)
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"cannot replay recorded runs: {err}") from err
+    else:
+        reason = adapter.unavailable(static=args.static)
+        if reason:
+            print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)
+            return 2
+        options = runner.CompareOptions(
+            kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top,
+            run={k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None})
+        with _progress(len(options.kernels) * len(options.modes)) as progress:
+            comparison = runner.run_all(options, command, progress)
+        if args.save_runs:
+            runner.save_runs(comparison, args.save_runs)
+
+    if args.json:
+        _write(args.json, jsonout.dumps(comparison))
+    if args.html:
+        _write(args.html, html.render(comparison))
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        text.render(comparison, Console())
+    else:
+        sys.stdout.write(text.render_plain(comparison))
+    sys.stdout.flush()
+    if not comparison.ok:
+        bad = [k.name for k in comparison.kernels if not k.ok]
+        raise MismatchError(f"patched and unpatched runs disagree for {', '.join(bad)} "
+                            "(guest output or exit status differ; see MISMATCH above)")
+    return 0
+
+
+def _write(path: Path, content: str) -> None:
+    try:
+        path.write_text(content, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{path}: cannot write: {err.strerror}") from err

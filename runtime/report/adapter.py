@@ -1,0 +1,66 @@
+"""The one place the report reads the VMM and the patch manager.
+
+`run_once` runs a kernel in one mode (in a worker process) and turns what the run
+measured into a `RunRecord`: the VMM's `RunStats.to_dict()`, the guest's serial
+output and exit status, and the patch manager's patch table. When the runtime's
+statistics change, this module changes, and the model and renderers do not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from runtime.report.record import BASELINE, DYNAMIC, STATIC, Patch, RunRecord, Site, Timing
+
+
+def unavailable(static: bool) -> str | None:
+    """Why a comparison cannot run here (None: it can). Asked before any run starts, so
+    that `bt compare` says so in one line instead of reporting a comparison it did not make."""
+    if importlib.util.find_spec("runtime.vm") is None:
+        return "the VMM's run loop (runtime/vm.py) is not built yet"
+    return None
+
+
+def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exit_status: int | None,
+                      stop_reason: str, patches: Iterable[Patch], options: Mapping[str, Any],
+                      text_at: Mapping[int, str]) -> RunRecord:
+    """A `RunRecord` from `RunStats.to_dict()` and what the run loop returned.
+
+    `text_at` gives the disassembly of each site (the statistics only name its class)."""
+    sites = tuple(
+        Site(address=s["address"], cls=s.get("class") or "", text=text_at.get(s["address"], ""),
+             kind="", count=s["count"])
+        for s in stats["by_site"]
+    )
+    wall_ns = stats["wall_ns"]
+    vmm_ns = stats.get("vmm_ns")
+    return RunRecord(
+        mode=mode,
+        exit_status=exit_status,
+        stop_reason=stop_reason,
+        serial=serial,
+        exits_by_kind={k: n for k, n in stats["exits"].items() if n},
+        exits_by_class=dict(stats["by_class"]),
+        sites=sites,
+        patches=tuple(patches),
+        guest_instructions=stats.get("guest_insns"),
+        # Guest time is the run's wall time outside the VMM's exit handlers.
+        timing=Timing(wall=wall_ns / 1e9,
+                      guest=(wall_ns - vmm_ns) / 1e9 if vmm_ns is not None else None,
+                      vmm=vmm_ns / 1e9 if vmm_ns is not None else None),
+        options=dict(options),
+    )
+
+
+def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
+    """Run `kernel` in `mode` (unpatched, dynamic or static) with the run `options`."""
+    if mode not in (BASELINE, DYNAMIC, STATIC):
+        raise ValueError(f"unknown mode {mode!r}")
+    reason = unavailable(static=mode == STATIC)
+    if reason:
+        from bt.errors import UsageError
+
+        raise UsageError(f"cannot compare: {reason}")
+    raise NotImplementedError("wired to runtime.vm when it lands")

@@ -1,0 +1,117 @@
+"""Run each kernel in each mode, in parallel worker processes, and build the comparison.
+
+Runs are independent (each builds its own Unicorn machine from the kernel file), so
+they go to a `ProcessPoolExecutor`: Unicorn and the VMM's Python hooks hold the GIL,
+and processes are what lets several runs use several cores. Results come back as
+`RunRecord`s, which are plain frozen data and pickle cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.report import adapter
+from runtime.report.kernel import KernelInfo, load_kernel
+from runtime.report.model import TOP_SITES, Comparison, KernelComparison, compare_kernel
+from runtime.report.record import BASELINE, DYNAMIC, STATIC, RunRecord
+from runtime.report.repro import collect
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    kernels: tuple[str, ...]
+    static: bool = False
+    jobs: int | None = None  # None: one process per run, up to the machine's CPUs
+    top: int = TOP_SITES
+    #: Options every run gets (the same for the baseline and the patched runs), as `bt run` takes them.
+    run: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return (BASELINE, DYNAMIC, STATIC) if self.static else (BASELINE, DYNAMIC)
+
+
+@dataclass(frozen=True)
+class RunTask:
+    kernel: str
+    mode: str
+    run: Mapping[str, Any]
+
+
+#: Called as each run starts and ends: (task, record or None while it runs).
+Progress = Callable[[RunTask, "RunRecord | None"], None]
+
+
+def run_all(options: CompareOptions, command: Sequence[str], progress: Progress | None = None) -> Comparison:
+    """Run every kernel in every mode and compare. Raises the first run's Ring1Error."""
+    kernels = {path: load_kernel(path) for path in options.kernels}  # bad files fail before any run
+    tasks = [RunTask(path, mode, dict(options.run)) for path in options.kernels for mode in options.modes]
+    jobs = options.jobs or min(len(tasks), os.cpu_count() or 1)
+    records: dict[tuple[str, str], RunRecord] = {}
+    if jobs <= 1:
+        for task in tasks:
+            if progress:
+                progress(task, None)
+            records[(task.kernel, task.mode)] = adapter.run_once(task.kernel, task.mode, task.run)
+            if progress:
+                progress(task, records[(task.kernel, task.mode)])
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            pending: dict[Future[RunRecord], RunTask] = {}
+            for task in tasks:
+                pending[pool.submit(adapter.run_once, task.kernel, task.mode, task.run)] = task
+                if progress:
+                    progress(task, None)
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        task = pending.pop(future)
+                        records[(task.kernel, task.mode)] = future.result()
+                        if progress:
+                            progress(task, records[(task.kernel, task.mode)])
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+    compared = tuple(
+        compare_kernel(kernels[path], {m: records[(path, m)] for m in options.modes}, top=options.top)
+        for path in options.kernels
+    )
+    return Comparison(compared, collect(command, {"static": options.static, "top": options.top,
+                                                  **options.run}))
+
+
+# Recorded runs: one JSON file per kernel, {"kernel": KernelInfo, "runs": [RunRecord...]}.
+# `bt compare --save-runs DIR` writes them; `bt compare --replay FILE...` renders from them.
+
+def save_runs(comparison: Comparison, directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in comparison.kernels:
+        path = directory / f"{k.name}.runs.json"
+        data = {"kernel": k.kernel.to_json(), "runs": [k.runs[m].to_json() for m in k.modes]}
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        written.append(path)
+    return written
+
+
+def load_runs(path: str | Path) -> tuple[KernelInfo, dict[str, RunRecord]]:
+    data = json.loads(Path(path).read_text())
+    return KernelInfo.from_json(data["kernel"]), {r["mode"]: RunRecord.from_json(r) for r in data["runs"]}
+
+
+def replay(paths: Sequence[str], command: Sequence[str], top: int = TOP_SITES) -> Comparison:
+    compared: list[KernelComparison] = []
+    options: dict[str, Any] = {}
+    for p in paths:
+        kernel, runs = load_runs(p)
+        compared.append(compare_kernel(kernel, runs, top=top))
+        options = dict(runs[BASELINE].options) or options
+    return Comparison(tuple(compared), collect(command, {"replayed": True, **options}))

@@ -1,0 +1,61 @@
+"""`bt compare` end to end on recorded runs (--replay), and its exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from report_fixtures import DATA
+
+from runtime.report import adapter
+
+SYNTHETIC = str(DATA / "synthetic.json")
+
+
+def bt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bt", *args], capture_output=True, text=True)
+
+
+def test_replay_writes_text_json_and_html(tmp_path: Path):
+    proc = bt("compare", SYNTHETIC, "--replay", "--json", str(tmp_path / "r.json"),
+              "--html", str(tmp_path / "r.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Exits by kind" in proc.stdout and "Reproducibility" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # not a terminal: plain text
+    assert json.loads((tmp_path / "r.json").read_text())["schema"] == "ring1.compare/1"
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in page
+
+
+def test_mismatch_is_loud_and_exits_6(tmp_path: Path):
+    data = json.loads(Path(SYNTHETIC).read_text())
+    data["runs"][1]["serial"] = "hello from a different kernel\n"
+    bad = tmp_path / "bad.runs.json"
+    bad.write_text(json.dumps(data))
+    proc = bt("compare", str(bad), "--replay", "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 6
+    assert "MISMATCH" in proc.stdout
+    assert "disagree" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["ok"] is False
+
+
+def test_replay_of_a_bad_file_is_one_line_exit_2(tmp_path: Path):
+    (tmp_path / "x.json").write_text("{}")
+    proc = bt("compare", str(tmp_path / "x.json"), "--replay")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_says_so_when_it_cannot_run():
+    reason = adapter.unavailable(static=False)
+    if reason is None:
+        return  # the runtime is built: tests/test_report_samples.py runs real comparisons
+    proc = bt("compare", "samples/irqsave/irqsave.elf")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    line = f"bt compare: cannot compare unpatched and patched runs: {reason}"
+    assert proc.stderr.strip().splitlines() == [line]

@@ -1,0 +1,88 @@
+"""The comparison model and the chart geometry, on small hand-made records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from report_fixtures import kernel_comparison, load_recorded
+
+from runtime.report import fmt, svg
+from runtime.report.kernel import Function, KernelInfo
+from runtime.report.model import compare_kernel
+
+
+def test_counts_and_reductions():
+    k = kernel_comparison("synthetic")
+    assert k.modes == ("unpatched", "dynamic")
+    assert k.total.counts == {"unpatched": 40065, "dynamic": 71}
+    assert [r.key for r in k.by_kind] == ["trap", "io", "hypercall", "interrupt"]
+    trap = k.by_kind[0]
+    assert trap.reduction("dynamic") == pytest.approx(1 - 4 / 40000)
+    assert k.speedup("dynamic") == pytest.approx(1.2 / 0.05)
+
+
+def test_sites_are_merged_by_address_and_hottest_first():
+    k = kernel_comparison("synthetic")
+    sti = next(s for s in k.sites if s.address == 0x100050)
+    assert sti.counts == {"unpatched": 10000, "dynamic": 3}  # a hypercall and a trap exit, summed
+    assert sti.symbol == "main+0x10"
+    assert sti.patch == {"dynamic": "jump (refused)"}
+    assert k.sites[0].counts["unpatched"] >= k.sites[-1].counts["unpatched"]
+
+
+def test_functions_sum_their_sites():
+    k = kernel_comparison("synthetic")
+    irq_save = next(f for f in k.functions if f.name == "irq_save")
+    assert irq_save.counts == {"unpatched": 20000, "dynamic": 2}
+    assert sum(f.counts["unpatched"] for f in k.functions) == sum(
+        s.count for s in k.runs["unpatched"].sites)
+
+
+def test_top_limits_the_site_table_but_not_the_site_count():
+    kernel, runs = load_recorded("synthetic")
+    k = compare_kernel(kernel, runs, top=2)
+    assert len(k.sites) == 2 and k.site_count == 6
+
+
+def test_mismatch_names_the_first_differing_byte():
+    kernel, runs = load_recorded("synthetic")
+    runs["dynamic"] = dataclasses.replace(runs["dynamic"], serial=runs["unpatched"].serial[:5] + b"X")
+    k = compare_kernel(kernel, runs)
+    assert not k.ok
+    (mm,) = k.mismatches
+    assert mm.what == "serial" and mm.expected.startswith("byte 5 of 30")
+
+
+def test_baseline_is_required():
+    kernel, runs = load_recorded("synthetic")
+    del runs["unpatched"]
+    with pytest.raises(ValueError):
+        compare_kernel(kernel, runs)
+
+
+def test_symbols():
+    k = KernelInfo("k.elf", "0" * 64, (Function("a", 0x1000, 0x10), Function("label", 0x1010, 0),
+                                       Function("b", 0x1020, 0x10)))
+    assert k.describe(0x1004) == "a+0x4"
+    assert k.describe(0x1014) == "label+0x4"  # a zero-size symbol reaches the next one
+    assert k.describe(0x1030) == "0x1030"
+    assert k.describe(0x0fff) == "0xfff"
+
+
+def test_reduction_never_rounds_up_to_100_percent():
+    assert fmt.reduction(0.99999) == ">99.9%"
+    assert fmt.reduction(1.0) == "100.0%"
+    assert fmt.reduction(None) == "-"
+
+
+@pytest.mark.parametrize("weights", [[1], [5, 3, 2, 1, 1], [1000, 1, 1, 1], [7] * 9])
+def test_squarify_tiles_the_whole_rectangle(weights):
+    w, h = 760.0, 320.0
+    total = sum(weights)
+    areas = [x * w * h / total for x in weights]
+    rects = svg.squarify(areas, 0, 0, w, h)
+    assert len(rects) == len(areas)
+    for area, (x, y, rw, rh) in zip(areas, rects, strict=True):
+        assert rw * rh == pytest.approx(area)
+        assert -1e-6 <= x and x + rw <= w + 1e-6 and -1e-6 <= y and y + rh <= h + 1e-6

@@ -23,6 +23,27 @@ def unavailable(static: bool) -> str | None:
     return None
 
 
+def instruction_texts(kernel: str, addresses: Iterable[int]) -> dict[int, str]:
+    """The instruction at each address as the kernel file holds it ("" outside its
+    segments: code the guest copied or generated at run time)."""
+    import capstone
+
+    from bt import elf
+
+    image = elf.load(kernel)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32 if image.bits == 32 else capstone.CS_MODE_64)
+    out: dict[int, str] = {}
+    for address in addresses:
+        for seg in image.segments:
+            if seg.vaddr <= address < seg.vaddr + seg.filesz:
+                code = seg.data[address - seg.vaddr:address - seg.vaddr + 16]
+                insn = next(md.disasm(code, address, count=1), None)
+                if insn is not None:
+                    out[address] = f"{insn.mnemonic} {insn.op_str}".strip()
+                break
+    return out
+
+
 def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exit_status: int | None,
                       stop_reason: str, patches: Iterable[Patch], options: Mapping[str, Any],
                       text_at: Mapping[int, str]) -> RunRecord:

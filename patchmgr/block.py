@@ -1,0 +1,124 @@
+"""Building one patch block: translate the site, relocate the displaced instructions,
+return to the guest (PATM's patch-block recompiler, for one window).
+
+A block is a sequence of chunks, one per guest instruction of the window, each
+self-contained (its labels are its own), so a block can be entered at any chunk: the
+runtime does that when it resumes at a guest address inside a window (`resume_at`).
+After the chunks comes the tail. If some chunk may have set the virtual IF (STI, POPF)
+or exited in the middle of the block (the runtime never delivers an interrupt inside
+patch code, whose address the guest must not see), the tail checks the state block:
+virtual IF set and `pending` non-zero -> exit with nothing to emulate, resuming at the
+guest address after the window, where the runtime delivers the interrupt. Then it
+jumps back to the guest.
+
+Hypercalls are the `int3` instructions of a chunk; they are found by disassembling
+the chunk's own bytes, and matched in order with the chunk's `exits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+from bt import isa
+from bt.errors import PatchError
+from bt.operation import Operation
+from patchmgr.assembler import assemble
+from patchmgr.patch import Block, Chunk, ExitRecord
+from patchmgr.registry import RuleSet
+from patchmgr.relocate import CannotMove, relocate
+from patchmgr.rule import EmitContext
+
+if TYPE_CHECKING:
+    from capstone import CsInsn
+
+_cs = Cs(CS_ARCH_X86, CS_MODE_32)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One window instruction, ready to place: text or raw bytes, and what it needs."""
+
+    guest: int
+    asm: str
+    raw: bytes
+    exits: tuple[Operation, ...]
+    ends_window: bool
+    may_unmask: bool
+    rule: str | None
+
+
+def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext) -> Planned:
+    """How one guest instruction runs in a block; CannotMove if it can't."""
+    op = isa.decode(insn)
+    if op.cls is not None:
+        row = isa.by_name(op.cls)
+        rule = rules.rule_for(op)
+        if rule is not None:
+            code = rule.emit(op, ctx)
+            if code is None:
+                raise CannotMove(f"{op.text}: only as a one-byte INT3 replacement")
+            return Planned(insn.address, code.asm, b"", code.exits, code.ends_window, code.may_unmask,
+                           rule.name)
+        if row.handling is not isa.Handling.NONE:
+            raise CannotMove(f"{op.text}: class {op.cls} has no enabled rule and must trap in place")
+    moved = relocate(insn, f"R{insn.address:x}")
+    return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None)
+
+
+def _int3s(code: bytes, address: int) -> list[int]:
+    return [i.address for i in _cs.disasm(code, address) if i.bytes == b"\xcc"]
+
+
+def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: EmitContext) -> Block:
+    """Assemble `items` (guest window [start, end)) as a block at `address`."""
+    for it in items[:-1]:
+        if it.ends_window:
+            raise CannotMove(f"instruction at {it.guest:#x} must end its window")
+    code = bytearray()
+    chunks: list[Chunk] = []
+    exits: list[tuple[int, ExitRecord]] = []
+    mid_exit = False
+    for n, it in enumerate(items):
+        here = address + len(code)
+        part = it.raw if it.raw else assemble(it.asm, here)
+        chunks.append(Chunk(here, it.guest, it.rule))
+        found = _int3s(part, here) if it.exits else []
+        if len(found) != len(it.exits):
+            raise PatchError(f"rule {it.rule} emitted {len(found)} int3 for {len(it.exits)} exits "
+                             f"at guest {it.guest:#x}")
+        last = n == len(items) - 1
+        for where, op in zip(found, it.exits, strict=True):
+            at_end = last and where == here + len(part) - 1
+            # An exit that ends the block resumes straight in guest code, where the
+            # runtime may deliver interrupts; one inside the block resumes after itself.
+            exits.append((where, ExitRecord(op, end if at_end else where + 1)))
+            mid_exit = mid_exit or not at_end
+        code += part
+    tail = address + len(code)
+    unmask = any(it.may_unmask for it in items)
+    last_exits_at_end = bool(exits) and exits[-1][1].resume == end
+    if (unmask and not (last_exits_at_end and items[-1].may_unmask)) or mid_exit:
+        code += _tail_check(tail, end, ctx, exits)
+    code += assemble(f"jmp {end:#x}", address + len(code))
+    return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits))
+
+
+def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, ExitRecord]]) -> bytes:
+    """Exit to `end` if the virtual IF is set and an interrupt is pending (EFLAGS kept)."""
+    vflags, pending = ctx.state("vflags"), ctx.state("pending")
+    no = ctx.label("nopending")
+    restore = ctx.flags_saved("").split("\n")[-2:]      # "popfd", "mov esp, [saved_esp]"
+    save = ctx.flags_saved("").split("\n")[:3]          # saved_esp, private stack, pushfd
+    src = "\n".join([*save,
+                     f"test dword ptr [{vflags:#x}], 0x200", f"jz {no}",
+                     f"cmp dword ptr [{pending:#x}], 0", f"je {no}",
+                     *restore, "int3",
+                     f"{no}:", *restore])
+    code = assemble(src, here)
+    (where,) = _int3s(code, here)
+    exits.append((where, ExitRecord(None, end)))
+    return code

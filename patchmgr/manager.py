@@ -1,0 +1,272 @@
+"""The patch manager: when to patch, applying and removing patches, and the maps the
+runtime needs at exits, faults and interrupts (PATM's PATMR3InstallPatch,
+PATMR3HandleTrap and the patch<->guest lookup trees).
+
+The runtime drives it through five calls (runtime/patching.py adapts the VMM to them):
+
+* `on_trap(op)` on every trap of a sensitive guest-kernel instruction: counts it and
+  patches the site once it trapped `hot` times (PATM patched on the first trap);
+* `exit_at(address_of_int3)`: the `ExitRecord` of a patch exit, None for the guest's
+  own int3;
+* `to_guest_eip(eip)`: the guest address to show for a patch address, in frames and
+  reports (a fault inside patch code is reported at the guest instruction it stands for);
+* `resume_at(eip)`: where to continue when the runtime resumes the guest at `eip` after
+  emulating (a trap, an IRET, an interrupt frame): a guest address inside a patched
+  window no longer holds the guest's instruction, so the equivalent patch address;
+* `on_guest_write(address, size)` before a guest write lands on a watched range: a write
+  into a patch's JMP (or INT3) bytes removes the patch, a write into the rest of its
+  window (displaced code still in place) refreshes it: removed now, re-made with the
+  new bytes on the site's next trap. Both are counted.
+
+The runtime must never deliver an interrupt while EIP is inside patch memory: it leaves
+`pending` set and the block exits at its guest return address (patchmgr/block.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+from bt import isa
+from bt.errors import PatchError
+from bt.operation import Operation
+from patchmgr.block import build, plan
+from patchmgr.memory import PatchMemory
+from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
+from patchmgr.registry import RuleSet, load
+from patchmgr.relocate import CannotMove
+from patchmgr.rule import EmitContext
+from patchmgr.window import CodeMap, NoWindow, choose
+
+if TYPE_CHECKING:
+    from capstone import CsInsn
+
+INT3 = b"\xcc"
+
+
+class GuestMemory(Protocol):
+    """Guest-virtual memory as the guest kernel sees it (the runtime's adapter, or an ELF image)."""
+
+    def read(self, address: int, size: int) -> bytes: ...
+
+    def write(self, address: int, data: bytes) -> None:
+        """Write and drop any translated code covering it (Unicorn: ctl_remove_cache)."""
+
+
+class WriteWatch(Protocol):
+    """Optional: call `on_guest_write` before any guest write into [start, end) lands."""
+
+    def watch(self, start: int, end: int) -> object: ...
+
+    def unwatch(self, handle: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME`."""
+
+    hot: int = 1
+    eager: bool = False
+    enabled: bool = True
+    disabled_rules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.hot < 1:
+            raise PatchError("--hot must be at least 1")
+
+
+@dataclass
+class Stats:
+    traps: Counter[int] = field(default_factory=Counter)
+    exits: int = 0
+    smc_removed: int = 0
+    smc_refreshed: int = 0
+    removed_other: int = 0
+
+
+class PatchManager:
+    def __init__(self, config: PatchConfig, memory: GuestMemory, code: CodeMap | None,
+                 rules: RuleSet | None = None, patch_memory: PatchMemory | None = None,
+                 watch: WriteWatch | None = None) -> None:
+        self.config = config
+        self.memory = memory
+        self.code = code
+        self.rules = rules if rules is not None else load(config.disabled_rules)
+        self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
+        self.watch = watch
+        self.ctx = EmitContext()
+        self.patches: dict[int, Patch] = {}          # by site
+        self.refusals: dict[int, Refusal] = {}
+        self.notes: dict[int, str] = {}              # why a site got INT3 rather than a JMP
+        self.stats = Stats()
+        self._exits: dict[int, tuple[Patch, ExitRecord]] = {}
+        self._blocks: list[tuple[int, Patch]] = []   # (block address, patch), sorted
+        self._watches: dict[int, object] = {}
+        self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
+        self._cs.detail = True
+
+    # ---- the runtime's calls ----------------------------------------------------------------
+    def on_trap(self, op: Operation) -> None:
+        self.stats.traps[op.address] += 1
+        if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
+            return
+        if self.stats.traps[op.address] >= self.config.hot:
+            self.patch_site(op.address)
+
+    def exit_at(self, address: int) -> ExitRecord | None:
+        hit = self._exits.get(address)
+        if hit is None:
+            return None
+        hit[0].exits += 1
+        self.stats.exits += 1
+        return hit[1]
+
+    def to_guest_eip(self, eip: int) -> int:
+        patch = self._patch_holding(eip)
+        if patch is None or patch.block is None:
+            return eip
+        return patch.block.guest_of(eip)
+
+    def resume_at(self, eip: int) -> int:
+        for patch in self._patches_covering(eip):
+            if patch.block is not None and eip != patch.start:
+                where = patch.block.patch_of(eip)
+                if where is not None:
+                    return where
+        return eip
+
+    def on_guest_write(self, address: int, size: int) -> None:
+        for patch in list(self._patches_covering_range(address, address + size)):
+            patch.writes += 1
+            head = patch.start + (JMP_LEN if patch.kind == "jmp" else 1)
+            self.remove(patch.site)
+            if address < head:
+                self.stats.smc_removed += 1
+            else:
+                self.stats.smc_refreshed += 1
+                self.stats.traps[patch.site] = 0     # re-made from the new bytes when it traps next
+
+    # ---- making patches ---------------------------------------------------------------------
+    def patch_all(self, sites: Iterable[int]) -> None:
+        """Patch every site now (`--eager`, `bt patch`)."""
+        for site in sorted(set(sites)):
+            if site not in self.patches and site not in self.refusals and self._free(site, site + 1):
+                self.patch_site(site)
+
+    def patch_site(self, site: int) -> Patch | Refusal:
+        insn = self._decode(site)
+        if insn is None:
+            return self._refuse(site, None, "no instruction decodes here")
+        op = isa.decode(insn)
+        if op.cls is None:
+            return self._refuse(site, op, "not a sensitive instruction")
+        if not self._free(op.address, op.next_address):
+            return self._refuse(site, op, "inside another patch's window")
+        row = isa.by_name(op.cls)
+        rule = self.rules.rule_for(op)
+        if rule is None:
+            return self._refuse(site, op, f"no enabled rule for class {op.cls} (table: {row.handling.value})")
+        why = "the table asks for the INT3 replacement"
+        if row.handling is not isa.Handling.INT3:
+            try:
+                return self._install_jmp(site, op)
+            except (NoWindow, CannotMove) as err:
+                why = str(err)
+        self.notes[site] = why
+        return self._install_int3(op)
+
+    def _install_jmp(self, site: int, op: Operation) -> Patch:
+        if self.code is None:
+            raise NoWindow("no code map (scanner) for this guest")
+        bounds = self.code.block_of(site)
+        if bounds is None:
+            raise NoWindow("site is outside every scanned basic block")
+        bstart, bend = bounds
+        raw = self.original(bstart, bend - bstart)
+        insns = list(self._cs.disasm(raw, bstart))
+        window = choose(site, insns, self.code, lambda i: plan(i, self.rules, self.ctx), self._free)
+        if not self._free(window.start, window.end):
+            raise NoWindow("window overlaps another patch")
+        address = self.patch_memory.reserve(64 * len(window.items) + 128)
+        block = build(window.items, window.start, window.end, address, self.ctx)
+        self.patch_memory.commit(address, len(block.code))
+        original = self.original(window.start, window.end - window.start)
+        patch = Patch(site, op, "jmp", window.start, window.end, original, block)
+        self.memory.write(block.address, block.code)
+        rel = (block.address - (window.start + JMP_LEN)) & 0xFFFFFFFF
+        self.memory.write(window.start, b"\xe9" + rel.to_bytes(4, "little"))
+        self._register(patch)
+        return patch
+
+    def _install_int3(self, op: Operation) -> Patch:
+        original = self.original(op.address, 1)
+        patch = Patch(op.address, op, "int3", op.address, op.address + 1, original)
+        self.memory.write(op.address, INT3)
+        self._register(patch)
+        return patch
+
+    def remove(self, site: int) -> None:
+        patch = self.patches.pop(site)
+        self.memory.write(patch.start, patch.original)
+        for addr in [a for a, (p, _) in self._exits.items() if p is patch]:
+            del self._exits[addr]
+        self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
+        handle = self._watches.pop(site, None)
+        if handle is not None and self.watch is not None:
+            self.watch.unwatch(handle)
+
+    def _register(self, patch: Patch) -> None:
+        self.patches[patch.site] = patch
+        self.refusals.pop(patch.site, None)
+        if patch.block is not None:
+            for addr, record in patch.block.exits:
+                self._exits[addr] = (patch, record)
+            bisect.insort(self._blocks, (patch.block.address, patch), key=lambda t: t[0])
+        else:
+            self._exits[patch.site] = (patch, ExitRecord(patch.op, patch.op.next_address))
+        if self.watch is not None:
+            self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
+
+    def _refuse(self, site: int, op: Operation | None, reason: str) -> Refusal:
+        placeholder = op or Operation(None, site, 0, "?", (), "?")
+        refusal = Refusal(site, placeholder, reason)
+        self.refusals[site] = refusal
+        return refusal
+
+    # ---- views ------------------------------------------------------------------------------
+    def original(self, address: int, size: int) -> bytes:
+        """Guest bytes as the guest wrote them, patches taken out."""
+        data = bytearray(self.memory.read(address, size))
+        for patch in self._patches_covering_range(address, address + size):
+            for i, b in enumerate(patch.original):
+                if address <= patch.start + i < address + size:
+                    data[patch.start + i - address] = b
+        return bytes(data)
+
+    def _decode(self, site: int) -> CsInsn | None:
+        return next(self._cs.disasm(self.original(site, 16), site), None)
+
+    def _free(self, start: int, end: int) -> bool:
+        return not any(True for _ in self._patches_covering_range(start, end))
+
+    def _patches_covering(self, address: int) -> Iterable[Patch]:
+        return (p for p in self.patches.values() if p.covers(address))
+
+    def _patches_covering_range(self, start: int, end: int) -> Iterable[Patch]:
+        return [p for p in self.patches.values() if p.start < end and start < p.end]
+
+    def _patch_holding(self, eip: int) -> Patch | None:
+        i = bisect.bisect_right(self._blocks, eip, key=lambda t: t[0]) - 1
+        if i < 0:
+            return None
+        patch = self._blocks[i][1]
+        assert patch.block is not None
+        return patch if eip < patch.block.limit else None
+
+    def blocks(self) -> list[Block]:
+        return [p.block for _, p in self._blocks if p.block is not None]

@@ -1,0 +1,59 @@
+"""Patched CLI/STI/PUSHF/POPF at CPL 1 do exactly what the original does at CPL 0:
+same registers, same arithmetic flags, same stack bytes, and the virtual IF equal to
+the real IF of the native run (the bare-Unicorn harness in patch_harness.py)."""
+
+from __future__ import annotations
+
+import pytest
+from patch_harness import run_native, run_patched
+
+SEQUENCES = {
+    "pushf-cli-popf": "add eax, ebx\npushfd\ncli\nadd ecx, edx\npopfd\nnop\nnop\nnop\nnop\nnop",
+    "cli-only": "cli\nnop\nnop\nnop\nnop\nnop",
+    "sti-then-read": "sti\npushfd\npop esi\nnop\nnop\nnop",
+    "save-restore": "pushfd\npop edi\ncli\nsub eax, 7\npush edi\npopfd\nnop\nnop\nnop\nnop",
+    "popf16": "push 0x2d7\npopf\npushf\npop si\nnop\nnop\nnop\nnop\nnop",
+    "popf-sets-if": "push 0x2d7\npopfd\npushfd\npop esi\nnop\nnop\nnop\nnop",
+    "popf-clears-if": "push 0x0c5\npopfd\npushfd\npop esi\nnop\nnop\nnop\nnop",
+    "pushf16": "cmp eax, ebx\npushf\npop si\nnop\nnop\nnop\nnop\nnop",
+}
+REGS = {"eax": 0x12345678, "ebx": 0x9ABCDEF0, "ecx": 0x7FFFFFFF, "edx": 1, "esi": 0, "edi": 0,
+        "ebp": 0x5555}
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+@pytest.mark.parametrize("flags", [0x000, 0x8D5, 0x041, 0x400])
+@pytest.mark.parametrize("guest_if", [0, 1])
+def test_patched_matches_native(name: str, flags: int, guest_if: int) -> None:
+    src = SEQUENCES[name]
+    native = run_native(src, REGS, flags, guest_if)
+    patched, mgr = run_patched(src, REGS, flags, guest_if)
+    assert mgr.patches, "nothing was patched"
+    assert all(p.kind == "jmp" for p in mgr.patches.values()), mgr.notes
+    assert patched.regs == native.regs
+    assert patched.flags == native.flags
+    assert patched.virtual_if == native.virtual_if
+    assert patched.stack == native.stack
+    assert patched.exits == [] or all(e is None for e in patched.exits)
+
+
+def test_sti_exits_only_when_pending() -> None:
+    src = "sti\nnop\nnop\nnop\nnop\nnop"
+    quiet, _ = run_patched(src, REGS, 0, 0)
+    assert quiet.exits == []
+    # With an interrupt pending the block exits once, with nothing to emulate, at the
+    # guest address after its window, where the runtime can deliver it.
+    loud, mgr = run_patched(src, REGS, 0, 0, pending=1)
+    (patch,) = mgr.patches.values()
+    assert loud.exits == [None]
+    assert loud.resumes == [patch.end]
+    # CLI never exits, pending or not.
+    cli, _ = run_patched("cli\nnop\nnop\nnop\nnop\nnop", REGS, 0, 1, pending=1)
+    assert cli.exits == []
+
+
+def test_popf_exits_only_when_it_sets_if() -> None:
+    keeps_off, _ = run_patched("push 0x2\npopfd\nnop\nnop", REGS, 0, 0, pending=1)
+    assert keeps_off.exits == []
+    sets_on, _ = run_patched("push 0x202\npopfd\nnop\nnop", REGS, 0, 0, pending=1)
+    assert sets_on.exits == [None]

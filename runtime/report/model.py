@@ -60,6 +60,9 @@ class FunctionRow:
     size: int
     counts: Mapping[str, int]
 
+    def reduction(self, mode: str) -> float | None:
+        return Counts(self.name, self.counts).reduction(mode)
+
 
 @dataclass(frozen=True)
 class RunTiming:

@@ -1,0 +1,314 @@
+"""The multiboot (v1) boot loader: what a kernel finds in memory and registers at entry.
+
+Reference: the Multiboot Specification 0.6.96 (section 3.1 "OS image format",
+3.2 "Machine state", 3.3 "Boot information format"). Where the specification leaves
+a choice, ring1 does what QEMU's -kernel loader does (hw/i386/multiboot.c, its
+multiboot.bin option ROM and SeaBIOS's e820 table), because QEMU is the reference
+a guest's output is compared with and a guest can print everything it is handed.
+Measured with qemu-system-i386 -m 16/32/64/128/256/3000 and a probe kernel that
+prints its multiboot information:
+
+* the info structure at 0x9500, the memory map at 0x9000 (`bt.layout`);
+* flags 0x24F: mem_lower/mem_upper, boot_device 0x8000FFFF, cmdline, mods (count
+  0), mmap, boot_loader_name "qemu";
+* the command line is "<kernel path> <append>" (so "path " when nothing is
+  appended), placed after the kernel at kernel start + page-aligned kernel size,
+  with mods_addr pointing there too and the loader name right after the command
+  line's reserved length;
+* the memory map is SeaBIOS's e820 table: 0-0x9FC00 RAM, 0x9FC00-0xA0000 reserved
+  (EBDA), 0xF0000-0x100000 reserved (BIOS), 1 MiB to RAM top - 128 KiB RAM, the last
+  128 KiB reserved, 0xFFFC0000-4 GiB reserved (BIOS flash); mem_lower 639,
+  mem_upper = that RAM region above 1 MiB in KiB;
+* ELF kernels load by program headers at their physical addresses (p_paddr);
+  an entry point that lies in an executable segment whose p_vaddr differs from its
+  p_paddr is translated to the physical address (QEMU's load_elf does the same);
+  header flag 16 (the "a.out kludge") makes the header's address fields win over
+  the ELF headers, as in QEMU.
+
+A plain ELF kernel (no multiboot header) is loaded the same way and entered at its
+entry point with EAX = EBX = 0 and no information structure.
+
+The result is a `BootImage`: the memory chunks to write, the entry point and EAX/EBX.
+Guest RAM is zero-filled by the VMM, so gaps between chunks need no bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bt import elf
+from bt.errors import ElfError, InputError, UsageError
+from bt.layout import MULTIBOOT_INFO, MULTIBOOT_MMAP, PAGE_SIZE, RAM_DEFAULT, VMM_BASE, KiB, MiB
+
+log = logging.getLogger(__name__)
+
+HEADER_MAGIC = 0x1BADB002
+BOOT_MAGIC = 0x2BADB002          # EAX at entry (spec 3.2)
+#: Spec 3.1.1: the header lies in the first 8192 bytes, 32-bit aligned.
+HEADER_SEARCH = 8192
+FLAG_PAGE_ALIGN = 1 << 0         # align modules on pages: there are no modules
+FLAG_MEMORY_INFO = 1 << 1        # mem_* fields: always provided
+FLAG_VIDEO_MODE = 1 << 2         # ring1 has no video; QEMU warns and goes on
+FLAG_AOUT_KLUDGE = 1 << 16       # load by the header's address fields
+#: Spec 3.1.2: bits 0-15 are requirements; a loader that does not know one must refuse.
+KNOWN_REQUIRED = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO | FLAG_VIDEO_MODE
+
+# Multiboot information structure (spec 3.3): flag bits and field offsets.
+MBI_MEM = 1 << 0
+MBI_BOOT_DEVICE = 1 << 1
+MBI_CMDLINE = 1 << 2
+MBI_MODS = 1 << 3
+MBI_MMAP = 1 << 6
+MBI_LOADER_NAME = 1 << 9
+#: The structure's size up to and including boot_loader_name, apm_table and the VBE
+#: fields, as QEMU writes it (its MBI_SIZE).
+MBI_SIZE = 88
+#: QEMU's boot_device: BIOS drive 0x80, no partition ("XXX: use the -boot switch?").
+BOOT_DEVICE = 0x8000FFFF
+BOOT_LOADER_NAME = "qemu"
+
+# Memory map entry types (spec 3.3: 1 available RAM, anything else reserved).
+MMAP_RAM = 1
+MMAP_RESERVED = 2
+#: SeaBIOS's EBDA starts here; mem_lower is this in KiB (639).
+EBDA_START = 0x9FC00
+#: No RAM between 640 KiB and 1 MiB on a PC (VGA memory, option ROMs, BIOS).
+LEGACY_HOLE = (0xA0000, 0x100000)
+BIOS_AREA = (0xF0000, 0x10000)
+#: SeaBIOS reserves the top 128 KiB of RAM for its own tables.
+BIOS_HIGH_RESERVED = 128 * KiB
+#: The BIOS flash mapping at the top of the 32-bit space, reserved in QEMU's map.
+BIOS_FLASH = (0xFFFC0000, 0x40000)
+ADDRESS_LIMIT = 1 << 32
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    """One entry of the multiboot memory map."""
+
+    base: int
+    length: int
+    type: int
+
+
+@dataclass(frozen=True)
+class MultibootHeader:
+    offset: int                   # file offset of the magic
+    flags: int
+    header_addr: int = 0
+    load_addr: int = 0
+    load_end_addr: int = 0
+    bss_end_addr: int = 0
+    entry_addr: int = 0
+
+    @property
+    def aout_kludge(self) -> bool:
+        return bool(self.flags & FLAG_AOUT_KLUDGE)
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """What the VMM writes into guest RAM and the registers it enters the kernel with."""
+
+    path: str
+    #: (physical address, bytes) to write, in address order; bss is included as zeros.
+    chunks: tuple[tuple[int, bytes], ...] = field(repr=False)
+    entry: int
+    eax: int
+    ebx: int
+    #: The ELF, for symbolization; None for a non-ELF a.out-kludge image.
+    kernel: elf.KernelImage | None = field(repr=False)
+    #: The multiboot header found, None for a plain ELF kernel.
+    header: MultibootHeader | None
+    #: The command line handed to the kernel, None without multiboot.
+    cmdline: str | None
+    #: Physical extent of the kernel image (lowest load address, end of bss).
+    kernel_start: int
+    kernel_end: int
+    memory_map: tuple[MemoryRegion, ...] = ()
+    mem_lower: int = 0
+    mem_upper: int = 0
+
+    @property
+    def multiboot(self) -> bool:
+        return self.header is not None
+
+    def symbolize(self, addr: int) -> str:
+        return self.kernel.symbolize(addr) if self.kernel is not None else f"{addr:#x}"
+
+
+def memory_map(ram_size: int) -> tuple[MemoryRegion, ...]:
+    """The e820 map QEMU (SeaBIOS) reports for `ram_size` bytes of RAM."""
+    top = ram_size - BIOS_HIGH_RESERVED
+    return (
+        MemoryRegion(0, EBDA_START, MMAP_RAM),
+        MemoryRegion(EBDA_START, LEGACY_HOLE[0] - EBDA_START, MMAP_RESERVED),
+        MemoryRegion(BIOS_AREA[0], BIOS_AREA[1], MMAP_RESERVED),
+        MemoryRegion(1 * MiB, top - 1 * MiB, MMAP_RAM),
+        MemoryRegion(top, BIOS_HIGH_RESERVED, MMAP_RESERVED),
+        MemoryRegion(BIOS_FLASH[0], BIOS_FLASH[1], MMAP_RESERVED),
+    )
+
+
+def find_header(raw: bytes) -> MultibootHeader | None:
+    """The first valid multiboot header (magic + flags + checksum == 0 mod 2^32) in the
+    first 8 KiB at a 4-byte boundary, or None."""
+    limit = min(len(raw), HEADER_SEARCH) - 12
+    offset = raw.find(struct.pack("<I", HEADER_MAGIC), 0, limit + 4)
+    while 0 <= offset <= limit:
+        if offset % 4 == 0:
+            magic, flags, checksum = struct.unpack_from("<III", raw, offset)
+            if (magic + flags + checksum) & 0xFFFFFFFF == 0:
+                if flags & FLAG_AOUT_KLUDGE and offset + 32 <= len(raw):
+                    return MultibootHeader(offset, flags, *struct.unpack_from("<5I", raw, offset + 12))
+                return MultibootHeader(offset, flags)
+        offset = raw.find(struct.pack("<I", HEADER_MAGIC), offset + 1, limit + 4)
+    return None
+
+
+def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: str = "",
+                    image_name: str | None = None) -> BootImage:
+    """Load the kernel at `path` for a guest with `ram_size` bytes of RAM.
+
+    `cmdline` is what `-append` would be; the kernel sees "<image_name> <cmdline>" as
+    under QEMU, `image_name` defaulting to `path` as given. Raises `ElfError` for a
+    file that is no usable ELF and `InputError` (one line, naming the file) for a
+    kernel that cannot be placed in this guest.
+    """
+    name = str(path)
+    if not 2 * MiB <= ram_size <= VMM_BASE - BIOS_HIGH_RESERVED:
+        raise UsageError(f"guest RAM of {ram_size:#x} bytes: ring1 needs 2 MiB to {VMM_BASE // MiB} MiB")
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ElfError(name, "no such file") from None
+    except OSError as err:
+        raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+
+    header = find_header(raw)
+    is_elf = raw[:4] == elf.ELF_MAGIC
+    if header is not None:
+        unknown = header.flags & 0xFFFF & ~KNOWN_REQUIRED
+        if unknown:
+            raise InputError(f"{name}: multiboot header requires features ring1 does not know "
+                             f"(flags {unknown:#06x}; spec 3.1.2)")
+        if header.flags & FLAG_VIDEO_MODE:
+            log.warning("%s: the kernel asks for a video mode; ring1 has no video and ignores it", name)
+    kernel = elf.load(path) if is_elf or header is None or not header.aout_kludge else None
+    if kernel is not None and kernel.bits != 32:
+        raise ElfError(name, "x86-64 ELF: ring1 boots 32-bit kernels (QEMU's multiboot loader refuses it)")
+
+    if header is not None and header.aout_kludge:
+        chunks, entry = _load_aout_kludge(name, raw, header)
+    else:
+        assert kernel is not None
+        chunks, entry = _load_elf(name, kernel)
+    if not chunks:
+        raise InputError(f"{name}: nothing to load (no PT_LOAD segment with memory)")
+    start = min(a for a, _ in chunks)
+    end = max(a + len(b) for a, b in chunks)
+    for address, data in chunks:
+        _check_placement(name, address, address + len(data), ram_size, header is not None)
+
+    if header is None:
+        return BootImage(path=name, chunks=tuple(sorted(chunks)), entry=entry, eax=0, ebx=0, kernel=kernel,
+                         header=None, cmdline=None, kernel_start=start, kernel_end=end)
+
+    full_cmdline = f"{image_name if image_name is not None else name} {cmdline}"
+    info_chunks, regions, mem_upper = _boot_information(name, start, end, full_cmdline, ram_size)
+    return BootImage(path=name, chunks=tuple(sorted(chunks + info_chunks)), entry=entry, eax=BOOT_MAGIC,
+                     ebx=MULTIBOOT_INFO, kernel=kernel, header=header, cmdline=full_cmdline,
+                     kernel_start=start, kernel_end=end, memory_map=regions,
+                     mem_lower=EBDA_START // KiB, mem_upper=mem_upper)
+
+
+def _load_elf(name: str, kernel: elf.KernelImage) -> tuple[list[tuple[int, bytes]], int]:
+    chunks = []
+    entry = kernel.entry
+    for seg in kernel.segments:
+        if seg.memsz == 0:
+            continue  # QEMU skips empty segments too
+        if seg.filesz > seg.memsz:
+            raise ElfError(name, f"segment at {seg.paddr:#x}: file size {seg.filesz:#x} > memory size "
+                                 f"{seg.memsz:#x}")
+        chunks.append((seg.paddr, seg.data + bytes(seg.memsz - seg.filesz)))
+        if (seg.executable and seg.vaddr != seg.paddr
+                and seg.vaddr <= kernel.entry < seg.vaddr + seg.filesz):
+            # Paging is off at entry: start at the physical address of the entry point.
+            entry = kernel.entry - seg.vaddr + seg.paddr
+    return chunks, entry
+
+
+def _load_aout_kludge(name: str, raw: bytes, h: MultibootHeader) -> tuple[list[tuple[int, bytes]], int]:
+    """Spec 3.1.3: the header's address fields say where the file's bytes go."""
+    if h.header_addr < h.load_addr or h.header_addr - h.load_addr > h.offset:
+        raise InputError(f"{name}: multiboot header_addr {h.header_addr:#x} does not fit load_addr "
+                         f"{h.load_addr:#x} and the header's file offset {h.offset:#x}")
+    text_offset = h.offset - (h.header_addr - h.load_addr)
+    if h.load_end_addr:
+        if h.load_end_addr < h.load_addr:
+            raise InputError(f"{name}: multiboot load_end_addr {h.load_end_addr:#x} below load_addr "
+                             f"{h.load_addr:#x}")
+        load_size = h.load_end_addr - h.load_addr
+        if text_offset + load_size > len(raw):
+            raise InputError(f"{name}: truncated: the multiboot header loads {load_size:#x} bytes from file "
+                             f"offset {text_offset:#x}, the file has {len(raw):#x}")
+    else:
+        load_size = len(raw) - text_offset
+    size = load_size
+    if h.bss_end_addr:
+        if h.bss_end_addr < h.load_addr + load_size:
+            raise InputError(f"{name}: multiboot bss_end_addr {h.bss_end_addr:#x} below the loaded image's "
+                             f"end {h.load_addr + load_size:#x}")
+        size = h.bss_end_addr - h.load_addr
+    data = raw[text_offset:text_offset + load_size] + bytes(size - load_size)
+    return [(h.load_addr, data)], h.entry_addr
+
+
+def _check_placement(name: str, start: int, end: int, ram_size: int, multiboot: bool) -> None:
+    where = f"{name}: segment {start:#x}-{end:#x}"
+    if end > VMM_BASE or end > ADDRESS_LIMIT:
+        raise InputError(f"{where} reaches ring1's VMM area ({VMM_BASE:#x}-0xffffffff, bt/layout.py)")
+    if end > ram_size:
+        raise InputError(f"{where} lies outside guest RAM (0-{ram_size:#x}, {ram_size // MiB} MiB)")
+    if start < LEGACY_HOLE[1] and end > LEGACY_HOLE[0]:
+        raise InputError(f"{where} overlaps the PC's VGA/BIOS hole "
+                         f"({LEGACY_HOLE[0]:#x}-{LEGACY_HOLE[1]:#x}), which is not RAM")
+    if multiboot and start < MULTIBOOT_INFO + MBI_SIZE and end > MULTIBOOT_MMAP:
+        raise InputError(f"{where} overlaps the multiboot information the loader writes at "
+                         f"{MULTIBOOT_MMAP:#x}-{MULTIBOOT_INFO + MBI_SIZE:#x}")
+
+
+def _page_align(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def _boot_information(name: str, start: int, end: int, cmdline: str,
+                      ram_size: int) -> tuple[list[tuple[int, bytes]], tuple[MemoryRegion, ...], int]:
+    """The info structure, the memory map and the strings after the kernel, placed as QEMU does."""
+    # QEMU's buffer: the kernel (start..end), page-aligned, then the module list (empty),
+    # the command line ("path" + 1 + "append" + 1 bytes reserved), the loader name.
+    mods_addr = start + _page_align(end - start)
+    cmdline_bytes = cmdline.encode() + b"\0"
+    loader_addr = mods_addr + len(cmdline_bytes)
+    loader_bytes = BOOT_LOADER_NAME.encode() + b"\0"
+    strings_end = start + _page_align(loader_addr + len(loader_bytes) - start)
+    if strings_end > ram_size:
+        raise InputError(f"{name}: no room in guest RAM after the kernel (ends {end:#x}) for the "
+                         f"multiboot command line")
+    strings = (cmdline_bytes + loader_bytes).ljust(strings_end - mods_addr, b"\0")
+
+    regions = memory_map(ram_size)
+    mmap = b"".join(struct.pack("<IQQI", 20, r.base, r.length, r.type) for r in regions)
+    mem_upper = regions[3].length // KiB
+    flags = MBI_MEM | MBI_BOOT_DEVICE | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_LOADER_NAME
+    info = bytearray(MBI_SIZE)
+    struct.pack_into("<IIIIIII", info, 0, flags, EBDA_START // KiB, mem_upper, BOOT_DEVICE, mods_addr, 0,
+                     mods_addr)
+    struct.pack_into("<II", info, 44, len(mmap), MULTIBOOT_MMAP)
+    struct.pack_into("<I", info, 64, loader_addr)
+    assert MULTIBOOT_MMAP + len(mmap) <= MULTIBOOT_INFO
+    return [(MULTIBOOT_MMAP, mmap), (MULTIBOOT_INFO, bytes(info)), (mods_addr, strings)], regions, mem_upper

@@ -73,6 +73,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("irqsave-pv", "iters=20000"),
     Sample("timer", ""),
     Sample("zoo", ""),
+    Sample("usermode", ""),
 )
 
 SAMPLES_BY_NAME = {s.name: s for s in SAMPLES}

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.report.record import BASELINE, DYNAMIC, STATIC, Patch, RunRecord, Site, Timing
+
+if TYPE_CHECKING:
+    from patchmgr.manager import PatchManager
 
 
 def unavailable(static: bool) -> str | None:
@@ -42,6 +45,24 @@ def instruction_texts(kernel: str, addresses: Iterable[int]) -> dict[int, str]:
                     out[address] = f"{insn.mnemonic} {insn.op_str}".strip()
                 break
     return out
+
+
+def patch_table(manager: PatchManager) -> tuple[Patch, ...]:
+    """The patch manager's patches and refusals at the end of a run, as report rows.
+
+    Patches taken out again (the guest wrote into them) are gone from the manager by
+    then; the manager's SMC counters say how many, and the run's exits show their cost."""
+    rows = []
+    for p in manager.patches.values():
+        rule = manager.rules.rule_for(p.op)
+        rows.append(Patch(address=p.site, rule=rule.name if rule else "-", kind=p.kind, size=p.end - p.start,
+                          status="active", reason=manager.notes.get(p.site, "") if p.kind == "int3" else "",
+                          text=p.op.text))
+    for r in manager.refusals.values():
+        rule = manager.rules.rule_for(r.op) if r.op.cls else None
+        rows.append(Patch(address=r.site, rule=rule.name if rule else "-", kind="-", size=0,
+                          status="refused", reason=r.reason, text=r.op.text))
+    return tuple(sorted(rows, key=lambda row: row.address))
 
 
 def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exit_status: int | None,

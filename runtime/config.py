@@ -1,0 +1,34 @@
+"""How one `bt run` is configured: a frozen dataclass, not a keyword list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from bt import layout
+
+#: Virtual time rate: one guest instruction is 10 virtual ns (a 100-MIPS CPU).
+#: Fixed so that virtual time, and with it every timer interrupt, depends only on
+#: what the guest executed: two runs give the same output and the same counts.
+NS_PER_INSN = 10
+#: Longest slice of guest instructions between two looks at the devices.
+SLICE_INSNS = 100_000
+#: Virtual ns one exit costs the guest (an exit is not free on hardware either).
+NS_PER_EXIT = 1_000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    kernel: Path
+    cmdline: str = ""
+    ram_size: int = layout.RAM_DEFAULT
+    #: Stop after this many guest instructions (None: no limit).
+    max_insns: int | None = None
+    #: Stop after this many wall-clock seconds (None: no limit). Not deterministic.
+    timeout: float | None = None
+    #: Where COM1 output goes (None: discarded).
+    serial: BinaryIO | None = None
+    slice_insns: int = SLICE_INSNS
+    #: How many recent exits a stop report shows.
+    last_exits: int = 16

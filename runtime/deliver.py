@@ -1,0 +1,224 @@
+"""Exception and interrupt delivery through the guest's own IDT (VirtualBox TRPM).
+
+Unicorn never delivers through an IDT once a UC_HOOK_INTR hook exists (notes #2),
+so the VMM does what the CPU would (Intel SDM vol. 3 §6.12): read the gate from the
+guest's IDT, check it, switch stacks when the privilege level changes, push the
+frame (and error code), clear IF for interrupt gates, load CS:EIP.
+
+Two paths, by the CPL the event arrives at:
+
+* CPL 1 (guest kernel): no stack switch; EFLAGS, CS, EIP[, error] go on the
+  current stack. The guest believes it runs in ring 0, so the frame shows the
+  *virtual* IF/IOPL and a CS whose RPL 1 is stripped to 0 (as VirtualBox did).
+  A side effect we want: the guest's IRET of such a frame returns "to a more
+  privileged level" from CPL 1, faults, and is emulated (runtime/emulate/
+  transfers.py), which is where the virtual IF gets restored.
+* CPL 3 (guest user): the CPU must really change privilege. The hook points EIP
+  at the user trampoline (a far CALL through the VMM's DPL-3 call gate, see
+  runtime/machine.py), having first copied the guest TSS's ss0:esp0 into the
+  real TSS's ss1:esp1. The CPU switches to the guest's kernel stack at CPL 1;
+  the INT3 at the gate's target calls `complete_inward`, which replaces the
+  16-byte call frame with the interrupt frame (SS, ESP, EFLAGS, CS, EIP[, error]
+  of the user context, RPL 3 as the guest expects) and jumps to the handler.
+
+A fault while delivering (gate missing, frame not writable) escalates as on
+hardware: to #DF, and a fault delivering #DF is a triple fault (`GuestStop`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from bt.errors import GuestStop
+from runtime import machine
+from runtime.cpu import CS, EFLAGS, EIP, ESP, SS
+from runtime.paging import Mmu, PageFault
+from runtime.segments import VMM_CS3, ShadowGdt
+from runtime.vcpu import IF, VirtualCpu
+
+VEC_DE, VEC_DB, VEC_BP, VEC_UD, VEC_DF, VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = (
+    0, 1, 3, 6, 8, 10, 11, 12, 13, 14)
+#: Exceptions that push an error code (SDM vol. 3 table 6-1).
+WITH_ERROR = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+#: EFLAGS bits cleared on entry to any handler: TF, NT, RF, VM (SDM §6.12.1).
+CLEARED_ON_ENTRY = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17)
+
+GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK = 0xE, 0xF, 0x6, 0x7, 0x5
+
+
+class DeliveryFault(Exception):
+    """The CPU could not deliver: raise `vector` with `error_code` instead."""
+
+    def __init__(self, vector: int, error_code: int) -> None:
+        super().__init__(f"vector {vector} error {error_code:#x}")
+        self.vector = vector
+        self.error_code = error_code
+
+
+@dataclass(frozen=True)
+class Gate:
+    offset: int
+    selector: int
+    type: int
+    dpl: int
+    present: bool
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> Gate:
+        lo, sel, _zero, access, hi = struct.unpack("<HHBBH", b)
+        return cls(lo | (hi << 16), sel, access & 0x1F, (access >> 5) & 3, bool(access & 0x80))
+
+
+@dataclass(frozen=True)
+class Inward:
+    """A delivery from ring 3 in flight between the trampoline and STUB1."""
+
+    vector: int
+    error_code: int | None
+    eip: int
+    cs: int
+    eflags: int
+    esp: int
+    ss: int
+    handler_cs: int
+    handler_eip: int
+    clear_if: bool
+
+
+class Injector:
+    def __init__(self, m: machine.Machine, vcpu: VirtualCpu, mmu: Mmu, gdt: ShadowGdt) -> None:
+        self.m = m
+        self.cpu = m.cpu
+        self.vcpu = vcpu
+        self.mmu = mmu
+        self.gdt = gdt
+        self.inward: Inward | None = None
+
+    # -- entry point ----------------------------------------------------------------------------
+    def deliver(self, vector: int, return_eip: int, error_code: int | None = None,
+                soft: bool = False) -> None:
+        """Deliver `vector` as the CPU would, escalating to #DF / triple fault."""
+        try:
+            self._deliver(vector, return_eip, error_code, soft)
+        except DeliveryFault as first:
+            if vector == VEC_DF:
+                raise GuestStop("triple fault", return_eip,
+                                f"delivering #DF raised vector {first.vector}") from None
+            if self._benign(vector) or self._benign(first.vector):
+                self.deliver(first.vector, return_eip, first.error_code)
+                return
+            try:
+                self._deliver(VEC_DF, return_eip, 0, False)
+            except DeliveryFault as second:
+                raise GuestStop("triple fault", return_eip,
+                                f"vector {vector}, then {first.vector} delivering it, "
+                                f"then {second.vector} delivering #DF") from None
+
+    @staticmethod
+    def _benign(vector: int) -> bool:
+        # SDM table 6-5: only contributory (0, 10-13) and page faults combine into #DF.
+        return vector not in (0, 10, 11, 12, 13, 14)
+
+    # -- the gate -------------------------------------------------------------------------------
+    def _gate(self, vector: int, soft: bool, cpl: int) -> Gate:
+        base, limit = self.vcpu.table("idtr")
+        ext = 0 if soft else 1
+        if vector * 8 + 7 > limit:
+            raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
+        try:
+            gate = Gate.from_bytes(self.mmu.read(base + vector * 8, 8))
+        except PageFault as pf:
+            raise DeliveryFault(VEC_PF, pf.error_code) from None
+        if gate.type not in (GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK):
+            raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
+        if soft and gate.dpl < cpl:
+            # SDM §6.12.1.1: INT n checks the gate's DPL against CPL.
+            raise DeliveryFault(VEC_GP, vector * 8 + 2)
+        if not gate.present:
+            raise DeliveryFault(VEC_NP, vector * 8 + 2 + ext)
+        if gate.type == GATE_TASK:
+            raise GuestStop("task gates are not supported", self.cpu.read(EIP), f"vector {vector}")
+        return gate
+
+    def _handler_cs(self, selector: int) -> int:
+        desc = self.gdt.guest_descriptor(selector)
+        if desc is None or not desc.present or not desc.is_code:
+            raise DeliveryFault(VEC_GP, selector & ~3)
+        # A guest DPL-0 handler runs at CPL 1 (compressed); RPL follows the real CPL.
+        return (selector & ~3) | max(desc.dpl, 1)
+
+    def _deliver(self, vector: int, return_eip: int, error_code: int | None, soft: bool) -> None:
+        cpu, vcpu = self.cpu, self.vcpu
+        cs = cpu.read(CS)
+        cpl = cs & 3
+        gate = self._gate(vector, soft, cpl)
+        handler_cs = self._handler_cs(gate.selector)
+        clear_if = gate.type in (GATE_INT32, GATE_INT16)
+        eflags = cpu.read(EFLAGS)
+        if cpl == 3:
+            self._start_inward(vector, error_code, return_eip, cs, eflags, handler_cs, gate, clear_if)
+            return
+        frame = [vcpu.guest_eflags(eflags), cs & ~3 if cs & 3 == 1 else cs, return_eip]
+        if error_code is not None:
+            frame.append(error_code)
+        esp = cpu.read(ESP)
+        new_esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
+        try:
+            self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
+        except PageFault as pf:
+            raise DeliveryFault(VEC_PF, pf.error_code) from None
+        cpu.write(ESP, new_esp)
+        self._enter(handler_cs, gate.offset, eflags, clear_if)
+
+    def _enter(self, handler_cs: int, handler_eip: int, eflags: int, clear_if: bool) -> None:
+        cpu = self.cpu
+        cpu.write(EFLAGS, (eflags & ~CLEARED_ON_ENTRY) | IF)
+        if clear_if:
+            self.vcpu.set_vif(False)
+        cpu.write(CS, handler_cs)
+        cpu.write(EIP, handler_eip)
+
+    # -- ring 3 -> ring 1 -----------------------------------------------------------------------
+    def _start_inward(self, vector: int, error_code: int | None, return_eip: int, cs: int, eflags: int,
+                      handler_cs: int, gate: Gate, clear_if: bool) -> None:
+        cpu = self.cpu
+        ss0, esp0 = self._guest_ring0_stack()
+        self.m.write_tss_ring1((ss0 & ~3) | 1, esp0)
+        self.inward = Inward(vector, error_code, return_eip, cs, eflags, cpu.read(ESP), cpu.read(SS),
+                             handler_cs, gate.offset, clear_if)
+        cpu.write(EFLAGS, eflags & ~CLEARED_ON_ENTRY)
+        cpu.write(CS, VMM_CS3)
+        cpu.write(EIP, machine.TRAMP)
+
+    def _guest_ring0_stack(self) -> tuple[int, int]:
+        tr = self.vcpu.tr
+        desc = self.gdt.guest_descriptor(tr) if tr else None
+        if desc is None:
+            raise GuestStop("interrupt from user mode but the guest loaded no TSS", self.cpu.read(EIP))
+        try:
+            esp0, ss0 = struct.unpack("<II", self.mmu.read(desc.base + machine.TSS_ESP0, 8))
+        except PageFault as pf:
+            raise DeliveryFault(VEC_PF, pf.error_code) from None
+        return ss0 & 0xFFFF, esp0
+
+    def complete_inward(self) -> None:
+        """At STUB1, CPL 1 on the guest's kernel stack: build the guest's frame."""
+        pending, self.inward = self.inward, None
+        if pending is None:
+            raise GuestStop("VMM call gate used without a delivery in flight", self.cpu.read(EIP))
+        cpu = self.cpu
+        esp = (cpu.read(ESP) + 16) & 0xFFFFFFFF   # drop the call gate's SS, ESP, CS, EIP
+        frame = [pending.ss, pending.esp, pending.eflags, pending.cs, pending.eip]
+        if pending.error_code is not None:
+            frame.append(pending.error_code)
+        new_esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
+        try:
+            self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
+        except PageFault:
+            raise GuestStop("triple fault", pending.eip, "guest kernel stack (TSS esp0) not writable") \
+                from None
+        cpu.write(ESP, new_esp)
+        # In user mode the guest's IF is the real one (1): a trap gate leaves it set.
+        self.vcpu.set_vif(bool(pending.eflags & IF))
+        self._enter(pending.handler_cs, pending.handler_eip, pending.eflags, pending.clear_if)

@@ -1,0 +1,116 @@
+"""Control and debug registers: MOV CRn/DRn both ways, LMSW, CLTS, SMSW (SDM vol. 3 §2.5).
+
+Reads return the virtual copies. Writes update the virtual copy and, for the
+bits that change how the CPU translates (CR0.PG/WP, CR3, CR4.PSE/PGE), the real
+register, because Unicorn walks the guest's own page tables; before paging goes
+on the VMM's PDE goes into the guest's directory (runtime/paging.py)."""
+
+from __future__ import annotations
+
+from bt.errors import GuestStop
+from bt.operation import Operation, Reg
+from runtime.context import Ctx, EmulationFault
+from runtime.cpu import CR0, CR3, CR4
+from runtime.paging import CR0_PG
+
+CR0_PE, CR0_TS, CR0_ET = 1 << 0, 1 << 3, 1 << 4
+#: CR0 bits that reach the real CR0 (PE always set: ring1 never leaves protected mode).
+CR0_REAL = CR0_PG | (1 << 16) | CR0_TS | (1 << 1) | (1 << 5)
+#: CR4 bits that reach the real CR4: PSE, PGE, OSFXSR, OSXMMEXCPT.
+CR4_REAL = (1 << 4) | (1 << 7) | (1 << 9) | (1 << 10)
+
+
+def _cr_index(name: str) -> int:
+    return int(name[2:])
+
+
+def write_cr(ctx: Ctx, n: int, value: int) -> None:
+    vcpu, cpu = ctx.vcpu, ctx.cpu
+    value &= 0xFFFFFFFF
+    if n == 0:
+        if not value & CR0_PE:
+            raise GuestStop("guest left protected mode (CR0.PE = 0)", cpu.read_name("eip"))
+        vcpu.set_cr(0, value | CR0_ET)
+        if value & CR0_PG:
+            ctx.mmu.install_vmm_pde(vcpu.cr(3))
+        cpu.write(CR0, (value & CR0_REAL) | CR0_PE | CR0_ET)
+        ctx.on_paging_change()
+    elif n == 2:
+        vcpu.set_cr(2, value)
+    elif n == 3:
+        vcpu.set_cr(3, value)
+        if vcpu.cr(0) & CR0_PG:
+            ctx.mmu.install_vmm_pde(value)
+        cpu.write(CR3, value)
+        ctx.on_paging_change()
+    elif n == 4:
+        vcpu.set_cr(4, value)
+        cpu.write(CR4, value & CR4_REAL)
+        ctx.on_paging_change()
+    else:
+        raise EmulationFault(6, None)  # CR1, CR5-7: #UD
+
+
+def mov_from_cr(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(src, Reg)
+    n = _cr_index(src.name)
+    if n not in (0, 2, 3, 4):
+        raise EmulationFault(6, None)
+    ctx.write(dst, ctx.vcpu.cr(n))
+    return None
+
+
+def mov_to_cr(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(dst, Reg)
+    write_cr(ctx, _cr_index(dst.name), ctx.read(src))
+    return None
+
+
+def mov_from_dr(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(src, Reg)
+    ctx.write(dst, ctx.vcpu.dr[_dr_index(src.name)])
+    return None
+
+
+def mov_to_dr(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(dst, Reg)
+    # Virtual only: ring1 does not implement hardware breakpoints for the guest.
+    ctx.vcpu.dr[_dr_index(dst.name)] = ctx.read(src)
+    return None
+
+
+def _dr_index(name: str) -> int:
+    n = int(name[2:])
+    if n in (4, 5):  # aliases of DR6/DR7 while CR4.DE = 0 (SDM §17.2.2)
+        n += 2
+    if n > 7:
+        raise EmulationFault(6, None)
+    return n
+
+
+def lmsw(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    # SDM LMSW: loads PE, MP, EM, TS; cannot clear PE.
+    low = ctx.read(op.operands[0], 2) & 0xF
+    cr0 = ctx.vcpu.cr(0)
+    write_cr(ctx, 0, (cr0 & ~0xE) | low | (cr0 & CR0_PE))
+    return None
+
+
+def clts(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    write_cr(ctx, 0, ctx.vcpu.cr(0) & ~CR0_TS)
+    return None
+
+
+def smsw(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst = op.operands[0]
+    size = ctx.size(dst)
+    ctx.write(dst, ctx.vcpu.cr(0) & (0xFFFF if size == 2 else 0xFFFFFFFF))
+    return None
+
+
+EMULATORS = {"mov_from_cr": mov_from_cr, "mov_to_cr": mov_to_cr, "mov_from_dr": mov_from_dr,
+             "mov_to_dr": mov_to_dr, "lmsw": lmsw, "clts": clts, "smsw": smsw}

@@ -1,0 +1,45 @@
+"""CLI, STI, PUSHF, POPF on the virtual IF/IOPL (SDM vol. 2: CLI, STI, PUSHF, POPF).
+
+CLI/STI trap at CPL 1 with IOPL 0. PUSHF/POPF never trap (the leak patching
+fixes); they are emulated here when a patch stub exits with them."""
+
+from __future__ import annotations
+
+from bt.operation import Operation
+from runtime.context import Ctx
+from runtime.vcpu import IF, VIRTUAL_FLAGS
+
+#: EFLAGS bits POPF may change at CPL 0 (SDM POPF: all but VM, RF, VIP, VIF, reserved).
+POPF_MASK = 0x00247FD5
+
+
+def cli(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    ctx.vcpu.set_vif(False)
+    return None
+
+
+def sti(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    was = ctx.vcpu.vif
+    ctx.vcpu.set_vif(True)
+    # An IRQ that waited for IF = 1 comes now (the one-instruction STI shadow is
+    # honoured for the STI; HLT idiom in runtime/vm.py).
+    return None if was else ctx.on_vif_set(next_eip)
+
+
+def pushf(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    ctx.push32(ctx.vcpu.guest_eflags(ctx.cpu.read_name("eflags")) & ~0x30000)  # RF, VM read as 0
+    return None
+
+
+def popf(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    value = ctx.pop32()
+    real = ctx.cpu.read_name("eflags")
+    ctx.cpu.write_name("eflags", (real & ~POPF_MASK | (value & POPF_MASK) & ~VIRTUAL_FLAGS) | IF)
+    was = ctx.vcpu.vif
+    ctx.vcpu.vflags = (ctx.vcpu.vflags & ~VIRTUAL_FLAGS) | (value & VIRTUAL_FLAGS)
+    if not was and value & IF:
+        return ctx.on_vif_set(next_eip)
+    return None
+
+
+EMULATORS = {"cli": cli, "sti": sti, "pushf": pushf, "popf": popf}

@@ -1,0 +1,133 @@
+"""IRET, far RET and segment loads that fault because of ring compression.
+
+The guest believes it runs in ring 0, so it uses RPL-0 selectors. At CPL 1:
+
+* MOV SS / POP SS / LSS with an RPL-0 selector fault (SDM MOV: SS needs RPL ==
+  CPL); the VMM loads the same selector with RPL 1 (its shadow descriptor has
+  DPL 1).
+* IRET and far RET to an RPL-0 CS are "returns to a more privileged level" and
+  fault; the VMM pops the frame itself and continues at CS|1. For IRET this is
+  also where the virtual IF/IOPL come back from the frame (an IRET at CPL 1 would
+  keep the real ones, the raw-mode leak).
+* Far JMP/CALL and loads of DS/ES/FS/GS succeed natively against the DPL-1
+  shadow; if one faults the shadow may be stale (the guest wrote its GDT after
+  LGDT): the trap handler resyncs it and re-executes (runtime/traps.py).
+
+IRET and far RET back to ring 3 do not fault (outward returns are allowed at
+CPL 1), so they never reach this module on the trap path.
+"""
+
+from __future__ import annotations
+
+from bt.operation import Imm, Mem, Operation, Reg
+from runtime.context import HANDLED, Ctx, EmulationFault
+from runtime.cpu import CS, EFLAGS, SS
+from runtime.vcpu import IF, VIRTUAL_FLAGS
+
+#: EFLAGS bits an IRET at CPL 0 restores (SDM IRET: all but VIP, VIF, VM from a 32-bit frame).
+IRET_MASK = 0x00257FD5
+
+
+def _kernel_cs(ctx: Ctx, sel: int) -> int:
+    desc = ctx.gdt.guest_descriptor(sel)
+    if desc is None or not desc.present or not desc.is_code:
+        raise EmulationFault(13, sel & ~3)
+    return (sel & ~3) | 1
+
+
+def load_ss(ctx: Ctx, sel: int) -> None:
+    desc = ctx.gdt.guest_descriptor(sel)
+    if desc is None or not desc.present or desc.is_code or desc.is_system:
+        raise EmulationFault(13, sel & ~3)
+    if desc.dpl != (sel & 3) and not (desc.dpl == 0 and sel & 3 in (0, 1)):
+        raise EmulationFault(13, sel & ~3)
+    ctx.cpu.write(SS, (sel & ~3) | (1 if desc.dpl == 0 else desc.dpl))
+
+
+def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    cpu, vcpu = ctx.cpu, ctx.vcpu
+    esp = cpu.read_name("esp")
+    raw = ctx.mmu.read(esp, 12)
+    eip = int.from_bytes(raw[0:4], "little")
+    cs = int.from_bytes(raw[4:8], "little") & 0xFFFF
+    flags = int.from_bytes(raw[8:12], "little")
+    if cs & 3 == 3:
+        # A return to ring 3 that faulted for a reason of its own: the guest's #GP.
+        raise EmulationFault(13, cs & ~3)
+    real_cs = _kernel_cs(ctx, cs)
+    cpu.write_name("esp", esp + 12)
+    real = cpu.read(EFLAGS)
+    cpu.write(EFLAGS, ((real & ~IRET_MASK) | (flags & IRET_MASK) & ~VIRTUAL_FLAGS) | IF | 0x2)
+    was = vcpu.vif
+    vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
+    cpu.write(CS, real_cs)
+    if not was and flags & IF:
+        cpu.write_name("eip", eip)
+        if ctx.on_vif_set(eip) is not None:
+            return HANDLED
+    return eip
+
+
+def far_ret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    cpu = ctx.cpu
+    esp = cpu.read_name("esp")
+    raw = ctx.mmu.read(esp, 8)
+    eip = int.from_bytes(raw[0:4], "little")
+    cs = int.from_bytes(raw[4:8], "little") & 0xFFFF
+    if cs & 3 == 3:
+        raise EmulationFault(13, cs & ~3)
+    real_cs = _kernel_cs(ctx, cs)
+    extra = op.operands[0].value if op.operands and isinstance(op.operands[0], Imm) else 0
+    cpu.write_name("esp", esp + 8 + extra)
+    cpu.write(CS, real_cs)
+    return eip
+
+
+def mov_to_sreg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(dst, Reg)
+    sel = ctx.read(src, 2) & 0xFFFF
+    if dst.name == "ss":
+        load_ss(ctx, sel)
+    else:
+        ctx.cpu.write_name(dst.name, sel)
+    return None
+
+
+def pop_sreg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    cpu = ctx.cpu
+    esp = cpu.read_name("esp")
+    sel = int.from_bytes(ctx.mmu.read(esp, 2), "little")
+    load_ss(ctx, sel)
+    cpu.write_name("esp", esp + 4)
+    return None
+
+
+def lss(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(src, Mem)
+    raw = ctx.mmu.read(ctx.address(src), 6)
+    load_ss(ctx, int.from_bytes(raw[4:6], "little"))
+    ctx.write(dst, int.from_bytes(raw[0:4], "little"))
+    return None
+
+
+def push_sreg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    # For patch stubs: the guest sees RPL 0 where the real selector has RPL 1.
+    (src,) = op.operands
+    assert isinstance(src, Reg)
+    sel = ctx.cpu.read_name(src.name)
+    ctx.push32(sel & ~3 if sel & 3 == 1 else sel)
+    return None
+
+
+def mov_from_sreg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    dst, src = op.operands
+    assert isinstance(src, Reg)
+    sel = ctx.cpu.read_name(src.name)
+    ctx.write(dst, sel & ~3 if sel & 3 == 1 else sel)
+    return None
+
+
+EMULATORS = {"iret": iret, "far_ret": far_ret, "mov_to_sreg": mov_to_sreg, "pop_sreg": pop_sreg,
+             "lss": lss, "push_sreg": push_sreg, "mov_from_sreg": mov_from_sreg}

@@ -1,0 +1,127 @@
+"""The Unicorn engine and what the VMM puts into the guest's address space.
+
+Memory map (physical; linear == physical until the guest enables paging):
+
+    0 .. ram_size             guest RAM
+    VMM_BASE .. 4 GiB         the VMM area (bt/layout.py): real GDT, IDT, TSS, VMM
+                              code, the user trampoline page, the state block,
+                              stacks, the VMM page table, patch memory
+
+VMM code (at `bt.layout.VMM_CODE`, hand-encoded so that nothing needs an
+assembler at run time):
+
+    BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1
+    STUB1     ring 1:  INT3                          where the call gate lands
+    STOP      never executed: the `until` address of every emu_start
+    TRAMP     ring 3 (VMM_USER_PAGE): LCALL VMM_GATE:0
+
+Why a call gate: the guest kernel's IDT gates are never used by the CPU (Unicorn
+hands every exception to the VMM's hook), so a transition from guest ring 3 to
+ring 1 needs another hardware-faithful inward mechanism. A far CALL through a
+DPL-3 call gate makes the CPU itself switch to TSS.ss1:esp1 (= the guest's
+ss0|1:esp0) and push the user SS:ESP and CS:EIP (Intel SDM vol. 3 §5.8.5), so
+CPL really changes from 3 to 1; the INT3 at the gate's target (a software
+interrupt, so Unicorn's stale `old_exception` is not touched) gives the VMM the
+control to turn that call frame into the interrupt frame the guest expects
+(runtime/deliver.py). Checked with unicorn 2.1.4: call gates work
+(helper_lcall_protected), including the stack switch.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc, UcError
+
+from bt import layout
+from bt.errors import InternalError
+from runtime import paging, segments
+from runtime.cpu import CR0, CS, DS, EAX, EBX, EFLAGS, ES, ESP, FS, GS, SS, Cpu
+from unicorn import x86_const as ux
+
+BOOT = layout.VMM_CODE + 0x000
+STUB1 = layout.VMM_CODE + 0x040
+TSS_SEL_WORD = layout.VMM_CODE + 0x800
+STOP = layout.VMM_CODE + 0xF00
+TRAMP = layout.VMM_USER_PAGE
+
+# TSS fields (SDM vol. 3 §7.2.1, figure 7-2).
+TSS_ESP0, TSS_SS0, TSS_ESP1, TSS_SS1 = 4, 8, 12, 16
+TSS_IOMAP = 102
+
+
+def _vmm_code() -> bytes:
+    code = bytearray(layout.PAGE_SIZE)
+    boot = b"\x0f\x00\x1d" + struct.pack("<I", TSS_SEL_WORD) + b"\xcf"   # ltr [m16]; iretd
+    at = BOOT - layout.VMM_CODE
+    code[at:at + len(boot)] = boot
+    code[STUB1 - layout.VMM_CODE] = 0xCC                                # int3
+    at = TSS_SEL_WORD - layout.VMM_CODE
+    code[at:at + 2] = struct.pack("<H", segments.VMM_TSS)
+    code[STOP - layout.VMM_CODE] = 0xF4                                  # hlt, never reached
+    return bytes(code)
+
+
+def _tramp() -> bytes:
+    return b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)           # lcall gate:0
+
+
+def _tss() -> bytes:
+    tss = bytearray(layout.VMM_TSS_SIZE)
+    struct.pack_into("<II", tss, TSS_ESP0, layout.VMM_STACK0_TOP, segments.VMM_DS0)
+    struct.pack_into("<II", tss, TSS_ESP1, layout.VMM_STACK1_TOP, segments.VMM_DS1)
+    # I/O bitmap right after the 104-byte TSS, all ones: on hardware every port
+    # faults at CPL 1 with IOPL 0 (Unicorn does not check it, notes #1).
+    struct.pack_into("<H", tss, TSS_IOMAP, 104)
+    tss[104:] = b"\xff" * (len(tss) - 104)
+    return bytes(tss)
+
+
+class Machine:
+    """A Unicorn x86-32 engine with guest RAM and the VMM area in place."""
+
+    def __init__(self, ram_size: int) -> None:
+        try:
+            self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+            self.uc.mem_map(0, ram_size, UC_PROT_ALL)
+            self.uc.mem_map(layout.VMM_BASE, layout.VMM_SIZE, UC_PROT_ALL)
+        except UcError as err:
+            raise InternalError(f"cannot set up the Unicorn engine: {err}") from err
+        self.ram_size = ram_size
+        self.cpu = Cpu(self.uc)
+        self._install_vmm()
+
+    def _install_vmm(self) -> None:
+        cpu = self.cpu
+        for sel, desc in segments.vmm_descriptors().items():
+            if sel == segments.VMM_GATE & ~3:
+                desc = segments.call_gate(segments.VMM_CS1 & ~3, STUB1, 3)
+            cpu.phys_write(layout.VMM_GDT + (sel & ~7), desc.to_bytes())
+        cpu.phys_write(layout.VMM_TSS, _tss())
+        cpu.phys_write(layout.VMM_CODE, _vmm_code())
+        cpu.phys_write(TRAMP, _tramp())
+        cpu.phys_write(layout.VMM_PT, paging.vmm_page_table())
+
+    def write_tss_ring1(self, ss1: int, esp1: int) -> None:
+        self.cpu.phys_write(layout.VMM_TSS + TSS_ESP1, struct.pack("<II", esp1, ss1))
+
+    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int) -> None:
+        """CPU state for the first slice: ring 0 at BOOT, about to IRETD to
+        `entry` in ring 1 with IF = 1, IOPL = 0 (the guest's virtual IF is 0)."""
+        uc, cpu = self.uc, self.cpu
+        uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.VMM_GDT, layout.VMM_GDT_SIZE - 1, 0))
+        uc.reg_write(ux.UC_X86_REG_IDTR, (0, layout.VMM_IDT, layout.VMM_IDT_SIZE - 1, 0))
+        cpu.write(CR0, 0x11)  # PE | ET
+        cpu.write(CS, segments.VMM_CS0)
+        cpu.write(SS, segments.VMM_DS0)
+        # DPL-1 data selectors survive the IRETD to ring 1 (SDM IRET: outer-level
+        # returns null data segments whose DPL < new CPL).
+        for reg in (DS, ES, FS, GS):
+            cpu.write(reg, segments.VMM_DS1)
+        frame = struct.pack("<5I", entry, segments.VMM_CS1, 0x202, esp, segments.VMM_DS1)
+        top = layout.VMM_STACK0_TOP - len(frame)
+        cpu.phys_write(top, frame)
+        cpu.write(ESP, top)
+        cpu.write(EFLAGS, 0x2)
+        cpu.write(EAX, eax)
+        cpu.write(EBX, ebx)

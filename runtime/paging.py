@@ -1,0 +1,125 @@
+"""Guest paging as the VMM sees it: linear -> physical walks, and the VMM's PDE.
+
+Unicorn walks the guest's page tables itself (real CR3 = the guest's CR3), but its
+`mem_read`/`mem_write` take physical addresses, so whenever the VMM touches guest
+memory by linear address (frames on the guest stack, the guest IDT, GDT and TSS,
+instruction bytes at a trap) it walks the tables here, as the CPU would
+(Intel SDM vol. 3 §4.3, 32-bit paging: 4 KiB pages and, with CR4.PSE, 4 MiB pages;
+CR0.WP makes read-only pages read-only for supervisor writes too).
+
+A failed walk raises `PageFault` with the error code the CPU would push (§4.7):
+P (bit 0) set if the page was present and a protection check failed, W/R (bit 1)
+for writes, U/S (bit 2) for accesses at CPL 3, I/D (bit 4) for fetches.
+
+The VMM area (bt/layout.py) stays reachable under the guest's paging through one
+page-directory entry the VMM puts into the guest's directory (`install_vmm_pde`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bt import layout
+from bt.errors import GuestStop
+from runtime.cpu import Cpu
+
+PTE_P, PTE_W, PTE_U, PTE_PS = 0x1, 0x2, 0x4, 0x80
+CR0_PG, CR0_WP = 1 << 31, 1 << 16
+CR4_PSE = 1 << 4
+
+PF_P, PF_W, PF_U, PF_I = 0x1, 0x2, 0x4, 0x10
+
+
+class PageFault(Exception):
+    """A guest-linear access the guest's page tables refuse (delivered as #PF)."""
+
+    def __init__(self, linear: int, error_code: int) -> None:
+        super().__init__(f"#PF at {linear:#x} (error code {error_code:#x})")
+        self.linear = linear
+        self.error_code = error_code
+
+
+class Mmu:
+    """Walks the guest's page tables; `regs()` returns the virtual (CR0, CR3, CR4)."""
+
+    def __init__(self, cpu: Cpu, regs: Callable[[], tuple[int, int, int]]) -> None:
+        self.cpu = cpu
+        self.regs = regs
+
+    def translate(self, linear: int, write: bool = False, user: bool = False,
+                  fetch: bool = False) -> int:
+        cr0, cr3, cr4 = self.regs()
+        linear &= 0xFFFFFFFF
+        if not cr0 & CR0_PG:
+            return linear
+        code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch else 0)
+        pde = self.cpu.phys_u32((cr3 & 0xFFFFF000) + ((linear >> 22) << 2))
+        if not pde & PTE_P:
+            raise PageFault(linear, code)
+        if pde & PTE_PS and cr4 & CR4_PSE:
+            self._check(pde, pde, linear, code, write, user, cr0)
+            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
+        pte = self.cpu.phys_u32((pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2))
+        if not pte & PTE_P:
+            raise PageFault(linear, code)
+        self._check(pde, pte, linear, code, write, user, cr0)
+        return (pte & 0xFFFFF000) | (linear & 0xFFF)
+
+    @staticmethod
+    def _check(pde: int, pte: int, linear: int, code: int, write: bool, user: bool, cr0: int) -> None:
+        # SDM §4.6: user accesses need U/S at both levels; writes need R/W at both
+        # levels for users, and for supervisors too when CR0.WP = 1.
+        if user and not (pde & pte & PTE_U):
+            raise PageFault(linear, code | PF_P)
+        if write and not (pde & pte & PTE_W) and (user or cr0 & CR0_WP):
+            raise PageFault(linear, code | PF_P)
+
+    def read(self, linear: int, size: int, user: bool = False, fetch: bool = False) -> bytes:
+        out = b""
+        while size:
+            chunk = min(size, layout.PAGE_SIZE - (linear & 0xFFF))
+            out += self.cpu.phys_read(self.translate(linear, False, user, fetch), chunk)
+            linear, size = linear + chunk, size - chunk
+        return out
+
+    def write(self, linear: int, data: bytes, user: bool = False) -> None:
+        # Translate every page first, so a fault leaves memory untouched (as the
+        # CPU's frame pushes check the whole frame before writing).
+        parts = []
+        pos = 0
+        while pos < len(data):
+            chunk = min(len(data) - pos, layout.PAGE_SIZE - ((linear + pos) & 0xFFF))
+            parts.append((self.translate(linear + pos, True, user), data[pos:pos + chunk]))
+            pos += chunk
+        for phys, piece in parts:
+            self.cpu.phys_write(phys, piece)
+
+    def read_u32(self, linear: int, user: bool = False) -> int:
+        return int.from_bytes(self.read(linear, 4, user), "little")
+
+    def install_vmm_pde(self, cr3: int) -> None:
+        """Point PDE 1023 of the guest's directory at the VMM's page table.
+
+        U/S = 1 at the PDE so that the one user page (the ring 3 -> 1 trampoline)
+        is reachable; every other VMM page is U/S = 0 in `VMM_PT`. A guest that
+        mapped the top 4 MiB itself is stopped: both cannot own it."""
+        slot = (cr3 & 0xFFFFF000) + layout.VMM_PDE_INDEX * 4
+        want = layout.VMM_PT | PTE_P | PTE_W | PTE_U
+        have = self.cpu.phys_u32(slot)
+        if have & PTE_P and have != want:
+            raise GuestStop("guest maps the VMM's top 4 MiB itself",
+                            detail=f"PDE {layout.VMM_PDE_INDEX} = {have:#010x} in directory {cr3:#x}")
+        self.cpu.phys_write_u32(slot, want)
+
+
+def vmm_page_table() -> bytes:
+    """The contents of `VMM_PT`: the VMM area mapped linear == physical, supervisor
+    only, except the user trampoline page (user, read-only)."""
+    out = bytearray()
+    for i in range(1024):
+        addr = layout.VMM_BASE + i * layout.PAGE_SIZE
+        flags = PTE_P | PTE_W
+        if addr == layout.VMM_USER_PAGE:
+            flags = PTE_P | PTE_U
+        out += (addr | flags).to_bytes(4, "little")
+    return bytes(out)

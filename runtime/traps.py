@@ -1,0 +1,266 @@
+"""The VMM's exits: Unicorn's interrupt and I/O hooks (VirtualBox TRPM + EM).
+
+`on_intr` gets every exception and software interrupt the guest raises:
+
+* #GP at CPL 1: decode the instruction (Capstone, through `bt.isa.decode`, cached
+  per address and checked against the bytes), look up its class and run the one
+  emulator of that class (runtime/emulate/). A #GP of an instruction the table
+  does not emulate is the guest's own: delivered through its IDT.
+* INT3 at the VMM's ring-1 stub: the second half of a ring 3 -> 1 delivery.
+* INT3 in patch memory or at a patched site: a hypercall (`Patcher.exit_at`).
+* Everything else (#PF, #DE, #UD, #GP from ring 3, INT n) belongs to the guest
+  and is delivered through its IDT (runtime/deliver.py).
+
+`on_in`/`on_out` are the IN/OUT exits Unicorn never faults (notes #1).
+
+An exception raised in here is stored in `self.error`, emulation is stopped and
+the run loop re-raises it (runtime/vm.py): never swallowed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from capstone import CS_ARCH_X86, CS_MODE_32, Cs, CsError
+from unicorn import Uc
+
+from bt import isa, layout
+from bt.errors import GuestStop
+from bt.operation import Operation
+from runtime import machine
+from runtime.context import HANDLED, Ctx, EmulationFault
+from runtime.cpu import CR2, CS, EIP
+from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR
+from runtime.emulate import EMULATORS
+from runtime.latch import POISONING, ExceptionLatch
+from runtime.paging import PF_W, PageFault
+from runtime.patching import NoPatcher, Patcher
+
+#: Mnemonics whose #GP may come from a stale shadow GDT (resync and re-execute once).
+_SEGMENT_LOADS = frozenset({"mov", "pop", "lds", "les", "lfs", "lgs", "ljmp", "lcall", "jmp", "call"})
+#: Mnemonics that write memory without naming it as an operand (for #PF error codes).
+_IMPLICIT_WRITES = ("push", "call", "stos", "movs", "enter", "pushal", "pushfd", "pushf")
+
+
+class Traps:
+    def __init__(self, ctx: Ctx, patcher: Patcher | None = None, history: int = 16) -> None:
+        self.ctx = ctx
+        self.cpu = ctx.cpu
+        self.stats = ctx.stats
+        self.patcher: Patcher = patcher or NoPatcher()
+        self.latch = ExceptionLatch(ctx.m.uc)
+        self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
+        self._cs.detail = True
+        self._cache: dict[int, tuple[bytes, Operation]] = {}
+        self._resynced_at: int | None = None
+        self.error: BaseException | None = None
+        self.exit_status: int | None = None
+        #: The last exits, for stop reports: (kind, class or vector, guest EIP).
+        self.last: deque[tuple[str, str, int]] = deque(maxlen=history)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def decode(self, eip: int) -> Operation:
+        mmu = self.ctx.mmu
+        code = mmu.read(eip, 16, fetch=True) if (eip & 0xFFF) <= 0xFF0 else self._read_code(eip)
+        hit = self._cache.get(eip)
+        if hit is not None and code.startswith(hit[0]):
+            return hit[1]
+        try:
+            insn = next(self._cs.disasm(code, eip, 1))
+        except (StopIteration, CsError) as err:
+            raise GuestStop("unknown opcode", eip, code[:8].hex()) from err
+        op = isa.decode(insn)
+        self._cache[eip] = (bytes(insn.bytes), op)
+        return op
+
+    def _read_code(self, eip: int) -> bytes:
+        # Near a page end: read what is mapped (the instruction may end before it).
+        try:
+            return self.ctx.mmu.read(eip, 16, fetch=True)
+        except PageFault:
+            return self.ctx.mmu.read(eip, 0x1000 - (eip & 0xFFF), fetch=True)
+
+    def forget_code(self) -> None:
+        """Guest code or its mapping may have changed (paging switched): drop decodes."""
+        self._cache.clear()
+
+    # -- the interrupt hook ---------------------------------------------------------------------
+    def on_intr(self, uc: Uc, vector: int, _data: Any) -> None:
+        t0 = time.perf_counter_ns()
+        kind = "interrupt"
+        try:
+            kind = self._intr(vector)
+            if vector in POISONING:
+                self.latch.clear()
+        except BaseException as err:  # noqa: BLE001 -- stored and re-raised by the run loop
+            self.error = err
+            uc.emu_stop()
+        finally:
+            dt = time.perf_counter_ns() - t0
+            self.stats.vmm_ns += dt
+            self.stats.vmm_ns_by_kind[kind] += dt
+
+    def _intr(self, vector: int) -> str:
+        cpu = self.cpu
+        eip = cpu.read(EIP)
+        cpl = cpu.read(CS) & 3
+        if vector == VEC_BP:
+            return self._int3(eip)
+        if vector == VEC_GP and cpl == 1:
+            return self._trap(eip)
+        soft = self._is_soft(vector, eip)
+        error: int | None = None
+        if vector == VEC_PF:
+            cr2 = cpu.read(CR2)
+            self.ctx.vcpu.set_cr(2, cr2)
+            error = self._pf_error(cr2, eip, cpl)
+        elif vector in WITH_ERROR and not soft:
+            error = 0  # Unicorn does not expose error codes; the guest's own #GP is almost always 0
+        self._inject(vector, eip, error, soft)
+        return "interrupt"
+
+    def _is_soft(self, vector: int, eip: int) -> bool:
+        if vector >= 32:
+            return True
+        try:
+            before = self.ctx.mmu.read(eip - 2, 2)
+        except PageFault:
+            return False
+        return before == bytes((0xCD, vector)) or (vector == 4 and before[1] == 0xCE)
+
+    def _inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
+        self.stats.exit("interrupt", None, self.patcher.to_guest_eip(eip))
+        self.stats.vectors[vector] += 1
+        self.last.append(("interrupt", f"vector {vector}", eip))
+        self.ctx.inject.deliver(vector, eip, error, soft)
+
+    def _pf_error(self, cr2: int, eip: int, cpl: int) -> int:
+        """Rebuild the #PF error code Unicorn does not expose (SDM §4.7), by walking
+        the guest's tables for the access the faulting instruction made."""
+        user = cpl == 3
+        mmu = self.ctx.mmu
+        try:
+            mmu.translate(cr2, False, user)
+        except PageFault as pf:
+            if pf.error_code & 1:  # present but protected for reading: a read fault
+                return pf.error_code
+            return pf.error_code | (PF_W if self._writes(eip) else 0)
+        try:
+            mmu.translate(cr2, True, user)
+        except PageFault as pf:
+            return pf.error_code
+        return (PF_W if self._writes(eip) else 0) | (4 if user else 0)
+
+    def _writes(self, eip: int) -> bool:
+        try:
+            insn = next(self._cs.disasm(self.ctx.mmu.read(eip, 16), eip, 1))
+        except (StopIteration, CsError, PageFault):
+            return False
+        if insn.mnemonic.startswith(_IMPLICIT_WRITES):
+            return True
+        from capstone import CS_AC_WRITE
+        from capstone.x86 import X86_OP_MEM
+        return any(o.type == X86_OP_MEM and o.access & CS_AC_WRITE for o in insn.operands)
+
+    # -- #GP at CPL 1: trap and emulate ---------------------------------------------------------
+    def _trap(self, eip: int) -> str:
+        try:
+            op = self.decode(eip)
+        except PageFault as pf:
+            self.ctx.vcpu.set_cr(2, pf.linear)
+            self._inject(VEC_PF, eip, pf.error_code, False)
+            return "interrupt"
+        emulate = EMULATORS.get(op.cls) if op.cls is not None else None
+        if emulate is None:
+            if op.mnemonic in _SEGMENT_LOADS and self._resynced_at != eip:
+                # Maybe the guest changed its GDT after LGDT: resync and re-execute once.
+                self._resynced_at = eip
+                self.ctx.gdt.sync()
+                return "trap"
+            self._resynced_at = None
+            self._inject(VEC_GP, eip, 0, False)
+            return "interrupt"
+        self._resynced_at = None
+        self.stats.exit("trap", op.cls, eip)
+        self.last.append(("trap", op.cls or "?", eip))
+        self.patcher.on_trap(op)
+        self.execute(op, op.next_address)
+        return "trap"
+
+    def execute(self, op: Operation, next_eip: int) -> None:
+        """Run `op`'s emulator; continue at `next_eip` unless it transferred control.
+        The guest's own exceptions raised by the instruction are delivered."""
+        assert op.cls is not None
+        try:
+            result = EMULATORS[op.cls](op, self.ctx, next_eip)
+        except EmulationFault as fault:
+            self._inject(fault.vector, op.address, fault.error_code, False)
+            return
+        except PageFault as pf:
+            self.ctx.vcpu.set_cr(2, pf.linear)
+            self.cpu.write(CR2, pf.linear)
+            self._inject(VEC_PF, op.address, pf.error_code, False)
+            return
+        if result is None:
+            self.cpu.write(EIP, next_eip)
+        elif result != HANDLED:
+            self.cpu.write(EIP, result)
+
+    # -- INT3: the VMM's stub, hypercalls, or the guest's own breakpoint ------------------------------
+    def _int3(self, eip: int) -> str:
+        at = eip - 1
+        if at == machine.STUB1:
+            self.ctx.inject.complete_inward()
+            return "interrupt"
+        in_patch = layout.PATCH_BASE <= at < layout.PATCH_BASE + layout.PATCH_SIZE
+        record = self.patcher.exit_at(at)
+        if record is not None:
+            op = record.op
+            site = self.patcher.to_guest_eip(at)
+            self.stats.exit("hypercall", op.cls, site)
+            self.last.append(("hypercall", op.cls or "?", site))
+            self.execute(op, record.resume)
+            return "hypercall"
+        if in_patch:
+            raise GuestStop("INT3 in patch memory that the patch manager does not know", at)
+        self._inject(VEC_BP, eip, None, True)
+        return "interrupt"
+
+    # -- I/O: exits Unicorn does not fault --------------------------------------------------------
+    def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
+        t0 = time.perf_counter_ns()
+        try:
+            self._io_exit("in", port)
+            return self.ctx.bus.read(port, size)
+        except BaseException as err:  # noqa: BLE001 -- stored and re-raised by the run loop
+            self.error = err
+            uc.emu_stop()
+            return 0
+        finally:
+            dt = time.perf_counter_ns() - t0
+            self.stats.vmm_ns += dt
+            self.stats.vmm_ns_by_kind["io"] += dt
+
+    def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            self._io_exit("out", port)
+            self.ctx.bus.write(port, size, value)
+            if self.exit_status is not None:
+                uc.emu_stop()
+        except BaseException as err:  # noqa: BLE001 -- stored and re-raised by the run loop
+            self.error = err
+            uc.emu_stop()
+        finally:
+            dt = time.perf_counter_ns() - t0
+            self.stats.vmm_ns += dt
+            self.stats.vmm_ns_by_kind["io"] += dt
+
+    def _io_exit(self, cls: str, port: int) -> None:
+        eip = self.patcher.to_guest_eip(self.cpu.read(EIP))
+        self.stats.exit("io", cls, eip)
+        self.stats.io_ports[port] += 1
+        self.last.append(("io", f"{cls} {port:#x}", eip))
+

@@ -1,0 +1,117 @@
+"""Virtual CPU state: what the guest believes its (ring-0) CPU holds.
+
+IF/IOPL, CR0/2/3/4, GDTR/IDTR/LDTR/TR live in the state block in guest memory
+(`bt.layout.STATE_FIELDS`), because patch code reads and writes them without
+exiting: the block is the one truth, and these properties read and write it
+(physical == linear in the VMM area). Debug registers and MSRs are only touched
+by trapping instructions, so they live here in Python.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from bt import layout
+from runtime.cpu import Cpu
+
+IF = 1 << 9
+IOPL_MASK = 3 << 12
+#: EFLAGS bits the virtual flags word owns; all others are the real ones.
+VIRTUAL_FLAGS = IF | IOPL_MASK
+
+# MSRs 32-bit kernels touch (Intel SDM vol. 4, table 2-2).
+MSR_TSC = 0x10
+MSR_APIC_BASE = 0x1B
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_EFER = 0xC0000080
+MSR_PAT = 0x277
+MSR_MISC_ENABLE = 0x1A0
+
+_VFLAGS = layout.state("vflags")
+_PENDING = layout.state("pending")
+_CR = {0: layout.state("cr0"), 2: layout.state("cr2"), 3: layout.state("cr3"), 4: layout.state("cr4")}
+_GDTR, _IDTR = layout.state("gdtr"), layout.state("idtr")
+_LDTR, _TR = layout.state("ldtr"), layout.state("tr")
+
+#: CR0 at multiboot entry: PE and ET (what QEMU's CPU shows after its loader).
+CR0_RESET = 0x00000011
+
+
+class VirtualCpu:
+    def __init__(self, cpu: Cpu) -> None:
+        self.cpu = cpu
+        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x00000400]  # DR0-7 reset values (SDM §17.2)
+        self.msr: dict[int, int] = {
+            MSR_APIC_BASE: 0xFEE00900,  # BSP, enabled, default base (SDM §10.4.4)
+            MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
+            MSR_EFER: 0, MSR_PAT: 0x0007040600070406, MSR_MISC_ENABLE: 1,
+        }
+
+    def reset(self) -> None:
+        self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))
+        self.vflags = 0x2            # IF = 0, IOPL = 0: multiboot entry state
+        self.set_cr(0, CR0_RESET)
+
+    # -- the state block ----------------------------------------------------------------------
+    @property
+    def vflags(self) -> int:
+        return self.cpu.phys_u32(_VFLAGS)
+
+    @vflags.setter
+    def vflags(self, value: int) -> None:
+        self.cpu.phys_write_u32(_VFLAGS, value)
+
+    @property
+    def vif(self) -> bool:
+        return bool(self.vflags & IF)
+
+    def set_vif(self, on: bool) -> None:
+        v = self.vflags
+        self.vflags = (v | IF) if on else (v & ~IF)
+
+    @property
+    def pending(self) -> int:
+        return self.cpu.phys_u32(_PENDING)
+
+    @pending.setter
+    def pending(self, value: int) -> None:
+        self.cpu.phys_write_u32(_PENDING, value)
+
+    def cr(self, n: int) -> int:
+        return self.cpu.phys_u32(_CR[n])
+
+    def set_cr(self, n: int, value: int) -> None:
+        self.cpu.phys_write_u32(_CR[n], value)
+
+    def paging_regs(self) -> tuple[int, int, int]:
+        raw = self.cpu.phys_read(_CR[0], 16)
+        cr0, _cr2, cr3, cr4 = struct.unpack("<4I", raw)
+        return cr0, cr3, cr4
+
+    def table(self, which: str) -> tuple[int, int]:
+        """(base, limit) of "gdtr" or "idtr"."""
+        limit, base = struct.unpack("<HI", self.cpu.phys_read(_GDTR if which == "gdtr" else _IDTR, 6))
+        return base, limit
+
+    def set_table(self, which: str, base: int, limit: int) -> None:
+        self.cpu.phys_write(_GDTR if which == "gdtr" else _IDTR, struct.pack("<HI", limit, base))
+
+    @property
+    def ldtr(self) -> int:
+        return int.from_bytes(self.cpu.phys_read(_LDTR, 2), "little")
+
+    @ldtr.setter
+    def ldtr(self, sel: int) -> None:
+        self.cpu.phys_write(_LDTR, (sel & 0xFFFF).to_bytes(2, "little"))
+
+    @property
+    def tr(self) -> int:
+        return int.from_bytes(self.cpu.phys_read(_TR, 2), "little")
+
+    @tr.setter
+    def tr(self, sel: int) -> None:
+        self.cpu.phys_write(_TR, (sel & 0xFFFF).to_bytes(2, "little"))
+
+    def guest_eflags(self, real: int) -> int:
+        """EFLAGS as the guest must see them: real bits, virtual IF and IOPL."""
+        return (real & ~VIRTUAL_FLAGS) | (self.vflags & VIRTUAL_FLAGS)

@@ -1,0 +1,232 @@
+"""The run loop: boot a kernel in ring 1 and run it to its end.
+
+Virtual time
+------------
+`emu_start(..., count=N)` runs the guest in slices of N instructions. Virtual time
+advances by `config.NS_PER_INSN` per instruction at the end of each slice, by
+`config.NS_PER_EXIT` per exit, and jumps forward on HLT to the next timer event.
+A slice never runs past the next device event, so a timer interrupt arrives after
+the same instruction in every run: output and counts are reproducible. Wall-clock
+time (`--timeout`) only decides when to give up, never what the guest sees.
+
+Instructions of a slice cut short by the guest's end (isa-debug-exit) are not
+known to Unicorn's API and are not counted; every other instruction is.
+
+Integration seam with the patch manager (issue 5)
+--------------------------------------------------
+`Vm(config, patcher=...)` takes any object of the `runtime.patching.Patcher`
+protocol (default `NoPatcher`). The trap handler (runtime/traps.py) calls
+(a) `patcher.on_trap(op)` after each trap of a sensitive site, (b)
+`patcher.exit_at(address)` for every INT3 that is not the VMM's own, and runs
+the returned `PatchExit.op` through the same emulator a trap of its class uses,
+continuing at `PatchExit.resume`, and (c) `patcher.to_guest_eip(eip)` to report
+patch-memory addresses as guest sites. `Vm.machine.uc` and `Vm.cpu` give the
+patch manager's wiring access to guest memory (patch memory is
+`bt.layout.PATCH_BASE`, mapped and supervisor-only).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
+from unicorn import unicorn_const as uconst
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
+
+from bt import layout
+from bt.errors import GuestStop, InternalError
+from runtime import config as cfg
+from runtime.context import HANDLED, Ctx
+from runtime.cpu import CS, EIP, UnmappedPhys
+from runtime.deliver import Injector
+from runtime.devices.standard import StandardDevices, build_standard_bus
+from runtime.machine import BOOT, STOP, Machine
+from runtime.paging import Mmu
+from runtime.patching import Patcher
+from runtime.segments import ShadowGdt
+from runtime.stats import RunStats
+from runtime.traps import Traps
+from runtime.vcpu import VirtualCpu
+
+try:  # the devices engineer's multiboot loader; the stand-in until it lands
+    from runtime.boot import load_kernel  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - depends on what has landed
+    from runtime.bootstub import load_kernel
+
+#: Unicorn errors that mean the guest went where no memory is.
+_UNMAPPED = {
+    uconst.UC_ERR_FETCH_UNMAPPED: "jump into unmapped memory",
+    uconst.UC_ERR_READ_UNMAPPED: "read of unmapped memory",
+    uconst.UC_ERR_WRITE_UNMAPPED: "write to unmapped memory",
+    uconst.UC_ERR_FETCH_PROT: "fetch from non-executable memory",
+    uconst.UC_ERR_INSN_INVALID: "unknown opcode",
+    uconst.UC_ERR_EXCEPTION: "unhandled CPU exception",
+}
+#: Initial ESP at multiboot entry (the spec leaves it undefined; below the info).
+ENTRY_ESP = 0x7000
+
+
+@dataclass
+class RunResult:
+    #: The guest's isa-debug-exit status `(V << 1) | 1`, or None if it did not write it.
+    exit_status: int | None
+    stats: RunStats
+    last_exits: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+class Vm:
+    def __init__(self, config: cfg.RunConfig, patcher: Patcher | None = None) -> None:
+        self.config = config
+        self.boot = load_kernel(str(config.kernel), config.cmdline, config.ram_size)
+        self.machine = Machine(config.ram_size)
+        self.cpu = self.machine.cpu
+        self.vcpu = VirtualCpu(self.cpu)
+        self.vcpu.reset()
+        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs)
+        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read)
+        self.stats = RunStats()
+        self.now_ns = 0
+        self._exits_mark = 0
+        self.devices: StandardDevices = build_standard_bus(
+            config.serial, config.ram_size, self.clock, on_exit=self._on_exit)
+        self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
+        self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
+                       bus=self.devices.bus, inject=self.inject, stats=self.stats,
+                       on_halt=self._halt, on_vif_set=self._vif_set,
+                       on_paging_change=self._paging_changed)
+        self.traps = Traps(self.ctx, patcher, config.last_exits)
+        uc = self.machine.uc
+        uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
+        uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
+        for addr, data in self.boot.chunks:
+            if addr + len(data) > config.ram_size:
+                raise GuestStop("kernel does not fit in guest RAM", None,
+                                f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
+            self.cpu.phys_write(addr, data)
+        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, ENTRY_ESP)
+
+    # -- virtual time ---------------------------------------------------------------------------
+    def clock(self) -> int:
+        return self.now_ns + (self.stats.total_exits - self._exits_mark) * cfg.NS_PER_EXIT
+
+    def _advance(self, insns: int) -> None:
+        self.now_ns = self.clock() + insns * cfg.NS_PER_INSN
+        self._exits_mark = self.stats.total_exits
+        self.stats.guest_insns += insns
+
+    def _on_exit(self, status: int) -> None:
+        self.traps.exit_status = status
+
+    # -- callbacks for emulators ------------------------------------------------------------------
+    def _deliverable(self) -> bool:
+        return (self.cpu.read(CS) & 3) == 3 or self.vcpu.vif
+
+    def _take_irq(self, return_eip: int) -> bool:
+        pic = self.devices.pic
+        if not pic.pending():
+            self.vcpu.pending = 0
+            return False
+        vector = pic.acknowledge()
+        self.vcpu.pending = 0
+        self.traps._inject(vector, return_eip, None, False)
+        return True
+
+    def _vif_set(self, eip: int) -> int | None:
+        return HANDLED if self._take_irq(eip) else None
+
+    def _halt(self, next_eip: int) -> int | None:
+        if not self.vcpu.vif:
+            raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
+        while True:
+            now = self.clock()
+            self.devices.tick(now)
+            if self._take_irq(next_eip):
+                return HANDLED
+            event = self.devices.next_event_ns(now)
+            if event is None:
+                raise GuestStop("guest halted and no interrupt source is enabled", next_eip - 1)
+            if event > now:
+                self.stats.idle_ns += event - now
+                self.now_ns += event - now
+
+    def _paging_changed(self) -> None:
+        self.traps.forget_code()
+        try:
+            self.machine.uc.ctl(uconst.UC_CTL_TLB_FLUSH, uconst.UC_CTL_IO_WRITE)
+        except UcError as err:
+            raise InternalError(f"TLB flush failed: {err}") from err
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        config = self.config
+        uc = self.machine.uc
+        t_start = time.perf_counter()
+        deadline = None if config.timeout is None else t_start + config.timeout
+        pc = BOOT
+        traps = self.traps
+        try:
+            while traps.exit_status is None:
+                count = self._slice_length()
+                if count <= 0:
+                    raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
+                                    f"{self.stats.guest_insns} instructions")
+                try:
+                    uc.emu_start(pc, STOP, count=count)
+                except UcError as err:
+                    if traps.error is not None:
+                        raise traps.error from None
+                    raise self._unicorn_stop(err) from err
+                if traps.error is not None:
+                    raise traps.error
+                if traps.exit_status is not None:
+                    break
+                self._advance(count)
+                self.devices.tick(self.now_ns)
+                pc = self.cpu.read(EIP)
+                if self.devices.pic.pending():
+                    if self._in_guest(pc) and self._deliverable():
+                        self._take_irq(pc)
+                        pc = self.cpu.read(EIP)
+                    else:
+                        self.vcpu.pending = 1
+                if deadline is not None and time.perf_counter() > deadline:
+                    raise GuestStop("wall-clock timeout (--timeout)", pc,
+                                    f"{self.stats.guest_insns} instructions")
+        except GuestStop as stop:
+            if stop.eip is not None:
+                stop.eip = self.traps.patcher.to_guest_eip(stop.eip)
+            stop.last_exits = list(traps.last)  # type: ignore[attr-defined]
+            raise
+        except UnmappedPhys as err:
+            raise GuestStop("access to memory outside guest RAM", self.cpu.read(EIP), str(err)) from err
+        finally:
+            self.devices.flush()
+            self.stats.virtual_ns = self.clock()
+            self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
+        return RunResult(traps.exit_status, self.stats, list(traps.last))
+
+    def _slice_length(self) -> int:
+        count = self.config.slice_insns
+        event = self.devices.next_event_ns(self.now_ns)
+        if event is not None:
+            count = min(count, max(1, -(-(event - self.now_ns) // cfg.NS_PER_INSN)))
+        if self.config.max_insns is not None:
+            count = min(count, self.config.max_insns - self.stats.guest_insns)
+        return count
+
+    @staticmethod
+    def _in_guest(eip: int) -> bool:
+        # Not inside the VMM's own stubs (a ring 3 -> 1 delivery may be in flight).
+        return not (layout.VMM_BASE <= eip < layout.PATCH_BASE)
+
+    def _unicorn_stop(self, err: UcError) -> GuestStop:
+        eip = self.cpu.read(EIP)
+        reason = _UNMAPPED.get(err.errno, f"Unicorn stopped: {err}")
+        if err.errno == uconst.UC_ERR_EXCEPTION:
+            reason = "triple fault"
+        return GuestStop(reason, eip, str(err))
+
+    def symbolize(self, addr: int) -> str:
+        return self.boot.symbolize(addr) if hasattr(self.boot, "symbolize") else f"{addr:#x}"

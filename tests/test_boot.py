@@ -20,7 +20,7 @@ from qemu import qemu_binary, qemu_command
 
 from bt.errors import ElfError, InputError, Ring1Error, UsageError
 from bt.layout import MULTIBOOT_INFO, MULTIBOOT_MMAP, VMM_BASE, MiB
-from runtime.boot import BOOT_MAGIC, BootImage, find_header, load_boot_image, memory_map
+from runtime.boot import BOOT_MAGIC, BootImage, find_header, load_boot_image, load_kernel, memory_map
 
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -156,6 +156,13 @@ def test_sample_kernel() -> None:
     # bss is loaded as zeros, up to the kernel's end
     bss = [(a, d) for a, d in image.chunks if a >= 0x100000 and not any(d)]
     assert bss and image.kernel_end == max(a + len(d) for a, d in image.chunks if a < 0x105000)
+
+
+def test_load_kernel_positional_shape() -> None:
+    elf = SAMPLES / "hello" / "hello.elf"
+    if not elf.exists():
+        pytest.skip("samples not built")
+    assert load_kernel(str(elf), "x=1", 32 * MiB) == load_boot_image(elf, ram_size=32 * MiB, cmdline="x=1")
 
 
 def test_empty_append_gives_path_and_space(tmp_path: Path) -> None:

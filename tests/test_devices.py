@@ -383,6 +383,7 @@ def test_pit_reset_state_and_speaker_port() -> None:
     assert not speaker.io_read(0x61, 1) & 0x20
     clock.now = ticks_to_ns(100)
     assert speaker.io_read(0x61, 1) & 0x20   # terminal count reached
+    assert pit.io_read(0x43, 1) == 0         # write-only control register, read as QEMU does
 
 
 # -- CMOS, port 0x80, the standard set ---------------------------------------------

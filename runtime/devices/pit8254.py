@@ -234,7 +234,7 @@ class Pit8254:
     def io_read(self, port: int, size: int) -> int:
         index = port - PIT_BASE
         if index == 3:
-            return 0xFF  # the control register is write-only; QEMU's read returns nothing useful
+            return 0  # the control register is write-only; QEMU reads it as 0 (measured)
         return self.channels[index].read(self.clock())
 
     def io_write(self, port: int, size: int, value: int) -> None:

@@ -18,6 +18,10 @@ reference ring1's guest output is compared with: IIR 0x01, LSR 0x60, MSR 0xB0
 (DCD, DSR, CTS), MCR 0x08 (OUT2), divisor 12 (9600 baud); the interrupt line is
 not gated by MCR.OUT2 (QEMU does not gate it either); reading IIR while it reports
 "THR empty" clears that interrupt; enabling ETBEI while THR is empty raises it.
+One simplification: "received data available" is raised as soon as a byte is
+waiting, whatever the FIFO trigger level (QEMU waits for the level or a character
+timeout, which is timed); ring1 has no timed input, so a guest reading polled or by
+interrupt gets every byte either way.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ LSR_TEMT = 0x40
 MSR_CTS = 0x10
 MSR_DSR = 0x20
 MSR_DCD = 0x80
-#: Receive FIFO depth; input fed beyond it waits in the host-side queue.
+#: One preallocated bytes object per value, so a transmitted byte allocates nothing.
+_BYTE = tuple(bytes((i,)) for i in range(256))
+#: Host-side input queue limit; input fed beyond it is an overrun (LSR.OE).
 RX_QUEUE_MAX = 1 << 16
 
 
@@ -186,7 +192,7 @@ class Uart16550:
         if self.mcr & MCR_LOOP:
             self._rx.append(byte)
         elif self.sink is not None:
-            self.sink.write(bytes((byte,)))
+            self.sink.write(_BYTE[byte])
             if byte == 0x0A and self._flush_on_newline:
                 self.sink.flush()
         self.tx_bytes += 1

@@ -23,7 +23,9 @@ def unavailable(static: bool) -> str | None:
     that `bt compare` says so in one line instead of reporting a comparison it did not make."""
     if importlib.util.find_spec("runtime.vm") is None:
         return "the VMM's run loop (runtime/vm.py) is not built yet"
-    return None
+    # Until `bt run` drives the patch manager from its run loop, a "patched" run would
+    # be a second unpatched run, and a comparison of the two would pretend.
+    return "patching is unavailable: dynamic patching is not wired into the run loop yet"
 
 
 def instruction_texts(kernel: str, addresses: Iterable[int]) -> dict[int, str]:
@@ -97,12 +99,32 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
 
 
 def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
-    """Run `kernel` in `mode` (unpatched, dynamic or static) with the run `options`."""
+    """Run `kernel` in `mode` (unpatched, dynamic or static) with the run `options`
+    (`cmdline`, `max_insns`, `hot`), in this process. A guest that stops abnormally is a
+    result (its reason is compared like an exit status), not an error."""
+    import io
+    from pathlib import Path
+
+    from bt.errors import GuestStop, UsageError
+    from runtime.config import RunConfig
+    from runtime.vm import Vm
+
     if mode not in (BASELINE, DYNAMIC, STATIC):
         raise ValueError(f"unknown mode {mode!r}")
     reason = unavailable(static=mode == STATIC)
     if reason:
-        from bt.errors import UsageError
-
         raise UsageError(f"cannot compare: {reason}")
-    raise NotImplementedError("wired to runtime.vm when it lands")
+    serial = io.BytesIO()
+    config = RunConfig(kernel=Path(kernel), cmdline=options.get("cmdline") or "",
+                       max_insns=options.get("max_insns"), serial=serial)
+    vm = Vm(config)
+    stop_reason = ""
+    exit_status: int | None = None
+    try:
+        exit_status = vm.run().exit_status
+    except GuestStop as stop:
+        stop_reason = str(stop)
+    stats = vm.stats.to_dict()
+    texts = instruction_texts(kernel, (s["address"] for s in stats["by_site"]))
+    return record_from_stats(mode, stats, serial=serial.getvalue(), exit_status=exit_status,
+                             stop_reason=stop_reason, patches=(), options=options, text_at=texts)

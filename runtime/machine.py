@@ -32,12 +32,12 @@ from __future__ import annotations
 import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc, UcError
+from unicorn import x86_const as ux
 
 from bt import layout
 from bt.errors import InternalError
 from runtime import paging, segments
 from runtime.cpu import CR0, CS, DS, EAX, EBX, EFLAGS, ES, ESP, FS, GS, SS, Cpu
-from unicorn import x86_const as ux
 
 BOOT = layout.VMM_CODE + 0x000
 STUB1 = layout.VMM_CODE + 0x040

@@ -94,7 +94,7 @@ class Traps:
             kind = self._intr(vector)
             if vector in POISONING:
                 self.latch.clear()
-        except BaseException as err:  # noqa: BLE001 -- stored and re-raised by the run loop
+        except BaseException as err:
             self.error = err
             uc.emu_stop()
         finally:
@@ -234,7 +234,7 @@ class Traps:
         try:
             self._io_exit("in", port)
             return self.ctx.bus.read(port, size)
-        except BaseException as err:  # noqa: BLE001 -- stored and re-raised by the run loop
+        except BaseException as err:
             self.error = err
             uc.emu_stop()
             return 0
@@ -250,7 +250,7 @@ class Traps:
             self.ctx.bus.write(port, size, value)
             if self.exit_status is not None:
                 uc.emu_stop()
-        except BaseException as err:  # noqa: BLE001 -- stored and re-raised by the run loop
+        except BaseException as err:
             self.error = err
             uc.emu_stop()
         finally:

@@ -37,6 +37,7 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
 from bt import layout
 from bt.errors import GuestStop, InternalError
 from runtime import config as cfg
+from runtime.boot import load_kernel
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CS, EIP, UnmappedPhys
 from runtime.deliver import Injector
@@ -48,11 +49,6 @@ from runtime.segments import ShadowGdt
 from runtime.stats import RunStats
 from runtime.traps import Traps
 from runtime.vcpu import VirtualCpu
-
-try:  # the devices engineer's multiboot loader; the stand-in until it lands
-    from runtime.boot import load_kernel  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - depends on what has landed
-    from runtime.bootstub import load_kernel
 
 #: Unicorn errors that mean the guest went where no memory is.
 _UNMAPPED = {
@@ -229,4 +225,4 @@ class Vm:
         return GuestStop(reason, eip, str(err))
 
     def symbolize(self, addr: int) -> str:
-        return self.boot.symbolize(addr) if hasattr(self.boot, "symbolize") else f"{addr:#x}"
+        return self.boot.symbolize(addr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bt.operation import Operation
 from runtime.context import Ctx
+from runtime.segments import Descriptor
 
 ZF = 1 << 6
 
@@ -32,7 +33,7 @@ def _set_zf(ctx: Ctx, on: bool) -> None:
     ctx.cpu.write_name("eflags", (fl | ZF) if on else (fl & ~ZF))
 
 
-def _visible(ctx: Ctx, sel: int):  # type: ignore[no-untyped-def]
+def _visible(ctx: Ctx, sel: int) -> Descriptor | None:
     desc = ctx.gdt.guest_descriptor(sel)
     if desc is None or not desc.present:
         return None

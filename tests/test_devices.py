@@ -451,6 +451,9 @@ def test_standard_bus_firmware_state() -> None:
     assert sink.getvalue() == b"A" and stops == [1] and dev.debug_exit.exit_status == 1
     assert bus.read(0x3FD, 1) == 0x60 and bus.read(0x61, 1) & 0x20
     assert bus.read(0x300, 2) == 0xFFFF and bus.unknown[0x300] == 1
+    counters = dev.counters()
+    assert counters["io.unassigned.0x0300"] == 1 and counters["pic.ack.irq0"] == 1
+    assert counters["uart.tx_bytes"] == 1 and counters["pit.irq0"] == 1 and counters["io.uart16550"] == 2
 
 
 def test_standard_bus_without_firmware() -> None:

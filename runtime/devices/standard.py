@@ -65,6 +65,19 @@ class StandardDevices:
     def flush(self) -> None:
         self.uart.flush()
 
+    def counters(self) -> dict[str, int]:
+        """Device statistics for `bt run --stats`: accesses per device, unassigned ports,
+        interrupts raised and acknowledged, serial bytes, POST writes."""
+        out = {f"io.{name}": n for name, n in sorted(self.bus.accesses.items())}
+        out |= {f"io.unassigned.{port:#06x}": n for port, n in sorted(self.bus.unknown.items())}
+        out["pit.irq0"] = self.pit.irqs
+        out |= {f"pic.ack.irq{irq}": n for irq, n in enumerate(self.pic.acks[:16]) if n}
+        if self.pic.acks[16]:
+            out["pic.ack.spurious"] = self.pic.acks[16]
+        out["uart.tx_bytes"] = self.uart.tx_bytes
+        out["port80.writes"] = self.port80.writes
+        return out
+
 
 def build_standard_bus(serial_sink: BinaryIO | None, ram_size: int, clock: Callable[[], int], *,
                        on_exit: Callable[[int], None] | None = None,

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import TypeVar
 
 from bt.errors import InternalError
 from runtime.devices.base import ALL_ONES, Device
 
 log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=Device)
 
 
 class IoBus:
@@ -32,7 +35,7 @@ class IoBus:
         #: Accesses that reached a device, by device name.
         self.accesses: Counter[str] = Counter()
 
-    def register(self, device: Device) -> Device:
+    def register(self, device: D) -> D:
         """Attach `device` at its `ports`; refuse a port another device claims."""
         for r in device.ports:
             for port in r:

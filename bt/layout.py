@@ -94,6 +94,11 @@ VMM_STACK_SIZE = PAGE_SIZE
 #: The page table that maps the VMM area when the guest enables paging.
 VMM_PT = VMM_BASE + 0x1A000
 
+#: The shadow LDT: the guest's LDT with DPL 0 compressed to 1 like the GDT (a guest
+#: LLDT loads the real LDTR with a VMM descriptor pointing here). 64 KiB: any LDT fits.
+VMM_LDT = VMM_BASE + 0x20000
+VMM_LDT_SIZE = 64 * KiB
+
 #: Patch memory: patch blocks and hypercall stubs (2 MiB, as PATM had).
 PATCH_BASE = VMM_BASE + 2 * MiB
 PATCH_SIZE = 2 * MiB
@@ -151,6 +156,7 @@ def _check() -> None:
         (VMM_CODE, PAGE_SIZE, "code"), (VMM_USER_PAGE, PAGE_SIZE, "user page"),
         (STATE_BASE, STATE_SIZE, "state"), (VMM_STACK0_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE, "stack0"),
         (VMM_STACK1_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE, "stack1"), (VMM_PT, PAGE_SIZE, "pt"),
+        (VMM_LDT, VMM_LDT_SIZE, "ldt"),
         (PATCH_BASE, PATCH_SIZE, "patch"),
     ])
     for (a, n, x), (b, _, y) in itertools.pairwise(regions):

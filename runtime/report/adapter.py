@@ -67,17 +67,26 @@ def patch_table(manager: PatchManager) -> tuple[Patch, ...]:
     return tuple(sorted(rows, key=lambda row: row.address))
 
 
+def _site(s: Mapping[str, Any], text_at: Mapping[int, str]) -> Site:
+    address = s["address"]
+    text = text_at.get(address, "")
+    if not s.get("class"):
+        # The runtime counts an interrupt or exception it delivers at the guest EIP it
+        # returns to: the instruction there did not cause the exit, so the row says so.
+        return Site(address, "", f"(interrupt delivered) {text}".rstrip(), "interrupt", s["count"])
+    return Site(address, s["class"], text, "", s["count"])
+
+
 def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exit_status: int | None,
                       stop_reason: str, patches: Iterable[Patch], options: Mapping[str, Any],
                       text_at: Mapping[int, str]) -> RunRecord:
     """A `RunRecord` from `RunStats.to_dict()` and what the run loop returned.
 
     `text_at` gives the disassembly of each site (the statistics only name its class)."""
-    sites = tuple(
-        Site(address=s["address"], cls=s.get("class") or "", text=text_at.get(s["address"], ""),
-             kind="", count=s["count"])
-        for s in stats["by_site"]
-    )
+    sites = tuple(_site(s, text_at) for s in stats["by_site"])
+    # The runtime counts instructions per completed time slice; a run that ends inside its
+    # first slice reports 0, which is not a measurement of how much the guest ran.
+    insns = stats.get("guest_insns") or None
     wall_ns = stats["wall_ns"]
     vmm_ns = stats.get("vmm_ns")
     return RunRecord(
@@ -89,7 +98,7 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
         exits_by_class=dict(stats["by_class"]),
         sites=sites,
         patches=tuple(patches),
-        guest_instructions=stats.get("guest_insns"),
+        guest_instructions=insns,
         # Guest time is the run's wall time outside the VMM's exit handlers.
         timing=Timing(wall=wall_ns / 1e9,
                       guest=(wall_ns - vmm_ns) / 1e9 if vmm_ns is not None else None,
@@ -112,7 +121,7 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
     if mode not in (BASELINE, DYNAMIC, STATIC):
         raise ValueError(f"unknown mode {mode!r}")
     reason = unavailable(static=mode == STATIC)
-    if reason:
+    if reason and mode != BASELINE:
         raise UsageError(f"cannot compare: {reason}")
     serial = io.BytesIO()
     config = RunConfig(kernel=Path(kernel), cmdline=options.get("cmdline") or "",

@@ -167,7 +167,7 @@ def describe_patches(k: KernelComparison, mode: str) -> Table:
 
 def describe_timing(k: KernelComparison) -> Table:
     t = _table("Time", "run", "wall", "in guest", "in VMM", "exits", "VMM per exit",
-               "guest instructions", "speedup")
+               "guest instructions (at least)", "speedup")
     for r in k.timings:
         t.add_row(r.mode, fmt.seconds(r.wall), fmt.seconds(r.guest), fmt.seconds(r.vmm), fmt.count(r.exits),
                   fmt.micros(r.us_per_exit), fmt.maybe_count(r.guest_instructions),

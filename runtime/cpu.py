@@ -58,6 +58,9 @@ class Cpu:
         self._buf = ctypes.create_string_buffer(64)
 
     def read(self, reg: int) -> int:
+        # Unicorn stores only the register's own width (16 bits for selectors, 32
+        # for EIP/EFLAGS): clear the buffer so no stale upper bits survive.
+        self._val.value = 0
         if self._reg_read(self._h, reg, self._pval) != 0:
             raise InternalError(f"uc_reg_read({reg}) failed")
         return self._val.value

@@ -132,8 +132,9 @@ class Injector:
             raise DeliveryFault(VEC_PF, pf.error_code) from None
         if gate.type not in (GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK):
             raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
-        if soft and gate.dpl < cpl:
-            # SDM §6.12.1.1: INT n checks the gate's DPL against CPL.
+        if soft and gate.dpl < (0 if cpl == 1 else cpl):
+            # SDM §6.12.1.1: INT n checks the gate's DPL against CPL, the guest's
+            # CPL: ring 1 is the guest's ring 0.
             raise DeliveryFault(VEC_GP, vector * 8 + 2)
         if not gate.present:
             raise DeliveryFault(VEC_NP, vector * 8 + 2 + ext)

@@ -102,6 +102,11 @@ class Machine:
         cpu.phys_write(TRAMP, _tramp())
         cpu.phys_write(layout.VMM_PT, paging.vmm_page_table())
 
+    def load_ldtr(self, selector: int, base: int, limit: int) -> None:
+        """The real LDTR (hidden part included: base, limit, present LDT type)."""
+        flags = 0x8200 if selector else 0
+        self.uc.reg_write(ux.UC_X86_REG_LDTR, (selector, base, limit, flags))
+
     def write_tss_ring1(self, ss1: int, esp1: int) -> None:
         self.cpu.phys_write(layout.VMM_TSS + TSS_ESP1, struct.pack("<II", esp1, ss1))
 

@@ -35,6 +35,8 @@ VMM_DS1 = ((_F + 3) << 3) | 1    #: ring-1 flat data: the guest's DS/ES/SS at mu
 VMM_CS3 = ((_F + 4) << 3) | 3    #: ring-3 flat code: runs the user -> kernel trampoline
 VMM_TSS = (_F + 5) << 3          #: the VMM's TSS (ss1:esp1 = guest ss0|1:esp0)
 VMM_GATE = ((_F + 6) << 3) | 3   #: DPL-3 call gate to the ring-1 completion stub
+VMM_LDT = (_F + 7) << 3          #: the shadow LDT (bt.layout.VMM_LDT), loaded on guest LLDT
+TYPE_LDT = 0x2
 
 ACCESS_PRESENT = 0x80
 ACCESS_S = 0x10                  # 1: code/data, 0: system
@@ -149,22 +151,68 @@ class ShadowGdt:
     for kernels that build their GDT before loading it."""
 
     def __init__(self, write_phys: Callable[[int, bytes], None],
-                 read_linear: Callable[[int, int], bytes]) -> None:
+                 read_linear: Callable[[int, int], bytes],
+                 load_ldtr: Callable[[int, int, int], None]) -> None:
         self._write = write_phys   # (phys, bytes) -> None
         self._read = read_linear   # (linear, size) -> bytes
+        self._load_ldtr = load_ldtr  # (selector, base, limit) -> None: the real LDTR
         self.guest_base = 0
         self.guest_limit = 0
         self.synced = 0             #: number of guest slots currently shadowed
+        self.ldt_selector = 0       #: the guest's LDTR (0: none)
+        self.ldt_synced = 0
 
     def load(self, base: int, limit: int) -> None:
         self.guest_base, self.guest_limit = base, limit
         self.sync()
 
     def guest_descriptor(self, selector: int) -> Descriptor | None:
+        """The guest's own descriptor for `selector` (GDT or LDT), or None if outside."""
         index = selector >> 3
-        if selector & 4 or index == 0 or index * 8 + 7 > self.guest_limit:
+        if selector & 4:
+            ldt = self._guest_ldt()
+            if ldt is None or index * 8 + 7 > ldt.limit:
+                return None
+            return Descriptor.from_bytes(self._read(ldt.base + index * 8, 8))
+        if index == 0 or index * 8 + 7 > self.guest_limit:
             return None
         return Descriptor.from_bytes(self._read(self.guest_base + index * 8, 8))
+
+    def _guest_ldt(self) -> Descriptor | None:
+        if not self.ldt_selector:
+            return None
+        d = self.guest_descriptor(self.ldt_selector & ~4)
+        if d is None or not d.present or not d.is_system or d.type != TYPE_LDT:
+            return None
+        return d
+
+    def load_ldt(self, selector: int) -> bool:
+        """LLDT: shadow the guest's LDT and load the real LDTR with the VMM's
+        descriptor for the shadow; False if `selector` names no LDT."""
+        self.ldt_selector = selector & 0xFFFC
+        if not self.ldt_selector:
+            self._load_ldtr(0, 0, 0)
+            return True
+        ldt = self._guest_ldt()
+        if ldt is None:
+            self.ldt_selector = 0
+            return False
+        self._sync_ldt(ldt)
+        return True
+
+    def _sync_ldt(self, ldt: Descriptor) -> None:
+        count = min(ldt.limit + 1, layout.VMM_LDT_SIZE) // 8
+        raw = self._read(ldt.base, count * 8) if count else b""
+        out = bytearray()
+        for i in range(count):
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
+        if self.ldt_synced > count:
+            out += bytes(8 * (self.ldt_synced - count))
+        self._write(layout.VMM_LDT, bytes(out))
+        self.ldt_synced = count
+        limit = count * 8 - 1
+        self._write(layout.VMM_GDT + VMM_LDT, segment(layout.VMM_LDT, limit, 0x80 | TYPE_LDT, 0x0).to_bytes())
+        self._load_ldtr(VMM_LDT, layout.VMM_LDT, limit)
 
     def sync(self) -> None:
         count = (self.guest_limit + 1) // 8
@@ -180,3 +228,6 @@ class ShadowGdt:
             out += bytes(8 * (self.synced - count))
         self._write(layout.VMM_GDT, bytes(out))
         self.synced = count
+        ldt = self._guest_ldt()
+        if ldt is not None:
+            self._sync_ldt(ldt)

@@ -33,6 +33,10 @@ _CR = {0: layout.state("cr0"), 2: layout.state("cr2"), 3: layout.state("cr3"), 4
 _GDTR, _IDTR = layout.state("gdtr"), layout.state("idtr")
 _LDTR, _TR = layout.state("ldtr"), layout.state("tr")
 
+#: Bits of DR6/DR7 that always read 1 (SDM §17.2.3-4).
+DR6_FIXED = 0xFFFF0FF0
+DR7_FIXED = 0x00000400
+
 #: CR0 at multiboot entry: PE and ET (what QEMU's CPU shows after its loader).
 CR0_RESET = 0x00000011
 
@@ -40,7 +44,7 @@ CR0_RESET = 0x00000011
 class VirtualCpu:
     def __init__(self, cpu: Cpu) -> None:
         self.cpu = cpu
-        self.dr = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x00000400]  # DR0-7 reset values (SDM §17.2)
+        self.dr = [0, 0, 0, 0, 0, 0, DR6_FIXED, DR7_FIXED]  # DR0-7 reset values (SDM §17.2)
         self.msr: dict[int, int] = {
             MSR_APIC_BASE: 0xFEE00900,  # BSP, enabled, default base (SDM §10.4.4)
             MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,

@@ -80,7 +80,7 @@ class Vm:
         self.vcpu = VirtualCpu(self.cpu)
         self.vcpu.reset()
         self.mmu = Mmu(self.cpu, self.vcpu.paging_regs)
-        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read)
+        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr)
         self.stats = RunStats()
         self.now_ns = 0
         self._exits_mark = 0

@@ -12,6 +12,7 @@ from bt.operation import Operation, Reg
 from runtime.context import Ctx, EmulationFault
 from runtime.cpu import CR0, CR3, CR4
 from runtime.paging import CR0_PG
+from runtime.vcpu import DR6_FIXED, DR7_FIXED
 
 CR0_PE, CR0_TS, CR0_ET = 1 << 0, 1 << 3, 1 << 4
 #: CR0 bits that reach the real CR0 (PE always set: ring1 never leaves protected mode).
@@ -79,7 +80,13 @@ def mov_to_dr(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     dst, src = op.operands
     assert isinstance(dst, Reg)
     # Virtual only: ring1 does not implement hardware breakpoints for the guest.
-    ctx.vcpu.dr[_dr_index(dst.name)] = ctx.read(src)
+    n = _dr_index(dst.name)
+    value = ctx.read(src)
+    if n == 6:
+        value = (value | DR6_FIXED) & 0xFFFFEFFF
+    elif n == 7:
+        value = (value | DR7_FIXED) & ~0xD800  # bits 11, 12, 14, 15 read as 0
+    ctx.vcpu.dr[n] = value
     return None
 
 

@@ -36,8 +36,8 @@ def lidt(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 def lldt(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     sel = ctx.read(op.operands[0], 2) & 0xFFFF
-    # Recorded only: no sample uses an LDT; a guest that loads a non-null one and
-    # then uses LDT selectors gets #GP from the real (null) LDTR.
+    if sel & 4 or not ctx.gdt.load_ldt(sel):
+        raise EmulationFault(13, sel & ~3)
     ctx.vcpu.ldtr = sel
     return None
 

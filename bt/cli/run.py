@@ -1,14 +1,91 @@
-"""`bt run`: run a kernel in ring 1 on the VMM."""
+"""`bt run`: run a kernel in ring 1 on the VMM (runtime/vm.py).
+
+Exit code: the guest's isa-debug-exit status `(V << 1) | 1` as QEMU reports it
+(always odd), 0 if the guest ended without writing it, or ring1's own even codes
+(bt/errors.py): 2 bad input, 4 the guest stopped (with EIP, reason and the last
+exits on stderr), 8 an internal error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from bt.cli._notyet import not_built
+from bt.errors import GuestStop, UsageError
+from runtime.config import RunConfig
+from runtime.stats import RunStats
+from runtime.vm import Vm
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "run", help="run a kernel in ring 1 on the VMM")
-    p.set_defaults(handler=not_built("run", 4))
+        "run", help="run a kernel in ring 1 on the VMM",
+        description="Boot a 32-bit ELF (multiboot v1 or plain) kernel at CPL 1 and run it to its end.")
+    p.add_argument("kernel", type=Path, help="the kernel ELF")
+    p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
+    p.add_argument("--serial", type=Path, help="write COM1 output to FILE instead of stdout")
+    p.add_argument("--max-insns", type=int, help="stop after N guest instructions")
+    p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
+    p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
+    p.add_argument("--stats", action="store_true", help="print exit statistics to stderr")
+    p.add_argument("--json", type=Path, help="write the statistics as JSON to FILE")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.ram < 2 or args.ram > 3072:
+        raise UsageError(f"--ram {args.ram}: between 2 and 3072 MiB")
+    if args.max_insns is not None and args.max_insns <= 0:
+        raise UsageError("--max-insns must be positive")
+    with ExitStack() as stack:
+        sink = (stack.enter_context(open(args.serial, "wb")) if args.serial  # noqa: SIM115
+                else sys.stdout.buffer)
+        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
+                           max_insns=args.max_insns, timeout=args.timeout, serial=sink)
+        vm = Vm(config)
+        try:
+            result = vm.run()
+        except GuestStop as stop:
+            sys.stdout.flush()
+            _print_last(vm, getattr(stop, "last_exits", []))
+            _report(args, vm, vm.stats)
+            raise
+        sys.stdout.flush()
+        _report(args, vm, result.stats)
+        return 0 if result.exit_status is None else result.exit_status & 0xFF
+
+
+def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
+    if not last:
+        return
+    print("last exits (oldest first):", file=sys.stderr)
+    for kind, what, eip in last:
+        print(f"  {kind:9s} {what:16s} at {eip:#010x} {vm.symbolize(eip)}", file=sys.stderr)
+
+
+def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
+    data = stats.to_dict(vm.symbolize)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    if not args.stats:
+        return
+    out = sys.stderr
+    ex = data["exits"]
+    print(f"exits: {data['total_exits']} (trap {ex['trap']}, io {ex['io']}, hypercall {ex['hypercall']}, "
+          f"interrupt {ex['interrupt']})", file=out)
+    print(f"guest instructions: {stats.guest_insns}   virtual time: {stats.virtual_ns / 1e6:.3f} ms "
+          f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
+    per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
+    print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "
+          f"({per:.1f} µs per exit)", file=out)
+    print("by class:", file=out)
+    for cls, n in data["by_class"].items():
+        print(f"  {cls:16s} {n:10d}", file=out)
+    print("hottest sites:", file=out)
+    for site in data["by_site"][:10]:
+        print(f"  {site['address']:#010x} {site['symbol']:32s} {site['class'] or '-':14s} "
+              f"{site['count']:10d}", file=out)

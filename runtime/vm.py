@@ -9,8 +9,8 @@ A slice never runs past the next device event, so a timer interrupt arrives afte
 the same instruction in every run: output and counts are reproducible. Wall-clock
 time (`--timeout`) only decides when to give up, never what the guest sees.
 
-Instructions of a slice cut short by the guest's end (isa-debug-exit) are not
-known to Unicorn's API and are not counted; every other instruction is.
+Instructions of a slice cut short (isa-debug-exit, a stop) are read from
+Unicorn's own counter (runtime/insncount.py).
 
 Integration seam with the patch manager (issue 5)
 --------------------------------------------------
@@ -42,6 +42,7 @@ from runtime.context import HANDLED, Ctx
 from runtime.cpu import CS, EIP, UnmappedPhys
 from runtime.deliver import Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
+from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
 from runtime.paging import Mmu
 from runtime.patching import Patcher
@@ -92,6 +93,7 @@ class Vm:
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed)
         self.traps = Traps(self.ctx, patcher, config.last_exits)
+        self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
@@ -171,14 +173,16 @@ class Vm:
                 try:
                     uc.emu_start(pc, STOP, count=count)
                 except UcError as err:
+                    self._advance(self.counter.executed(count))
                     if traps.error is not None:
                         raise traps.error from None
                     raise self._unicorn_stop(err) from err
+                done = self.counter.executed(count)
+                self._advance(done)
                 if traps.error is not None:
                     raise traps.error
                 if traps.exit_status is not None:
                     break
-                self._advance(count)
                 self.devices.tick(self.now_ns)
                 pc = self.cpu.read(EIP)
                 if self.devices.pic.pending():

@@ -22,8 +22,13 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 _SCAN = 8192
 
 
+def _handle(uc: Uc) -> int:
+    """The address of the engine's `uc_struct` (what the binding passes to libunicorn)."""
+    return int(uc._uch.value or 0)  # type: ignore[union-attr]
+
+
 def _words(uc: Uc) -> bytes:
-    return ctypes.string_at(uc._uch.value, _SCAN)
+    return ctypes.string_at(_handle(uc), _SCAN)
 
 
 def _find(raw: bytes, value: int) -> set[int]:
@@ -52,7 +57,7 @@ class SliceCounter:
     def __init__(self, uc: Uc) -> None:
         self.offset = counter_offset()
         self.exact = self.offset is not None
-        self._addr = uc._uch.value + (self.offset or 0)
+        self._addr = _handle(uc) + (self.offset or 0)
 
     def executed(self, count: int) -> int:
         """Instructions the last slice of `count` ran (`count` if it is not known)."""

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_insns is not None and args.max_insns <= 0:
         raise UsageError("--max-insns must be positive")
     with ExitStack() as stack:
-        sink = (stack.enter_context(open(args.serial, "wb")) if args.serial  # noqa: SIM115
+        sink = (stack.enter_context(open(args.serial, "wb")) if args.serial
                 else sys.stdout.buffer)
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
                            max_insns=args.max_insns, timeout=args.timeout, serial=sink)

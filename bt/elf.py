@@ -149,7 +149,14 @@ def load(path: str | Path) -> KernelImage:
 
     with lief.logging.level_scope(lief.logging.LEVEL.OFF):
         try:
-            binary = lief.ELF.parse(name)
+            # Only headers and symbols are needed: relocations, notes and the overlay of a
+            # 60 MB vmlinux would double LIEF's memory for nothing.
+            config = lief.ELF.ParserConfig()
+            config.parse_relocations = False
+            config.parse_notes = False
+            config.parse_overlay = False
+            config.parse_symbol_versions = False
+            binary = lief.ELF.parse(name, config)
         except Exception as err:  # LIEF raises assorted types on corrupt input
             raise ElfError(name, f"corrupt ELF ({err})") from err
         if binary is None:

@@ -1,0 +1,393 @@
+"""The scanner (after VirtualBox's CSAM): every privileged and sensitive instruction of a kernel.
+
+1. A linear sweep decodes every byte of the executable sections once (`bt.sweep`).
+2. Recursive descent from the entry point, every function symbol (and global label in
+   code) and every direct branch or call target, over the sweep's arrays: CSAM follows
+   jumps and calls and stops at ret/iret/jmp/ud2 (raw-mode-reference.md). Targets that
+   fall inside an instruction of the sweep (overlapping code) are decoded apart.
+   Bytes the descent never reaches are reported as "unreached"; a sensitive instruction
+   there is still a site, flagged `reached = False`. INT3 bytes count as padding unless
+   reached.
+3. Basic-block boundaries and direct branch targets are recorded, because the patch
+   manager needs them: a site is `jump`-patchable (PATM's 5-byte JMP into patch memory)
+   only when its 5-byte window holds no branch target other than the site itself, no
+   block end, and crosses no page; `int3` (PATM's one-byte replacement) when only the
+   first byte is safe; `trap-only` otherwise. Each refusal carries its reason.
+
+Which instruction is sensitive, and how, is asked of `bt.isa`; this module keeps no list.
+Rendering lives in `bt.scanreport`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from bt import isa
+from bt.elf import KernelImage
+from bt.sweep import Decoder, FlowKind, Sweep, flow_of
+
+PATCH_SIZE = 5          # a near JMP rel32 (E9 cd), what PATM writes over a site
+PAGE = 4096
+
+_TARGET_KINDS = (FlowKind.COND, FlowKind.JUMP, FlowKind.CALL)
+_FALLTHROUGH_KINDS = (FlowKind.COND, FlowKind.CALL, FlowKind.CALL_INDIRECT, FlowKind.NONE)
+
+
+class Patch(str, Enum):
+    JUMP = "jump"            # a 5-byte JMP to patch code fits
+    INT3 = "int3"            # only the first byte may be replaced
+    TRAP_ONLY = "trap-only"  # leave the bytes alone; the instruction traps (or is never run)
+
+
+@dataclass(frozen=True)
+class Site:
+    address: int
+    size: int
+    code: bytes
+    text: str
+    cls: isa.InsnClass
+    symbol: str | None       # "name+0x12", None without a symbol below the address
+    reached: bool
+    patch: Patch
+    reason: str              # why not `jump` ("" when it is)
+
+
+@dataclass(frozen=True)
+class Stats:
+    code_bytes: int
+    sections: tuple[str, ...]
+    instructions: int            # decoded by the linear sweep
+    reached_instructions: int    # of those, reached by recursive descent (+ overlapping ones)
+    reached_bytes: int
+    unreached_bytes: int         # code bytes the descent never reached (padding included)
+    padding_bytes: int           # unreached INT3 bytes (compiler padding between functions)
+    invalid_bytes: int           # bytes the sweep could not decode
+    roots: int
+    blocks: int
+    branch_targets: int
+    targets_outside_code: int
+    overlapping_instructions: int  # decoded from targets inside a sweep instruction
+
+
+@dataclass
+class ScanResult:
+    image: KernelImage
+    sites: tuple[Site, ...]
+    stats: Stats
+    block_starts: np.ndarray = field(repr=False)    # uint64, sorted
+    block_ends: np.ndarray = field(repr=False)      # uint64, exclusive, parallel to block_starts
+    branch_targets: np.ndarray = field(repr=False)  # uint64, sorted unique direct targets (+ roots)
+    unreached: tuple[tuple[int, int], ...] = field(repr=False)  # [start, end) runs, padding excluded
+
+    def is_branch_target(self, address: int) -> bool:
+        i = int(np.searchsorted(self.branch_targets, address))
+        return i < self.branch_targets.shape[0] and int(self.branch_targets[i]) == address
+
+
+def select(sites: Iterable[Site], classes: Iterable[str] = (), symbol: str | None = None) -> list[Site]:
+    """Sites of the given class names or categories (all if empty) whose symbol matches a glob."""
+    wanted = set(classes)
+    out = []
+    for s in sites:
+        if wanted and s.cls.name not in wanted and s.cls.category.value not in wanted:
+            continue
+        if symbol is not None and not fnmatch.fnmatchcase((s.symbol or "").split("+")[0], symbol):
+            continue
+        out.append(s)
+    return out
+
+
+def roots_of(image: KernelImage) -> list[int]:
+    """Where the descent starts: the entry point, function symbols, global labels in code."""
+    code = [(s.address, s.address + s.size) for s in image.executable_sections]
+
+    def in_code(a: int) -> bool:
+        return any(lo <= a < hi for lo, hi in code)
+
+    roots = [virtual_entry(image)]
+    roots += [s.address for s in image.symbols
+              if (s.is_function or s.is_global) and in_code(s.address)]
+    return sorted(set(roots))
+
+
+def virtual_entry(image: KernelImage) -> int:
+    """The entry as a virtual address: vmlinux's e_entry is physical (startup_64's load address)."""
+    if any(s.address <= image.entry < s.address + s.size for s in image.executable_sections):
+        return image.entry
+    for seg in image.segments:
+        if seg.paddr <= image.entry < seg.paddr + seg.memsz and seg.paddr != seg.vaddr:
+            return seg.vaddr + image.entry - seg.paddr
+    return image.entry
+
+
+class _Descent:
+    """Recursive descent over the sweep's arrays, a frontier of addresses at a time."""
+
+    def __init__(self, image: KernelImage, sweep: Sweep, decoder: Decoder) -> None:
+        self.image, self.sw, self.dec = image, sweep, decoder
+        n = sweep.count
+        self.regions = [(s.address, s.address + s.size, image.section_bytes(s))
+                        for s in image.executable_sections]
+        # "Stops": flow instructions plus the last instruction of each region (falls off the code).
+        last = []
+        for lo, hi, _ in self.regions:
+            i = int(np.searchsorted(sweep.address, hi)) - 1
+            if i >= 0 and int(sweep.address[i]) >= lo:
+                last.append(i)
+        flows = sweep.flow_index
+        last_arr = np.array(last, dtype=np.int64)
+        pos = np.searchsorted(flows, last_arr)
+        is_flow = np.zeros(last_arr.shape[0], dtype=bool)
+        inside = pos < flows.shape[0]
+        is_flow[inside] = flows[pos[inside]] == last_arr[inside]
+        extra, at = last_arr[~is_flow], pos[~is_flow]
+        self.stop = np.insert(flows, at, extra)
+        self.stop_kind = np.insert(sweep.flow_kind, at, FlowKind.END)
+        self.stop_target = np.insert(sweep.flow_target, at, 0)
+        self.visited = np.zeros(n, dtype=bool)
+        self.leaders: list[np.ndarray] = []
+        self.misaligned_seen: set[int] = set()
+        self.overlapping: dict[int, tuple[int, int, str]] = {}   # address -> (size, id, text)
+        self.overlap_blocks: list[tuple[int, int]] = []
+        self.targets: list[np.ndarray] = []
+        self.outside = 0
+
+    def run(self, roots: list[int]) -> None:
+        frontier = np.array(roots, dtype=np.uint64)
+        while frontier.shape[0]:
+            frontier = np.unique(frontier)
+            idx = np.searchsorted(self.sw.address, frontier)
+            ok = idx < self.sw.count
+            aligned = np.zeros(frontier.shape[0], dtype=bool)
+            aligned[ok] = self.sw.address[idx[ok]] == frontier[ok]
+            more = [self._misaligned(int(a)) for a in frontier[~aligned].tolist()]
+            idx = idx[aligned]
+            idx = idx[~self.visited[idx]]
+            self.visited[idx] = True
+            self.leaders.append(idx)
+            j = np.searchsorted(self.stop, idx)
+            kind, target = self.stop_kind[j], self.stop_target[j]
+            s = self.stop[j]
+            fall = self.sw.address[s] + self.sw.size[s].astype(np.uint64)
+            has_target = np.isin(kind, _TARGET_KINDS)
+            self.targets.append(target[has_target])
+            frontier = np.concatenate([target[has_target], fall[np.isin(kind, _FALLTHROUGH_KINDS[:3])],
+                                       *[np.array(m, dtype=np.uint64) for m in more]])
+
+    def _region(self, address: int) -> tuple[int, int, memoryview] | None:
+        for r in self.regions:
+            if r[0] <= address < r[1]:
+                return r
+        return None
+
+    def _misaligned(self, address: int) -> list[int]:
+        """Decode from an address the sweep did not start an instruction at, until it meets
+        the sweep again or leaves its block. Returns the successor addresses."""
+        if address in self.misaligned_seen:
+            return []
+        self.misaligned_seen.add(address)
+        region = self._region(address)
+        if region is None:
+            self.outside += 1
+            return []
+        lo, hi, data = region
+        start = address
+        out: list[int] = []
+        self.targets.append(np.array([address], dtype=np.uint64))
+        for insn in self.dec.plain.disasm(bytes(data[address - lo:]), address):
+            i = int(np.searchsorted(self.sw.address, insn.address))
+            if insn.address != address and i < self.sw.count and int(self.sw.address[i]) == insn.address:
+                out.append(insn.address)    # back in step with the sweep
+                break
+            self.overlapping[insn.address] = (insn.size, insn.id, f"{insn.mnemonic} {insn.op_str}".strip())
+            kind, target = flow_of(insn.id, insn.op_str)
+            if kind in _TARGET_KINDS:
+                out.append(target)
+                self.targets.append(np.array([target], dtype=np.uint64))
+            if kind is not FlowKind.NONE:
+                if kind in _FALLTHROUGH_KINDS:
+                    out.append(insn.address + insn.size)
+                self.overlap_blocks.append((start, insn.address + insn.size))
+                return out
+            if insn.address + insn.size >= hi:
+                break
+            if len(self.overlapping) > 1_000_000:   # a runaway decode of data: stop here
+                break
+        if self.overlapping:
+            last = max(a for a in self.overlapping if a >= start)
+            self.overlap_blocks.append((start, last + self.overlapping[last][0]))
+        return out
+
+    def reached(self) -> np.ndarray:
+        """Reached flag per sweep instruction: from each block start to its stop."""
+        starts = np.concatenate(self.leaders) if self.leaders else np.zeros(0, np.int64)
+        ends = self.stop[np.searchsorted(self.stop, starts)]
+        diff = np.zeros(self.sw.count + 1, dtype=np.int32)
+        np.add.at(diff, starts, 1)
+        np.add.at(diff, ends + 1, -1)
+        return np.cumsum(diff[:-1], dtype=np.int32) > 0
+
+
+def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None) -> ScanResult:
+    """Scan a loaded kernel. `progress(done_bytes, total_bytes)` is called while decoding."""
+    decoder = Decoder(image.bits)
+    sections = image.executable_sections
+    total = sum(s.size for s in sections)
+    regions = [(s.address, image.section_bytes(s)) for s in sections]
+    sw = decoder.sweep(regions, None if progress is None else (lambda done: progress(done, total)))
+    roots = roots_of(image)
+    descent = _Descent(image, sw, decoder)
+    descent.run(roots)
+    reached = descent.reached()
+
+    targets = np.unique(np.concatenate([np.array(roots, dtype=np.uint64), *descent.targets]))
+    starts, ends = _blocks(descent, reached)
+    int3 = isa.by_name("int3")
+    is_int3 = sw.id == int3.ids[0]
+    padding = is_int3 & ~reached
+    sites = _sites(image, sw, descent, decoder, reached, targets)
+    reached_bytes = int(sw.size.sum(where=reached, dtype=np.int64))
+    reached_bytes += sum(v[0] for v in descent.overlapping.values())
+    stats = Stats(
+        code_bytes=total,
+        sections=tuple(s.name for s in sections),
+        instructions=sw.count,
+        reached_instructions=int(np.count_nonzero(reached)) + len(descent.overlapping),
+        reached_bytes=reached_bytes,
+        unreached_bytes=total - int(sw.size.sum(where=reached, dtype=np.int64)),
+        padding_bytes=int(np.count_nonzero(padding)),
+        invalid_bytes=sw.invalid_bytes,
+        roots=len(roots),
+        blocks=int(starts.shape[0]),
+        branch_targets=int(targets.shape[0]),
+        targets_outside_code=descent.outside,
+        overlapping_instructions=len(descent.overlapping),
+    )
+    return ScanResult(image=image, sites=tuple(sites), stats=stats, block_starts=starts, block_ends=ends,
+                      branch_targets=targets, unreached=_runs(sw, ~reached & ~padding))
+
+
+def _blocks(descent: _Descent, reached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Basic blocks [start, end): leaders are roots, targets and fall-throughs; a block ends at
+    its stop (flow instruction) or just before the next leader."""
+    sw = descent.sw
+    lead = np.unique(np.concatenate(descent.leaders)) if descent.leaders else np.zeros(0, np.int64)
+    stop = descent.stop[np.searchsorted(descent.stop, lead)]
+    nxt = np.append(lead[1:], sw.count)
+    last = np.minimum(stop, nxt - 1)
+    starts = sw.address[lead]
+    ends = sw.address[last] + sw.size[last].astype(np.uint64)
+    if descent.overlap_blocks:
+        extra = np.array(descent.overlap_blocks, dtype=np.uint64)
+        starts = np.concatenate([starts, extra[:, 0]])
+        ends = np.concatenate([ends, extra[:, 1]])
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+    return starts, ends
+
+
+def _runs(sw: Sweep, mask: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Maximal runs of consecutive masked instructions as [start, end) address ranges."""
+    idx = np.flatnonzero(mask)
+    if idx.shape[0] == 0:
+        return ()
+    ends = sw.address[idx] + sw.size[idx].astype(np.uint64)
+    # a run breaks where an index is skipped or the next instruction is not adjacent (section gap)
+    brk = np.flatnonzero((np.diff(idx) != 1) | (sw.address[idx[1:]] != ends[:-1])) + 1
+    first = np.concatenate([[0], brk])
+    last = np.concatenate([brk - 1, [idx.shape[0] - 1]])
+    return tuple(zip(sw.address[idx[first]].tolist(), ends[last].tolist(), strict=True))
+
+
+def _sites(image: KernelImage, sw: Sweep, descent: _Descent, decoder: Decoder, reached: np.ndarray,
+           targets: np.ndarray) -> list[Site]:
+    int3_id = isa.by_name("int3").ids[0]
+    found: list[tuple[int, int, int, str, bool, bool]] = []   # address, size, id, text, reached, overlap
+    for c in sw.candidates:
+        found.append((c.address, c.size, c.id, c.text, bool(reached[c.index]), False))
+    for i in np.flatnonzero((sw.id == int3_id) & reached).tolist():
+        found.append((int(sw.address[i]), 1, int3_id, "int3", True, False))
+    for address, (size, insn_id, text) in descent.overlapping.items():
+        if insn_id in isa.SENSITIVE_IDS:
+            found.append((address, size, insn_id, text, True, True))
+
+    checker = _Window(sw, descent, reached, targets)
+    sites = []
+    for address, size, insn_id, text, was_reached, overlap in sorted(found):
+        code = _read(descent, address, size)
+        cls = isa.ID_CLASSES.get(insn_id)
+        if cls is None:     # operand-dependent: decode once more with detail and ask the table
+            insn = decoder.decode_one(code, address)
+            cls = isa.classify(insn) if insn is not None else None
+            if cls is None:
+                continue
+        if not was_reached:
+            patch, reason = Patch.TRAP_ONLY, "not reached by recursive descent (may be data)"
+        elif overlap:
+            patch, reason = checker.overlapping(address, size)
+        else:
+            patch, reason = checker.check(address)
+        sym = image.symbol_at(address)
+        sites.append(Site(address=address, size=size, code=code, text=text, cls=cls,
+                          symbol=image.symbolize(address) if sym is not None else None,
+                          reached=was_reached, patch=patch, reason=reason))
+    return sites
+
+
+def _read(descent: _Descent, address: int, size: int) -> bytes:
+    region = descent._region(address)
+    if region is None:
+        return b""
+    lo, _, data = region
+    return bytes(data[address - lo:address - lo + size])
+
+
+class _Window:
+    """PATM's patch-window rules for one site (raw-mode-reference.md, PATM)."""
+
+    def __init__(self, sw: Sweep, descent: _Descent, reached: np.ndarray, targets: np.ndarray) -> None:
+        self.sw, self.descent, self.reached, self.targets = sw, descent, reached, targets
+
+    def check(self, address: int) -> tuple[Patch, str]:
+        end = address + PATCH_SIZE
+        if address // PAGE != (end - 1) // PAGE:
+            return Patch.INT3, f"5-byte window crosses the page boundary at {(end - 1) // PAGE * PAGE:#x}"
+        t = int(np.searchsorted(self.targets, address + 1))
+        if t < self.targets.shape[0] and int(self.targets[t]) < end:
+            target = int(self.targets[t])
+            return Patch.INT3, f"branch target {target:#x} (+{target - address}) inside the 5-byte window"
+        sw, stop = self.sw, self.descent.stop
+        i = int(np.searchsorted(sw.address, address))
+        while True:
+            if i >= sw.count or not self.reached[i]:
+                return Patch.INT3, "5-byte window runs past reached code"
+            a = int(sw.address[i])
+            if a != address and int(sw.address[i - 1]) + int(sw.size[i - 1]) != a:
+                return Patch.INT3, "5-byte window runs past the end of its section"
+            j = int(np.searchsorted(stop, i))
+            if j < stop.shape[0] and int(stop[j]) == i:
+                who = "the instruction itself" if a == address else f"'{self._text(a)}' at +{a - address}"
+                return Patch.INT3, f"{who} ends a basic block inside the 5-byte window"
+            if a + int(sw.size[i]) >= end:
+                return Patch.JUMP, ""
+            i += 1
+
+    def _text(self, address: int) -> str:
+        code = _read(self.descent, address, 16)
+        insn = next(self.descent.dec.plain.disasm(code, address, 1), None)
+        return f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "(bad)"
+
+    def overlapping(self, address: int, size: int) -> tuple[Patch, str]:
+        """A site decoded from a branch into the middle of a sweep instruction."""
+        sw = self.sw
+        i = int(np.searchsorted(sw.address, address, side="right")) - 1
+        if i >= 0 and self.reached[i]:
+            host = int(sw.address[i])
+            return Patch.TRAP_ONLY, (f"instruction starts inside the reached instruction at {host:#x} "
+                                     "(overlapping code): no byte can be replaced")
+        return Patch.INT3, "decoded from a branch target the linear sweep did not start at"

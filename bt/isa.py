@@ -22,9 +22,10 @@ angr/cle's relocation tables do).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from capstone import x86_const as _x
@@ -372,8 +373,12 @@ _BY_OPERANDS: dict[int, Callable[[CsInsn], InsnClass | None]] = {
 _BY_ID: dict[int, InsnClass] = {i: c for c in CLASSES for i in c.ids}
 assert not set(_BY_ID) & set(_BY_OPERANDS), "an id is classified two ways"
 
-# Ids that may be sensitive at all: lets a caller skip `detail` work for everything else.
-SENSITIVE_IDS: frozenset[int] = frozenset(_BY_ID) | frozenset(_BY_OPERANDS)
+# Ids whose row follows from the id alone (no detail needed), and ids that need an operand
+# check; together every id that may be sensitive. The scanner decodes without detail and
+# asks for detail only for the second kind.
+ID_CLASSES: Mapping[int, InsnClass] = MappingProxyType(_BY_ID)
+OPERAND_DEPENDENT_IDS: frozenset[int] = frozenset(_BY_OPERANDS)
+SENSITIVE_IDS: frozenset[int] = frozenset(_BY_ID) | OPERAND_DEPENDENT_IDS
 
 
 def classify(insn: CsInsn) -> InsnClass | None:

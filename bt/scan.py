@@ -90,11 +90,12 @@ class ScanResult:
 
 
 def select(sites: Iterable[Site], classes: Iterable[str] = (), symbol: str | None = None) -> list[Site]:
-    """Sites of the given class names or categories (all if empty) whose symbol matches a glob."""
+    """Sites whose class name, category or patch rule is in `classes` (all if empty) and whose
+    symbol matches the glob `symbol`."""
     wanted = set(classes)
     out = []
     for s in sites:
-        if wanted and s.cls.name not in wanted and s.cls.category.value not in wanted:
+        if wanted and not wanted & {s.cls.name, s.cls.category.value, s.cls.rule}:
             continue
         if symbol is not None and not fnmatch.fnmatchcase((s.symbol or "").split("+")[0], symbol):
             continue

@@ -1,0 +1,101 @@
+"""Finding or fetching a real x86-64 Linux kernel (vmlinux ELF) for the scanner benchmark.
+
+Cache: $RING1_CACHE or ~/.cache/ring1/, files named `vmlinux-<version>`. When none is
+cached, Debian's current `linux-image-*-amd64` package is fetched with
+`apt-get download` (after `apt-get update` when apt knows no such package), its
+/boot/vmlinuz taken out of the .deb, and the ELF extracted from that bzImage
+(`bt.bzimage`). Debian ships no vmlinux with symbols outside its debug archive, so
+the scan of this kernel starts from the entry point alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from bt import bzimage
+from bt.errors import InputError
+
+METAPACKAGE = "linux-image-amd64"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RING1_CACHE") or Path.home() / ".cache" / "ring1")
+
+
+def cached() -> Path | None:
+    """The newest cached vmlinux, if any."""
+    found = sorted(cache_dir().glob("vmlinux-*"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as err:
+        raise InputError(f"cannot fetch a kernel: {cmd[0]} is not installed") from err
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise InputError(f"cannot fetch a kernel: {' '.join(cmd)} failed: {last}")
+    return proc.stdout
+
+
+def _kernel_package() -> str:
+    """The versioned image package the metapackage depends on (e.g. linux-image-6.1.0-50-amd64)."""
+    for attempt in range(2):
+        try:
+            out = _run(["apt-cache", "depends", METAPACKAGE])
+        except InputError:
+            out = ""
+        m = re.search(r"Depends:\s*(linux-image-\S+-amd64)\b", out)
+        if m and _run(["apt-cache", "policy", m.group(1)]).find("Candidate: (none)") < 0:
+            return m.group(1)
+        if attempt == 0:
+            _run(["apt-get", "update"])
+    raise InputError(f"cannot fetch a kernel: apt knows no {METAPACKAGE} package")
+
+
+def fetch(say: Callable[[str], None] = print) -> Path:
+    """Download, extract and cache a vmlinux; returns its path."""
+    package = _kernel_package()
+    version = package.removeprefix("linux-image-")
+    target = cache_dir() / f"vmlinux-{version}"
+    with tempfile.TemporaryDirectory(prefix="ring1-kernel-") as tmp:
+        work = Path(tmp)
+        say(f"fetching {package} with apt-get download ...")
+        _run(["apt-get", "download", package], cwd=work)
+        debs = sorted(work.glob("*.deb"))
+        if not debs:
+            raise InputError(f"cannot fetch a kernel: apt-get download {package} left no .deb")
+        image = _vmlinuz_from_deb(debs[0])
+    say(f"extracting vmlinux from the bzImage ({len(image):,} bytes) ...")
+    elf_bytes = bzimage.extract_vmlinux(image, f"{package} vmlinuz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(elf_bytes)
+    partial.replace(target)
+    say(f"cached {target} ({len(elf_bytes):,} bytes)")
+    return target
+
+
+def _vmlinuz_from_deb(deb: Path) -> bytes:
+    """/boot/vmlinuz-* out of a .deb, streaming dpkg-deb's tar without unpacking the modules."""
+    if shutil.which("dpkg-deb") is None:
+        raise InputError("cannot fetch a kernel: dpkg-deb is not installed")
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                if re.fullmatch(r"(\./)?boot/vmlinuz-.*", member.name) and member.isfile():
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        data = f.read()
+                        proc.kill()
+                        return data
+    raise InputError(f"cannot fetch a kernel: no /boot/vmlinuz-* in {deb.name}")

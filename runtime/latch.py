@@ -18,12 +18,13 @@ import ctypes
 import functools
 
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
+from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import InternalError
 
 #: Vectors after which `old_exception` holds a value (SDM table 6-4 classes).
 POISONING = frozenset({0, 8, 10, 11, 12, 13, 14})
-_MINUS_ONE = b"\xff\xff\xff\xff"
+_MINUS_ONE = b"\xff\xff\xff\xff"  # -1 as the 32-bit int old_exception is
 
 
 def _context_after(code: bytes) -> tuple[bytes, bytes]:
@@ -58,10 +59,19 @@ class ExceptionLatch:
         self.uc = uc
         self.offset = old_exception_offset()
         self.ctx = uc.context_save()
+        # Raw prototypes (the binding's per-call argument conversion costs ~1 µs).
+        lib = ctypes.CDLL(uclib._name)
+        self._save, self._restore = lib.uc_context_save, lib.uc_context_restore
+        self._save.restype = self._restore.restype = ctypes.c_int
+        self._h = ctypes.c_void_p(int(uc._uch.value or 0))  # type: ignore[union-attr]
+        self._ctx = ctypes.c_void_p(int(self.ctx.context.value or 0))
+        self._field = ctypes.c_int32.from_address(int(self.ctx.context.value or 0) + self.offset)
         self.clears = 0
 
     def clear(self) -> None:
-        self.uc.context_update(self.ctx)
-        ctypes.memmove(self.ctx.context.value + self.offset, _MINUS_ONE, 4)
-        self.uc.context_restore(self.ctx)
+        if self._save(self._h, self._ctx) != 0:
+            raise InternalError("uc_context_save failed")
+        self._field.value = -1
+        if self._restore(self._h, self._ctx) != 0:
+            raise InternalError("uc_context_restore failed")
         self.clears += 1

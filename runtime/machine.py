@@ -29,6 +29,8 @@ control to turn that call frame into the interrupt frame the guest expects
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc, UcError
@@ -81,14 +83,20 @@ class Machine:
     """A Unicorn x86-32 engine with guest RAM and the VMM area in place."""
 
     def __init__(self, ram_size: int) -> None:
+        # Host memory the VMM owns (runtime/cpu.py): anonymous mappings, zeroed.
+        self._ram = mmap.mmap(-1, ram_size)
+        self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
         try:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
-            self.uc.mem_map(0, ram_size, UC_PROT_ALL)
-            self.uc.mem_map(layout.VMM_BASE, layout.VMM_SIZE, UC_PROT_ALL)
+            for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
+                addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+                self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, addr)
         except UcError as err:
             raise InternalError(f"cannot set up the Unicorn engine: {err}") from err
         self.ram_size = ram_size
         self.cpu = Cpu(self.uc)
+        self.cpu.add_region(0, memoryview(self._ram))
+        self.cpu.add_region(layout.VMM_BASE, memoryview(self._vmm))
         self._install_vmm()
 
     def _install_vmm(self) -> None:

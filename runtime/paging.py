@@ -75,6 +75,8 @@ class Mmu:
             raise PageFault(linear, code | PF_P)
 
     def read(self, linear: int, size: int, user: bool = False, fetch: bool = False) -> bytes:
+        if (linear & 0xFFF) + size <= layout.PAGE_SIZE:
+            return self.cpu.phys_read(self.translate(linear, False, user, fetch), size)
         out = b""
         while size:
             chunk = min(size, layout.PAGE_SIZE - (linear & 0xFFF))

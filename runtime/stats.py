@@ -20,10 +20,10 @@ EXIT_KINDS = ("trap", "io", "hypercall", "interrupt")
 
 @dataclass
 class RunStats:
-    exits: Counter[str] = field(default_factory=Counter)           #: by kind
-    by_class: Counter[str] = field(default_factory=Counter)        #: by bt.isa class name
-    by_site: Counter[int] = field(default_factory=Counter)         #: by guest EIP
-    class_at: dict[int, str] = field(default_factory=dict)         #: site -> class
+    #: The one counter the hot path touches: (kind, class, guest EIP) -> exits.
+    #: `exits`, `by_class`, `by_site` and `class_at` are views of it.
+    hits: dict[tuple[str, str | None, int], int] = field(default_factory=dict)
+    exit_count: int = 0      #: sum of `hits`, kept for the virtual clock
     vectors: Counter[int] = field(default_factory=Counter)         #: injected vectors
     io_ports: Counter[int] = field(default_factory=Counter)
     vmm_ns: int = 0          #: wall time inside exit handlers
@@ -34,25 +34,55 @@ class RunStats:
     wall_ns: int = 0         #: wall time of the whole run
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
-        self.exits[kind] += 1
-        if cls is not None:
-            self.by_class[cls] += 1
-            self.class_at[site] = cls
-        self.by_site[site] += 1
+        key = (kind, cls, site)
+        hits = self.hits
+        hits[key] = hits.get(key, 0) + 1
+        self.exit_count += 1
+
+    @property
+    def exits(self) -> Counter[str]:
+        """Exits by kind."""
+        out: Counter[str] = Counter()
+        for (kind, _cls, _site), n in self.hits.items():
+            out[kind] += n
+        return out
+
+    @property
+    def by_class(self) -> Counter[str]:
+        """Exits by bt.isa class name (injected interrupts have none)."""
+        out: Counter[str] = Counter()
+        for (_kind, cls, _site), n in self.hits.items():
+            if cls is not None:
+                out[cls] += n
+        return out
+
+    @property
+    def by_site(self) -> Counter[int]:
+        """Exits by guest EIP."""
+        out: Counter[int] = Counter()
+        for (_kind, _cls, site), n in self.hits.items():
+            out[site] += n
+        return out
+
+    @property
+    def class_at(self) -> dict[int, str]:
+        return {site: cls for (_k, cls, site) in self.hits if cls is not None}
 
     @property
     def total_exits(self) -> int:
-        return self.exits.total()
+        return self.exit_count
 
     def to_dict(self, symbolize: Callable[[int], str] | None = None) -> dict[str, Any]:
         sym = symbolize or (lambda a: f"{a:#x}")
+        by_class, by_site, class_at = self.by_class, self.by_site, self.class_at
+        exits = self.exits
         return {
-            "exits": {k: self.exits.get(k, 0) for k in EXIT_KINDS},
+            "exits": {k: exits.get(k, 0) for k in EXIT_KINDS},
             "total_exits": self.total_exits,
-            "by_class": dict(sorted(self.by_class.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "by_class": dict(sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0]))),
             "by_site": [
-                {"address": a, "symbol": sym(a), "class": self.class_at.get(a), "count": n}
-                for a, n in sorted(self.by_site.items(), key=lambda kv: (-kv[1], kv[0]))
+                {"address": a, "symbol": sym(a), "class": class_at.get(a), "count": n}
+                for a, n in sorted(by_site.items(), key=lambda kv: (-kv[1], kv[0]))
             ],
             "vectors": {str(v): n for v, n in sorted(self.vectors.items())},
             "io_ports": {f"{p:#x}": n for p, n in sorted(self.io_ports.items())},

@@ -63,10 +63,11 @@ class Traps:
     # -- decoding -------------------------------------------------------------------------------
     def decode(self, eip: int) -> Operation:
         mmu = self.ctx.mmu
-        code = mmu.read(eip, 16, fetch=True) if (eip & 0xFFF) <= 0xFF0 else self._read_code(eip)
         hit = self._cache.get(eip)
-        if hit is not None and code.startswith(hit[0]):
+        # A cached decode is reused only while the bytes at EIP are still the same.
+        if hit is not None and mmu.read(eip, len(hit[0]), fetch=True) == hit[0]:
             return hit[1]
+        code = mmu.read(eip, 16, fetch=True) if (eip & 0xFFF) <= 0xFF0 else self._read_code(eip)
         try:
             insn = next(self._cs.disasm(code, eip, 1))
         except (StopIteration, CsError) as err:
@@ -104,8 +105,8 @@ class Traps:
 
     def _intr(self, vector: int) -> str:
         cpu = self.cpu
-        eip = cpu.read(EIP)
-        cpl = cpu.read(CS) & 3
+        eip, cs = cpu.eip_cs()
+        cpl = cs & 3
         if vector == VEC_BP:
             return self._int3(eip)
         if vector == VEC_GP and cpl == 1:

@@ -31,6 +31,9 @@ _VFLAGS = layout.state("vflags")
 _PENDING = layout.state("pending")
 _CR = {0: layout.state("cr0"), 2: layout.state("cr2"), 3: layout.state("cr3"), 4: layout.state("cr4")}
 _GDTR, _IDTR = layout.state("gdtr"), layout.state("idtr")
+_VFLAGS_W = layout.state_field("vflags").offset // 4
+_PENDING_W = layout.state_field("pending").offset // 4
+_CR_W = {n: layout.state_field(f"cr{n}").offset // 4 for n in (0, 2, 3, 4)}
 _LDTR, _TR = layout.state("ldtr"), layout.state("tr")
 
 #: Bits of DR6/DR7 that always read 1 (SDM §17.2.3-4).
@@ -51,6 +54,12 @@ class VirtualCpu:
             MSR_EFER: 0, MSR_PAT: 0x0007040600070406, MSR_MISC_ENABLE: 1,
         }
 
+        # The state block as 32-bit words: index = field offset / 4.
+        self._w = cpu.words(layout.STATE_BASE, layout.STATE_SIZE // 4)
+        #: Python mirror of CR0/CR3/CR4 for page walks: CR writes always exit
+        #: (bt.isa: mov_to_cr is a hypercall), so the mirror cannot go stale.
+        self._paging = (CR0_RESET, 0, 0)
+
     def reset(self) -> None:
         self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))
         self.vflags = 0x2            # IF = 0, IOPL = 0: multiboot entry state
@@ -59,38 +68,39 @@ class VirtualCpu:
     # -- the state block ----------------------------------------------------------------------
     @property
     def vflags(self) -> int:
-        return self.cpu.phys_u32(_VFLAGS)
+        return int(self._w[_VFLAGS_W])
 
     @vflags.setter
     def vflags(self, value: int) -> None:
-        self.cpu.phys_write_u32(_VFLAGS, value)
+        self._w[_VFLAGS_W] = value & 0xFFFFFFFF
 
     @property
     def vif(self) -> bool:
-        return bool(self.vflags & IF)
+        return bool(self._w[_VFLAGS_W] & IF)
 
     def set_vif(self, on: bool) -> None:
-        v = self.vflags
-        self.vflags = (v | IF) if on else (v & ~IF)
+        w = self._w
+        w[_VFLAGS_W] = (w[_VFLAGS_W] | IF) if on else (w[_VFLAGS_W] & ~IF)
 
     @property
     def pending(self) -> int:
-        return self.cpu.phys_u32(_PENDING)
+        return int(self._w[_PENDING_W])
 
     @pending.setter
     def pending(self, value: int) -> None:
-        self.cpu.phys_write_u32(_PENDING, value)
+        self._w[_PENDING_W] = value
 
     def cr(self, n: int) -> int:
-        return self.cpu.phys_u32(_CR[n])
+        return int(self._w[_CR_W[n]])
 
     def set_cr(self, n: int, value: int) -> None:
-        self.cpu.phys_write_u32(_CR[n], value)
+        self._w[_CR_W[n]] = value & 0xFFFFFFFF
+        if n != 2:
+            w = self._w
+            self._paging = (int(w[_CR_W[0]]), int(w[_CR_W[3]]), int(w[_CR_W[4]]))
 
     def paging_regs(self) -> tuple[int, int, int]:
-        raw = self.cpu.phys_read(_CR[0], 16)
-        cr0, _cr2, cr3, cr4 = struct.unpack("<4I", raw)
-        return cr0, cr3, cr4
+        return self._paging
 
     def table(self, which: str) -> tuple[int, int]:
         """(base, limit) of "gdtr" or "idtr"."""

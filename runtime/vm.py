@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import unicorn_const as uconst
@@ -72,10 +73,39 @@ class RunResult:
     last_exits: list[tuple[str, str, int]] = field(default_factory=list)
 
 
+class Bootable(Protocol):
+    """What the VMM boots: `runtime.boot.BootImage`, or a raw image for tests and benchmarks."""
+
+    @property
+    def chunks(self) -> tuple[tuple[int, bytes], ...]: ...
+    @property
+    def entry(self) -> int: ...
+    @property
+    def eax(self) -> int: ...
+    @property
+    def ebx(self) -> int: ...
+    def symbolize(self, addr: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """Code and data at physical addresses, entered at `entry` like a plain ELF."""
+
+    chunks: tuple[tuple[int, bytes], ...]
+    entry: int
+    eax: int = 0
+    ebx: int = 0
+
+    def symbolize(self, addr: int) -> str:
+        return f"{addr:#x}"
+
+
 class Vm:
-    def __init__(self, config: cfg.RunConfig, patcher: Patcher | None = None) -> None:
+    def __init__(self, config: cfg.RunConfig, patcher: Patcher | None = None,
+                 image: Bootable | None = None) -> None:
         self.config = config
-        self.boot = load_kernel(str(config.kernel), config.cmdline, config.ram_size)
+        self.boot: Bootable = image if image is not None else load_kernel(
+            str(config.kernel), config.cmdline, config.ram_size)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
         self.vcpu = VirtualCpu(self.cpu)
@@ -107,11 +137,11 @@ class Vm:
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
-        return self.now_ns + (self.stats.total_exits - self._exits_mark) * cfg.NS_PER_EXIT
+        return self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
 
     def _advance(self, insns: int) -> None:
         self.now_ns = self.clock() + insns * cfg.NS_PER_INSN
-        self._exits_mark = self.stats.total_exits
+        self._exits_mark = self.stats.exit_count
         self.stats.guest_insns += insns
 
     def _on_exit(self, status: int) -> None:

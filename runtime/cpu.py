@@ -114,7 +114,7 @@ class Cpu:
         """A live array of `count` 32-bit words at physical `addr` (for the state
         block, read and written on every exit: ~50 ns per access)."""
         off, mem = self._region(addr, 4 * count)
-        return (ctypes.c_uint32 * count).from_buffer(mem.obj, off)  # type: ignore[arg-type]
+        return (ctypes.c_uint32 * count).from_buffer(mem.obj, off)
 
     def _region(self, addr: int, size: int) -> tuple[int, memoryview]:
         for lo, hi, mem in self._regions:

@@ -31,7 +31,7 @@ from bt.errors import GuestStop
 from bt.operation import Operation
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
-from runtime.cpu import CR2, CS, EIP
+from runtime.cpu import CR2, EIP
 from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR
 from runtime.emulate import EMULATORS
 from runtime.latch import POISONING, ExceptionLatch

@@ -54,7 +54,8 @@ _COND_IDS = (x.X86_INS_JA, x.X86_INS_JAE, x.X86_INS_JB, x.X86_INS_JBE, x.X86_INS
 # its descent at ret/iret/jmp/ud2; INT3 is Linux's padding between functions).
 _END_IDS = (0, x.X86_INS_RET, x.X86_INS_RETF, x.X86_INS_RETFQ, x.X86_INS_IRET, x.X86_INS_IRETD,
             x.X86_INS_IRETQ, x.X86_INS_UD0, x.X86_INS_UD1, x.X86_INS_UD2, x.X86_INS_INT3,
-            x.X86_INS_LJMP, x.X86_INS_SYSEXIT, x.X86_INS_SYSRET)
+            x.X86_INS_LJMP, x.X86_INS_SYSEXIT, x.X86_INS_SYSEXITQ, x.X86_INS_SYSRET,
+            x.X86_INS_SYSRETQ)
 
 _INSN_SIZE = ctypes.sizeof(capstone._cs_insn)
 _F = {name: getattr(capstone._cs_insn, name) for name, _ in capstone._cs_insn._fields_}

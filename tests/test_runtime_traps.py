@@ -167,7 +167,7 @@ def test_far_ret_to_rpl0_is_emulated():
 
 
 def test_hlt_with_interrupts_disabled_is_a_clean_stop():
-    vm, result = run(kernel("cli\nhlt\n"))
+    _vm, result = run(kernel("cli\nhlt\n"))
     assert isinstance(result, GuestStop)
     assert "halted with interrupts disabled" in result.reason
     assert result.eip is not None

@@ -102,6 +102,10 @@ class Injector:
         try:
             self._deliver(vector, return_eip, error_code, soft)
         except DeliveryFault as first:
+            if soft:
+                # A fault raised by INT n itself points at the INT instruction
+                # (CD ib: 2 bytes; INT3 and INTO: 1 byte).
+                return_eip -= 1 if vector in (VEC_BP, 4) else 2
             if vector == VEC_DF:
                 raise GuestStop("triple fault", return_eip,
                                 f"delivering #DF raised vector {first.vector}") from None

@@ -41,11 +41,11 @@ from runtime import config as cfg
 from runtime.boot import load_kernel
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CS, EIP, UnmappedPhys
-from runtime.deliver import Injector
+from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
-from runtime.paging import Mmu
+from runtime.paging import Mmu, PageFault
 from runtime.patching import Patcher
 from runtime.segments import ShadowGdt
 from runtime.stats import RunStats
@@ -206,6 +206,9 @@ class Vm:
                     self._advance(self.counter.executed(count))
                     if traps.error is not None:
                         raise traps.error from None
+                    if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
+                        pc = self.cpu.read(EIP)
+                        continue
                     raise self._unicorn_stop(err) from err
                 done = self.counter.executed(count)
                 self._advance(done)
@@ -250,6 +253,23 @@ class Vm:
     def _in_guest(eip: int) -> bool:
         # Not inside the VMM's own stubs (a ring 3 -> 1 delivery may be in flight).
         return not (layout.VMM_BASE <= eip < layout.PATCH_BASE)
+
+    def _invalid_opcode(self) -> bool:
+        """Unicorn stops on opcodes it does not implement (UD2 and undefined ones
+        included) instead of raising #UD. Deliver #UD through the guest's IDT as
+        the CPU would, if the guest has a handler; False: stop with a diagnosis."""
+        eip = self.cpu.read(EIP)
+        base, limit = self.vcpu.table("idtr")
+        if limit < 6 * 8 + 7:
+            return False
+        try:
+            gate = self.mmu.read(base + 6 * 8, 8)
+        except PageFault:
+            return False
+        if not gate[5] & 0x80:
+            return False
+        self.traps._inject(VEC_UD, eip, None, False)
+        return True
 
     def _unicorn_stop(self, err: UcError) -> GuestStop:
         eip = self.cpu.read(EIP)

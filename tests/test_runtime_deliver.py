@@ -1,0 +1,176 @@
+"""Delivery through the guest's IDT: exceptions from ring 1 and ring 3, INT n from
+user mode through the call-gate inward path, frames and stack switches as the
+CPU would build them (Intel SDM vol. 3 §6.12); and guest paging (4 KiB, 4 MiB
+pages, CR0.WP) with #PF error codes rebuilt by the VMM."""
+
+from __future__ import annotations
+
+import struct
+
+from runtime_guest import KCODE, KSTACK, RESULTS, UCODE, UDATA, USER, USTACK, kernel, run, to_user, words
+
+from bt import layout
+from runtime.cpu import CS, SS
+from runtime.vm import RunResult
+
+# A handler that saves ESP and the top 6 words of its stack to RESULTS, then exits.
+SAVE_FRAME = """
+    mov [0x23000], esp
+    mov eax, [esp]
+    mov [0x23004], eax
+    mov eax, [esp + 4]
+    mov [0x23008], eax
+    mov eax, [esp + 8]
+    mov [0x2300c], eax
+    mov eax, [esp + 12]
+    mov [0x23010], eax
+    mov eax, [esp + 16]
+    mov [0x23014], eax
+    mov eax, [esp + 20]
+    mov [0x23018], eax
+    mov eax, cr2
+    mov [0x2301c], eax
+    mov eax, [{vf}]
+    mov [0x23020], eax
+    mov al, 0
+    out 0xf4, al
+""".format(vf=layout.state("vflags"))
+
+
+def _ok(vm_result: object) -> None:
+    assert isinstance(vm_result, RunResult), f"guest stopped: {vm_result}"
+    assert vm_result.exit_status == 1
+
+
+def _frame(vm):  # type: ignore[no-untyped-def]
+    esp, *stack = words(vm, RESULTS, 9)
+    return esp, stack
+
+
+def test_int80_from_ring3_switches_to_the_tss_stack_with_a_full_frame():
+    user = "mov eax, 42\nint 0x80\nhlt\n"
+    vm, result = run(kernel(to_user(), handlers={0x80: (SAVE_FRAME, 3, True)}, user=user))
+    _ok(result)
+    esp, (eip, cs, eflags, uesp, uss, _, _, vflags) = _frame(vm)
+    assert esp == KSTACK - 20                  # TSS.esp0, five words pushed
+    assert eip == USER + 7                     # after the 2-byte INT 0x80
+    assert cs == UCODE and uss == UDATA and uesp == USTACK
+    assert eflags & 0x200                      # user mode runs with IF = 1
+    assert vflags & 0x200                      # a trap gate keeps the virtual IF set
+    assert vm.cpu.read(CS) == KCODE | 1 and vm.cpu.read(SS) == 0x11
+    assert vm.stats.vectors[0x80] == 1
+
+
+def test_int_n_from_ring3_through_a_dpl0_gate_is_gp():
+    user = "int 0x80\nhlt\n"
+    vm, result = run(kernel(to_user(), handlers={0x80: ("hlt\n", 0, False), 13: (SAVE_FRAME, 0, False)},
+                            user=user))
+    _ok(result)
+    _esp, (error, eip, cs, _eflags, _uesp, uss, _, _) = _frame(vm)
+    assert error == 0x80 * 8 + 2               # SDM §6.12.1.1: IDT entry, not external
+    assert eip == USER and cs == UCODE and uss == UDATA
+
+
+def test_divide_error_in_the_kernel_frame_has_rpl0_cs_and_virtual_if():
+    src = "sti\nxor ecx, ecx\nmov eax, 1\nfault:\ndiv ecx\nhlt\n"
+    vm, result = run(kernel(src, handlers={0: (SAVE_FRAME, 0, False)}))
+    _ok(result)
+    esp, (eip, cs, eflags, *_rest) = _frame(vm)
+    assert esp == KSTACK - 12                  # same level: no stack switch, no SS:ESP
+    assert cs == KCODE                         # RPL 1 stripped (the guest thinks it is ring 0)
+    assert eflags & 0x200                      # the virtual IF the guest had (STI)
+    assert vm.stats.vectors[0] == 1
+    assert vm.traps.latch.clears >= 1          # the fault's old_exception was cleared
+    code = vm.cpu.phys_read(eip, 2)
+    assert code == b"\xf7\xf1"                 # EIP is the faulting DIV
+
+
+def test_invalid_opcode_in_the_kernel_is_delivered():
+    vm, result = run(kernel("ud2\n", handlers={6: (SAVE_FRAME, 0, False)}))
+    _ok(result)
+    _esp, (eip, cs, *_rest) = _frame(vm)
+    assert vm.cpu.phys_read(eip, 2) == b"\x0f\x0b" and cs == KCODE
+
+
+def test_many_faults_in_a_row_never_escalate_to_double_fault():
+    # #DE handler skips the 2-byte DIV; 3000 of them would be #DF then a triple
+    # fault if Unicorn's old_exception were not cleared after each.
+    handler = "add dword ptr [esp], 2\ninc dword ptr [0x23000]\niretd\n"
+    src = "mov ebx, 3000\nxor ecx, ecx\nagain:\ndiv ecx\ndec ebx\njnz again\nmov al, 0\nout 0xf4, al\n"
+    vm, result = run(kernel(src, handlers={0: (handler, 0, False)}))
+    _ok(result)
+    assert words(vm, RESULTS, 1)[0] == 3000
+    assert vm.stats.vectors.get(8, 0) == 0
+
+
+# -- paging -----------------------------------------------------------------------------------------
+
+PD, PT = 0x30000, 0x31000
+
+
+def _page_tables(extra_pdes: dict[int, int], extra_ptes: dict[int, int]) -> tuple[tuple[int, bytes], ...]:
+    """Identity-map the first 4 MiB with 4 KiB pages (user, writable) plus extras."""
+    pd = bytearray(4096)
+    pt = bytearray(4096)
+    for i in range(1024):
+        struct.pack_into("<I", pt, i * 4, (i << 12) | 0x7)
+    for i, v in extra_ptes.items():
+        struct.pack_into("<I", pt, i * 4, v)
+    struct.pack_into("<I", pd, 0, PT | 0x7)
+    for i, v in extra_pdes.items():
+        struct.pack_into("<I", pd, i * 4, v)
+    return ((PD, bytes(pd)), (PT, bytes(pt)))
+
+
+ENABLE_PAGING = f"""
+    mov eax, cr4
+    or eax, 0x10
+    mov cr4, eax
+    mov eax, {PD:#x}
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80010000
+    mov cr0, eax
+"""
+
+
+def test_paging_4k_and_4m_pages_and_the_vmm_pde():
+    # 0x00400000: a 4 MiB page onto physical 0x00800000; 0x5000 (4 KiB) onto 0x7000.
+    tables = _page_tables({1: 0x00800000 | 0x83}, {5: 0x7000 | 0x3})
+    src = ENABLE_PAGING + """
+        mov dword ptr [0x00400010], 0x4d4d4d4d
+        mov dword ptr [0x5008], 0x4b4b4b4b
+        mov al, 0
+        out 0xf4, al
+    """
+    vm, result = run(kernel(src, chunks=tables))
+    _ok(result)
+    assert vm.cpu.phys_read(0x00800010, 4) == b"MMMM"
+    assert vm.cpu.phys_read(0x7008, 4) == b"KKKK"
+    pde = struct.unpack("<I", vm.cpu.phys_read(PD + 1023 * 4, 4))[0]
+    assert pde & ~0x60 == layout.VMM_PT | 0x7   # the VMM area stays reachable (A/D aside)
+    assert vm.vcpu.cr(0) & 0x80000000 and vm.vcpu.cr(3) == PD
+    assert vm.mmu.translate(0x00400123) == 0x00800123
+
+
+def test_pf_from_a_kernel_write_to_a_read_only_page_with_wp():
+    tables = _page_tables({}, {6: 0x6000 | 0x1})          # present, read-only, supervisor
+    src = ENABLE_PAGING + "mov dword ptr [0x6004], 1\nhlt\n"
+    vm, result = run(kernel(src, handlers={14: (SAVE_FRAME, 0, False)}, chunks=tables))
+    _ok(result)
+    _esp, (error, _eip, cs, *_rest, cr2, _vf) = _frame(vm)
+    assert cr2 == 0x6004 and cs == KCODE
+    assert error == 0x3                          # present | write, supervisor
+
+
+def test_pf_from_user_mode_on_a_supervisor_page():
+    tables = _page_tables({}, {0x8: 0x8000 | 0x3})           # supervisor-only page at 0x8000
+    user = "mov eax, [0x8000]\nhlt\n"
+    vm, result = run(kernel(ENABLE_PAGING + to_user(), handlers={14: (SAVE_FRAME, 0, False)},
+                            user=user, chunks=tables))
+    _ok(result)
+    esp, (error, eip, cs, _eflags, uesp, uss, cr2, _vf) = _frame(vm)
+    assert error == 0x5                          # present | user, read
+    assert cr2 == 0x8000 and eip == USER and cs == UCODE
+    assert uesp == USTACK and uss == UDATA
+    assert esp == KSTACK - 24                    # error code + five words on the TSS stack

@@ -199,7 +199,7 @@ CLASSES: tuple[InsnClass, ...] = (
          "monitor mwait", "SDM MONITOR/MWAIT: #UD if CPL != 0; the VMM treats MWAIT like HLT"),
     _row("stac_clac", _P, _UD, _INV, _H.TRAP, None, (_x.X86_INS_STAC, _x.X86_INS_CLAC), "stac clac",
          "SDM STAC/CLAC: #UD if CPL > 0; the VMM keeps a virtual EFLAGS.AC"),
-    _row("xsaves_xrstors", _P, _F, _SIL, _H.NONE, None,
+    _row("xsaves_xrstors", _P, _F, _INV, _H.NONE, None,
          (_x.X86_INS_XSAVES, _x.X86_INS_XRSTORS, _x.X86_INS_XSAVES64, _x.X86_INS_XRSTORS64),
          "xsaves xrstors xsaves64 xrstors64",
          "SDM XSAVES/XRSTORS: #GP if CPL != 0", note="64-bit kernels only; ring1 runs 32-bit guests",

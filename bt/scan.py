@@ -355,27 +355,38 @@ class _Window:
         self.sw, self.descent, self.reached, self.targets = sw, descent, reached, targets
 
     def check(self, address: int) -> tuple[Patch, str]:
+        """`jump`, or `int3` with the first problem of the 5-byte window (nearest first)."""
         end = address + PATCH_SIZE
         if address // PAGE != (end - 1) // PAGE:
             return Patch.INT3, f"5-byte window crosses the page boundary at {(end - 1) // PAGE * PAGE:#x}"
+        problems = [self._block_problem(address, end)]
         t = int(np.searchsorted(self.targets, address + 1))
         if t < self.targets.shape[0] and int(self.targets[t]) < end:
             target = int(self.targets[t])
-            return Patch.INT3, f"branch target {target:#x} (+{target - address}) inside the 5-byte window"
+            problems.append((target, f"branch target {target:#x} (+{target - address}) "
+                                     "inside the 5-byte window"))
+        found = [p for p in problems if p is not None]
+        if not found:
+            return Patch.JUMP, ""
+        return Patch.INT3, min(found)[1]
+
+    def _block_problem(self, address: int, end: int) -> tuple[int, str] | None:
+        """The first instruction of the window that ends a block, or where reached code stops."""
         sw, stop = self.sw, self.descent.stop
         i = int(np.searchsorted(sw.address, address))
         while True:
             if i >= sw.count or not self.reached[i]:
-                return Patch.INT3, "5-byte window runs past reached code"
+                a = int(sw.address[i]) if i < sw.count else end
+                return a, "5-byte window runs past reached code"
             a = int(sw.address[i])
             if a != address and int(sw.address[i - 1]) + int(sw.size[i - 1]) != a:
-                return Patch.INT3, "5-byte window runs past the end of its section"
+                return a, "5-byte window runs past the end of its section"
             j = int(np.searchsorted(stop, i))
             if j < stop.shape[0] and int(stop[j]) == i:
                 who = "the instruction itself" if a == address else f"'{self._text(a)}' at +{a - address}"
-                return Patch.INT3, f"{who} ends a basic block inside the 5-byte window"
+                return a, f"{who} ends a basic block inside the 5-byte window"
             if a + int(sw.size[i]) >= end:
-                return Patch.JUMP, ""
+                return None
             i += 1
 
     def _text(self, address: int) -> str:

@@ -1,0 +1,165 @@
+"""bt.scan: recursive descent, unreached bytes, basic blocks and PATM's patch-window rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from bt import elf, scan
+from bt.scan import Patch
+from tests.scan_helpers import build_elf
+
+# Each case is laid out so one rule decides its site (addresses from -Ttext 0x100000).
+PATCH_CASES = """
+.text
+.globl _start
+.type _start, @function
+_start:
+    cli                         # 0x100000  jump: mov imm32 follows, no target, no block end
+    movl $1, %eax
+    call fn_ret
+    call fn_target
+    call fn_page
+    call fn_overlap
+    je   after
+    hlt
+after:
+    ret
+
+.type fn_ret, @function
+fn_ret:
+    sti                         # int3: the RET at +1 ends the block inside the window
+    ret
+    inb %dx, %al                # unreached: nothing jumps here
+    ret
+
+.type fn_target, @function
+fn_target:
+    pushf                       # int3: the loop below jumps to +1
+1:  nop
+    nop
+    nop
+    nop
+    decl %ecx
+    jne 1b
+    ret
+
+.org 0xffe, 0x90
+.type fn_page, @function
+fn_page:
+    cli                         # 0x100ffe: int3, its window crosses into the next page
+    movl $2, %eax
+    ret
+
+.type fn_overlap, @function
+fn_overlap:
+    je 2f+1                     # a branch into the middle of the next instruction
+2:  .byte 0xb8                  # mov eax, imm32 ... whose first immediate byte is
+    cli                         # ... a CLI when entered at 2f+1
+    nop
+    nop
+    nop
+    ret
+"""
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    path = build_elf(tmp_path_factory.mktemp("scan"), PATCH_CASES)
+    return scan.scan(elf.load(path))
+
+
+def _site(result, symbol):
+    found = [s for s in result.sites if s.symbol == symbol]
+    assert len(found) == 1, [(s.symbol, s.text) for s in result.sites]
+    return found[0]
+
+
+def test_jump_patch_when_the_window_is_clean(cases):
+    s = _site(cases, "_start")
+    assert (s.cls.name, s.patch, s.reason, s.reached) == ("cli", Patch.JUMP, "", True)
+
+
+def test_block_end_inside_the_window_leaves_int3(cases):
+    s = _site(cases, "fn_ret")
+    assert s.patch is Patch.INT3 and "'ret' at +1 ends a basic block" in s.reason
+
+
+def test_branch_target_inside_the_window_leaves_int3(cases):
+    s = _site(cases, "fn_target")
+    assert s.cls.name == "pushf" and s.patch is Patch.INT3
+    assert "branch target" in s.reason and "(+1)" in s.reason
+
+
+def test_page_crossing_window_leaves_int3(cases):
+    s = _site(cases, "fn_page")
+    assert s.address == 0x100FFE and s.patch is Patch.INT3 and "page boundary" in s.reason
+
+
+def test_unreached_site_is_trap_only(cases):
+    s = _site(cases, "fn_ret+0x2")
+    assert s.cls.name == "in" and not s.reached and s.patch is Patch.TRAP_ONLY
+    assert any(lo <= s.address < hi for lo, hi in cases.unreached)
+
+
+def test_overlapping_instruction_is_trap_only(cases):
+    s = _site(cases, "fn_overlap+0x3")
+    assert s.cls.name == "cli" and s.reached and s.patch is Patch.TRAP_ONLY
+    assert "inside the reached instruction" in s.reason
+    assert cases.stats.overlapping_instructions >= 1
+
+
+def test_blocks_and_targets(cases):
+    assert cases.is_branch_target(0x100000)
+    fn_target = next(s.address for s in cases.image.symbols if s.name == "fn_target")
+    assert cases.is_branch_target(fn_target + 1)
+    assert not cases.is_branch_target(fn_target + 2)
+    starts = set(cases.block_starts.tolist())
+    assert {0x100000, fn_target, fn_target + 1} <= starts
+    assert (cases.block_ends > cases.block_starts).all()
+
+
+def test_stats_add_up(cases):
+    st = cases.stats
+    assert st.reached_bytes + st.unreached_bytes >= st.code_bytes
+    assert st.instructions > 0 and st.roots == 5 and st.invalid_bytes == 0
+
+
+def test_select_by_class_category_rule_and_symbol(cases):
+    assert {s.cls.name for s in scan.select(cases.sites, ["cli"])} == {"cli"}
+    assert {s.cls.name for s in scan.select(cases.sites, ["irqflags"])} == {"cli", "sti", "pushf"}
+    assert {s.cls.name for s in scan.select(cases.sites, ["privileged"])} == {"hlt"}
+    assert [s.symbol for s in scan.select(cases.sites, symbol="fn_p*")] == ["fn_page"]
+
+
+SIXTY_FOUR = """
+.text
+.globl _start
+.type _start, @function
+_start:
+    swapgs
+    mov %cr3, %rax
+    mov %rax, %cr3
+    wrmsr
+    pushfq
+    popfq
+    call *%rax
+    sysretq
+"""
+
+
+def test_64_bit_kernel(tmp_path):
+    result = scan.scan(elf.load(build_elf(tmp_path, SIXTY_FOUR, bits=64)))
+    names = [s.cls.name for s in result.sites]
+    assert names == ["swapgs", "mov_from_cr", "mov_to_cr", "wrmsr", "pushf", "popf", "sysret"]
+    assert all(s.reached for s in result.sites)
+    assert result.sites[-1].patch is Patch.INT3      # SYSRET ends its block
+
+
+def test_stripped_kernel_starts_from_the_entry_only(tmp_path):
+    path = build_elf(tmp_path, PATCH_CASES)
+    import subprocess
+    subprocess.run(["strip", "-s", str(path)], check=True)
+    result = scan.scan(elf.load(path))
+    assert result.stats.roots == 1
+    assert all(s.symbol is None for s in result.sites)
+    assert {s.cls.name for s in result.sites if s.reached} >= {"cli", "sti", "pushf"}

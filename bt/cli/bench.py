@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bt.cli import bench_scan
+from bt.cli import bench_scan, bench_trap
 
-BENCHMARKS = (bench_scan,)
+BENCHMARKS = (bench_scan, bench_trap)
 
 
 def add_parser(sub: Any) -> None:

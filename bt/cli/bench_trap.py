@@ -48,7 +48,8 @@ def _print(trap: TrapBench, plain: TrapBench, runs: int) -> None:
     verdict = "meets" if trap.us_per_exit <= TARGET_US else "misses"
     print(f"trap-and-emulate exit (CLI at CPL 1, {trap.traps} exits, fastest of {runs}):")
     print(f"  {trap.us_per_exit:8.2f} µs per exit   ({verdict} the {TARGET_US:.0f} µs target)")
-    print(f"  {trap.vmm_ns_per_trap / 1000:8.2f} µs of it in the VMM's handler, the rest in Unicorn's fault path")
+    print(f"  {trap.vmm_ns_per_trap / 1000:8.2f} µs of it in the VMM's handler, "
+          "the rest in Unicorn's fault path")
     print(f"  loop with CLI {trap.trap_s * 1000:9.1f} ms, same loop with NOP {trap.base_s * 1000:7.1f} ms")
     print(f"exit-free guest code ({plain.plain_insns} instructions):")
     print(f"  under the VMM (CPL 1, counted slices) {plain.vmm_plain_s * 1000:9.1f} ms "

@@ -4,9 +4,13 @@ In 32-bit code only branches are position-dependent (there is no EIP-relative da
 addressing outside 64-bit mode, SDM vol. 2 §2.2.1.6), plus every instruction that
 pushes its own EIP. So a displaced instruction is copied byte for byte unless it is
 
-* a relative JMP/Jcc: re-assembled against its absolute guest target;
-* LOOP/LOOPcc/JECXZ, whose rel8 cannot reach guest code from patch memory: rewritten as
-  the same test jumping to a near JMP;
+* a relative JMP: re-assembled against its absolute guest target;
+* a Jcc, LOOP/LOOPcc or JECXZ: the same test jumping over a near JMP to the guest
+  target. LOOP and JECXZ only have a rel8, which cannot reach guest code from patch
+  memory; and a Jcc rel32 from patch memory (0xFFE00000 up) to guest code needs the
+  32-bit EIP wrap-around that hardware does and Unicorn 2.1.4 does not do for Jcc
+  (QEMU's translator masks the target of JMP/CALL rel32 to 32 bits but not of Jcc:
+  the guest would continue at 0x1_0002_0008), while JMP rel32 wraps correctly;
 * a near CALL (relative or indirect): `PUSH <guest return address>; JMP target`, so the
   guest never finds a patch address on its stack; it ends the window, so that return
   address is guest code;
@@ -67,7 +71,7 @@ def relocate(insn: CsInsn, label: str) -> Displaced:
     if insn.group(CS_GRP_INT) or insn.group(CS_GRP_IRET):
         raise CannotMove(f"{insn.mnemonic} would push a patch EIP")
     nxt = insn.address + insn.size
-    if insn.id in _LOOPS:
+    if insn.id in _LOOPS or (insn.group(CS_GRP_JUMP) and insn.id not in (x.X86_INS_JMP, x.X86_INS_LJMP)):
         t = _target(insn)
         return Displaced(asm=f"{insn.mnemonic} {label}_take\njmp {label}_skip\n"
                              f"{label}_take: jmp {t:#x}\n{label}_skip:")

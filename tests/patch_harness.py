@@ -118,13 +118,19 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
     mem = UcMemory(uc)
     mem.write(layout.state("vflags"), struct.pack("<I", 0x2 | (0x200 if guest_if else 0)))
     mem.write(layout.state("pending"), struct.pack("<I", pending))
-    mgr = PatchManager(config or PatchConfig(eager=True), mem, LinearCode(CODE, end, targets or set()))
-    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+    from capstone import CS_ARCH_X86, CS_GRP_BRANCH_RELATIVE, CS_GRP_CALL, CS_GRP_JUMP, CS_MODE_32, Cs
+    from capstone import x86_const as x
 
     from bt import isa
     cs = Cs(CS_ARCH_X86, CS_MODE_32)
     cs.detail = True
-    found = [i.address for i in cs.disasm(code, CODE) if isa.classify(i) is not None]
+    insns = list(cs.disasm(code, CODE))
+    found = [i.address for i in insns if isa.classify(i) is not None]
+    if targets is None:   # every relative jump or call target, as a scanner would find them
+        targets = {i.operands[0].imm for i in insns
+                   if (i.group(CS_GRP_JUMP) or i.group(CS_GRP_CALL) or i.group(CS_GRP_BRANCH_RELATIVE))
+                   and i.operands and i.operands[0].type == x.X86_OP_IMM}
+    mgr = PatchManager(config or PatchConfig(eager=True), mem, LinearCode(CODE, end, targets))
     mgr.patch_all(sites if sites is not None else found)
     exits: list[Operation | None] = []
     resumes: list[int] = []
@@ -144,7 +150,7 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
     for n, v in regs.items():
         if n != "esp":
             uc.reg_write(_R[n], v)
-    uc.emu_start(CODE, end)
+    uc.emu_start(CODE, end, count=100_000)
     assert uc.reg_read(u.UC_X86_REG_EIP) == end
     efl = uc.reg_read(u.UC_X86_REG_EFLAGS)
     assert efl & 0x3200 == 0x200, "real IF must stay 1 and real IOPL 0"

@@ -174,3 +174,61 @@ def test_pf_from_user_mode_on_a_supervisor_page():
     assert cr2 == 0x8000 and eip == USER and cs == UCODE
     assert uesp == USTACK and uss == UDATA
     assert esp == KSTACK - 24                    # error code + five words on the TSS stack
+
+
+# -- IRQs ---------------------------------------------------------------------------------------------
+
+PIC_PIT_SETUP = """
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x01
+    out 0x21, al
+    mov al, 0xfe
+    out 0x21, al
+    mov al, 0x34
+    out 0x43, al
+    mov al, 0x9c
+    out 0x40, al
+    mov al, 0x2e
+    out 0x40, al
+"""
+
+# IRQ0 handler: count, EOI, remember the CS it interrupted; exit after 5 ticks.
+TICK = """
+    push eax
+    inc dword ptr [0x23000]
+    mov eax, [esp + 8]
+    mov [0x23004], eax
+    mov al, 0x20
+    out 0x20, al
+    cmp dword ptr [0x23000], 5
+    jne done
+    mov al, 0
+    out 0xf4, al
+done:
+    pop eax
+    iretd
+"""
+
+
+def test_timer_irqs_reach_user_mode_through_the_call_gate():
+    user = "spin:\ninc ebx\njmp spin\n"
+    vm, result = run(kernel(PIC_PIT_SETUP + to_user(), handlers={0x20: (TICK, 0, False)}, user=user),
+                     max_insns=20_000_000)
+    _ok(result)
+    ticks, cs = words(vm, RESULTS, 2)
+    assert ticks == 5 and cs == UCODE          # every tick interrupted ring 3
+    assert vm.stats.vectors[0x20] == 5
+
+
+def test_hlt_idles_until_the_next_tick():
+    src = PIC_PIT_SETUP + "sti\nidle:\nhlt\njmp idle\n"
+    vm, result = run(kernel(src, handlers={0x20: (TICK, 0, False)}))
+    _ok(result)
+    assert words(vm, RESULTS, 1)[0] == 5
+    assert vm.stats.idle_ns > 4 * 9_000_000   # ~10 ms per tick at 100 Hz, skipped in virtual time
+    assert vm.stats.by_class["hlt"] == 5

@@ -110,7 +110,8 @@ def run_native(src: str, regs: dict[str, int], flags: int, guest_if: int) -> Out
 
 def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
                 config: PatchConfig | None = None, sites: list[int] | None = None,
-                targets: set[int] | None = None, pending: int = 0) -> tuple[Outcome, PatchManager]:
+                targets: set[int] | None = None, pending: int = 0,
+                state: dict[str, bytes] | None = None) -> tuple[Outcome, PatchManager]:
     """The same code at CPL 1, every sensitive site patched up front."""
     code = asm(src, CODE)
     end = CODE + len(code)
@@ -118,6 +119,8 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
     mem = UcMemory(uc)
     mem.write(layout.state("vflags"), struct.pack("<I", 0x2 | (0x200 if guest_if else 0)))
     mem.write(layout.state("pending"), struct.pack("<I", pending))
+    for name, value in (state or {}).items():
+        mem.write(layout.state(name), value)
     from capstone import CS_ARCH_X86, CS_GRP_BRANCH_RELATIVE, CS_GRP_CALL, CS_GRP_JUMP, CS_MODE_32, Cs
     from capstone import x86_const as x
 

@@ -25,8 +25,13 @@ NAMED_KEYS = {"runs": "<mode>", "counts": "<mode>", "reduction": "<mode>", "patc
               "patches": "<mode>", "dependencies": "<dist>", "options": "<option>"}
 
 
+def recorded_names() -> list[str]:
+    """Kernels with recorded runs: `synthetic` (hand-made, for unit tests) and the samples."""
+    return sorted(p.name.removesuffix(".runs.json") for p in DATA.glob("*.runs.json"))
+
+
 def load_recorded(name: str) -> tuple[KernelInfo, dict[str, RunRecord]]:
-    data = json.loads((DATA / f"{name}.json").read_text())
+    data = json.loads((DATA / f"{name}.runs.json").read_text())
     return KernelInfo.from_json(data["kernel"]), {r["mode"]: RunRecord.from_json(r) for r in data["runs"]}
 
 

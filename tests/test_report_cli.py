@@ -11,7 +11,7 @@ from report_fixtures import DATA
 
 from runtime.report import adapter
 
-SYNTHETIC = str(DATA / "synthetic.json")
+SYNTHETIC = str(DATA / "synthetic.runs.json")
 
 
 def bt(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,13 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
-from report_fixtures import DATA, comparison
+from report_fixtures import comparison, recorded_names
 
 from runtime.report import jsonout, text
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "compare"
 UPDATE = os.environ.get("RING1_UPDATE_GOLDEN") == "1"
-RECORDED = sorted(p.stem for p in DATA.glob("*.json"))
+RECORDED = recorded_names()
 
 
 def check_golden(name: str, actual: str) -> None:

@@ -4,7 +4,8 @@ guest code runs under the VMM compared with bare Unicorn, measured in one run.
 Three guests assembled with Keystone, each a counted loop:
 
 * `trap`: N iterations of CLI (traps at CPL 1, decoded, emulated, EIP advanced,
-  Unicorn's old_exception cleared), DEC, JNZ;
+  Unicorn's old_exception cleared), DEC, JNZ; run twice, with each way of
+  clearing old_exception (runtime/latch.py);
 * `base`: the same loop with a NOP instead of the CLI, under the VMM;
 * `plain`: an exit-free arithmetic loop of M iterations, run once under the VMM
   (ring 1, slices, hooks installed) and once on a bare Unicorn engine (ring 0,
@@ -44,10 +45,11 @@ def _loop(body: str, n: int) -> str:
     return f"mov ecx, {n}\nloop_top:\n{body}\ndec ecx\njnz loop_top\n"
 
 
-def run_guest(src: str, max_insns: int | None = None) -> tuple[Vm, float]:
+def run_guest(src: str, max_insns: int | None = None, latch: str = "direct") -> tuple[Vm, float]:
     """Run `src` (assembled at 1 MiB, entered at CPL 1) to its isa-debug-exit."""
     image = RawImage(((LOAD, assemble(src)),), LOAD)
-    vm = Vm(RunConfig(kernel=Path("<bench>"), serial=io.BytesIO(), max_insns=max_insns), image=image)
+    vm = Vm(RunConfig(kernel=Path("<bench>"), serial=io.BytesIO(), max_insns=max_insns,
+                      old_exception=latch), image=image)
     t0 = time.perf_counter()
     vm.run()
     return vm, time.perf_counter() - t0
@@ -75,10 +77,16 @@ class TrapBench:
     vmm_plain_s: float
     bare_plain_s: float
     vmm_ns_per_trap: float
+    latch: str               #: how old_exception was cleared in the `trap` run
+    context_trap_s: float    #: the same trap loop with the context-save/restore latch
 
     @property
     def us_per_exit(self) -> float:
         return (self.trap_s - self.base_s) / self.traps * 1e6
+
+    @property
+    def us_per_exit_context(self) -> float:
+        return (self.context_trap_s - self.base_s) / self.traps * 1e6
 
     @property
     def slowdown(self) -> float:
@@ -87,6 +95,7 @@ class TrapBench:
 
 def trap_bench(traps: int = 20_000, plain_iters: int = 2_000_000) -> TrapBench:
     vm_t, t_trap = run_guest(_loop("cli", traps) + _EXIT)
+    _vm_c, t_ctx = run_guest(_loop("cli", traps) + _EXIT, latch="context")
     _vm_b, t_base = run_guest(_loop("nop", traps) + _EXIT)
     plain = _loop("add eax, ecx\nxor ebx, eax", plain_iters) + _EXIT
     vm_p, t_plain = run_guest(plain)
@@ -94,4 +103,5 @@ def trap_bench(traps: int = 20_000, plain_iters: int = 2_000_000) -> TrapBench:
     stats = vm_t.stats
     return TrapBench(traps=stats.by_class["cli"], trap_s=t_trap, base_s=t_base,
                      plain_insns=vm_p.stats.guest_insns, vmm_plain_s=t_plain, bare_plain_s=t_bare,
-                     vmm_ns_per_trap=stats.vmm_ns_by_kind["trap"] / max(1, stats.exits["trap"]))
+                     vmm_ns_per_trap=stats.vmm_ns_by_kind["trap"] / max(1, stats.exits["trap"]),
+                     latch=vm_t.traps.latch.method, context_trap_s=t_ctx)

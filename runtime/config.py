@@ -32,3 +32,7 @@ class RunConfig:
     slice_insns: int = SLICE_INSNS
     #: How many recent exits a stop report shows.
     last_exits: int = 16
+    #: How Unicorn's stale old_exception is cleared after a fault: "direct" (write the
+    #: live field, falls back to "context" if it cannot be located) or "context"
+    #: (uc_context_save/restore). See runtime/latch.py; `bt bench trap` compares them.
+    old_exception: str = "direct"

@@ -45,12 +45,13 @@ _IMPLICIT_WRITES = ("push", "call", "stos", "movs", "enter", "pushal", "pushfd",
 
 
 class Traps:
-    def __init__(self, ctx: Ctx, patcher: Patcher | None = None, history: int = 16) -> None:
+    def __init__(self, ctx: Ctx, patcher: Patcher | None = None, history: int = 16,
+                 latch: str = "direct") -> None:
         self.ctx = ctx
         self.cpu = ctx.cpu
         self.stats = ctx.stats
         self.patcher: Patcher = patcher or NoPatcher()
-        self.latch = ExceptionLatch(ctx.m.uc)
+        self.latch = ExceptionLatch(ctx.m.uc, latch)
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
         self._cache: dict[int, tuple[bytes, Operation]] = {}

@@ -122,7 +122,7 @@ class Vm:
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed)
-        self.traps = Traps(self.ctx, patcher, config.last_exits)
+        self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)

@@ -38,6 +38,7 @@ from bt.operation import Operation
 from patchmgr.block import build, plan
 from patchmgr.memory import PatchMemory
 from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
+from patchmgr.record import Record
 from patchmgr.registry import RuleSet, load
 from patchmgr.relocate import CannotMove
 from patchmgr.rule import EmitContext
@@ -86,7 +87,7 @@ class Stats:
     exits: int = 0
     smc_removed: int = 0
     smc_refreshed: int = 0
-    removed_other: int = 0
+    merged: int = 0             # sites whose own patch was folded into a later site's window
 
 
 class PatchManager:
@@ -153,7 +154,7 @@ class PatchManager:
 
     # ---- making patches ---------------------------------------------------------------------
     def patch_all(self, sites: Iterable[int]) -> None:
-        """Patch every site now (`--eager`, `bt patch`)."""
+        """Patch every site now (`--eager`, `bt patch`), in address order."""
         for site in sorted(set(sites)):
             if site not in self.patches and site not in self.refusals and self._free(site, site + 1):
                 self.patch_site(site)
@@ -177,8 +178,46 @@ class PatchManager:
                 return self._install_jmp(site, op)
             except (NoWindow, CannotMove) as err:
                 why = str(err)
+            merged = self._merge(site, op)
+            if merged is not None:
+                return merged
         self.notes[site] = why
         return self._install_int3(op)
+
+    def _merge(self, site: int, op: Operation) -> Patch | None:
+        """One window for this site and the patched sites just before it in its basic
+        block, when their windows left it too few bytes (PATM recompiled a whole run of
+        sensitive instructions into one block too). The earlier sites the new window does
+        not take in are patched again on their own; if no window fits, all stays as it was."""
+        bounds = self.code.block_of(site) if self.code is not None else None
+        if bounds is None:
+            return None
+        victims = [p for p in self.patches.values() if bounds[0] <= p.start and p.end <= op.address]
+        if not victims:
+            return None
+        for v in victims:
+            self.remove(v.site)
+        try:
+            patch = self._install_jmp(site, op)
+        except (NoWindow, CannotMove):
+            for v in victims:           # put them back as they were
+                self.memory.write(v.start, self._head(v))
+                self._register(v)
+            return None
+        for v in victims:
+            if patch.covers(v.site):
+                self.stats.merged += 1
+            else:
+                self.patch_site(v.site)
+        return patch
+
+    @staticmethod
+    def _head(patch: Patch) -> bytes:
+        """The bytes a patch writes at the start of its window."""
+        if patch.block is None:
+            return INT3
+        rel = (patch.block.address - (patch.start + JMP_LEN)) & 0xFFFFFFFF
+        return b"\xe9" + rel.to_bytes(4, "little")
 
     def _install_jmp(self, site: int, op: Operation) -> Patch:
         if self.code is None:
@@ -209,6 +248,23 @@ class PatchManager:
         self.memory.write(op.address, INT3)
         self._register(patch)
         return patch
+
+    def adopt(self, rec: Record) -> None:
+        """Take over the patches of a statically patched kernel (`bt patch`): its code
+        already holds the JMPs and INT3s; patch memory gets the recorded blocks."""
+        if rec.patch_base != self.patch_memory.base:
+            raise PatchError(f"patch record made for patch memory at {rec.patch_base:#x}, "
+                             f"this ring1 has it at {self.patch_memory.base:#x}")
+        self.memory.write(rec.patch_base, rec.code)
+        self.patch_memory.commit(rec.patch_base, rec.patch_top - rec.patch_base)
+        self.ctx = EmitContext(dict(rec.rule_data))
+        for patch in rec.patches:
+            head = self._head(patch)
+            if self.memory.read(patch.start, len(head)) != head:
+                raise PatchError(f"patch record says {patch.kind} at {patch.start:#x}, the code disagrees")
+            self._register(patch)
+        for refusal in rec.refusals:
+            self.refusals[refusal.site] = refusal
 
     def remove(self, site: int) -> None:
         patch = self.patches.pop(site)

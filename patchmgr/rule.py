@@ -103,6 +103,10 @@ class EmitContext:
             offset += n
         raise PatchError(f"rule data {key!r} lost")  # pragma: no cover - dict order is stable
 
+    def data_slots(self) -> dict[str, int]:
+        """Rule-data keys and sizes handed out so far, in order (recorded by `bt patch`)."""
+        return dict(self._data)
+
     # -- assembly helpers --------------------------------------------------------------------
     def label(self, stem: str) -> str:
         """A label no other emitted code uses."""

@@ -1,14 +1,55 @@
-"""`bt patch`: write a statically patched ELF (PATM)."""
+"""`bt patch`: write a statically patched ELF (PATM ahead of time), list the patch rules."""
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from typing import Any
 
-from bt.cli._notyet import not_built
+from bt.errors import UsageError
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "patch", help="write a statically patched ELF (PATM)")
-    p.set_defaults(handler=not_built("patch", 5))
+        "patch", help="write a statically patched ELF (PATM)",
+        description="Patch every reached sensitive site of a 32-bit kernel ELF ahead of time: a 5-byte "
+                    "JMP into a patch block, or a one-byte INT3 where 5 bytes are not safe, or a "
+                    "recorded refusal. The patch code goes in a PT_LOAD segment at the VMM's patch "
+                    "memory, with a record `bt run` reads back.")
+    p.add_argument("kernel", metavar="IN", nargs="?", help="the kernel ELF file")
+    p.add_argument("-o", "--output", metavar="OUT", help="the patched ELF to write")
+    p.add_argument("--list-rules", action="store_true", help="list the patch rules (built-in and plugins)")
+    p.add_argument("--disable-rule", action="append", default=[], metavar="NAME",
+                   help="do not use this rule (repeatable); its sites keep trapping")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every patch and refusal")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from patchmgr import registry
+
+    rules = registry.load(args.disable_rule)
+    if args.list_rules:
+        for info in rules.infos:
+            state = "" if info.enabled else "  (disabled)"
+            classes = ", ".join(sorted(info.rule.classes()))
+            print(f"{info.rule.name:18s} {info.origin:10s} {info.rule.description}{state}")
+            print(f"{'':18s} {'':10s} classes: {classes}")
+        if args.kernel is None:
+            return 0
+    if args.kernel is None or args.output is None:
+        raise UsageError("bt patch IN.elf -o OUT.elf (or --list-rules)")
+    from patchmgr.static import patch_file
+
+    result = patch_file(args.kernel, args.output, rules)
+    kinds = Counter(p.kind for p in result.patches)
+    print(f"{args.output}: {result.sites} sites, {kinds['jmp']} patched with a JMP, "
+          f"{kinds['int3']} with an INT3, {len(result.refusals)} refused; "
+          f"{result.patch_bytes} bytes of patch code")
+    if args.verbose:
+        for p in result.patches:
+            note = f"  ({result.notes[p.site]})" if p.site in result.notes else ""
+            print(f"  {p.site:#010x} {p.kind:4s} [{p.start:#x},{p.end:#x}) {p.op.text}{note}")
+        for r in result.refusals:
+            print(f"  {r.site:#010x} refused {r.op.text}: {r.reason}")
+    return 0

@@ -28,14 +28,14 @@ from unicorn import Uc
 
 from bt import isa, layout
 from bt.errors import GuestStop
-from bt.operation import Operation
+from bt.operation import Operation, Reg
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
 from runtime.cpu import CR2, EIP
 from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR
 from runtime.emulate import EMULATORS
 from runtime.latch import POISONING, ExceptionLatch
-from runtime.paging import PF_W, PageFault
+from runtime.paging import CR0_PG, PF_W, PageFault
 from runtime.patching import NoPatcher, Patcher
 
 #: Mnemonics whose #GP may come from a stale shadow GDT (resync and re-execute once).
@@ -66,8 +66,13 @@ class Traps:
         mmu = self.ctx.mmu
         hit = self._cache.get(eip)
         # A cached decode is reused only while the bytes at EIP are still the same.
-        if hit is not None and mmu.read(eip, len(hit[0]), fetch=True) == hit[0]:
-            return hit[1]
+        if hit is not None:
+            raw = hit[0]
+            if not self.ctx.vcpu.paging_regs()[0] & CR0_PG:   # paging off: linear == physical
+                if self.cpu.phys_read(eip, len(raw)) == raw:
+                    return hit[1]
+            elif mmu.read(eip, len(raw), fetch=True) == raw:
+                return hit[1]
         code = mmu.read(eip, 16, fetch=True) if (eip & 0xFFF) <= 0xFF0 else self._read_code(eip)
         try:
             insn = next(self._cs.disasm(code, eip, 1))
@@ -182,7 +187,7 @@ class Traps:
                 self.ctx.gdt.sync()
                 return "trap"
             self._resynced_at = None
-            self._inject(VEC_GP, eip, 0, False)
+            self._inject(VEC_GP, eip, self._gp_error(op), False)
             return "interrupt"
         self._resynced_at = None
         self.stats.exit("trap", op.cls, eip)
@@ -190,6 +195,19 @@ class Traps:
         self.patcher.on_trap(op)
         self.execute(op, op.next_address)
         return "trap"
+
+    def _gp_error(self, op: Operation) -> int:
+        """The #GP error code of a segment load the CPU refused: the selector
+        (SDM §6.13), which Unicorn does not report; 0 for everything else."""
+        if op.mnemonic in ("mov", "pop") and op.operands and isinstance(op.operands[0], Reg) \
+                and op.operands[0].name in ("ds", "es", "fs", "gs", "ss"):
+            try:
+                value = self.ctx.read(op.operands[1]) if op.mnemonic == "mov" else self.ctx.mmu.read_u32(
+                    self.cpu.read_name("esp"))
+            except PageFault:
+                return 0
+            return value & 0xFFFC
+        return 0
 
     def execute(self, op: Operation, next_eip: int) -> None:
         """Run `op`'s emulator; continue at `next_eip` unless it transferred control.

@@ -182,3 +182,10 @@ def test_vmm_selectors_at_entry_for_a_guest_without_gdt():
     assert words(vm, RESULTS, 1)[0] & 0xFFFF == VMM_CS1
     assert image.entry == 0x100000
     assert struct.calcsize("<I") == 4
+
+
+def test_a_bad_segment_load_is_the_guests_gp_with_the_selector():
+    handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
+    vm, result = run(kernel("mov ax, 0x38\nmov ds, ax\nhlt\n", handlers={13: (handler, 0, False)}))
+    _ok(result)
+    assert words(vm, RESULTS, 1)[0] == 0x38          # beyond the GDT limit: #GP(selector)

@@ -50,6 +50,8 @@ class Ctx:
     on_vif_set: Callable[[int], int | None]
     #: The guest's paging registers changed (CR0/CR3/CR4 or INVLPG): flush caches.
     on_paging_change: Callable[[], None]
+    #: Virtual time now, in ns (runtime/vm.py): the virtual TSC counts it.
+    clock: Callable[[], int]
 
     # -- operands --------------------------------------------------------------------------------
     def address(self, m: Mem) -> int:

@@ -121,7 +121,7 @@ class Vm:
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
-                       on_paging_change=self._paging_changed)
+                       on_paging_change=self._paging_changed, clock=self.clock)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc

@@ -232,3 +232,12 @@ def test_hlt_idles_until_the_next_tick():
     assert words(vm, RESULTS, 1)[0] == 5
     assert vm.stats.idle_ns > 4 * 9_000_000   # ~10 ms per tick at 100 Hz, skipped in virtual time
     assert vm.stats.by_class["hlt"] == 5
+
+
+def test_a_guest_that_maps_the_vmm_area_is_stopped():
+    from bt.errors import GuestStop
+
+    tables = _page_tables({1023: 0x00400000 | 0x83}, {})
+    _vm, result = run(kernel(ENABLE_PAGING + "hlt\n", chunks=tables))
+    assert isinstance(result, GuestStop)
+    assert "top 4 MiB" in result.reason

@@ -13,7 +13,7 @@ NS_PER_TSC = 1  # the virtual TSC counts virtual ns (a 1 GHz invariant TSC)
 def rdmsr(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     index = ctx.cpu.read_name("ecx")
     if index == MSR_TSC:
-        value = ctx.stats.virtual_ns // NS_PER_TSC
+        value = ctx.clock() // NS_PER_TSC
     elif index in ctx.vcpu.msr:
         value = ctx.vcpu.msr[index]
     else:

@@ -115,6 +115,12 @@ class Traps:
         cpl = cs & 3
         if vector == VEC_BP:
             return self._int3(eip)
+        if layout.VMM_BASE <= eip < layout.PATCH_BASE:
+            # A fault in the VMM's own trampoline: the call gate could not push onto
+            # the guest's kernel stack (TSS.esp0). On hardware: a fault delivering a
+            # fault delivering an interrupt, i.e. a triple fault.
+            raise GuestStop("triple fault", eip,
+                            f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
         if vector == VEC_GP and cpl == 1:
             return self._trap(eip)
         soft = self._is_soft(vector, eip)

@@ -52,6 +52,8 @@ class Ctx:
     on_paging_change: Callable[[], None]
     #: Virtual time now, in ns (runtime/vm.py): the virtual TSC counts it.
     clock: Callable[[], int]
+    #: True while the PIC has an interrupt for the CPU.
+    irq_waiting: Callable[[], bool]
 
     # -- operands --------------------------------------------------------------------------------
     def address(self, m: Mem) -> int:

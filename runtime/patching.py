@@ -3,46 +3,65 @@
 `runtime` calls a `Patcher`; `patchmgr` implements it and calls nothing in
 `runtime` (layers: runtime -> patchmgr -> bt). The run loop (runtime/vm.py):
 
-(a) calls `on_trap(op)` after each trap of a sensitive site, so the patch manager
-    can decide to patch it (PATM patched a site the first time it trapped);
+(a) calls `on_trap(op)` after each trap of a sensitive site (and each IN/OUT exit
+    of the guest kernel), so the patch manager can decide to patch it (PATM patched a
+    site the first time it trapped); True means a patch was just installed;
 (b) on an INT3 executed in patch memory (`bt.layout.PATCH_BASE`..+`PATCH_SIZE`) or
     at a patched guest site, asks `exit_at(address)` (the address of the INT3) for
     the pre-decoded `Operation` and where to resume; the runtime emulates that
     Operation through the same emulator as a trap of its class, then continues at
-    `resume`. `exit_at` returns None for an INT3 that is not the patcher's: the
-    runtime then delivers #BP to the guest like any guest INT3;
+    `resume`. `op` None: nothing to emulate, the patch exited at guest address
+    `resume` only so that the runtime delivers the pending interrupt there.
+    `exit_at` returns None for an INT3 that is not the patcher's: the runtime then
+    delivers #BP to the guest like any guest INT3;
 (c) calls `to_guest_eip(eip)` to report a patch-memory EIP as the guest EIP it
-    stands for (in frames pushed to the guest and in stop reports).
+    stands for (in frames pushed to the guest and in stop reports);
+(d) calls `resume_at(eip)` before it continues the guest at an EIP it chose (after
+    an emulated instruction, an IRET, at the start of a slice): a guest address inside
+    a patched window no longer holds guest code, the patch block does.
+
+The runtime never delivers an interrupt while EIP is in patch memory: it sets the
+state block's `pending` word, and the patch block exits at its guest return address
+when the virtual IF allows it (patchmgr/block.py).
+
+`attach(vm, config)` builds the patch manager for a run (`bt run --hot/--eager/
+--no-patch`, or a kernel written by `bt patch`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from bt import layout
 from bt.operation import Operation
+
+if TYPE_CHECKING:
+    from patchmgr.manager import PatchConfig, PatchManager
 
 
 @dataclass(frozen=True)
 class PatchExit:
     """What an INT3 exit in patch code means: emulate `op`, then continue at `resume`."""
 
-    op: Operation
+    op: Operation | None
     resume: int
 
 
 class Patcher(Protocol):
-    def on_trap(self, op: Operation) -> None: ...
+    def on_trap(self, op: Operation) -> bool | None: ...
 
-    def exit_at(self, address: int) -> PatchExit | None: ...
+    def exit_at(self, address: int) -> PatchExit | Any | None: ...
 
     def to_guest_eip(self, eip: int) -> int: ...
+
+    def resume_at(self, eip: int) -> int: ...
 
 
 class NoPatcher:
     """The unpatched VMM: traps are only emulated, no INT3 belongs to a patch."""
 
-    def on_trap(self, op: Operation) -> None:
+    def on_trap(self, op: Operation) -> bool | None:
         return None
 
     def exit_at(self, address: int) -> PatchExit | None:
@@ -50,3 +69,66 @@ class NoPatcher:
 
     def to_guest_eip(self, eip: int) -> int:
         return eip
+
+    def resume_at(self, eip: int) -> int:
+        return eip
+
+
+class _VmMemory:
+    """patchmgr's GuestMemory and WriteWatch over the VM: guest-virtual addresses
+    through the guest's page tables, the VMM area as it is (linear == physical)."""
+
+    def __init__(self, vm: Any) -> None:
+        self.vm = vm
+        self.uc = vm.machine.uc
+        self.manager: PatchManager | None = None
+
+    def _phys(self, address: int) -> int:
+        return address if address >= layout.VMM_BASE else int(self.vm.mmu.translate(address))
+
+    def read(self, address: int, size: int) -> bytes:
+        return bytes(self.vm.cpu.phys_read(self._phys(address), size))
+
+    def write(self, address: int, data: bytes) -> None:
+        self.vm.cpu.phys_write(self._phys(address), data)
+        # Code Unicorn already translated must be translated again (unicorn-ring1.md #7).
+        self.uc.ctl_remove_cache(address, address + len(data))
+
+    def watch(self, start: int, end: int) -> object:
+        from unicorn import UC_HOOK_MEM_WRITE
+
+        return self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write, None, start, end - 1)
+
+    def unwatch(self, handle: object) -> None:
+        self.uc.hook_del(handle)
+
+    def _on_write(self, uc: Any, _access: int, address: int, size: int, _value: int, _data: Any) -> None:
+        try:
+            assert self.manager is not None
+            self.manager.on_guest_write(address, size)
+        except BaseException as err:   # stored and re-raised by the run loop, never swallowed
+            self.vm.traps.error = err
+            uc.emu_stop()
+
+
+def attach(vm: Any, config: PatchConfig) -> PatchManager:
+    """The patch manager of one run: the kernel scanned (CSAM) for branch targets and
+    blocks, a statically patched kernel's record adopted, every site patched up front
+    with `eager`."""
+    from bt import elf, scan
+    from patchmgr.codemap import ScanCodeMap
+    from patchmgr.manager import PatchManager
+    from patchmgr.static import read_record, user_code
+
+    image = elf.load(vm.config.kernel)
+    result = scan.scan(image)
+    memory = _VmMemory(vm)
+    manager = PatchManager(config, memory, ScanCodeMap(result), watch=memory)
+    memory.manager = manager
+    record = read_record(image)
+    if record is not None:
+        manager.adopt(record)
+    if config.eager and config.enabled:
+        manager.patch_all(s.address for s in result.sites
+                          if s.reached and s.cls.rule is not None and not user_code(image, s.address))
+    return manager

@@ -144,7 +144,8 @@ class Traps:
         return before == bytes((0xCD, vector)) or (vector == 4 and before[1] == 0xCE)
 
     def _inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
-        self.stats.exit("interrupt", None, self.patcher.to_guest_eip(eip))
+        eip = self.patcher.to_guest_eip(eip)   # the guest never sees a patch address in a frame
+        self.stats.exit("interrupt", None, eip)
         self.stats.vectors[vector] += 1
         self.last.append(("interrupt", f"vector {vector}", eip))
         self.ctx.inject.deliver(vector, eip, error, soft)
@@ -230,9 +231,13 @@ class Traps:
             self._inject(VEC_PF, op.address, pf.error_code, False)
             return
         if result is None:
-            self.cpu.write(EIP, next_eip)
+            self.cpu.write(EIP, self.patcher.resume_at(next_eip))
         elif result != HANDLED:
-            self.cpu.write(EIP, result)
+            self.cpu.write(EIP, self.patcher.resume_at(result))
+        else:
+            eip = self.cpu.read(EIP)   # an IRET or a delivered interrupt chose it
+            if (to := self.patcher.resume_at(eip)) != eip:
+                self.cpu.write(EIP, to)
 
     # -- INT3: the VMM's stub, hypercalls, or the guest's own breakpoint ------------------------------
     def _int3(self, eip: int) -> str:
@@ -245,6 +250,13 @@ class Traps:
         if record is not None:
             op = record.op
             site = self.patcher.to_guest_eip(at)
+            if op is None:
+                # The patch only stopped at a guest address to let a pending interrupt in.
+                self.stats.exit("hypercall", "pending", site)
+                self.last.append(("hypercall", "pending", site))
+                if self.ctx.on_vif_set(record.resume) is None:
+                    self.cpu.write(EIP, record.resume)
+                return "hypercall"
             self.stats.exit("hypercall", op.cls, site)
             self.last.append(("hypercall", op.cls or "?", site))
             self.execute(op, record.resume)
@@ -285,8 +297,13 @@ class Traps:
             self.stats.vmm_ns_by_kind["io"] += dt
 
     def _io_exit(self, cls: str, port: int) -> None:
-        eip = self.patcher.to_guest_eip(self.cpu.read(EIP))
+        eip, cs = self.cpu.eip_cs()
+        eip = self.patcher.to_guest_eip(eip)
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
+        if cs & 3 == 1 and self.patcher.on_trap(self.decode(eip)):
+            # A patch now covers this IN/OUT. Unicorn finishes the instruction and would run
+            # on into the window; stop, so the run loop resumes through `resume_at`.
+            self.ctx.m.uc.emu_stop()
 

@@ -121,7 +121,13 @@ class Vm:
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
-                       on_paging_change=self._paging_changed, clock=self.clock)
+                       on_paging_change=self._paging_changed, clock=self.clock,
+                       irq_waiting=lambda: self.devices.pic.pending())
+        self.patches = None
+        if patcher is None and config.patch is not None:
+            from runtime.patching import attach
+            self.patches = attach(self, config.patch)   # before the kernel is loaded: see below
+            patcher = self.patches
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
@@ -200,6 +206,7 @@ class Vm:
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
                                     f"{self.stats.guest_insns} instructions")
+                pc = traps.patcher.resume_at(pc)
                 try:
                     uc.emu_start(pc, STOP, count=count)
                 except UcError as err:
@@ -251,8 +258,10 @@ class Vm:
 
     @staticmethod
     def _in_guest(eip: int) -> bool:
-        # Not inside the VMM's own stubs (a ring 3 -> 1 delivery may be in flight).
-        return not (layout.VMM_BASE <= eip < layout.PATCH_BASE)
+        # Not inside the VMM's own stubs (a ring 3 -> 1 delivery may be in flight), nor in
+        # patch code, whose address a frame must not show: the patch block exits at its
+        # guest return address while `pending` is set (runtime/patching.py).
+        return not layout.VMM_BASE <= eip
 
     def _invalid_opcode(self) -> bool:
         """Unicorn stops on opcodes it does not implement (UD2 and undefined ones

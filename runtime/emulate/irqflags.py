@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bt.operation import Operation
 from runtime.context import Ctx
+from runtime.paging import PageFault
 from runtime.vcpu import IF, VIRTUAL_FLAGS
 
 #: EFLAGS bits POPF may change at CPL 0 (SDM POPF: all but VM, RF, VIP, VIF, reserved).
@@ -19,11 +20,19 @@ def cli(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 
 def sti(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
-    was = ctx.vcpu.vif
     ctx.vcpu.set_vif(True)
-    # An IRQ that waited for IF = 1 comes now (the one-instruction STI shadow is
-    # honoured for the STI; HLT idiom in runtime/vm.py).
-    return None if was else ctx.on_vif_set(next_eip)
+    # An IRQ that waited for IF = 1 comes now. Also when IF already was 1: patch
+    # code sets the virtual IF inline and exits with STI only when an IRQ waits.
+    if not ctx.irq_waiting():
+        return None
+    # STI's one-instruction interrupt shadow (SDM STI): in the idiom "STI; HLT" the
+    # HLT starts and the interrupt then wakes it, so the handler returns after it.
+    try:
+        if ctx.mmu.read(next_eip, 1) == b"\xf4":
+            next_eip += 1
+    except PageFault:
+        pass
+    return ctx.on_vif_set(next_eip)
 
 
 def pushf(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
@@ -35,9 +44,8 @@ def popf(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     value = ctx.pop32()
     real = ctx.cpu.read_name("eflags")
     ctx.cpu.write_name("eflags", (real & ~POPF_MASK | (value & POPF_MASK) & ~VIRTUAL_FLAGS) | IF)
-    was = ctx.vcpu.vif
     ctx.vcpu.vflags = (ctx.vcpu.vflags & ~VIRTUAL_FLAGS) | (value & VIRTUAL_FLAGS)
-    if not was and value & IF:
+    if value & IF:
         return ctx.on_vif_set(next_eip)
     return None
 

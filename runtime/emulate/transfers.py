@@ -58,10 +58,9 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     cpu.write_name("esp", esp + 12)
     real = cpu.read(EFLAGS)
     cpu.write(EFLAGS, ((real & ~IRET_MASK) | (flags & IRET_MASK) & ~VIRTUAL_FLAGS) | IF | 0x2)
-    was = vcpu.vif
     vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
     cpu.write(CS, real_cs)
-    if not was and flags & IF:
+    if flags & IF:
         cpu.write_name("eip", eip)
         if ctx.on_vif_set(eip) is not None:
             return HANDLED

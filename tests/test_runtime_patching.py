@@ -25,8 +25,9 @@ class FakePatcher:
         self.trapped: list[Operation] = []
         self.asked: list[int] = []
 
-    def on_trap(self, op: Operation) -> None:
+    def on_trap(self, op: Operation) -> bool | None:
         self.trapped.append(op)
+        return None
 
     def exit_at(self, address: int) -> PatchExit | None:
         self.asked.append(address)
@@ -37,6 +38,9 @@ class FakePatcher:
 
     def to_guest_eip(self, eip: int) -> int:
         return 0x100000 if layout.PATCH_BASE <= eip < layout.PATCH_BASE + layout.PATCH_SIZE else eip
+
+    def resume_at(self, eip: int) -> int:
+        return eip
 
 
 def test_hypercall_runs_the_operation_and_resumes():

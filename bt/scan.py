@@ -83,10 +83,20 @@ class ScanResult:
     block_ends: np.ndarray = field(repr=False)      # uint64, exclusive, parallel to block_starts
     branch_targets: np.ndarray = field(repr=False)  # uint64, sorted unique direct targets (+ roots)
     unreached: tuple[tuple[int, int], ...] = field(repr=False)  # [start, end) runs, padding excluded
+    instruction_starts: np.ndarray = field(repr=False)  # uint64, sorted: every linear-sweep instruction
+    overlapping: frozenset[int] = field(repr=False)     # instructions decoded apart (inside others)
 
     def is_branch_target(self, address: int) -> bool:
-        i = int(np.searchsorted(self.branch_targets, address))
-        return i < self.branch_targets.shape[0] and int(self.branch_targets[i]) == address
+        return _contains(self.branch_targets, address)
+
+    def is_instruction_start(self, address: int) -> bool:
+        """True where the linear sweep or the descent decoded an instruction."""
+        return _contains(self.instruction_starts, address) or address in self.overlapping
+
+
+def _contains(sorted_array: np.ndarray, value: int) -> bool:
+    i = int(np.searchsorted(sorted_array, value))
+    return i < sorted_array.shape[0] and int(sorted_array[i]) == value
 
 
 def select(sites: Iterable[Site], classes: Iterable[str] = (), symbol: str | None = None) -> list[Site]:
@@ -270,7 +280,8 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
         overlapping_instructions=len(descent.overlapping),
     )
     return ScanResult(image=image, sites=tuple(sites), stats=stats, block_starts=starts, block_ends=ends,
-                      branch_targets=targets, unreached=_runs(sw, ~reached & ~padding))
+                      branch_targets=targets, unreached=_runs(sw, ~reached & ~padding),
+                      instruction_starts=sw.address, overlapping=frozenset(descent.overlapping))
 
 
 def _blocks(descent: _Descent, reached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

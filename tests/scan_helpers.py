@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +28,6 @@ def build_elf(tmp_path: Path, source: str, bits: int = 32, name: str = "k", text
 
 # ---- objdump as the reference -------------------------------------------------------------------
 
-_LINE = re.compile(r"^\s*([0-9a-f]+):\t([0-9a-f ]+)\t(.*)$")
 _PREFIXES = {"rep", "repz", "repe", "repnz", "repne", "lock", "data16", "data32", "addr16", "addr32",
              "notrack", "bnd", "cs", "ds", "es", "ss", "fs", "gs", "xacquire", "xrelease"}
 _CR = re.compile(r"^cr\d+$")
@@ -76,19 +76,50 @@ _OPERAND_ROWS = {"mov_from_cr", "mov_to_cr", "mov_from_dr", "mov_to_dr", "mov_to
                  "push_sreg", "pop_sreg", "far_jmp", "far_call"}
 
 
-def objdump_sites(path: Path, bits: int) -> dict[int, tuple[str, str]]:
-    """address -> (class, text) for every instruction objdump -d -M intel prints with a class."""
-    if shutil.which("objdump") is None:
-        pytest.skip("objdump not installed (Debian: binutils)")
-    proc = subprocess.run(["objdump", "-d", "-w", "-M", "intel", str(path)], capture_output=True, text=True,
-                          check=True)
-    out: dict[int, tuple[str, str]] = {}
-    for line in proc.stdout.splitlines():
-        m = _LINE.match(line)
-        if m is None:
-            continue
-        text = m.group(3).strip()
-        cls = objdump_class(text)
-        if cls is not None:
-            out[int(m.group(1), 16)] = (cls, text)
-    return out
+_OPERAND_MNEMONICS = {"mov", "push", "pop", "jmp", "call"}
+_CANDIDATES = frozenset().union(*(c.mnemonics for c in isa.CLASSES)) | _PREFIXES
+
+
+def _grep_patterns() -> list[str]:
+    """Lines objdump_class may classify (a superset), for grep to pick out of millions."""
+    plain = sorted(_CANDIDATES - _OPERAND_MNEMONICS - _PREFIXES)
+    lead = "\t(" + "|".join(sorted(_PREFIXES)) + "|rex[.A-Za-z]*)? *"
+    return [
+        lead + "(" + "|".join(plain) + ")( |$)",
+        lead + "mov +[^\t]*(cr[0-9]|dr[0-9]|cs|ss)",
+        lead + "(push|pop) +(cs|ss)$",
+        lead + "(jmp|call) +(FWORD|TBYTE|0x[0-9a-f]+:)",
+    ]
+
+
+def objdump_sites(path: Path) -> tuple[dict[int, tuple[str, str]], list[int]]:
+    """What objdump -d -M intel prints with a class: address -> (class, text), and apart the
+    addresses of its INT3s (a vmlinux has millions: padding). grep picks the candidate lines."""
+    if shutil.which("objdump") is None or shutil.which("grep") is None:
+        pytest.skip("objdump or grep not installed (Debian: binutils, grep)")
+    sites: dict[int, tuple[str, str]] = {}
+    int3: list[int] = []
+    grep = ["grep", "-E"]
+    for pattern in _grep_patterns():
+        grep += ["-e", pattern]
+    env = {**os.environ, "LC_ALL": "C"}     # GNU grep is ~40x slower in a UTF-8 locale
+    dump_cmd = ["objdump", "-d", "-w", "-M", "intel", str(path)]
+    with subprocess.Popen(dump_cmd, stdout=subprocess.PIPE, env=env) as dump, \
+            subprocess.Popen(grep, stdin=dump.stdout, stdout=subprocess.PIPE, text=True, env=env) as picked:
+        assert dump.stdout is not None and picked.stdout is not None
+        dump.stdout.close()         # grep owns the pipe now
+        for line in picked.stdout:
+            parts = line.split("\t")
+            if len(parts) < 3 or not parts[0].endswith(":"):
+                continue
+            text = parts[-1].strip()
+            address = int(parts[0][:-1], 16)
+            if text == "int3":
+                int3.append(address)
+                continue
+            cls = objdump_class(text)
+            if cls is not None:
+                sites[address] = (cls, text)
+    if dump.returncode != 0:
+        raise AssertionError(f"objdump -d {path} failed ({dump.returncode})")
+    return sites, int3

@@ -135,7 +135,8 @@ STATE_FIELDS: tuple[StateField, ...] = (
     StateField("saved_esp", 0x40, 4,
                "guest ESP while patch code saves EFLAGS on its private stack (never below the guest's ESP)"),
     StateField("pstack", 0x44, 28, "patch code's private stack: room for the EFLAGS pushes of one bracket"),
-    StateField("rule_data", 0x60, 96, "words patch rules (plugins too) own, e.g. a virtual TSC; patchmgr hands them out"),
+    StateField("rule_data", 0x60, 96,
+               "words patch rules (plugins too) own, e.g. a virtual TSC; patchmgr hands them out"),
 )
 
 _FIELDS = {f.name: f for f in STATE_FIELDS}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from bt import elf, scan
@@ -9,57 +12,7 @@ from bt.scan import Patch
 from tests.scan_helpers import build_elf
 
 # Each case is laid out so one rule decides its site (addresses from -Ttext 0x100000).
-PATCH_CASES = """
-.text
-.globl _start
-.type _start, @function
-_start:
-    cli                         # 0x100000  jump: mov imm32 follows, no target, no block end
-    movl $1, %eax
-    call fn_ret
-    call fn_target
-    call fn_page
-    call fn_overlap
-    je   after
-    hlt
-after:
-    ret
-
-.type fn_ret, @function
-fn_ret:
-    sti                         # int3: the RET at +1 ends the block inside the window
-    ret
-    inb %dx, %al                # unreached: nothing jumps here
-    ret
-
-.type fn_target, @function
-fn_target:
-    pushf                       # int3: the loop below jumps to +1
-1:  nop
-    nop
-    nop
-    nop
-    decl %ecx
-    jne 1b
-    ret
-
-.org 0xffe, 0x90
-.type fn_page, @function
-fn_page:
-    cli                         # 0x100ffe: int3, its window crosses into the next page
-    movl $2, %eax
-    ret
-
-.type fn_overlap, @function
-fn_overlap:
-    je 2f+1                     # a branch into the middle of the next instruction
-2:  .byte 0xb8                  # mov eax, imm32 ... whose first immediate byte is
-    cli                         # ... a CLI when entered at 2f+1
-    nop
-    nop
-    nop
-    ret
-"""
+PATCH_CASES = (Path(__file__).resolve().parent / "data" / "scan" / "patchcases.S").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +110,6 @@ def test_64_bit_kernel(tmp_path):
 
 def test_stripped_kernel_starts_from_the_entry_only(tmp_path):
     path = build_elf(tmp_path, PATCH_CASES)
-    import subprocess
     subprocess.run(["strip", "-s", str(path)], check=True)
     result = scan.scan(elf.load(path))
     assert result.stats.roots == 1

@@ -108,16 +108,20 @@ class PatchManager:
         self._exits: dict[int, tuple[Patch, ExitRecord]] = {}
         self._blocks: list[tuple[int, Patch]] = []   # (block address, patch), sorted
         self._watches: dict[int, object] = {}
+        self._interior: dict[int, int] = {}          # guest address inside a window -> its chunk
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
 
     # ---- the runtime's calls ----------------------------------------------------------------
-    def on_trap(self, op: Operation) -> None:
+    def on_trap(self, op: Operation) -> bool:
+        """Count a trap of `op`; True if that made a patch (the runtime then resumes
+        through `resume_at`, since the window may cover the instruction after `op`)."""
         self.stats.traps[op.address] += 1
         if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
-            return
+            return False
         if self.stats.traps[op.address] >= self.config.hot:
-            self.patch_site(op.address)
+            return isinstance(self.patch_site(op.address), Patch)
+        return False
 
     def exit_at(self, address: int) -> ExitRecord | None:
         hit = self._exits.get(address)
@@ -134,12 +138,7 @@ class PatchManager:
         return patch.block.guest_of(eip)
 
     def resume_at(self, eip: int) -> int:
-        for patch in self._patches_covering(eip):
-            if patch.block is not None and eip != patch.start:
-                where = patch.block.patch_of(eip)
-                if where is not None:
-                    return where
-        return eip
+        return self._interior.get(eip, eip)
 
     def on_guest_write(self, address: int, size: int) -> None:
         for patch in list(self._patches_covering_range(address, address + size)):
@@ -272,6 +271,9 @@ class PatchManager:
         for addr in [a for a, (p, _) in self._exits.items() if p is patch]:
             del self._exits[addr]
         self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
+        if patch.block is not None:
+            for chunk in patch.block.chunks:
+                self._interior.pop(chunk.guest, None)
         handle = self._watches.pop(site, None)
         if handle is not None and self.watch is not None:
             self.watch.unwatch(handle)
@@ -283,6 +285,9 @@ class PatchManager:
             for addr, record in patch.block.exits:
                 self._exits[addr] = (patch, record)
             bisect.insort(self._blocks, (patch.block.address, patch), key=lambda t: t[0])
+            for chunk in patch.block.chunks:
+                if chunk.guest != patch.start:
+                    self._interior[chunk.guest] = chunk.patch
         else:
             self._exits[patch.site] = (patch, ExitRecord(patch.op, patch.op.next_address))
         if self.watch is not None:
@@ -309,9 +314,6 @@ class PatchManager:
 
     def _free(self, start: int, end: int) -> bool:
         return not any(True for _ in self._patches_covering_range(start, end))
-
-    def _patches_covering(self, address: int) -> Iterable[Patch]:
-        return (p for p in self.patches.values() if p.covers(address))
 
     def _patches_covering_range(self, start: int, end: int) -> Iterable[Patch]:
         return [p for p in self.patches.values() if p.start < end and start < p.end]

@@ -84,7 +84,7 @@ def patch_file(src: str | Path, dst: str | Path, rules: RuleSet) -> StaticResult
     memory = ImageMemory(image)
     manager = PatchManager(PatchConfig(eager=True), memory, ScanCodeMap(result), rules)
     sites = [s.address for s in result.sites
-             if s.reached and s.cls.rule is not None and not _user(image, s.address)]
+             if s.reached and s.cls.rule is not None and not user_code(image, s.address)]
     manager.patch_all(sites)
     patches = sorted(manager.patches.values(), key=lambda p: p.site)
     refusals = sorted(manager.refusals.values(), key=lambda r: r.site)
@@ -94,7 +94,7 @@ def patch_file(src: str | Path, dst: str | Path, rules: RuleSet) -> StaticResult
     return StaticResult(tuple(patches), tuple(refusals), dict(manager.notes), len(sites), len(memory.patch))
 
 
-def _user(image: elf.KernelImage, address: int) -> bool:
+def user_code(image: elf.KernelImage, address: int) -> bool:
     """Code the guest runs in ring 3 (the samples' `.user` sections): never patched, its
     sensitive instructions must fault as they would at CPL 3."""
     return any(s.name.startswith(".user") and s.address <= address < s.address + s.size

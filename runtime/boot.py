@@ -39,7 +39,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bt import elf
+from bt import elf, layout
 from bt.errors import ElfError, InputError, UsageError
 from bt.layout import MULTIBOOT_INFO, MULTIBOOT_MMAP, PAGE_SIZE, RAM_DEFAULT, VMM_BASE, KiB, MiB
 
@@ -236,6 +236,8 @@ def _load_elf(name: str, kernel: elf.KernelImage) -> tuple[list[tuple[int, bytes
     for seg in kernel.segments:
         if seg.memsz == 0:
             continue  # QEMU skips empty segments too
+        if layout.PATCH_BASE <= seg.vaddr < layout.PATCH_BASE + layout.PATCH_SIZE:
+            continue  # `bt patch`'s patch code: the patch manager installs it (patchmgr/static.py)
         if seg.filesz > seg.memsz:
             raise ElfError(name, f"segment at {seg.paddr:#x}: file size {seg.filesz:#x} > memory size "
                                  f"{seg.memsz:#x}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bt import layout
+from patchmgr.manager import PatchConfig
 
 #: Virtual time rate: one guest instruction is 10 virtual ns (a 100-MIPS CPU).
 #: Fixed so that virtual time, and with it every timer interrupt, depends only on
@@ -36,3 +37,5 @@ class RunConfig:
     #: live field, falls back to "context" if it cannot be located) or "context"
     #: (uc_context_save/restore). See runtime/latch.py; `bt bench trap` compares them.
     old_exception: str = "direct"
+    #: How the patch manager patches (`--hot`, `--eager`, `--no-patch`); None: unpatched VMM.
+    patch: PatchConfig | None = None

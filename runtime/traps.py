@@ -260,6 +260,8 @@ class Traps:
             self.stats.exit("hypercall", op.cls, site)
             self.last.append(("hypercall", op.cls or "?", site))
             self.execute(op, record.resume)
+            if self.exit_status is not None:   # a patched OUT to isa-debug-exit
+                self.ctx.m.uc.emu_stop()
             return "hypercall"
         if in_patch:
             raise GuestStop("INT3 in patch memory that the patch manager does not know", at)

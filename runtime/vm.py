@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import unicorn_const as uconst
@@ -51,6 +51,9 @@ from runtime.segments import ShadowGdt
 from runtime.stats import RunStats
 from runtime.traps import Traps
 from runtime.vcpu import VirtualCpu
+
+if TYPE_CHECKING:
+    from patchmgr.manager import PatchManager
 
 #: Unicorn errors that mean the guest went where no memory is.
 _UNMAPPED = {
@@ -123,11 +126,6 @@ class Vm:
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, clock=self.clock,
                        irq_waiting=lambda: self.devices.pic.pending())
-        self.patches = None
-        if patcher is None and config.patch is not None:
-            from runtime.patching import attach
-            self.patches = attach(self, config.patch)   # before the kernel is loaded: see below
-            patcher = self.patches
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
@@ -140,6 +138,12 @@ class Vm:
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
         self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, ENTRY_ESP)
+        #: The patch manager of this run (issue 5), None when it runs unpatched.
+        self.patches: PatchManager | None = None
+        if patcher is None and config.patch is not None:
+            from runtime.patching import attach
+            self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
+            self.traps.patcher = self.patches
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bt.errors import GuestStop, UsageError
+from patchmgr.manager import PatchConfig
 from runtime.config import RunConfig
 from runtime.stats import RunStats
 from runtime.vm import Vm
@@ -33,6 +34,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
     p.add_argument("--stats", action="store_true", help="print exit statistics to stderr")
     p.add_argument("--json", type=Path, help="write the statistics as JSON to FILE")
+    patch = p.add_argument_group("patching (PATM)")
+    patch.add_argument("--hot", type=int, default=1, metavar="N",
+                       help="patch a site once it trapped N times (default 1, as PATM)")
+    patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
+    patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
+    patch.add_argument("--disable-rule", action="append", default=[], metavar="NAME",
+                       help="do not use this patch rule (repeatable; `bt patch --list-rules`)")
     p.set_defaults(handler=run)
 
 
@@ -45,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         sink = (stack.enter_context(open(args.serial, "wb")) if args.serial
                 else sys.stdout.buffer)
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
-                           max_insns=args.max_insns, timeout=args.timeout, serial=sink)
+                           max_insns=args.max_insns, timeout=args.timeout, serial=sink,
+                           patch=_patch_config(args))
         vm = Vm(config)
         try:
             result = vm.run()
@@ -57,6 +66,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         _report(args, vm, result.stats)
         return 0 if result.exit_status is None else result.exit_status & 0xFF
+
+
+def _patch_config(args: argparse.Namespace) -> PatchConfig:
+    """Always a patch manager: with --no-patch it makes no patch, but a kernel written by
+    `bt patch` still needs its recorded patches served."""
+    if args.hot < 1:
+        raise UsageError("--hot must be at least 1")
+    if args.no_patch and args.eager:
+        raise UsageError("--no-patch and --eager contradict each other")
+    return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
+                       disabled_rules=tuple(args.disable_rule))
 
 
 def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:

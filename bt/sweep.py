@@ -6,9 +6,13 @@ decoder (building a tuple, decoding two strings, a ctypes struct per instruction
 about 1.8 us per instruction in `Cs.disasm_lite`, against 0.6 us for `cs_disasm`
 itself), so this module calls `cs_disasm` through Capstone's own ctypes handle on
 64 KiB chunks and reads the resulting `cs_insn` array as a numpy structured array,
-without a Python object per instruction. Detail is off; the id, address, size and
-raw bytes are all the later passes need, except for branch targets (read from the
-printed operand of direct branches only) and the text of the few sensitive sites.
+without a Python object per instruction. Detail is off: the id, address, size and
+raw bytes are all the later passes need (direct branch targets are computed from the
+encoding's rel8/rel16/rel32), plus the text of the few sensitive sites.
+
+Runs of 16 or more 0xCC bytes are not decoded: once the sweep reaches one at an
+instruction boundary, every byte of it is a one-byte INT3 (Linux pads its text with
+megabytes of them), so their records are written directly.
 
 SKIPDATA is on, so undecodable bytes come back as one-byte records with id 0 (what
 `objdump` prints as "(bad)"); they end a basic block.

@@ -77,7 +77,7 @@ _OPERAND_ROWS = {"mov_from_cr", "mov_to_cr", "mov_from_dr", "mov_to_dr", "mov_to
 
 
 _OPERAND_MNEMONICS = {"mov", "push", "pop", "jmp", "call"}
-_CANDIDATES = frozenset().union(*(c.mnemonics for c in isa.CLASSES)) | _PREFIXES
+_CANDIDATES = isa.CANDIDATE_MNEMONICS | _PREFIXES
 
 
 def _grep_patterns() -> list[str]:

@@ -12,6 +12,8 @@ assembler at run time):
 
     BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1
     STUB1     ring 1:  INT3                          where the call gate lands
+    IRET_OUT  ring 1:  IRETD                         emulated IRET back to ring 3
+    RETF_OUT  ring 1:  RETF                          emulated far RET back to ring 3
     STOP      never executed: the `until` address of every emu_start
     TRAMP     ring 3 (VMM_USER_PAGE): LCALL VMM_GATE:0
 
@@ -43,6 +45,11 @@ from runtime.cpu import CR0, CS, DS, EAX, EBX, EFLAGS, ES, ESP, FS, GS, SS, Cpu
 
 BOOT = layout.VMM_CODE + 0x000
 STUB1 = layout.VMM_CODE + 0x040
+#: Ring 1: IRETD / RETF of a frame already on the guest's stack that returns to
+#: ring 3, for emulated returns (hypercalls): an outward change of CPL is the CPU's
+#: to make (SDM IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL"), not a register write.
+IRET_OUT = layout.VMM_CODE + 0x060
+RETF_OUT = layout.VMM_CODE + 0x068
 TSS_SEL_WORD = layout.VMM_CODE + 0x800
 STOP = layout.VMM_CODE + 0xF00
 TRAMP = layout.VMM_USER_PAGE
@@ -58,6 +65,8 @@ def _vmm_code() -> bytes:
     at = BOOT - layout.VMM_CODE
     code[at:at + len(boot)] = boot
     code[STUB1 - layout.VMM_CODE] = 0xCC                                # int3
+    code[IRET_OUT - layout.VMM_CODE] = 0xCF                             # iretd
+    code[RETF_OUT - layout.VMM_CODE] = 0xCB                             # retf
     at = TSS_SEL_WORD - layout.VMM_CODE
     code[at:at + 2] = struct.pack("<H", segments.VMM_TSS)
     code[STOP - layout.VMM_CODE] = 0xF4                                  # hlt, never reached

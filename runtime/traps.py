@@ -115,6 +115,9 @@ class Traps:
         cpl = cs & 3
         if vector == VEC_BP:
             return self._int3(eip)
+        if eip in (machine.IRET_OUT, machine.RETF_OUT):
+            raise GuestStop("the CPU refused an emulated return to ring 3", eip,
+                            f"vector {vector}; the frame passed the VMM's checks")
         if layout.VMM_BASE <= eip < layout.PATCH_BASE:
             # A fault in the VMM's own trampoline: the call gate could not push onto
             # the guest's kernel stack (TSS.esp0). On hardware: a fault delivering a

@@ -60,3 +60,24 @@ def test_hypercall_runs_the_operation_and_resumes():
     assert [op.cls for op in patcher.trapped][:5] == ["lgdt", "lidt", "mov_to_sreg", "ltr", "sti"]
     assert vm.stats.exits["hypercall"] == 1
     assert vm.stats.hits[("hypercall", "cli", 0x100000)] == 1           # reported at the guest site
+
+
+def test_hypercall_iret_back_to_ring3_lets_the_cpu_return_outward():
+    from runtime_guest import UCODE, UDATA, USER, USTACK
+
+    class IretPatcher(FakePatcher):
+        def exit_at(self, address: int) -> PatchExit | None:
+            self.asked.append(address)
+            op = Operation(cls="iret", address=0x100000, length=1, mnemonic="iretd", operands=(),
+                           text="iretd")
+            return PatchExit(op, 0) if address == STUB else None
+
+    src = (f"push {UDATA}\npush {USTACK:#x}\npush 0x202\npush {UCODE}\npush {USER:#x}\n"
+           f"mov eax, {STUB:#x}\njmp eax\n")
+    user = f"mov eax, cs\nmov [{RESULTS:#x}], eax\nmov eax, ss\nmov [{RESULTS + 4:#x}], eax\n" + exit_with(0)
+    vm = Vm(RunConfig(kernel=Path("<test>"), serial=io.BytesIO()), patcher=IretPatcher(0),
+            image=kernel(src, user=user))
+    vm.cpu.phys_write(STUB, b"\xcc")
+    result = vm.run()
+    assert isinstance(result, RunResult) and result.exit_status == 1
+    assert words(vm, RESULTS, 2) == (UCODE, UDATA)

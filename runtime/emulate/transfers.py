@@ -14,12 +14,14 @@ The guest believes it runs in ring 0, so it uses RPL-0 selectors. At CPL 1:
   LGDT): the trap handler resyncs it and re-executes (runtime/traps.py).
 
 IRET and far RET back to ring 3 do not fault (outward returns are allowed at
-CPL 1), so they never reach this module on the trap path.
+CPL 1), so they reach this module only from patch stubs (hypercalls): the VMM
+then lets the CPU do the outward return with a real IRETD/RETF in VMM code.
 """
 
 from __future__ import annotations
 
 from bt.operation import Imm, Mem, Operation, Reg
+from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
 from runtime.cpu import CS, EFLAGS, SS
 from runtime.vcpu import IF, VIRTUAL_FLAGS
@@ -33,6 +35,18 @@ def _kernel_cs(ctx: Ctx, sel: int) -> int:
     if desc is None or not desc.present or not desc.is_code:
         raise EmulationFault(13, sel & ~3)
     return (sel & ~3) | 1
+
+
+def _check_user_frame(ctx: Ctx, cs: int, ss: int) -> None:
+    """The checks the real IRETD/RETF will make, done first so that a bad frame is
+    the guest's #GP at its own instruction rather than a fault in VMM code."""
+    code = ctx.gdt.guest_descriptor(cs)
+    if code is None or not code.present or not code.is_code or code.dpl != 3:
+        raise EmulationFault(13, cs & ~3)
+    data = ctx.gdt.guest_descriptor(ss)
+    if data is None or not data.present or data.is_code or data.is_system or data.dpl != 3 \
+            or ss & 3 != 3 or not data.type & 2:
+        raise EmulationFault(13, ss & ~3)
 
 
 def load_ss(ctx: Ctx, sel: int) -> None:
@@ -52,8 +66,12 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     cs = int.from_bytes(raw[4:8], "little") & 0xFFFF
     flags = int.from_bytes(raw[8:12], "little")
     if cs & 3 == 3:
-        # A return to ring 3 that faulted for a reason of its own: the guest's #GP.
-        raise EmulationFault(13, cs & ~3)
+        # Back to user mode: the CPU itself pops the frame with a real IRETD in VMM
+        # code (an IRET at CPL 1 to ring 3 is legal; only the CPU may lower CPL).
+        # The virtual IF/IOPL follow the frame; in ring 3 the real ones rule.
+        _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 16, 4), "little") & 0xFFFF)
+        vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
+        return machine.IRET_OUT
     real_cs = _kernel_cs(ctx, cs)
     cpu.write_name("esp", esp + 12)
     real = cpu.read(EFLAGS)
@@ -74,7 +92,10 @@ def far_ret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     eip = int.from_bytes(raw[0:4], "little")
     cs = int.from_bytes(raw[4:8], "little") & 0xFFFF
     if cs & 3 == 3:
-        raise EmulationFault(13, cs & ~3)
+        if op.operands:   # RETF imm16 to ring 3: not used by 32-bit kernels
+            raise EmulationFault(13, cs & ~3)
+        _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 12, 4), "little") & 0xFFFF)
+        return machine.RETF_OUT
     real_cs = _kernel_cs(ctx, cs)
     extra = op.operands[0].value if op.operands and isinstance(op.operands[0], Imm) else 0
     cpu.write_name("esp", esp + 8 + extra)

@@ -8,6 +8,12 @@ for int3 patches that exit with them (they do not fault, so never trap)."""
 
 from __future__ import annotations
 
+import functools
+
+from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+from unicorn import x86_const as ux
+
+from bt import layout
 from bt.operation import Operation
 from runtime.context import Ctx
 from runtime.segments import Descriptor
@@ -37,6 +43,12 @@ def _visible(ctx: Ctx, sel: int) -> Descriptor | None:
     desc = ctx.gdt.guest_descriptor(sel)
     if desc is None or not desc.present:
         return None
+    # The CPU sets the accessed bit when it loads a segment, in the descriptor it
+    # read: the shadow. The guest's copy would have it on hardware (SDM §3.4.5.1).
+    table = layout.VMM_LDT if sel & 4 else layout.VMM_GDT
+    shadow = Descriptor.from_bytes(ctx.cpu.phys_read(table + (sel & ~7), 8))
+    if not desc.is_system and not desc.is_code and shadow.access & 1:   # as QEMU: data only
+        desc = desc.with_access(desc.access | 1)
     return desc
 
 
@@ -74,3 +86,29 @@ def verw(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 EMULATORS = {"hlt": hlt, "invd": nop, "wbinvd": nop, "wbnoinvd": nop, "invlpg": invlpg,
              "lar": lar, "lsl": lsl, "verr": verr, "verw": verw}
+
+
+@functools.cache
+def _host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """What CPUID returns natively on this CPU model: run it once in a scratch
+    engine (the guest would see the same by executing it; patch stubs exit with it)."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x0f\xa2")                       # cpuid
+    uc.reg_write(ux.UC_X86_REG_EAX, leaf)
+    uc.reg_write(ux.UC_X86_REG_ECX, subleaf)
+    uc.emu_start(0x1000, 0x1002)
+    regs = (ux.UC_X86_REG_EAX, ux.UC_X86_REG_EBX, ux.UC_X86_REG_ECX, ux.UC_X86_REG_EDX)
+    a, b, c, d = (uc.reg_read(r) & 0xFFFFFFFF for r in regs)
+    return a, b, c, d
+
+
+def cpuid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    cpu = ctx.cpu
+    a, b, c, d = _host_cpuid(cpu.read_name("eax"), cpu.read_name("ecx"))
+    for name, value in (("eax", a), ("ebx", b), ("ecx", c), ("edx", d)):
+        cpu.write_name(name, value)
+    return None
+
+
+EMULATORS["cpuid"] = cpuid

@@ -21,6 +21,7 @@ from qemu import ALL_BOOTS, Sample
 
 from bt import isa
 from bt.errors import GuestStop
+from patchmgr.manager import PatchConfig
 from runtime.config import RunConfig
 from runtime.vm import Vm
 
@@ -57,9 +58,10 @@ PREDICTED = frozenset(
     and c.unicorn in (isa.Unicorn.SILENT, isa.Unicorn.DEPENDS) and 32 in c.modes)
 
 
-def _run(sample: Sample) -> tuple[bytes, int | None, Vm]:
+def _run(sample: Sample, patch: PatchConfig | None = None) -> tuple[bytes, int | None, Vm]:
     out = io.BytesIO()
-    vm = Vm(RunConfig(kernel=sample.elf, cmdline=sample.cmdline, serial=out, max_insns=50_000_000))
+    vm = Vm(RunConfig(kernel=sample.elf, cmdline=sample.cmdline, serial=out, max_insns=50_000_000,
+                      patch=patch))
     try:
         result = vm.run()
     except GuestStop as stop:
@@ -103,6 +105,20 @@ def test_sample_matches_qemu_except_predicted_leaks(sample: Sample):
         assert STATUS_FROM_LEAK[sample.key] in PREDICTED
     else:
         assert status == sample.exit_code
+
+
+@pytest.mark.parametrize("sample", ALL_BOOTS, ids=[s.key for s in ALL_BOOTS])
+@pytest.mark.parametrize("mode", ["hot", "eager"])
+def test_sample_matches_qemu_byte_for_byte_when_patched(sample: Sample, mode: str):
+    """What `bt run` does by default: the runtime with the patch manager (issue 5)
+    plugged in. Every leak trap-and-emulate cannot see is patched away."""
+    serial, status, vm = _run(sample, PatchConfig(hot=1, eager=mode == "eager"))
+    golden = sample.expected_serial()
+    diff = "".join(difflib.unified_diff(golden.decode().splitlines(True),
+                                        serial.decode(errors="replace").splitlines(True), "qemu", "ring1"))
+    assert serial == golden, f"{sample.key} ({mode}): serial output differs from QEMU's\n{diff}"
+    assert status == sample.exit_code
+    assert vm.stats.exits["hypercall"] > 0 or vm.stats.exits["trap"] == 0
 
 
 def test_zoo_shows_exactly_the_predicted_leaks():

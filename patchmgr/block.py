@@ -17,7 +17,7 @@ the chunk's own bytes, and matched in order with the chunk's `exits`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,8 +51,10 @@ class Planned:
     rule: str | None
 
 
-def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext) -> Planned:
-    """How one guest instruction runs in a block; CannotMove if it can't."""
+def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
+         emulable: Callable[[str], bool] = lambda cls: True) -> Planned:
+    """How one guest instruction runs in a block; CannotMove if it can't. `emulable(cls)`
+    says whether the runtime can emulate an exit of that class."""
     op = isa.decode(insn)
     if op.cls is not None:
         row = isa.by_name(op.cls)
@@ -61,6 +63,14 @@ def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext) -> Planned:
             code = rule.emit(op, ctx)
             if code is None:
                 raise CannotMove(f"{op.text}: only as a one-byte INT3 replacement")
+            stuck = [e.cls for e in code.exits if e.cls is None or not emulable(e.cls)]
+            if stuck and row.unicorn is isa.Unicorn.SILENT:
+                # Runs natively, exactly as it would unpatched (e.g. CPUID before the
+                # runtime emulates it).
+                moved = relocate(insn, f"R{insn.address:x}")
+                return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None)
+            if stuck:
+                raise CannotMove(f"{op.text}: the runtime cannot emulate {', '.join(map(str, stuck))}")
             return Planned(insn.address, code.asm, b"", code.exits, code.ends_window, code.may_unmask,
                            rule.name)
         if row.handling is not isa.Handling.NONE:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -93,13 +93,15 @@ class Stats:
 class PatchManager:
     def __init__(self, config: PatchConfig, memory: GuestMemory, code: CodeMap | None,
                  rules: RuleSet | None = None, patch_memory: PatchMemory | None = None,
-                 watch: WriteWatch | None = None) -> None:
+                 watch: WriteWatch | None = None, emulable: Callable[[str], bool] | None = None) -> None:
         self.config = config
         self.memory = memory
         self.code = code
         self.rules = rules if rules is not None else load(config.disabled_rules)
         self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
         self.watch = watch
+        #: Whether the runtime can emulate an exit of a class (its emulator table).
+        self.emulable: Callable[[str], bool] = emulable or (lambda cls: True)
         self.ctx = EmitContext()
         self.patches: dict[int, Patch] = {}          # by site
         self.refusals: dict[int, Refusal] = {}
@@ -151,6 +153,14 @@ class PatchManager:
                 self.stats.smc_refreshed += 1
                 self.stats.traps[patch.site] = 0     # re-made from the new bytes when it traps next
 
+    def first_execution(self, site: int) -> int:
+        """The guest is about to run `site`, a sensitive instruction that never traps
+        (PUSHF, SGDT, MOV r,CS...: CSAM marked them for PATM before they ran). Patch it
+        now; the runtime continues at the returned address instead of running the site."""
+        if self.config.enabled and self.is_unpatched(site):
+            self.patch_site(site)
+        return self.resume_at(site)
+
     # ---- making patches ---------------------------------------------------------------------
     def patch_all(self, sites: Iterable[int]) -> None:
         """Patch every site now (`--eager`, `bt patch`), in address order."""
@@ -168,6 +178,8 @@ class PatchManager:
         if not self._free(op.address, op.next_address):
             return self._refuse(site, op, "inside another patch's window")
         row = isa.by_name(op.cls)
+        if not self.emulable(op.cls):
+            return self._refuse(site, op, f"the runtime has no emulation for class {op.cls}")
         rule = self.rules.rule_for(op)
         if rule is None:
             return self._refuse(site, op, f"no enabled rule for class {op.cls} (table: {row.handling.value})")
@@ -227,7 +239,8 @@ class PatchManager:
         bstart, bend = bounds
         raw = self.original(bstart, bend - bstart)
         insns = list(self._cs.disasm(raw, bstart))
-        window = choose(site, insns, self.code, lambda i: plan(i, self.rules, self.ctx), self._free)
+        window = choose(site, insns, self.code, lambda i: plan(i, self.rules, self.ctx, self.emulable),
+                        self._free)
         if not self._free(window.start, window.end):
             raise NoWindow("window overlaps another patch")
         address = self.patch_memory.reserve(64 * len(window.items) + 128)
@@ -298,6 +311,10 @@ class PatchManager:
         refusal = Refusal(site, placeholder, reason)
         self.refusals[site] = refusal
         return refusal
+
+    def is_unpatched(self, address: int) -> bool:
+        """No patch covers `address` and none was refused there."""
+        return address not in self.refusals and self._free(address, address + 1)
 
     # ---- views ------------------------------------------------------------------------------
     def original(self, address: int, size: int) -> bytes:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bt import layout
 from bt.operation import Operation
+from runtime.cpu import EIP
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchConfig, PatchManager
@@ -102,6 +103,26 @@ class _VmMemory:
     def unwatch(self, handle: object) -> None:
         self.uc.hook_del(handle)
 
+    def on_first_execution(self, site: int) -> None:
+        """Call the patch manager just before the guest first runs `site` (a one-shot
+        code hook: Unicorn instruments only that address)."""
+        from unicorn import UC_HOOK_CODE
+
+        handle: list[object] = []
+
+        def hook(uc: Any, address: int, _size: int, _data: Any) -> None:
+            try:
+                uc.hook_del(handle[0])
+                assert self.manager is not None
+                # Writing EIP in a code hook makes Unicorn leave the translated block
+                # and fetch again, from the patch (checked with unicorn 2.1.4).
+                self.vm.cpu.write(EIP, self.manager.first_execution(address))
+            except BaseException as err:   # stored and re-raised by the run loop
+                self.vm.traps.error = err
+                uc.emu_stop()
+
+        handle.append(self.uc.hook_add(UC_HOOK_CODE, hook, None, site, site))
+
     def _on_write(self, uc: Any, _access: int, address: int, size: int, _value: int, _data: Any) -> None:
         try:
             assert self.manager is not None
@@ -115,7 +136,7 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     """The patch manager of one run: the kernel scanned (CSAM) for branch targets and
     blocks, a statically patched kernel's record adopted, every site patched up front
     with `eager`."""
-    from bt import elf, scan
+    from bt import elf, isa, scan
     from patchmgr.codemap import ScanCodeMap
     from patchmgr.manager import PatchManager
     from patchmgr.static import read_record, user_code
@@ -123,12 +144,21 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     image = elf.load(vm.config.kernel)
     result = scan.scan(image)
     memory = _VmMemory(vm)
-    manager = PatchManager(config, memory, ScanCodeMap(result), watch=memory)
+    from runtime.emulate import EMULATORS
+
+    manager = PatchManager(config, memory, ScanCodeMap(result), watch=memory,
+                           emulable=EMULATORS.__contains__)
     memory.manager = manager
     record = read_record(image)
     if record is not None:
         manager.adopt(record)
+    kernel_sites = [s for s in result.sites if s.cls.rule is not None and not user_code(image, s.address)]
     if config.eager and config.enabled:
-        manager.patch_all(s.address for s in result.sites
-                          if s.reached and s.cls.rule is not None and not user_code(image, s.address))
+        manager.patch_all(s.address for s in kernel_sites if s.reached)
+    if config.enabled:
+        # Sites that never trap can't wait for a trap: patch each when it first runs
+        # (the scanner's unreached ones included: by then they are known to be code).
+        for s in kernel_sites:
+            if s.cls.unicorn is isa.Unicorn.SILENT and manager.is_unpatched(s.address):
+                memory.on_first_execution(s.address)
     return manager

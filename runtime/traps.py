@@ -134,7 +134,7 @@ class Traps:
             error = self._pf_error(cr2, eip, cpl)
         elif vector in WITH_ERROR and not soft:
             error = 0  # Unicorn does not expose error codes; the guest's own #GP is almost always 0
-        self._inject(vector, eip, error, soft)
+        self.inject(vector, eip, error, soft)
         return "interrupt"
 
     def _is_soft(self, vector: int, eip: int) -> bool:
@@ -146,7 +146,8 @@ class Traps:
             return False
         return before == bytes((0xCD, vector)) or (vector == 4 and before[1] == 0xCE)
 
-    def _inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
+    def inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
+        """Deliver `vector` to the guest (counted as an injected-interrupt exit)."""
         eip = self.patcher.to_guest_eip(eip)   # the guest never sees a patch address in a frame
         self.stats.exit("interrupt", None, eip)
         self.stats.vectors[vector] += 1
@@ -187,7 +188,7 @@ class Traps:
             op = self.decode(eip)
         except PageFault as pf:
             self.ctx.vcpu.set_cr(2, pf.linear)
-            self._inject(VEC_PF, eip, pf.error_code, False)
+            self.inject(VEC_PF, eip, pf.error_code, False)
             return "interrupt"
         emulate = EMULATORS.get(op.cls) if op.cls is not None else None
         if emulate is None:
@@ -197,7 +198,7 @@ class Traps:
                 self.ctx.gdt.sync()
                 return "trap"
             self._resynced_at = None
-            self._inject(VEC_GP, eip, self._gp_error(op), False)
+            self.inject(VEC_GP, eip, self._gp_error(op), False)
             return "interrupt"
         self._resynced_at = None
         self.stats.exit("trap", op.cls, eip)
@@ -226,12 +227,12 @@ class Traps:
         try:
             result = EMULATORS[op.cls](op, self.ctx, next_eip)
         except EmulationFault as fault:
-            self._inject(fault.vector, op.address, fault.error_code, False)
+            self.inject(fault.vector, op.address, fault.error_code, False)
             return
         except PageFault as pf:
             self.ctx.vcpu.set_cr(2, pf.linear)
             self.cpu.write(CR2, pf.linear)
-            self._inject(VEC_PF, op.address, pf.error_code, False)
+            self.inject(VEC_PF, op.address, pf.error_code, False)
             return
         if result is None:
             self.cpu.write(EIP, self.patcher.resume_at(next_eip))
@@ -268,7 +269,7 @@ class Traps:
             return "hypercall"
         if in_patch:
             raise GuestStop("INT3 in patch memory that the patch manager does not know", at)
-        self._inject(VEC_BP, eip, None, True)
+        self.inject(VEC_BP, eip, None, True)
         return "interrupt"
 
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------

@@ -168,7 +168,7 @@ class Vm:
             return False
         vector = pic.acknowledge()
         self.vcpu.pending = 0
-        self.traps._inject(vector, return_eip, None, False)
+        self.traps.inject(vector, return_eip, None, False)
         return True
 
     def _vif_set(self, eip: int) -> int | None:
@@ -177,6 +177,7 @@ class Vm:
     def _halt(self, next_eip: int) -> int | None:
         if not self.vcpu.vif:
             raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
+        stalled = 0
         while True:
             now = self.clock()
             self.devices.tick(now)
@@ -188,6 +189,12 @@ class Vm:
             if event > now:
                 self.stats.idle_ns += event - now
                 self.now_ns += event - now
+                stalled = 0
+            else:
+                # Due now yet no interrupt came (a device bug or a masked line): do not spin.
+                stalled += 1
+                if stalled > 2:
+                    raise GuestStop("guest halted and its timer event raises no interrupt", next_eip - 1)
 
     def _paging_changed(self) -> None:
         self.traps.forget_code()
@@ -281,7 +288,7 @@ class Vm:
             return False
         if not gate[5] & 0x80:
             return False
-        self.traps._inject(VEC_UD, eip, None, False)
+        self.traps.inject(VEC_UD, eip, None, False)
         return True
 
     def _unicorn_stop(self, err: UcError) -> GuestStop:

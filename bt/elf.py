@@ -99,6 +99,14 @@ class KernelImage:
     def section_bytes(self, section: Section) -> memoryview:
         return memoryview(self.raw)[section.offset:section.offset + section.size]
 
+    def read(self, addr: int, size: int) -> bytes | None:
+        """`size` file bytes at virtual address `addr` from one allocated section, or None."""
+        for s in self.sections:
+            if s.flags & SHF_ALLOC and s.has_bytes and s.address <= addr and addr + size <= s.address + s.size:
+                start = s.offset + addr - s.address
+                return self.raw[start:start + size]
+        return None
+
     def symbol_at(self, addr: int) -> Symbol | None:
         """The nearest symbol at or below `addr` (as objdump names `<sym+off>`), or None."""
         i = bisect.bisect_right(self._sym_addrs, addr) - 1

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+from capstone import x86_const as x86
 
 from bt import isa
 from bt.elf import KernelImage
@@ -35,7 +36,8 @@ PATCH_SIZE = 5          # a near JMP rel32 (E9 cd), what PATM writes over a site
 PAGE = 4096
 
 _TARGET_KINDS = (FlowKind.COND, FlowKind.JUMP, FlowKind.CALL)
-_FALLTHROUGH_KINDS = (FlowKind.COND, FlowKind.CALL, FlowKind.CALL_INDIRECT, FlowKind.NONE)
+_FALLTHROUGH_KINDS = (FlowKind.COND, FlowKind.CALL, FlowKind.CALL_INDIRECT)
+MAX_TABLE = 4096        # entries read from one jump table at most
 
 
 class Patch(str, Enum):
@@ -65,13 +67,14 @@ class Stats:
     reached_instructions: int    # of those, reached by recursive descent (+ overlapping ones)
     reached_bytes: int
     unreached_bytes: int         # code bytes the descent never reached (padding included)
-    padding_bytes: int           # unreached INT3 bytes (compiler padding between functions)
+    padding_bytes: int           # unreached INT3 and alignment fillers (see _unreached)
     invalid_bytes: int           # bytes the sweep could not decode
     roots: int
     blocks: int
     branch_targets: int
     targets_outside_code: int
     overlapping_instructions: int  # decoded from targets inside a sweep instruction
+    jump_tables: int               # switch tables whose entries were followed
 
 
 @dataclass
@@ -167,6 +170,7 @@ class _Descent:
         self.overlap_blocks: list[tuple[int, int]] = []
         self.targets: list[np.ndarray] = []
         self.outside = 0
+        self.tables = 0
 
     def run(self, roots: list[int]) -> None:
         frontier = np.array(roots, dtype=np.uint64)
@@ -187,8 +191,43 @@ class _Descent:
             fall = self.sw.address[s] + self.sw.size[s].astype(np.uint64)
             has_target = np.isin(kind, _TARGET_KINDS)
             self.targets.append(target[has_target])
-            frontier = np.concatenate([target[has_target], fall[np.isin(kind, _FALLTHROUGH_KINDS[:3])],
-                                       *[np.array(m, dtype=np.uint64) for m in more]])
+            # indirect JMPs (kind END, id JMP): a switch's jump table may name their targets
+            indirect = s[(kind == FlowKind.END) & (self.sw.id[s] == x86.X86_INS_JMP)]
+            tables = [self._jump_table(int(i)) for i in indirect.tolist()]
+            frontier = np.concatenate([target[has_target], fall[np.isin(kind, _FALLTHROUGH_KINDS)],
+                                       *[np.array(m, dtype=np.uint64) for m in more + tables]])
+
+    def _jump_table(self, index: int) -> list[int]:
+        """Targets of `jmp [index*scale + table]` read from the table, while they point into code.
+
+        gcc compiles dense switches to exactly this form (non-PIC, 32-bit kernels). CSAM did
+        not need it (it scanned each page as it ran); a static scan does, or every case is
+        "unreached". Reading stops at the first entry outside the executable sections.
+        """
+        address = int(self.sw.address[index])
+        code = _read(self, address, int(self.sw.size[index]))
+        insn = self.dec.decode_one(code, address)
+        if insn is None or len(insn.operands) != 1:
+            return []
+        op = insn.operands[0]
+        width = self.image.bits // 8
+        if (op.type != x86.X86_OP_MEM or op.mem.base != 0 or op.mem.index == 0 or op.mem.scale != width
+                or op.mem.segment != 0):
+            return []
+        table = op.mem.disp & ((1 << self.image.bits) - 1)
+        out: list[int] = []
+        while len(out) < MAX_TABLE:
+            entry = self.image.read(table + len(out) * width, width)
+            if entry is None:
+                break
+            target = int.from_bytes(entry, "little")
+            if self._region(target) is None:
+                break
+            out.append(target)
+        if out:
+            self.tables += 1
+            self.targets.append(np.array(out, dtype=np.uint64))
+        return out
 
     def _region(self, address: int) -> tuple[int, int, memoryview] | None:
         for r in self.regions:
@@ -260,7 +299,7 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
     starts, ends = _blocks(descent, reached)
     int3 = isa.by_name("int3")
     is_int3 = sw.id == int3.ids[0]
-    padding = is_int3 & ~reached
+    unreached, padding = _unreached(sw, reached, is_int3)
     sites = _sites(image, sw, descent, decoder, reached, targets)
     reached_bytes = int(sw.size.sum(where=reached, dtype=np.int64))
     reached_bytes += sum(v[0] for v in descent.overlapping.values())
@@ -271,16 +310,17 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
         reached_instructions=int(np.count_nonzero(reached)) + len(descent.overlapping),
         reached_bytes=reached_bytes,
         unreached_bytes=total - int(sw.size.sum(where=reached, dtype=np.int64)),
-        padding_bytes=int(np.count_nonzero(padding)),
+        padding_bytes=padding,
         invalid_bytes=sw.invalid_bytes,
         roots=len(roots),
         blocks=int(starts.shape[0]),
         branch_targets=int(targets.shape[0]),
         targets_outside_code=descent.outside,
         overlapping_instructions=len(descent.overlapping),
+        jump_tables=descent.tables,
     )
     return ScanResult(image=image, sites=tuple(sites), stats=stats, block_starts=starts, block_ends=ends,
-                      branch_targets=targets, unreached=_runs(sw, ~reached & ~padding),
+                      branch_targets=targets, unreached=tuple(unreached),
                       instruction_starts=sw.address, overlapping=frozenset(descent.overlapping))
 
 
@@ -303,17 +343,34 @@ def _blocks(descent: _Descent, reached: np.ndarray) -> tuple[np.ndarray, np.ndar
     return starts, ends
 
 
-def _runs(sw: Sweep, mask: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """Maximal runs of consecutive masked instructions as [start, end) address ranges."""
+def _runs(sw: Sweep, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maximal runs of consecutive masked instructions: (first, last) sweep indices."""
     idx = np.flatnonzero(mask)
     if idx.shape[0] == 0:
-        return ()
+        return idx, idx
     ends = sw.address[idx] + sw.size[idx].astype(np.uint64)
     # a run breaks where an index is skipped or the next instruction is not adjacent (section gap)
     brk = np.flatnonzero((np.diff(idx) != 1) | (sw.address[idx[1:]] != ends[:-1])) + 1
-    first = np.concatenate([[0], brk])
-    last = np.concatenate([brk - 1, [idx.shape[0] - 1]])
-    return tuple(zip(sw.address[idx[first]].tolist(), ends[last].tolist(), strict=True))
+    return idx[np.concatenate([[0], brk])], idx[np.concatenate([brk - 1, [idx.shape[0] - 1]])]
+
+
+# Compilers align jump targets with no-op fillers: NOP (0F 1F /0 included), XCHG AX,AX
+# (66 90) and LEA ESI,[ESI+EIZ*1+0] (gas's 7-byte filler).
+_FILLER_IDS = np.array([x86.X86_INS_NOP, x86.X86_INS_XCHG, x86.X86_INS_LEA], dtype=np.uint16)
+FILLER_MAX = 16
+
+
+def _unreached(sw: Sweep, reached: np.ndarray, is_int3: np.ndarray) -> tuple[list[tuple[int, int]], int]:
+    """Unreached runs of code, and the bytes of padding left out of them: unreached INT3, and
+    runs shorter than 16 bytes of filler instructions that end on a 4-byte boundary."""
+    first, last = _runs(sw, ~reached & ~is_int3)
+    start = sw.address[first]
+    end = sw.address[last] + sw.size[last].astype(np.uint64)
+    other = np.cumsum(~np.isin(sw.id, _FILLER_IDS), dtype=np.int64)
+    before = np.where(first > 0, other[np.maximum(first - 1, 0)], 0)
+    filler = (other[last] - before == 0) & (end - start < FILLER_MAX) & (end % 4 == 0)
+    pad = int(np.count_nonzero(is_int3 & ~reached)) + int((end - start)[filler].sum())
+    return list(zip(start[~filler].tolist(), end[~filler].tolist(), strict=True)), pad
 
 
 def _sites(image: KernelImage, sw: Sweep, descent: _Descent, decoder: Decoder, reached: np.ndarray,

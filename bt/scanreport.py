@@ -75,6 +75,7 @@ def to_json(result: ScanResult, sites: Sequence[Site], *, classes: Sequence[str]
             "branch_targets": st.branch_targets,
             "targets_outside_code": st.targets_outside_code,
             "overlapping_instructions": st.overlapping_instructions,
+            "jump_tables": st.jump_tables,
         },
         "filter": {"classes": list(classes), "symbol": symbol, "limit": limit},
         "summary": [{
@@ -118,8 +119,9 @@ def describe(result: ScanResult, sites: Sequence[Site], *, limit: int | None = N
         f"code: {st.code_bytes:,} bytes in {', '.join(st.sections)}; {st.instructions:,} instructions, "
         f"{st.reached_instructions:,} reached from {st.roots:,} roots "
         f"({st.blocks:,} blocks, {st.branch_targets:,} branch targets)",
-        f"unreached: {st.unreached_bytes:,} bytes ({st.padding_bytes:,} INT3 padding, "
-        f"{st.invalid_bytes:,} undecodable, {len(result.unreached):,} runs of code)",
+        f"unreached: {st.unreached_bytes:,} bytes ({st.padding_bytes:,} padding, "
+        f"{st.invalid_bytes:,} undecodable, {len(result.unreached):,} runs of code); "
+        f"{st.jump_tables:,} jump tables followed",
         "",
     ]
     summary = summarize(sites)

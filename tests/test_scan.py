@@ -115,3 +115,35 @@ def test_stripped_kernel_starts_from_the_entry_only(tmp_path):
     assert result.stats.roots == 1
     assert all(s.symbol is None for s in result.sites)
     assert {s.cls.name for s in result.sites if s.reached} >= {"cli", "sti", "pushf"}
+
+
+SWITCH = """
+.text
+.globl _start
+.type _start, @function
+_start:
+    cmpl $2, %eax
+    ja   done
+    jmp  *table(,%eax,4)
+case0:
+    cli
+    jmp done
+case1:
+    sti
+    jmp done
+case2:
+    hlt
+done:
+    ret
+.section .rodata
+table:
+    .long case0, case1, case2
+    .long 0x12345678            # not code: the table ends here
+"""
+
+
+def test_jump_table_entries_are_followed(tmp_path):
+    result = scan.scan(elf.load(build_elf(tmp_path, SWITCH)))
+    assert [(s.cls.name, s.reached) for s in result.sites] == [("cli", True), ("sti", True), ("hlt", True)]
+    assert result.stats.jump_tables == 1
+    assert all(result.is_branch_target(s.address) for s in result.sites)

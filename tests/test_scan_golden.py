@@ -60,6 +60,7 @@ def test_json_schema_shape(monkeypatch, capsys):
     doc = json.loads(_run(capsys, ["scan", KERNELS["patchcases"][0], "--json", "--class", "cli"]))
     assert doc["schema"] == SCHEMA
     assert set(doc) == {"schema", "kernel", "code", "filter", "summary", "site_count", "sites", "unreached"}
+    assert doc["code"]["jump_tables"] == 0 and doc["code"]["padding_bytes"] >= 0
     assert doc["filter"] == {"classes": ["cli"], "symbol": None, "limit": None}
     assert {s["class"] for s in doc["sites"]} == {"cli"} and doc["site_count"] == len(doc["sites"])
     site = doc["sites"][0]

@@ -102,7 +102,8 @@ class KernelImage:
     def read(self, addr: int, size: int) -> bytes | None:
         """`size` file bytes at virtual address `addr` from one allocated section, or None."""
         for s in self.sections:
-            if s.flags & SHF_ALLOC and s.has_bytes and s.address <= addr and addr + size <= s.address + s.size:
+            inside = s.address <= addr and addr + size <= s.address + s.size
+            if inside and s.flags & SHF_ALLOC and s.has_bytes:
                 start = s.offset + addr - s.address
                 return self.raw[start:start + size]
         return None

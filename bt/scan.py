@@ -30,7 +30,7 @@ from capstone import x86_const as x86
 
 from bt import isa
 from bt.elf import KernelImage
-from bt.sweep import Decoder, FlowKind, Sweep, flow_of
+from bt.sweep import MAX_INSN, Decoder, FlowKind, Sweep, flow_of
 
 PATCH_SIZE = 5          # a near JMP rel32 (E9 cd), what PATM writes over a site
 PAGE = 4096
@@ -38,6 +38,7 @@ PAGE = 4096
 _TARGET_KINDS = (FlowKind.COND, FlowKind.JUMP, FlowKind.CALL)
 _FALLTHROUGH_KINDS = (FlowKind.COND, FlowKind.CALL, FlowKind.CALL_INDIRECT)
 MAX_TABLE = 4096        # entries read from one jump table at most
+MAX_OVERLAPPING = 1_000_000   # instructions decoded apart from the sweep (a runaway decode of data)
 
 
 class Patch(str, Enum):
@@ -246,31 +247,32 @@ class _Descent:
             self.outside += 1
             return []
         lo, hi, data = region
-        start = address
         out: list[int] = []
         self.targets.append(np.array([address], dtype=np.uint64))
-        for insn in self.dec.plain.disasm(bytes(data[address - lo:]), address):
-            i = int(np.searchsorted(self.sw.address, insn.address))
-            if insn.address != address and i < self.sw.count and int(self.sw.address[i]) == insn.address:
-                out.append(insn.address)    # back in step with the sweep
-                break
-            self.overlapping[insn.address] = (insn.size, insn.id, f"{insn.mnemonic} {insn.op_str}".strip())
+        pos = end = address
+        while pos < hi and len(self.overlapping) < MAX_OVERLAPPING:
+            if pos != address:
+                i = int(np.searchsorted(self.sw.address, pos))
+                if (i < self.sw.count and int(self.sw.address[i]) == pos) or pos in self.overlapping:
+                    out.append(pos)     # back in step with the sweep, or with an earlier decode
+                    break
+            code = bytes(data[pos - lo:min(pos - lo + MAX_INSN, hi - lo)])
+            insn = next(self.dec.plain.disasm(code, pos, 1), None)
+            if insn is None:
+                break                   # undecodable: the block ends
+            self.overlapping[pos] = (insn.size, insn.id, f"{insn.mnemonic} {insn.op_str}".strip())
+            end = pos + insn.size
             kind, target = flow_of(insn.id, insn.op_str)
             if kind in _TARGET_KINDS:
                 out.append(target)
                 self.targets.append(np.array([target], dtype=np.uint64))
+            if kind in _FALLTHROUGH_KINDS:
+                out.append(end)
             if kind is not FlowKind.NONE:
-                if kind in _FALLTHROUGH_KINDS:
-                    out.append(insn.address + insn.size)
-                self.overlap_blocks.append((start, insn.address + insn.size))
-                return out
-            if insn.address + insn.size >= hi:
                 break
-            if len(self.overlapping) > 1_000_000:   # a runaway decode of data: stop here
-                break
-        if self.overlapping:
-            last = max(a for a in self.overlapping if a >= start)
-            self.overlap_blocks.append((start, last + self.overlapping[last][0]))
+            pos = end
+        if end > address:
+            self.overlap_blocks.append((address, end))
         return out
 
     def reached(self) -> np.ndarray:

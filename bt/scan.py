@@ -298,7 +298,7 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
     reached = descent.reached()
 
     targets = np.unique(np.concatenate([np.array(roots, dtype=np.uint64), *descent.targets]))
-    starts, ends = _blocks(descent, reached)
+    starts, ends = _blocks(descent)
     int3 = isa.by_name("int3")
     is_int3 = sw.id == int3.ids[0]
     unreached, padding = _unreached(sw, reached, is_int3)
@@ -326,7 +326,7 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
                       instruction_starts=sw.address, overlapping=frozenset(descent.overlapping))
 
 
-def _blocks(descent: _Descent, reached: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _blocks(descent: _Descent) -> tuple[np.ndarray, np.ndarray]:
     """Basic blocks [start, end): leaders are roots, targets and fall-throughs; a block ends at
     its stop (flow instruction) or just before the next leader."""
     sw = descent.sw

@@ -26,7 +26,7 @@ _FOREIGN = {40: "ARM", 183: "AArch64", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64"
             2: "SPARC", 22: "s390", 50: "IA-64"}
 PF_X, PF_W, PF_R = 1, 2, 4
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-SHT_NOBITS = 8
+SHT_PROGBITS, SHT_NOBITS = 1, 8
 SHN_ABS = 0xFFF1
 
 
@@ -94,7 +94,14 @@ class KernelImage:
 
     @property
     def executable_sections(self) -> tuple[Section, ...]:
-        return tuple(s for s in self.sections if s.executable and s.has_bytes)
+        """Sections of code. A file without section headers gets one pseudo-section per
+        executable PT_LOAD segment (its file bytes), named "PT_LOAD@<vaddr>"."""
+        found = tuple(s for s in self.sections if s.executable and s.has_bytes)
+        if found:
+            return found
+        return tuple(Section(name=f"PT_LOAD@{g.vaddr:#x}", address=g.vaddr, offset=g.offset, size=g.filesz,
+                             flags=SHF_ALLOC | SHF_EXECINSTR, type=SHT_PROGBITS)
+                     for g in self.segments if g.executable and g.filesz)
 
     def section_bytes(self, section: Section) -> memoryview:
         return memoryview(self.raw)[section.offset:section.offset + section.size]

@@ -102,3 +102,13 @@ def test_bad_input_from_the_shell(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "bt", *argv], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and "not an ELF" in proc.stderr
+
+
+def test_without_section_headers_code_comes_from_segments(tmp_path):
+    data = bytearray(build_elf(tmp_path, SOURCE).read_bytes())
+    struct.pack_into("<I", data, 0x20, 0)             # e_shoff
+    struct.pack_into("<HHH", data, 0x2E, 0, 0, 0)     # e_shentsize, e_shnum, e_shstrndx
+    image = elf.load(_write(tmp_path / "nosections.elf", bytes(data)))
+    (code,) = image.executable_sections
+    assert code.name == "PT_LOAD@0x100000" and code.address == 0x100000
+    assert bytes(image.section_bytes(code))[:1] == b"\xfa"

@@ -118,16 +118,21 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
 
 
 def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, ExitRecord]]) -> bytes:
-    """Exit to `end` if the virtual IF is set and an interrupt is pending (EFLAGS kept)."""
-    vflags, pending = ctx.state("vflags"), ctx.state("pending")
+    """Exit to `end` if an interrupt is pending and the virtual IF is set. JECXZ is the
+    one conditional jump that reads no flag, so EFLAGS stay the guest's untouched."""
+    vf1, pending, s0 = ctx.state("vflags") + 1, ctx.state("pending"), ctx.scratch(0)
     no = ctx.label("nopending")
-    restore = ctx.flags_saved("").split("\n")[-2:]      # "popfd", "mov esp, [saved_esp]"
-    save = ctx.flags_saved("").split("\n")[:3]          # saved_esp, private stack, pushfd
-    src = "\n".join([*save,
-                     f"test dword ptr [{vflags:#x}], 0x200", f"jz {no}",
-                     f"cmp dword ptr [{pending:#x}], 0", f"je {no}",
-                     *restore, "int3",
-                     f"{no}:", *restore])
+    src = "\n".join([f"mov dword ptr [{s0:#x}], ecx",
+                     f"movzx ecx, byte ptr [{pending:#x}]",
+                     f"movzx ecx, byte ptr [{ctx.table('nonzero'):#x} + ecx]",
+                     f"jecxz {no}",
+                     f"movzx ecx, byte ptr [{vf1:#x}]",
+                     f"movzx ecx, byte ptr [{ctx.table('if_set'):#x} + ecx]",
+                     f"jecxz {no}",
+                     f"mov ecx, dword ptr [{s0:#x}]",
+                     "int3",
+                     f"{no}:",
+                     f"mov ecx, dword ptr [{s0:#x}]"])
     code = assemble(src, here)
     (where,) = _int3s(code, here)
     exits.append((where, ExitRecord(None, end)))

@@ -35,6 +35,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from bt import isa
 from bt.errors import PatchError
 from bt.operation import Operation
+from patchmgr import tables
 from patchmgr.block import build, plan
 from patchmgr.memory import PatchMemory
 from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
@@ -99,6 +100,9 @@ class PatchManager:
         self.code = code
         self.rules = rules if rules is not None else load(config.disabled_rules)
         self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
+        if self.patch_memory.top == tables.BASE:     # fresh patch memory: the lookup tables first
+            self.memory.write(tables.BASE, tables.image())
+            self.patch_memory.commit(tables.BASE, tables.SIZE)
         self.watch = watch
         #: Whether the runtime can emulate an exit of a class (its emulator table).
         self.emulable: Callable[[str], bool] = emulable or (lambda cls: True)

@@ -103,6 +103,13 @@ class EmitContext:
             offset += n
         raise PatchError(f"rule data {key!r} lost")  # pragma: no cover - dict order is stable
 
+    @staticmethod
+    def table(name: str) -> int:
+        """Guest address of a flag-free lookup table (patchmgr/tables.py)."""
+        from patchmgr import tables
+
+        return tables.address(name)
+
     def data_slots(self) -> dict[str, int]:
         """Rule-data keys and sizes handed out so far, in order (recorded by `bt patch`)."""
         return dict(self._data)

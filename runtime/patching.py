@@ -153,12 +153,14 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     if record is not None:
         manager.adopt(record)
     kernel_sites = [s for s in result.sites if s.cls.rule is not None and not user_code(image, s.address)]
-    if config.eager and config.enabled:
-        manager.patch_all(s.address for s in kernel_sites if s.reached)
     if config.enabled:
-        # Sites that never trap can't wait for a trap: patch each when it first runs
-        # (the scanner's unreached ones included: by then they are known to be code).
-        for s in kernel_sites:
-            if s.cls.unicorn is isa.Unicorn.SILENT and manager.is_unpatched(s.address):
+        # Sites that never trap can't wait for a trap: CSAM marked them and PATM patched
+        # them before they ran. Reached ones now; the scanner's unreached ones when they
+        # first run (then they are known to be code). A code hook stays costly in Unicorn
+        # even when it never fires, so only those few get one.
+        silent = [s for s in kernel_sites if s.cls.unicorn is isa.Unicorn.SILENT]
+        manager.patch_all(s.address for s in (kernel_sites if config.eager else silent) if s.reached)
+        for s in silent:
+            if not s.reached and manager.is_unpatched(s.address):
                 memory.on_first_execution(s.address)
     return manager

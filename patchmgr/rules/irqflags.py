@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from bt import layout
 from bt.operation import Operation
-from patchmgr.rule import EFL_VIRTUAL, EmitContext, PatchCode, PatchRule
+from patchmgr.rule import EmitContext, PatchCode, PatchRule
 
 
 def _width(op: Operation) -> int:
@@ -33,38 +32,38 @@ class IrqFlags(PatchRule):
     description: ClassVar[str] = "CLI/STI/PUSHF/POPF on the virtual IF and IOPL, inline (PATM)"
 
     def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
-        vflags = ctx.state("vflags")
+        # Byte 1 of the virtual flags word holds IF and IOPL; the tables change it
+        # without touching EFLAGS (patchmgr/tables.py).
+        vf1 = ctx.state("vflags") + 1
         s0, s1 = ctx.scratch(0), ctx.scratch(1)
-        if op.cls == "cli":
-            return PatchCode(ctx.flags_saved(f"and dword ptr [{vflags:#x}], {~0x200 & 0xFFFFFFFF:#x}"))
-        if op.cls == "sti":
-            return PatchCode(ctx.flags_saved(f"or dword ptr [{vflags:#x}], 0x200"), may_unmask=True)
-        keep = ~EFL_VIRTUAL & 0xFFFFFFFF
+        if op.cls in ("cli", "sti"):
+            table = ctx.table("clear_if" if op.cls == "cli" else "set_if")
+            return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"
+                             f"movzx eax, byte ptr [{vf1:#x}]\n"
+                             f"mov al, byte ptr [{table:#x} + eax]\n"
+                             f"mov byte ptr [{vf1:#x}], al\n"
+                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=op.cls == "sti")
         if op.cls == "pushf":
-            # The bracket's own PUSHFD left the real EFLAGS image at the private stack's top.
-            real = layout.state("pstack") + layout.state_field("pstack").size - 4
-            body = (f"mov dword ptr [{s0:#x}], eax\n"
-                    f"mov eax, dword ptr [{real:#x}]\n"
-                    f"and eax, {keep:#x}\n"
-                    f"mov dword ptr [{s1:#x}], eax\n"
-                    f"mov eax, dword ptr [{vflags:#x}]\n"
-                    f"and eax, {EFL_VIRTUAL:#x}\n"
-                    f"or dword ptr [{s1:#x}], eax\n"
-                    f"mov eax, dword ptr [{s0:#x}]")
-            push = "push dword ptr" if _width(op) == 4 else "push word ptr"
-            return PatchCode(ctx.flags_saved(body) + f"\n{push} [{s1:#x}]")
+            # The real PUSHF image has IF = 1 and IOPL = 0 (ring1 keeps them so), so
+            # its byte 1 minus 0x02 plus the virtual IF/IOPL bits is the guest's view:
+            # disjoint bits, so LEA adds them without a flag change.
+            push = "pushfd" if _width(op) == 4 else "pushf"   # Keystone: PUSHF is the 16-bit form
+            return PatchCode(f"{push}\n"
+                             f"mov dword ptr [{s0:#x}], eax\n"
+                             f"mov dword ptr [{s1:#x}], ecx\n"
+                             f"movzx ecx, byte ptr [{vf1:#x}]\n"
+                             f"movzx ecx, byte ptr [{ctx.table('virtual'):#x} + ecx]\n"
+                             "movzx eax, byte ptr [esp + 1]\n"
+                             f"lea eax, [eax + ecx - {0x02:#x}]\n"
+                             "mov byte ptr [esp + 1], al\n"
+                             f"mov ecx, dword ptr [{s1:#x}]\n"
+                             f"mov eax, dword ptr [{s0:#x}]")
         if op.cls == "popf":
-            load = ("mov eax, dword ptr [esp]" if _width(op) == 4 else "movzx eax, word ptr [esp]")
-            pop = "popfd" if _width(op) == 4 else "popf"   # Keystone: POPF is the 16-bit form
-            body = (f"mov eax, dword ptr [{s1:#x}]\n"
-                    f"and eax, {EFL_VIRTUAL:#x}\n"
-                    f"and dword ptr [{vflags:#x}], {keep:#x}\n"
-                    f"or dword ptr [{vflags:#x}], eax")
-            asm = (f"mov dword ptr [{s0:#x}], eax\n"
-                   f"{load}\n"
-                   f"mov dword ptr [{s1:#x}], eax\n"
-                   f"{pop}\n"
-                   + ctx.flags_saved(body) +
-                   f"\nmov eax, dword ptr [{s0:#x}]")
-            return PatchCode(asm, may_unmask=True)
+            pop = "popfd" if _width(op) == 4 else "popf"      # Keystone: POPF is the 16-bit form
+            return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"
+                             "movzx eax, byte ptr [esp + 1]\n"
+                             f"movzx eax, byte ptr [{ctx.table('virtual'):#x} + eax]\n"
+                             f"{pop}\n"
+                             f"mov byte ptr [{vf1:#x}], al\n"
+                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=True)
         return None

@@ -368,7 +368,7 @@ def _unreached(sw: Sweep, reached: np.ndarray, is_int3: np.ndarray) -> tuple[lis
     first, last = _runs(sw, ~reached & ~is_int3)
     start = sw.address[first]
     end = sw.address[last] + sw.size[last].astype(np.uint64)
-    other = np.cumsum(~np.isin(sw.id, _FILLER_IDS), dtype=np.int64)
+    other = np.cumsum(~np.isin(sw.id, _FILLER_IDS), dtype=np.int32)
     before = np.where(first > 0, other[np.maximum(first - 1, 0)], 0)
     filler = (other[last] - before == 0) & (end - start < FILLER_MAX) & (end % 4 == 0)
     pad = int(np.count_nonzero(is_int3 & ~reached)) + int((end - start)[filler].sum())

@@ -35,7 +35,7 @@ from runtime import machine
 from runtime.cpu import CS, EFLAGS, EIP, ESP, SS
 from runtime.paging import Mmu, PageFault
 from runtime.segments import VMM_CS3, ShadowGdt
-from runtime.vcpu import IF, VirtualCpu
+from runtime.vcpu import IF, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, VirtualCpu
 
 VEC_DE, VEC_DB, VEC_BP, VEC_UD, VEC_DF, VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = (
     0, 1, 3, 6, 8, 10, 11, 12, 13, 14)
@@ -84,6 +84,8 @@ class Inward:
     handler_cs: int
     handler_eip: int
     clear_if: bool
+    #: SYSENTER: no frame, the kernel stack is SYSENTER_ESP (SDM SYSENTER).
+    sysenter: bool = False
 
 
 class Injector:
@@ -196,6 +198,24 @@ class Injector:
         cpu.write(CS, VMM_CS3)
         cpu.write(EIP, machine.TRAMP)
 
+    def sysenter(self, eip: int) -> None:
+        """SYSENTER from ring 3 (SDM SYSENTER): to SYSENTER_CS:SYSENTER_EIP on
+        SYSENTER_CS+8:SYSENTER_ESP, IF cleared, nothing pushed. The CPL change goes
+        through the same call gate as interrupts, with the real TSS's ss1:esp1 set
+        to the SYSENTER stack."""
+        msr = self.vcpu.msr
+        cs = msr[MSR_SYSENTER_CS] & 0xFFFC
+        if not cs:
+            raise DeliveryFault(VEC_GP, 0)
+        cpu = self.cpu
+        self.m.write_tss_ring1((cs + 8) | 1, msr[MSR_SYSENTER_ESP] & 0xFFFFFFFF)
+        eflags = cpu.read(EFLAGS)
+        self.inward = Inward(0, None, eip, cpu.read(CS), eflags, cpu.read(ESP), cpu.read(SS),
+                             cs | 1, msr[MSR_SYSENTER_EIP] & 0xFFFFFFFF, True, sysenter=True)
+        cpu.write(EFLAGS, eflags & ~CLEARED_ON_ENTRY)
+        cpu.write(CS, VMM_CS3)
+        cpu.write(EIP, machine.TRAMP)
+
     def _guest_ring0_stack(self) -> tuple[int, int]:
         tr = self.vcpu.tr
         desc = self.gdt.guest_descriptor(tr) if tr else None
@@ -214,6 +234,11 @@ class Injector:
             raise GuestStop("VMM call gate used without a delivery in flight", self.cpu.read(EIP))
         cpu = self.cpu
         esp = (cpu.read(ESP) + 16) & 0xFFFFFFFF   # drop the call gate's SS, ESP, CS, EIP
+        if pending.sysenter:
+            cpu.write(ESP, esp)
+            self.vcpu.set_vif(False)
+            self._enter(pending.handler_cs, pending.handler_eip, pending.eflags, True)
+            return
         frame = [pending.ss, pending.esp, pending.eflags, pending.cs, pending.eip]
         if pending.error_code is not None:
             frame.append(pending.error_code)

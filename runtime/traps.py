@@ -32,7 +32,7 @@ from bt.operation import Operation, Reg
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
 from runtime.cpu import CR2, EIP
-from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR
+from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
 from runtime.latch import POISONING, ExceptionLatch
 from runtime.paging import CR0_PG, PF_W, PageFault
@@ -271,6 +271,30 @@ class Traps:
             raise GuestStop("INT3 in patch memory that the patch manager does not know", at)
         self.inject(VEC_BP, eip, None, True)
         return "interrupt"
+
+    # -- SYSENTER: Unicorn never faults it, it calls this hook ---------------------------------------
+    def on_sysenter(self, uc: Uc, _data: Any) -> None:
+        """SYSENTER from guest user mode, emulated on the guest's virtual MSRs (the
+        real ones stay 0: a real SYSENTER would enter ring 0). Unicorn adds the
+        instruction's 2 bytes to EIP after this hook, hence the -2."""
+        t0 = time.perf_counter_ns()
+        try:
+            eip, cs = self.cpu.eip_cs()
+            self.stats.exit("trap", "sysenter", eip)
+            self.last.append(("trap", "sysenter", eip))
+            if cs & 3 != 3:
+                raise GuestStop("SYSENTER from kernel mode is not supported", eip)
+            try:
+                self.ctx.inject.sysenter(eip + 2)
+            except DeliveryFault as fault:
+                self.inject(fault.vector, eip, fault.error_code, False)
+            self.cpu.write(EIP, self.cpu.read(EIP) - 2)
+        except BaseException as err:  # stored and re-raised by the run loop
+            self.error = err
+            uc.emu_stop()
+        dt = time.perf_counter_ns() - t0
+        self.stats.vmm_ns += dt
+        self.stats.vmm_ns_by_kind["trap"] += dt
 
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------
     def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import unicorn_const as uconst
-from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 
 from bt import layout
 from bt.errors import GuestStop, InternalError
@@ -132,6 +132,7 @@ class Vm:
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,

@@ -241,3 +241,50 @@ def test_a_guest_that_maps_the_vmm_area_is_stopped():
     _vm, result = run(kernel(ENABLE_PAGING + "hlt\n", chunks=tables))
     assert isinstance(result, GuestStop)
     assert "top 4 MiB" in result.reason
+
+
+def test_sysenter_and_sysexit_round_trip():
+    entry = 0x118000
+    handler = f"""
+        mov [0x23000], esp
+        mov eax, cs
+        mov [0x23004], eax
+        mov eax, [{layout.state("vflags"):#x}]
+        mov [0x23008], eax
+        sysexit
+    """
+    kernel_src = f"""
+        mov ecx, 0x174
+        mov eax, {KCODE}
+        xor edx, edx
+        wrmsr
+        mov ecx, 0x175
+        mov eax, {KSTACK - 0x1000:#x}
+        wrmsr
+        mov ecx, 0x176
+        mov eax, {entry:#x}
+        wrmsr
+    """ + to_user()
+    user = """
+        mov ecx, esp
+        call here
+    here:
+        pop edx                  # EDX: where SYSEXIT returns (after the SYSENTER)
+        add edx, 6
+        sysenter
+        mov eax, cs
+        mov [0x2300c], eax
+        mov eax, ss
+        mov [0x23010], eax
+        mov [0x23014], esp
+        mov al, 0
+        out 0xf4, al
+    """
+    from runtime_guest import asm
+    vm, result = run(kernel(kernel_src, user=user, chunks=((entry, asm(handler, entry)),)))
+    _ok(result)
+    kesp, kcs, vflags, ucs, uss, uesp = words(vm, RESULTS, 6)
+    assert kesp == KSTACK - 0x1000 and kcs == KCODE | 1     # SYSENTER_ESP, SYSENTER_CS (RPL 1: ring 1)
+    assert not vflags & 0x200                               # SYSENTER clears IF
+    assert ucs == UCODE and uss == UDATA and uesp == USTACK   # SYSEXIT: CS/SS from SYSENTER_CS, ESP = ECX
+    assert vm.stats.by_class["sysenter"] == 1 and vm.stats.by_class["sysexit"] == 1

@@ -20,11 +20,14 @@ then lets the CPU do the outward return with a real IRETD/RETF in VMM code.
 
 from __future__ import annotations
 
+import struct
+
+from bt import layout
 from bt.operation import Imm, Mem, Operation, Reg
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
 from runtime.cpu import CS, EFLAGS, SS
-from runtime.vcpu import IF, VIRTUAL_FLAGS
+from runtime.vcpu import IF, MSR_SYSENTER_CS, VIRTUAL_FLAGS
 
 #: EFLAGS bits an IRET at CPL 0 restores (SDM IRET: all but VIP, VIF, VM from a 32-bit frame).
 IRET_MASK = 0x00257FD5
@@ -149,5 +152,21 @@ def mov_from_sreg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     return None
 
 
-EMULATORS = {"iret": iret, "far_ret": far_ret, "mov_to_sreg": mov_to_sreg, "pop_sreg": pop_sreg,
-             "lss": lss, "push_sreg": push_sreg, "mov_from_sreg": mov_from_sreg}
+def sysexit(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    """SYSEXIT (SDM): to ring 3 at SYSENTER_CS+16:EDX with SYSENTER_CS+24:ECX. The
+    CPU makes the outward change: an IRETD frame on the VMM's ring-1 stack."""
+    base = ctx.vcpu.msr[MSR_SYSENTER_CS] & 0xFFFC
+    if not base:
+        raise EmulationFault(13, 0)
+    cpu = ctx.cpu
+    cs, ss = (base + 16) | 3, (base + 24) | 3
+    _check_user_frame(ctx, cs, ss)
+    frame = struct.pack("<5I", cpu.read_name("edx"), cs, cpu.read(EFLAGS) | IF, cpu.read_name("ecx"), ss)
+    top = layout.VMM_STACK1_TOP - len(frame)
+    cpu.phys_write(top, frame)           # the VMM area: linear == physical, supervisor only
+    cpu.write_name("esp", top)
+    return machine.IRET_OUT
+
+
+EMULATORS = {"iret": iret, "sysexit": sysexit, "far_ret": far_ret, "mov_to_sreg": mov_to_sreg,
+             "pop_sreg": pop_sreg, "lss": lss, "push_sreg": push_sreg, "mov_from_sreg": mov_from_sreg}

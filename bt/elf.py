@@ -146,7 +146,8 @@ def _check_header(path: str, raw: bytes) -> tuple[int, int]:
         raise ElfError(path, f"not an x86 ELF ({name}); ring1 needs i386 or x86-64")
     bits = 32 if ei_class == 1 else 64
     if (bits == 32) != (machine == 3):
-        raise ElfError(path, f"corrupt ELF header (ELF{bits} with {_MACHINES[machine]} machine)")
+        kind = "x32 (ELF32 x86-64)" if bits == 32 else "ELF64 i386"
+        raise ElfError(path, f"{kind} is not a kernel ring1 can load: need ELF32 i386 or ELF64 x86-64")
     return bits, machine
 
 

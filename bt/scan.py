@@ -119,15 +119,11 @@ def select(sites: Iterable[Site], classes: Iterable[str] = (), symbol: str | Non
 
 def roots_of(image: KernelImage) -> list[int]:
     """Where the descent starts: the entry point, function symbols, global labels in code."""
-    code = [(s.address, s.address + s.size) for s in image.executable_sections]
-
-    def in_code(a: int) -> bool:
-        return any(lo <= a < hi for lo, hi in code)
-
-    roots = [virtual_entry(image)]
-    roots += [s.address for s in image.symbols
-              if (s.is_function or s.is_global) and in_code(s.address)]
-    return sorted(set(roots))
+    wanted = np.array([s.address for s in image.symbols if s.is_function or s.is_global], dtype=np.uint64)
+    inside = np.zeros(wanted.shape[0], dtype=bool)
+    for sec in image.executable_sections:
+        inside |= (wanted >= sec.address) & (wanted < sec.address + sec.size)
+    return sorted({virtual_entry(image), *wanted[inside].tolist()})
 
 
 def virtual_entry(image: KernelImage) -> int:

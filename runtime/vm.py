@@ -36,7 +36,7 @@ from unicorn import unicorn_const as uconst
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 
 from bt import layout
-from bt.errors import GuestStop, InternalError
+from bt.errors import GuestStop, InternalError, Ring1Error
 from runtime import config as cfg
 from runtime.boot import load_kernel
 from runtime.context import HANDLED, Ctx
@@ -252,12 +252,25 @@ class Vm:
             stop.last_exits = list(traps.last)  # type: ignore[attr-defined]
             raise
         except UnmappedPhys as err:
-            raise GuestStop("access to memory outside guest RAM", self.cpu.read(EIP), str(err)) from err
+            outside = GuestStop("access to memory outside guest RAM", self._guest_eip(), str(err))
+            outside.last_exits = list(traps.last)  # type: ignore[attr-defined]
+            raise outside from err
+        except Ring1Error:
+            raise
+        except Exception as err:
+            # A bug in ring1 (possibly raised inside a Unicorn hook and re-raised here):
+            # stop cleanly with where the guest was and what it did last.
+            internal = InternalError(f"{type(err).__name__}: {err} (guest EIP {self._guest_eip():#010x})")
+            internal.last_exits = list(traps.last)  # type: ignore[attr-defined]
+            raise internal from err
         finally:
             self.devices.flush()
             self.stats.virtual_ns = self.clock()
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
         return RunResult(traps.exit_status, self.stats, list(traps.last))
+
+    def _guest_eip(self) -> int:
+        return self.traps.patcher.to_guest_eip(self.cpu.read(EIP))
 
     def _slice_length(self) -> int:
         count = self.config.slice_insns

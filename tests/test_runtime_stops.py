@@ -82,3 +82,17 @@ def test_stats_are_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert code == 1
     assert "exits: 3 (trap 2, io 1" in err
     assert '"cli": 1' in out_json.read_text()
+
+
+def test_an_internal_error_in_a_hook_is_a_clean_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch):
+    from runtime.emulate import EMULATORS
+
+    def broken(op, ctx, next_eip):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(EMULATORS, "cli", broken)
+    elf = tiny_elf(asm("nop\ncli\nhlt\n", LOAD), tmp_path / "bug.elf")
+    code, err = _bt_run(capsys, str(elf), "--no-patch")
+    assert code == 8
+    assert "ZeroDivisionError: a bug (guest EIP 0x00100001)" in err and "last exits" in err

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bt.errors import GuestStop, UsageError
+from bt.errors import GuestStop, InternalError, UsageError
 from patchmgr.manager import PatchConfig
 from runtime.config import RunConfig
 from runtime.stats import RunStats
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         vm = Vm(config)
         try:
             result = vm.run()
-        except GuestStop as stop:
+        except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
             _print_last(vm, getattr(stop, "last_exits", []))
             _report(args, vm, vm.stats)

@@ -14,9 +14,9 @@ The runtime drives it through five calls (runtime/patching.py adapts the VMM to 
   emulating (a trap, an IRET, an interrupt frame): a guest address inside a patched
   window no longer holds the guest's instruction, so the equivalent patch address;
 * `on_guest_write(address, size)` before a guest write lands on a watched range: a write
-  into a patch's JMP (or INT3) bytes removes the patch, a write into the rest of its
-  window (displaced code still in place) refreshes it: removed now, re-made with the
-  new bytes on the site's next trap. Both are counted.
+  into the patched instruction itself removes the patch, a write into the instructions
+  its window displaced refreshes it: removed now, re-made from the new bytes on the
+  site's next trap. Both are counted.
 
 The runtime must never deliver an interrupt while EIP is inside patch memory: it leaves
 `pending` set and the block exits at its guest return address (patchmgr/block.py).
@@ -149,10 +149,9 @@ class PatchManager:
     def on_guest_write(self, address: int, size: int) -> None:
         for patch in list(self._patches_covering_range(address, address + size)):
             patch.writes += 1
-            head = patch.start + (JMP_LEN if patch.kind == "jmp" else 1)
             self.remove(patch.site)
-            if address < head:
-                self.stats.smc_removed += 1
+            if address < patch.op.next_address and patch.site < address + size:
+                self.stats.smc_removed += 1          # the guest rewrote the patched instruction
             else:
                 self.stats.smc_refreshed += 1
                 self.stats.traps[patch.site] = 0     # re-made from the new bytes when it traps next

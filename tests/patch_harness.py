@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_HOOK_MEM_WRITE, UC_MODE_32, Uc
 from unicorn import x86_const as u
 
 from bt import layout
@@ -43,6 +43,18 @@ class UcMemory:
     def write(self, address: int, data: bytes) -> None:
         self.uc.mem_write(address, data)
         self.uc.ctl_remove_cache(address, address + len(data))
+
+    # WriteWatch: one Unicorn write hook per window (tests are small).
+    manager: PatchManager | None = None
+
+    def watch(self, start: int, end: int) -> object:
+        def on_write(uc: Uc, _a: int, address: int, size: int, _v: int, _d: object) -> None:
+            assert self.manager is not None
+            self.manager.on_guest_write(address, size)
+        return self.uc.hook_add(UC_HOOK_MEM_WRITE, on_write, None, start, end - 1)
+
+    def unwatch(self, handle: object) -> None:
+        self.uc.hook_del(handle)
 
 
 @dataclass
@@ -95,6 +107,7 @@ class Outcome:
     data: bytes
     exits: list[Operation | None]
     resumes: list[int] = field(default_factory=list)
+    traps: list[Operation] = field(default_factory=list)
 
 
 def run_native(src: str, regs: dict[str, int], flags: int, guest_if: int) -> Outcome:
@@ -133,13 +146,26 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
         targets = {i.operands[0].imm for i in insns
                    if (i.group(CS_GRP_JUMP) or i.group(CS_GRP_CALL) or i.group(CS_GRP_BRANCH_RELATIVE))
                    and i.operands and i.operands[0].type == x.X86_OP_IMM}
-    mgr = PatchManager(config or PatchConfig(eager=True), mem, LinearCode(CODE, end, targets))
+    mgr = PatchManager(config or PatchConfig(eager=True), mem, LinearCode(CODE, end, targets), watch=mem)
+    mem.manager = mgr
     mgr.patch_all(sites if sites is not None else found)
     exits: list[Operation | None] = []
     resumes: list[int] = []
+    traps: list[Operation] = []
 
     def on_intr(uc: Uc, vector: int, _: object) -> None:
         eip = uc.reg_read(u.UC_X86_REG_EIP)
+        if vector == 13:          # a trap of an unpatched CLI/STI: what the runtime does, in small
+            insn = next(cs.disasm(mem.read(eip, 16), eip))
+            op = isa.decode(insn)
+            assert op.cls in ("cli", "sti"), op
+            vf = struct.unpack("<I", mem.read(layout.state("vflags"), 4))[0]
+            vf = (vf | 0x200) if op.cls == "sti" else (vf & ~0x200)
+            mem.write(layout.state("vflags"), struct.pack("<I", vf))
+            traps.append(op)
+            mgr.on_trap(op)
+            uc.reg_write(u.UC_X86_REG_EIP, mgr.resume_at(op.next_address))
+            return
         record = mgr.exit_at(eip - 1) if vector == 3 else None
         if record is None:
             raise AssertionError(f"unexpected vector {vector} at {eip:#x}")
@@ -147,7 +173,15 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
         resumes.append(record.resume)
         uc.reg_write(u.UC_X86_REG_EIP, record.resume)
 
-    uc.hook_add(UC_HOOK_INTR, on_intr)
+    from runtime.latch import ExceptionLatch
+    latch = ExceptionLatch(uc)      # a handled #GP must not turn the next one into #DF (notes #3)
+
+    def on_intr_cleared(uc: Uc, vector: int, data: object) -> None:
+        on_intr(uc, vector, data)
+        if vector == 13:
+            latch.clear()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr_cleared)
     # Registers are set once ring 1 is entered (the IRETD stub uses the stack).
     uc.emu_start(BOOT, CODE)
     for n, v in regs.items():
@@ -160,6 +194,7 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
     vflags = struct.unpack("<I", mem.read(layout.state("vflags"), 4))[0]
     out = _outcome(uc, vflags & 0x200, exits)
     out.resumes = resumes
+    out.traps = traps
     return out, mgr
 
 

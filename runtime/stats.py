@@ -26,6 +26,8 @@ class RunStats:
     exit_count: int = 0      #: sum of `hits`, kept for the virtual clock
     vectors: Counter[int] = field(default_factory=Counter)         #: injected vectors
     io_ports: Counter[int] = field(default_factory=Counter)
+    #: Accesses to ports no device claims (the bus logs each port once), by port.
+    unknown_ports: Counter[int] = field(default_factory=Counter)
     vmm_ns: int = 0          #: wall time inside exit handlers
     vmm_ns_by_kind: Counter[str] = field(default_factory=Counter)
     guest_insns: int = 0     #: guest instructions executed (Unicorn instruction counts)
@@ -86,6 +88,7 @@ class RunStats:
             ],
             "vectors": {str(v): n for v, n in sorted(self.vectors.items())},
             "io_ports": {f"{p:#x}": n for p, n in sorted(self.io_ports.items())},
+            "unknown_ports": {f"{p:#x}": n for p, n in sorted(self.unknown_ports.items())},
             "vmm_ns": self.vmm_ns,
             "vmm_ns_by_kind": dict(self.vmm_ns_by_kind),
             "guest_insns": self.guest_insns,

@@ -28,6 +28,7 @@ patch manager's wiring access to guest memory (patch memory is
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -265,6 +266,7 @@ class Vm:
             raise internal from err
         finally:
             self.devices.flush()
+            self.stats.unknown_ports = Counter(self.devices.bus.unknown)
             self.stats.virtual_ns = self.clock()
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
         return RunResult(traps.exit_status, self.stats, list(traps.last))

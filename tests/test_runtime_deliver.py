@@ -288,3 +288,22 @@ def test_sysenter_and_sysexit_round_trip():
     assert not vflags & 0x200                               # SYSENTER clears IF
     assert ucs == UCODE and uss == UDATA and uesp == USTACK   # SYSEXIT: CS/SS from SYSENTER_CS, ESP = ECX
     assert vm.stats.by_class["sysenter"] == 1 and vm.stats.by_class["sysexit"] == 1
+
+
+def test_an_irq_waits_for_sti_and_arrives_right_after_it():
+    handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
+    src = PIC_PIT_SETUP + """
+        mov ecx, 300000
+    wait:
+        dec ecx
+        jnz wait
+        sti
+    after_sti:
+        nop
+        hlt
+    """
+    vm, result = run(kernel(src, handlers={0x20: (handler, 0, False)}), max_insns=5_000_000)
+    _ok(result)
+    (frame_eip,) = words(vm, RESULTS, 1)
+    assert vm.cpu.phys_read(frame_eip, 2) == b"\x90\xf4"   # the NOP after STI: IRQ0 waited for IF
+    assert vm.vcpu.pending == 0

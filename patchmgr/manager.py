@@ -181,8 +181,6 @@ class PatchManager:
         if not self._free(op.address, op.next_address):
             return self._refuse(site, op, "inside another patch's window")
         row = isa.by_name(op.cls)
-        if not self.emulable(op.cls):
-            return self._refuse(site, op, f"the runtime has no emulation for class {op.cls}")
         rule = self.rules.rule_for(op)
         if rule is None:
             return self._refuse(site, op, f"no enabled rule for class {op.cls} (table: {row.handling.value})")
@@ -195,6 +193,8 @@ class PatchManager:
             merged = self._merge(site, op)
             if merged is not None:
                 return merged
+        if not self.emulable(op.cls):
+            return self._refuse(site, op, f"{why}; and no INT3 either: the runtime does not emulate {op.cls}")
         self.notes[site] = why
         return self._install_int3(op)
 

@@ -60,6 +60,10 @@ class RuleSet:
                 return rule
         return None
 
+    def handles(self, cls: str) -> bool:
+        """True if an enabled rule translates instruction class `cls`."""
+        return any(cls in r.classes() for r in self._enabled)
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(i.rule.name for i in self.infos)

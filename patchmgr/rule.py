@@ -206,11 +206,16 @@ class PatchRule(ABC):
     claims: ClassVar[frozenset[str] | None] = None
 
     def classes(self) -> frozenset[str]:
-        if self.claims is not None:
-            return self.claims
-        from bt.isa import CLASSES
+        cached: frozenset[str] | None = self.__dict__.get("_classes")
+        if cached is None:
+            if self.claims is not None:
+                cached = self.claims
+            else:
+                from bt.isa import CLASSES
 
-        return frozenset(c.name for c in CLASSES if c.rule == self.name)
+                cached = frozenset(c.name for c in CLASSES if c.rule == self.name)
+            self.__dict__["_classes"] = cached
+        return cached
 
     def matches(self, op: Operation) -> bool:
         return op.cls is not None and op.cls in self.classes()

@@ -84,7 +84,7 @@ def patch_file(src: str | Path, dst: str | Path, rules: RuleSet) -> StaticResult
     memory = ImageMemory(image)
     manager = PatchManager(PatchConfig(eager=True), memory, ScanCodeMap(result), rules)
     sites = [s.address for s in result.sites
-             if s.reached and s.cls.rule is not None and not user_code(image, s.address)]
+             if s.reached and rules.handles(s.cls.name) and not user_code(image, s.address)]
     manager.patch_all(sites)
     patches = sorted(manager.patches.values(), key=lambda p: p.site)
     refusals = sorted(manager.refusals.values(), key=lambda r: r.site)

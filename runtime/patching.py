@@ -171,7 +171,8 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     record = read_record(image)
     if record is not None:
         manager.adopt(record)
-    kernel_sites = [s for s in result.sites if s.cls.rule is not None and not user_code(image, s.address)]
+    kernel_sites = [s for s in result.sites
+                    if manager.rules.handles(s.cls.name) and not user_code(image, s.address)]
     if config.enabled:
         # Sites that never trap can't wait for a trap: CSAM marked them and PATM patched
         # them before they ran. Reached ones now; the scanner's unreached ones when they

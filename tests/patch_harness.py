@@ -15,6 +15,7 @@ from unicorn import x86_const as u
 from bt import layout
 from bt.operation import Operation
 from patchmgr.manager import PatchConfig, PatchManager
+from patchmgr.registry import RuleSet
 
 GDT, BOOT, CODE, STACK_TOP, DATA = 0x1000, 0x10000, 0x20000, 0x80000, 0x90000
 KCODE0, KDATA0, KCODE1, KDATA1 = 0x08, 0x10, 0x19, 0x21
@@ -124,7 +125,8 @@ def run_native(src: str, regs: dict[str, int], flags: int, guest_if: int) -> Out
 def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
                 config: PatchConfig | None = None, sites: list[int] | None = None,
                 targets: set[int] | None = None, pending: int = 0,
-                state: dict[str, bytes] | None = None) -> tuple[Outcome, PatchManager]:
+                state: dict[str, bytes] | None = None,
+                rules: RuleSet | None = None) -> tuple[Outcome, PatchManager]:
     """The same code at CPL 1, every sensitive site patched up front."""
     code = asm(src, CODE)
     end = CODE + len(code)
@@ -141,12 +143,13 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
     cs = Cs(CS_ARCH_X86, CS_MODE_32)
     cs.detail = True
     insns = list(cs.disasm(code, CODE))
-    found = [i.address for i in insns if isa.classify(i) is not None]
+    found = [i.address for i in insns if isa.classify(i) is not None]  # every sensitive site
     if targets is None:   # every relative jump or call target, as a scanner would find them
         targets = {i.operands[0].imm for i in insns
                    if (i.group(CS_GRP_JUMP) or i.group(CS_GRP_CALL) or i.group(CS_GRP_BRANCH_RELATIVE))
                    and i.operands and i.operands[0].type == x.X86_OP_IMM}
-    mgr = PatchManager(config or PatchConfig(eager=True), mem, LinearCode(CODE, end, targets), watch=mem)
+    mgr = PatchManager(config or PatchConfig(eager=True), mem, LinearCode(CODE, end, targets), rules=rules,
+                       watch=mem)
     mem.manager = mgr
     mgr.patch_all(sites if sites is not None else found)
     exits: list[Operation | None] = []

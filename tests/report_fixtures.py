@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from runtime.report.record import RunRecord
 from runtime.report.repro import Reproducibility
 
 DATA = Path(__file__).resolve().parent / "data" / "compare"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "compare-json.md"
 
 #: Fixed stand-in for the reproducibility block, so goldens don't depend on the machine.
 FIXED_REPRO = Reproducibility(
@@ -75,3 +77,13 @@ def paths(value: Any, prefix: str = "", parent: str = "") -> dict[str, set[str]]
             for p, types in paths(item, f"{prefix}[]", parent).items():
                 out.setdefault(p, set()).update(types)
     return out
+
+
+def documented() -> dict[str, set[str]]:
+    """The field table of docs/compare-json.md: path -> allowed JSON types."""
+    fields = {}
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\| `([^`]+)` \| ([a-z ]+) \|", line)
+        if m:
+            fields[m.group(1)] = set(m.group(2).split(" or "))
+    return fields

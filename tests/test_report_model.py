@@ -74,6 +74,8 @@ def test_reduction_never_rounds_up_to_100_percent():
     assert fmt.reduction(0.99999) == ">99.9%"
     assert fmt.reduction(1.0) == "100.0%"
     assert fmt.reduction(None) == "-"
+    assert fmt.reduction(-0.0003) == "-<0.1%"
+    assert fmt.reduction(0.0) == "0.0%"
 
 
 @pytest.mark.parametrize("weights", [[1], [5, 3, 2, 1, 1], [1000, 1, 1, 1], [7] * 9])

@@ -16,7 +16,7 @@ from typing import Any
 from bt.errors import InputError, MismatchError, UsageError
 
 #: Options forwarded to every run, as `bt run` takes them (name in argparse -> RunConfig field).
-RUN_OPTIONS = ("cmdline", "hot", "max_insns")
+RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns")
 
 
 def add_parser(sub: Any) -> None:
@@ -34,8 +34,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top", type=int, default=10, metavar="N", help="hot sites to list (default 10)")
     run = p.add_argument_group("run options (the same for every run)")
     run.add_argument("--cmdline", default=None, help="kernel command line")
-    run.add_argument("--hot", type=int, default=None, metavar="N",
-                     help="patch a site after it trapped N times (dynamic patching)")
+    run.add_argument("--hot", type=int, default=1, metavar="N",
+                     help="dynamic run: patch a site once it trapped N times (default 1, as PATM)")
+    run.add_argument("--eager", action="store_true", default=None,
+                     help="dynamic run: patch every scanned site before the guest runs")
     run.add_argument("--max-insns", type=int, default=None, metavar="N",
                      help="stop a run after N guest instructions")
     rec = p.add_argument_group("recorded runs")
@@ -49,12 +51,12 @@ def add_parser(sub: Any) -> None:
 def _command(args: argparse.Namespace) -> list[str]:
     """The command line, rebuilt from the parsed options in a canonical order."""
     out = ["compare", *args.kernels]
-    for flag in ("static", "replay"):
+    for flag in ("static", "replay", "eager"):
         if getattr(args, flag):
             out.append(f"--{flag}")
     for name in ("jobs", "top", *RUN_OPTIONS, "json", "html", "save_runs"):
         value = getattr(args, name)
-        if value is not None:
+        if value is not None and not isinstance(value, bool):
             out += [f"--{name.replace('_', '-')}", str(value)]
     return out
 
@@ -97,7 +99,7 @@ def _progress(total: int) -> Iterator[Any]:
 def run_compare(args: argparse.Namespace) -> int:
     from runtime.report import adapter, html, jsonout, runner, text
 
-    for flag in ("jobs", "top"):
+    for flag in ("jobs", "top", "hot"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1")
     command = _command(args)

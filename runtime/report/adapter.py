@@ -23,9 +23,17 @@ def unavailable(static: bool) -> str | None:
     that `bt compare` says so in one line instead of reporting a comparison it did not make."""
     if importlib.util.find_spec("runtime.vm") is None:
         return "the VMM's run loop (runtime/vm.py) is not built yet"
-    # Until `bt run` drives the patch manager from its run loop, a "patched" run would
-    # be a second unpatched run, and a comparison of the two would pretend.
-    return "patching is unavailable: dynamic patching is not wired into the run loop yet"
+    from runtime.config import RunConfig
+
+    # Without a patch manager in the run loop a "patched" run would be a second
+    # unpatched run, and comparing the two would pretend.
+    from runtime import patching
+
+    if "patch" not in RunConfig.__dataclass_fields__ or not hasattr(patching, "attach"):
+        return "patching is unavailable: the run loop has no patch manager yet"
+    if static and importlib.util.find_spec("patchmgr.static") is None:
+        return "static patching is unavailable: `bt patch` is not built yet"
+    return None
 
 
 def instruction_texts(kernel: str, addresses: Iterable[int]) -> dict[int, str]:
@@ -59,7 +67,7 @@ def patch_table(manager: PatchManager) -> tuple[Patch, ...]:
         rule = manager.rules.rule_for(p.op)
         rows.append(Patch(address=p.site, rule=rule.name if rule else "-", kind=p.kind, size=p.end - p.start,
                           status="active", reason=manager.notes.get(p.site, "") if p.kind == "int3" else "",
-                          text=p.op.text))
+                          text=p.op.text, start=p.start))
     for r in manager.refusals.values():
         rule = manager.rules.rule_for(r.op) if r.op.cls else None
         rows.append(Patch(address=r.site, rule=rule.name if rule else "-", kind="-", size=0,
@@ -108,10 +116,16 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
 
 
 def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
-    """Run `kernel` in `mode` (unpatched, dynamic or static) with the run `options`
-    (`cmdline`, `max_insns`, `hot`), in this process. A guest that stops abnormally is a
-    result (its reason is compared like an exit status), not an error."""
+    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `hot`,
+    `eager`), in this process. A guest that stops abnormally is a result (its reason
+    is compared like an exit status), not an error.
+
+    unpatched: trap-and-emulate only, no patch manager at all;
+    dynamic:   the patch manager patches sites as they trap (`bt run --hot N`);
+    static:    the kernel patched by `bt patch` first, run with dynamic patching off,
+               so every patch in it was made ahead of time."""
     import io
+    import tempfile
     from pathlib import Path
 
     from bt.errors import GuestStop, UsageError
@@ -121,19 +135,40 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
     if mode not in (BASELINE, DYNAMIC, STATIC):
         raise ValueError(f"unknown mode {mode!r}")
     reason = unavailable(static=mode == STATIC)
-    if reason and mode != BASELINE:
+    if reason:
         raise UsageError(f"cannot compare: {reason}")
-    serial = io.BytesIO()
-    config = RunConfig(kernel=Path(kernel), cmdline=options.get("cmdline") or "",
-                       max_insns=options.get("max_insns"), serial=serial)
-    vm = Vm(config)
-    stop_reason = ""
-    exit_status: int | None = None
-    try:
-        exit_status = vm.run().exit_status
-    except GuestStop as stop:
-        stop_reason = str(stop)
+    from patchmgr.manager import PatchConfig
+
+    with tempfile.TemporaryDirectory(prefix="ring1-compare-") as tmp:
+        path = Path(kernel)
+        patch: PatchConfig | None = None
+        if mode == DYNAMIC:
+            patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")))
+        elif mode == STATIC:
+            from patchmgr import registry
+            from patchmgr.static import patch_file
+
+            # Same file name: the guest sees its image name on its command line.
+            path = Path(tmp) / path.name
+            patch_file(kernel, path, registry.load())
+            patch = PatchConfig(enabled=False)
+        serial = io.BytesIO()
+        config = RunConfig(kernel=path, cmdline=options.get("cmdline") or "",
+                           max_insns=options.get("max_insns"), serial=serial, patch=patch)
+        vm = Vm(config)
+        stop_reason = ""
+        exit_status: int | None = None
+        try:
+            exit_status = vm.run().exit_status
+        except GuestStop as stop:
+            stop_reason = str(stop)
+    manager = getattr(vm, "patches", None)
+    if mode != BASELINE and manager is None:
+        from bt.errors import InternalError
+
+        raise InternalError(f"the {mode} run of {kernel} ran without a patch manager")
     stats = vm.stats.to_dict()
     texts = instruction_texts(kernel, (s["address"] for s in stats["by_site"]))
     return record_from_stats(mode, stats, serial=serial.getvalue(), exit_status=exit_status,
-                             stop_reason=stop_reason, patches=(), options=options, text_at=texts)
+                             stop_reason=stop_reason, patches=patch_table(manager) if manager else (),
+                             options=options, text_at=texts)

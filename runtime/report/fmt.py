@@ -15,9 +15,12 @@ def reduction(r: float | None) -> str:
     if r is None:
         return "-"
     pct = r * 100
-    # Never round a partial reduction up to 100%: "100%" must mean every exit is gone.
+    # Never round a partial reduction up to 100%, nor a small change down to 0%:
+    # "100%" must mean every exit is gone, "0.0%" that the count did not change.
     if 0 < r < 1 and pct > 99.9:
         return ">99.9%"
+    if 0 < abs(pct) < 0.1:
+        return "<0.1%" if pct > 0 else "-<0.1%"
     return f"{pct:.1f}%"
 
 

@@ -74,7 +74,8 @@ def _kernel(k: KernelComparison) -> dict[str, Any]:
                       for f in k.functions],
         "patches": {
             m: [{"address": p.address, "symbol": k.kernel.describe(p.address), "instruction": p.text,
-                 "rule": p.rule, "kind": p.kind, "size": p.size, "status": p.status, "reason": p.reason}
+                 "rule": p.rule, "kind": p.kind, "start": p.window.start, "size": p.size, "status": p.status,
+                 "reason": p.reason}
                 for p in patches]
             for m, patches in k.patches.items()
         },

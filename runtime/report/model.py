@@ -191,6 +191,12 @@ def _site_rows(kernel: KernelInfo, runs: Mapping[str, RunRecord], modes: tuple[s
             patches[p.address][m] = f"{p.kind} ({p.status})" if p.status != "active" else p.kind
             if p.address in what and not what[p.address][1] and p.text:
                 what[p.address] = (what[p.address][0], p.text)
+        # A site inside another patch's window is rewritten by that patch.
+        for p in runs[m].patches:
+            if p.status == "active":
+                for a in counts:
+                    if a != p.address and a in p.window and m not in patches[a]:
+                        patches[a][m] = f"in {p.kind} at {kernel.describe(p.address)}"
     rows = [SiteRow(a, kernel.describe(a), what[a][0], what[a][1], c, dict(patches.get(a, {})))
             for a, c in counts.items()]
     rows.sort(key=lambda r: (-r.counts[BASELINE], -sum(r.counts.values()), r.address))

@@ -52,6 +52,14 @@ class Patch:
     status: str  # "active", "refused", "removed", ...
     reason: str = ""  # why a patch was refused or removed
     text: str = ""  # the instruction at `address`
+    start: int | None = None  # first guest byte the patch rewrites, when not `address` (a JMP window)
+
+    @property
+    def window(self) -> range:
+        """Guest addresses the patch covers: a site inside another site's window stops
+        trapping too, although no patch of its own is recorded."""
+        start = self.address if self.start is None else self.start
+        return range(start, start + self.size)
 
 
 @dataclass(frozen=True)

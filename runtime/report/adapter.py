@@ -23,12 +23,11 @@ def unavailable(static: bool) -> str | None:
     that `bt compare` says so in one line instead of reporting a comparison it did not make."""
     if importlib.util.find_spec("runtime.vm") is None:
         return "the VMM's run loop (runtime/vm.py) is not built yet"
+    from runtime import patching
     from runtime.config import RunConfig
 
     # Without a patch manager in the run loop a "patched" run would be a second
     # unpatched run, and comparing the two would pretend.
-    from runtime import patching
-
     if "patch" not in RunConfig.__dataclass_fields__ or not hasattr(patching, "attach"):
         return "patching is unavailable: the run loop has no patch manager yet"
     if static and importlib.util.find_spec("patchmgr.static") is None:

@@ -47,6 +47,8 @@ def test_cache_lookup(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RING1_CACHE", str(tmp_path))
     assert vmlinux.cached() is None
+    (tmp_path / "vmlinux-6.1.0-2-amd64.partial").write_bytes(b"x")     # an interrupted fetch
+    assert vmlinux.cached() is None
     (tmp_path / "vmlinux-6.1.0-1-amd64").write_bytes(b"x")
     assert vmlinux.cached() == tmp_path / "vmlinux-6.1.0-1-amd64"
 

@@ -31,7 +31,8 @@ def cache_dir() -> Path:
 
 def cached() -> Path | None:
     """The newest cached vmlinux, if any."""
-    found = sorted(cache_dir().glob("vmlinux-*"), key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in cache_dir().glob("vmlinux-*") if not p.name.endswith(".partial")),
+                   key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -77,7 +78,7 @@ def fetch(say: Callable[[str], None] = print) -> Path:
     say(f"extracting vmlinux from the bzImage ({len(image):,} bytes) ...")
     elf_bytes = bzimage.extract_vmlinux(image, f"{package} vmlinuz")
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    partial = target.parent / f"{target.name}.partial"
     partial.write_bytes(elf_bytes)
     partial.replace(target)
     say(f"cached {target} ({len(elf_bytes):,} bytes)")

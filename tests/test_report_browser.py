@@ -51,7 +51,7 @@ def _requests(events: list[dict]) -> list[str]:
     return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
 
 
-@pytest.mark.parametrize("kernels", [("synthetic",), ("synthetic", "synthetic")])
+@pytest.mark.parametrize("kernels", [("irqsave",), ("irqsave", "zoo", "timer"), ("synthetic",)])
 def test_report_loads_cleanly_and_charts_are_drawn(tmp_path: Path, kernels: tuple[str, ...]):
     import json
 
@@ -71,8 +71,9 @@ def test_report_loads_cleanly_and_charts_are_drawn(tmp_path: Path, kernels: tupl
     assert _requests(events) == [page.as_uri()], _requests(events)
     assert title.startswith("ring1 compare")
     names = {c["name"] for c in charts}
-    for k in set(kernels):
-        assert {f"{k}-by-class", f"{k}-by-kind", f"{k}-map-dynamic"} <= names, names
+    for k in comparison(*kernels).kernels:
+        maps = {f"{k.name}-map-{m}" for m in k.patched_modes}
+        assert {f"{k.name}-by-class", f"{k.name}-by-kind", *maps} <= names, names
     if len(kernels) > 1:
         assert "summary" in names
     for chart in charts:

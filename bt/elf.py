@@ -106,14 +106,14 @@ class KernelImage:
     def section_bytes(self, section: Section) -> memoryview:
         return memoryview(self.raw)[section.offset:section.offset + section.size]
 
-    def read(self, addr: int, size: int) -> bytes | None:
-        """`size` file bytes at virtual address `addr` from one allocated section, or None."""
-        for s in self.sections:
-            inside = s.address <= addr and addr + size <= s.address + s.size
-            if inside and s.flags & SHF_ALLOC and s.has_bytes:
+    def read(self, addr: int, size: int) -> bytes:
+        """Up to `size` file bytes at virtual address `addr`, cut at the end of the allocated
+        section holding it (b"" when none does)."""
+        for s in (*self.sections, *self.executable_sections):
+            if s.address <= addr < s.address + s.size and s.flags & SHF_ALLOC and s.has_bytes:
                 start = s.offset + addr - s.address
-                return self.raw[start:start + size]
-        return None
+                return self.raw[start:min(start + size, s.offset + s.size)]
+        return b""
 
     def symbol_at(self, addr: int) -> Symbol | None:
         """The nearest symbol at or below `addr` (as objdump names `<sym+off>`), or None."""

@@ -202,7 +202,7 @@ class _Descent:
         "unreached". Reading stops at the first entry outside the executable sections.
         """
         address = int(self.sw.address[index])
-        code = _read(self, address, int(self.sw.size[index]))
+        code = self.image.read(address, int(self.sw.size[index]))
         insn = self.dec.decode_one(code, address)
         if insn is None or len(insn.operands) != 1:
             return []
@@ -215,7 +215,7 @@ class _Descent:
         out: list[int] = []
         while len(out) < MAX_TABLE:
             entry = self.image.read(table + len(out) * width, width)
-            if entry is None:
+            if len(entry) != width:
                 break
             target = int.from_bytes(entry, "little")
             if self._region(target) is None:
@@ -386,7 +386,7 @@ def _sites(image: KernelImage, sw: Sweep, descent: _Descent, decoder: Decoder, r
     checker = _Window(sw, descent, reached, targets)
     sites = []
     for address, size, insn_id, text, was_reached, overlap in sorted(found):
-        code = _read(descent, address, size)
+        code = image.read(address, size)
         cls = isa.ID_CLASSES.get(insn_id)
         if cls is None:     # operand-dependent: decode once more with detail and ask the table
             insn = decoder.decode_one(code, address)
@@ -404,14 +404,6 @@ def _sites(image: KernelImage, sw: Sweep, descent: _Descent, decoder: Decoder, r
                           symbol=image.symbolize(address) if sym is not None else None,
                           reached=was_reached, patch=patch, reason=reason))
     return sites
-
-
-def _read(descent: _Descent, address: int, size: int) -> bytes:
-    region = descent._region(address)
-    if region is None:
-        return b""
-    lo, _, data = region
-    return bytes(data[address - lo:address - lo + size])
 
 
 class _Window:
@@ -456,7 +448,7 @@ class _Window:
             i += 1
 
     def _text(self, address: int) -> str:
-        code = _read(self.descent, address, 16)
+        code = self.descent.image.read(address, MAX_INSN)
         insn = next(self.descent.dec.plain.disasm(code, address, 1), None)
         return f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "(bad)"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +165,10 @@ def load(path: str | Path) -> KernelImage:
         raise ElfError(name, f"cannot read: {err.strerror or err}") from err
     bits, machine = _check_header(name, raw)
 
-    with lief.logging.level_scope(lief.logging.LEVEL.OFF):
+    # LIEF logs to stderr on bad input, and its enums warn about values they do not know
+    # (a corrupt p_type): both are silenced, the caller gets one ElfError line instead.
+    with lief.logging.level_scope(lief.logging.LEVEL.OFF), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         try:
             # Only headers and symbols are needed: relocations, notes and the overlay of a
             # 60 MB vmlinux would double LIEF's memory for nothing.
@@ -190,6 +194,11 @@ def load(path: str | Path) -> KernelImage:
                        sections=sections, symbols=symbols, sha256=hashlib.sha256(raw).hexdigest(), raw=raw)
 
 
+def _int(value: object) -> int:
+    """A LIEF enum or flag set as an int (LIEF hands back a bare int for values it does not know)."""
+    return int(getattr(value, "value", value))  # type: ignore[call-overload]
+
+
 def _segments(path: str, binary: object, raw: bytes) -> tuple[Segment, ...]:
     import lief
 
@@ -202,7 +211,7 @@ def _segments(path: str, binary: object, raw: bytes) -> tuple[Segment, ...]:
             raise ElfError(path, f"truncated: segment at {int(seg.virtual_address):#x} needs file bytes "
                                  f"{off:#x}..{off + filesz:#x}, file has {len(raw):#x}")
         out.append(Segment(vaddr=int(seg.virtual_address), paddr=int(seg.physical_address), offset=off,
-                           filesz=filesz, memsz=int(seg.virtual_size), flags=int(seg.flags),
+                           filesz=filesz, memsz=int(seg.virtual_size), flags=_int(seg.flags),
                            data=raw[off:off + filesz]))
     return tuple(out)
 
@@ -211,7 +220,7 @@ def _sections(path: str, binary: object, raw: bytes) -> tuple[Section, ...]:
     out = []
     for sec in binary.sections:  # type: ignore[attr-defined]
         s = Section(name=str(sec.name), address=int(sec.virtual_address), offset=int(sec.offset),
-                    size=int(sec.size), flags=int(sec.flags), type=int(sec.type.value))
+                    size=int(sec.size), flags=_int(sec.flags), type=_int(sec.type))
         if s.has_bytes and s.flags & SHF_ALLOC and s.offset + s.size > len(raw):
             raise ElfError(path, f"truncated: section {s.name} needs file bytes up to "
                                  f"{s.offset + s.size:#x}, file has {len(raw):#x}")

@@ -112,3 +112,26 @@ def test_without_section_headers_code_comes_from_segments(tmp_path):
     (code,) = image.executable_sections
     assert code.name == "PT_LOAD@0x100000" and code.address == 0x100000
     assert bytes(image.section_bytes(code))[:1] == b"\xfa"
+
+
+def test_corrupt_headers_give_elf_error_or_a_scan_and_print_nothing(tmp_path, capfd):
+    """Mutated copies of a good kernel: LIEF must neither raise its own errors through, nor
+    print (its logger and its enum warnings are silenced), nor make the scanner fail."""
+    import random
+
+    from bt import scan
+
+    good = (ROOT / "tests" / "data" / "scan" / "patchcases.elf").read_bytes()
+    rng = random.Random(7)
+    path = tmp_path / "mutant.elf"
+    for _ in range(150):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.choice((rng.randrange(0x100), rng.randrange(len(data))))] = rng.randrange(256)
+        path.write_bytes(bytes(data[:rng.randrange(len(data))] if rng.random() < 0.2 else data))
+        try:
+            scan.scan(elf.load(path))
+        except ElfError:
+            pass
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

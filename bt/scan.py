@@ -20,6 +20,7 @@ Rendering lives in `bt.scanreport`.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -411,9 +412,21 @@ class _Window:
 
     def __init__(self, sw: Sweep, descent: _Descent, reached: np.ndarray, targets: np.ndarray) -> None:
         self.sw, self.descent, self.reached, self.targets = sw, descent, reached, targets
+        # instructions decoded from branches into the middle of others: starts and ends, by start
+        inner = sorted((a, a + v[0]) for a, v in descent.overlapping.items())
+        self.inner_starts = [a for a, _ in inner]
+        self.inner_ends = [b for _, b in inner]
 
     def check(self, address: int) -> tuple[Patch, str]:
-        """`jump`, or `int3` with the first problem of the 5-byte window (nearest first)."""
+        """`jump`, or `int3` with the first problem of the 5-byte window (nearest first), or
+        `trap-only` when another reached instruction runs through the site's first byte."""
+        # an instruction is at most 15 bytes long: only starts in (address - 15, address) matter
+        lo = bisect.bisect_left(self.inner_starts, address - MAX_INSN + 1)
+        for k in range(lo, bisect.bisect_left(self.inner_starts, address)):
+            start = self.inner_starts[k]
+            if self.inner_ends[k] > address:
+                return Patch.TRAP_ONLY, (f"the reached instruction at {start:#x} (decoded from a branch "
+                                         "into the middle of another) runs through its first byte")
         end = address + PATCH_SIZE
         if address // PAGE != (end - 1) // PAGE:
             return Patch.INT3, f"5-byte window crosses the page boundary at {(end - 1) // PAGE * PAGE:#x}"

@@ -61,6 +61,12 @@ def test_overlapping_instruction_is_trap_only(cases):
     assert cases.stats.overlapping_instructions >= 1
 
 
+def test_site_covered_by_an_overlapping_instruction_is_trap_only(cases):
+    s = _site(cases, "fn_cover+0x5")
+    assert s.cls.name == "cli" and s.reached and s.patch is Patch.TRAP_ONLY
+    assert "runs through its first byte" in s.reason
+
+
 def test_blocks_and_targets(cases):
     assert cases.is_branch_target(0x100000)
     fn_target = next(s.address for s in cases.image.symbols if s.name == "fn_target")
@@ -74,7 +80,7 @@ def test_blocks_and_targets(cases):
 def test_stats_add_up(cases):
     st = cases.stats
     assert st.reached_bytes + st.unreached_bytes >= st.code_bytes
-    assert st.instructions > 0 and st.roots == 5 and st.invalid_bytes == 0
+    assert st.instructions > 0 and st.roots == 6 and st.invalid_bytes == 0
 
 
 def test_select_by_class_category_rule_and_symbol(cases):

@@ -13,6 +13,7 @@ _start:
     call fn_target
     call fn_page
     call fn_overlap
+    call fn_cover
     je   after
     hlt
 after:
@@ -49,6 +50,16 @@ fn_overlap:
 2:  .byte 0xb8                  # mov eax, imm32 ... whose first immediate byte is
     cli                         # ... a CLI when entered at 2f+1
     nop
+    nop
+    nop
+    ret
+
+.type fn_cover, @function
+fn_cover:
+    je 4f+1                     # into the immediate of the MOV below: decodes as
+4:  movb $0xb8, %al             # "mov eax, imm32" at 4f+1, running through ...
+    nop
+    cli                         # ... this CLI's byte: trap-only although the sweep decoded it
     nop
     nop
     ret

@@ -291,9 +291,10 @@ def test_sysenter_and_sysexit_round_trip():
 
 
 def test_an_irq_waits_for_sti_and_arrives_right_after_it():
+    # 1.4 M instructions = 14 ms of virtual time: past the first 10 ms tick, with IF = 0.
     handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
     src = PIC_PIT_SETUP + """
-        mov ecx, 300000
+        mov ecx, 700000
     wait:
         dec ecx
         jnz wait

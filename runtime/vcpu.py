@@ -52,6 +52,7 @@ class VirtualCpu:
             MSR_APIC_BASE: 0xFEE00900,  # BSP, enabled, default base (SDM §10.4.4)
             MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
             MSR_EFER: 0, MSR_PAT: 0x0007040600070406, MSR_MISC_ENABLE: 1,
+            -1: 1,   # XCR0 (XSETBV/XGETBV), x87 only; -1 is no MSR index RDMSR could name
         }
 
         # The state block as 32-bit words: index = field offset / 4.

@@ -44,6 +44,7 @@ from runtime.context import HANDLED, Ctx
 from runtime.cpu import CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
+from runtime.emulate import EMULATORS
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
 from runtime.paging import Mmu, PageFault
@@ -295,6 +296,18 @@ class Vm:
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
         the CPU would, if the guest has a handler; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
+        if self.cpu.read(CS) & 3 == 1:
+            # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
+            # models, MONITOR/MWAIT, STAC/CLAC, INVPCID): emulate it like a trap.
+            try:
+                op = self.traps.decode(eip)
+            except (GuestStop, PageFault):
+                op = None
+            if op is not None and op.cls in EMULATORS:
+                self.stats.exit("trap", op.cls, eip)
+                self.traps.last.append(("trap", op.cls, eip))
+                self.traps.execute(op, op.next_address)
+                return True
         base, limit = self.vcpu.table("idtr")
         if limit < 6 * 8 + 7:
             return False

@@ -189,3 +189,23 @@ def test_a_bad_segment_load_is_the_guests_gp_with_the_selector():
     vm, result = run(kernel("mov ax, 0x38\nmov ds, ax\nhlt\n", handlers={13: (handler, 0, False)}))
     _ok(result)
     assert words(vm, RESULTS, 1)[0] == 0x38          # beyond the GDT limit: #GP(selector)
+
+
+def test_privileged_instructions_unicorn_lacks_are_emulated_at_cpl1():
+    # RDPMC stops Unicorn (UC_ERR_INSN_INVALID); the guest's CPL is 0, where it is legal.
+    src = "mov eax, 0x55\nmov edx, 0x66\nxor ecx, ecx\nrdpmc\nmov [0x23000], eax\nmov [0x23004], edx\n" \
+          "stac\nclac\nmov al, 0\nout 0xf4, al\n"
+    vm, result = run(kernel(src))
+    _ok(result)
+    assert words(vm, RESULTS, 2) == (0, 0)
+    assert vm.stats.by_class["rdpmc"] == 1
+    assert vm.stats.by_class["stac_clac"] == 2
+
+
+def test_every_privileged_class_has_an_emulator():
+    from bt import isa
+    from runtime.emulate import EMULATORS
+
+    missing = [c.name for c in isa.CLASSES
+               if 32 in c.modes and c.category is isa.Category.PRIVILEGED and c.name not in EMULATORS]
+    assert missing == []

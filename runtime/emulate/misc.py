@@ -15,7 +15,7 @@ from unicorn import x86_const as ux
 
 from bt import layout
 from bt.operation import Operation
-from runtime.context import Ctx
+from runtime.context import Ctx, EmulationFault
 from runtime.segments import Descriptor
 
 ZF = 1 << 6
@@ -112,3 +112,49 @@ def cpuid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 
 EMULATORS["cpuid"] = cpuid
+
+
+# -- instructions Unicorn 2.1.4 does not implement (it stops with UC_ERR_INSN_INVALID;
+#    runtime/vm.py hands them here when the guest runs them at CPL 1) ---------------------------------
+
+AC = 1 << 18
+
+
+def xsetbv(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    # SDM XSETBV: XCR[ECX] = EDX:EAX; only XCR0 exists and bit 0 (x87) must stay set.
+    cpu = ctx.cpu
+    value = (cpu.read_name("edx") << 32) | cpu.read_name("eax")
+    if cpu.read_name("ecx") != 0 or not value & 1:
+        raise EmulationFault(13, 0)
+    ctx.vcpu.msr[XCR0] = value
+    return None
+
+
+def rdpmc(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    # The guest's CPL is 0, where RDPMC is allowed; ring1 has no performance counters: 0.
+    ctx.cpu.write_name("eax", 0)
+    ctx.cpu.write_name("edx", 0)
+    return None
+
+
+def monitor_mwait(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    # MONITOR arms nothing ring1 could see; MWAIT waits for an interrupt like HLT.
+    return ctx.on_halt(next_eip) if op.mnemonic == "mwait" else None
+
+
+def stac_clac(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    fl = ctx.cpu.read_name("eflags")
+    ctx.cpu.write_name("eflags", (fl | AC) if op.mnemonic == "stac" else (fl & ~AC))
+    return None
+
+
+def invpcid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    ctx.on_paging_change()
+    return None
+
+
+#: Not an MSR: XCR0 is kept with the virtual MSRs under a key no MSR uses.
+XCR0 = -1
+
+EMULATORS.update({"xsetbv": xsetbv, "rdpmc": rdpmc, "monitor_mwait": monitor_mwait,
+                  "stac_clac": stac_clac, "invpcid": invpcid})

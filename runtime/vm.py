@@ -19,10 +19,13 @@ protocol (default `NoPatcher`). The trap handler (runtime/traps.py) calls
 (a) `patcher.on_trap(op)` after each trap of a sensitive site, (b)
 `patcher.exit_at(address)` for every INT3 that is not the VMM's own, and runs
 the returned `PatchExit.op` through the same emulator a trap of its class uses,
-continuing at `PatchExit.resume`, and (c) `patcher.to_guest_eip(eip)` to report
-patch-memory addresses as guest sites. `Vm.machine.uc` and `Vm.cpu` give the
-patch manager's wiring access to guest memory (patch memory is
-`bt.layout.PATCH_BASE`, mapped and supervisor-only).
+continuing at `PatchExit.resume`, (c) `patcher.to_guest_eip(eip)` to report
+patch-memory addresses as guest sites (stats, stop reports, interrupt frames), and
+(d) `patcher.resume_at(eip)` before continuing at an address it chose.
+`RunConfig.patch` builds the patch manager for a run (`runtime.patching.attach`).
+`Vm.machine.uc` and `Vm.cpu` give the patch manager's wiring access to guest
+memory (patch memory is `bt.layout.PATCH_BASE`, mapped and supervisor-only).
+The full contract is runtime/patching.py's docstring.
 """
 
 from __future__ import annotations

@@ -306,6 +306,10 @@ class Vm:
                 op = self.traps.decode(eip)
             except (GuestStop, PageFault):
                 op = None
+            if op is not None and op.cls == "int1":
+                # ICEBP (F1): a #DB trap through the guest's IDT (SDM vol. 3 §17.3.1.1).
+                self.traps.inject(1, op.next_address, None, False)
+                return True
             if op is not None and op.cls in EMULATORS:
                 self.stats.exit("trap", op.cls, eip)
                 self.traps.last.append(("trap", op.cls, eip))

@@ -308,3 +308,10 @@ def test_an_irq_waits_for_sti_and_arrives_right_after_it():
     (frame_eip,) = words(vm, RESULTS, 1)
     assert vm.cpu.phys_read(frame_eip, 2) == b"\x90\xf4"   # the NOP after STI: IRQ0 waited for IF
     assert vm.vcpu.pending == 0
+
+
+def test_icebp_is_a_debug_trap():
+    vm, result = run(kernel(".byte 0xf1\nhlt\n", handlers={1: (SAVE_FRAME, 0, False)}))
+    _ok(result)
+    _esp, (eip, cs, *_rest) = _frame(vm)
+    assert vm.cpu.phys_read(eip, 1) == b"\xf4" and cs == KCODE   # after the ICEBP: a trap

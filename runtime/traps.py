@@ -30,7 +30,7 @@ from bt import isa, layout
 from bt.errors import GuestStop
 from bt.operation import Operation, Reg
 from runtime import machine
-from runtime.context import HANDLED, Ctx, EmulationFault
+from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
 from runtime.cpu import CR2, EIP
 from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
@@ -113,6 +113,8 @@ class Traps:
         cpu = self.cpu
         eip, cs = cpu.eip_cs()
         cpl = cs & 3
+        if vector == VEC_GP and cpl == 1 and not layout.VMM_BASE <= eip < layout.PATCH_BASE:
+            return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
         if vector == VEC_BP:
             return self._int3(eip)
         if eip in (machine.IRET_OUT, machine.RETF_OUT):
@@ -191,7 +193,7 @@ class Traps:
             self.inject(VEC_PF, eip, pf.error_code, False)
             return "interrupt"
         emulate = EMULATORS.get(op.cls) if op.cls is not None else None
-        if emulate is None:
+        if emulate is None or op.cls is None:
             if op.mnemonic in _SEGMENT_LOADS and self._resynced_at != eip:
                 # Maybe the guest changed its GDT after LGDT: resync and re-execute once.
                 self._resynced_at = eip
@@ -204,7 +206,7 @@ class Traps:
         self.stats.exit("trap", op.cls, eip)
         self.last.append(("trap", op.cls or "?", eip))
         self.patcher.on_trap(op)
-        self.execute(op, op.next_address)
+        self.execute(op, op.next_address, emulate)
         return "trap"
 
     def _gp_error(self, op: Operation) -> int:
@@ -220,12 +222,14 @@ class Traps:
             return value & 0xFFFC
         return 0
 
-    def execute(self, op: Operation, next_eip: int) -> None:
+    def execute(self, op: Operation, next_eip: int, emulate: Emulator | None = None) -> None:
         """Run `op`'s emulator; continue at `next_eip` unless it transferred control.
         The guest's own exceptions raised by the instruction are delivered."""
-        assert op.cls is not None
+        if emulate is None:
+            assert op.cls is not None
+            emulate = EMULATORS[op.cls]
         try:
-            result = EMULATORS[op.cls](op, self.ctx, next_eip)
+            result = emulate(op, self.ctx, next_eip)
         except EmulationFault as fault:
             self.inject(fault.vector, op.address, fault.error_code, False)
             return

@@ -115,6 +115,7 @@ class PatchManager:
         self._blocks: list[tuple[int, Patch]] = []   # (block address, patch), sorted
         self._watches: dict[int, object] = {}
         self._interior: dict[int, int] = {}          # guest address inside a window -> its chunk
+        self._bit_users: Counter[tuple[int, int]] = Counter()
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
 
@@ -289,7 +290,8 @@ class PatchManager:
         self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
         if patch.block is not None:
             for chunk in patch.block.chunks:
-                self._interior.pop(chunk.guest, None)
+                if self._interior.pop(chunk.guest, None) is not None:
+                    self._mark_interior(chunk.guest, -1)
         handle = self._watches.pop(site, None)
         if handle is not None and self.watch is not None:
             self.watch.unwatch(handle)
@@ -304,10 +306,19 @@ class PatchManager:
             for chunk in patch.block.chunks:
                 if chunk.guest != patch.start:
                     self._interior[chunk.guest] = chunk.patch
+                    self._mark_interior(chunk.guest, +1)
         else:
             self._exits[patch.site] = (patch, ExitRecord(patch.op, patch.op.next_address))
         if self.watch is not None:
             self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
+
+    def _mark_interior(self, guest: int, delta: int) -> None:
+        """Keep the interior bitmap patch code reads (patchmgr/tables.py) in step with
+        `_interior`; a bit shared by aliasing addresses clears with its last user."""
+        where, bit = tables.interior_bit(guest)
+        users = self._bit_users[(where, bit)] = self._bit_users[(where, bit)] + delta
+        old = self.memory.read(where, 1)[0]
+        self.memory.write(where, bytes([(old | bit) if users else (old & ~bit)]))
 
     def _refuse(self, site: int, op: Operation | None, reason: str) -> Refusal:
         placeholder = op or Operation(None, site, 0, "?", (), "?")

@@ -27,7 +27,14 @@ _TABLES = {
 }
 
 BASE = layout.PATCH_BASE
-SIZE = 256 * len(_TABLES)
+
+#: One bit per guest address modulo 1 MiB: set where a patched window holds the start of
+#: an instruction other than its first (a guest EIP there must continue in the patch
+#: block, `PatchManager.resume_at`). The inline IRET tests its return EIP here and exits
+#: when the bit is set. Addresses 1 MiB apart share a bit: that only costs an exit.
+INTERIOR_SPAN = 1 << 20
+INTERIOR = BASE + 256 * len(_TABLES)
+SIZE = 256 * len(_TABLES) + INTERIOR_SPAN // 8
 
 
 def address(name: str) -> int:
@@ -35,6 +42,12 @@ def address(name: str) -> int:
     return BASE + 256 * list(_TABLES).index(name)
 
 
+def interior_bit(guest: int) -> tuple[int, int]:
+    """(byte address, bit mask) of `guest`'s bit in the interior bitmap."""
+    index = guest % INTERIOR_SPAN
+    return INTERIOR + index // 8, 1 << (index % 8)
+
+
 def image() -> bytes:
-    """The tables as patch memory holds them from `BASE`."""
-    return b"".join(bytes(f(b) for b in range(256)) for f in _TABLES.values())
+    """The tables as patch memory holds them from `BASE` (the bitmap empty)."""
+    return b"".join(bytes(f(b) for b in range(256)) for f in _TABLES.values()) + bytes(INTERIOR_SPAN // 8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from patch_harness import DATA, KCODE1, KDATA1, run_patched
+from patch_harness import CODE, DATA, KCODE1, KDATA1, asm, run_patched
 
 from bt.isa import CLASSES, Handling
 from patchmgr.registry import load
@@ -76,3 +76,36 @@ def test_every_table_rule_is_registered() -> None:
             assert row.rule in rules.names, row.name
         if row.handling in (Handling.INLINE, Handling.HYPERCALL, Handling.INT3):
             assert row.rule is not None, row.name
+
+
+def _with_frame(flags: str, after: str) -> tuple[str, int]:
+    """An IRETD to `after` through a frame as the guest kernel builds it (its RPL-0 CS)."""
+    head = f"{flags}\npush {KCODE1 & ~3}\npush 0x12345678\niretd\nnop\n"
+    back = CODE + len(asm(head, CODE))
+    return head.replace("0x12345678", f"{back:#x}") + after, back
+
+
+def test_iret_within_the_kernel_runs_inline() -> None:
+    # A frame as the guest kernel builds it: its RPL-0 view of CS (the runtime strips RPL 1).
+    src, back = _with_frame("push 0x0a97", "pushfd\npop esi\nmov edi, cs\nnop\nnop\nnop\nnop\nnop")
+    out, mgr = run_patched(src, {}, 0, 0, targets={back})
+    assert any(p.op.mnemonic == "iretd" and p.kind == "jmp" for p in mgr.patches.values()), mgr.notes
+    assert out.exits == []                        # no exit: inline
+    assert out.virtual_if == 0x200                # IF from the frame
+    assert out.regs["esi"] & 0xFFF == 0xA97       # the frame's flags as PUSHF shows them
+    assert out.regs["edi"] == KCODE1 & ~3         # and CS as the kernel sees it
+
+
+def test_iret_exits_when_it_unmasks_a_pending_interrupt() -> None:
+    src, back = _with_frame("push 0x202", "nop\nnop\nnop\nnop\nnop")
+    out, _ = run_patched(src, {}, 0, 0, pending=1, targets={back})
+    assert [op.mnemonic if op else None for op in out.exits] == ["iretd"]
+
+
+def test_iret_into_a_patched_window_exits() -> None:
+    # Nothing tells the patch manager that `back` is a target, so a window covers it, as
+    # when a fault in displaced code was reported there: the runtime must resume it.
+    src, back = _with_frame("push 0x2", "pushfd\npop esi\nnop\nnop\nnop\nnop\nnop")
+    out, mgr = run_patched(src, {}, 0, 0, targets=set())
+    assert mgr.resume_at(back) != back
+    assert [op.mnemonic if op else None for op in out.exits] == ["iretd"]

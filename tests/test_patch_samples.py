@@ -97,4 +97,10 @@ def test_record_lists_exits_with_their_operations(patched: dict[str, Path]) -> N
     blocks = [p.block for p in record.patches if p.block is not None]
     assert any(r.op is not None and r.op.cls == "out" for b in blocks for _, r in b.exits)
     # The patch segment's bytes are the patch memory image the record describes.
-    assert record.code[: tables.SIZE] == tables.image()
+    n = tables.INTERIOR - tables.BASE        # the byte tables; the interior bitmap follows
+    assert record.code[:n] == tables.image()[:n]
+    # Each interior guest address of a window has its bit set (the inline IRET reads them).
+    for p in record.patches:
+        for chunk in p.block.chunks[1:] if p.block is not None else ():
+            where, bit = tables.interior_bit(chunk.guest)
+            assert record.code[where - tables.BASE] & bit

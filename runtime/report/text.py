@@ -116,8 +116,7 @@ def describe_outcome(k: KernelComparison) -> Text:
               else f"stopped: {base.stop_reason}")
     runs = ", ".join(k.modes)
     if k.ok:
-        return Text(f"Guest output and exit status identical in all runs ({runs}): "
-                    f"{len(base.serial):,} bytes of serial output, {status}.")
+        return Text(f"Same guest output ({len(base.serial):,} bytes) and {status} in every run: {runs}.")
     lines = Text(f"MISMATCH: the runs disagree ({len(k.mismatches)} difference(s)); "
                  "the counts below compare runs that did not do the same work.\n", style="bold red")
     for mm in k.mismatches:

@@ -24,7 +24,7 @@ FIXED_REPRO = Reproducibility(
 
 #: Object fields whose keys are names (runs, distributions, options), not fixed field names.
 NAMED_KEYS = {"runs": "<mode>", "counts": "<mode>", "reduction": "<mode>", "patch": "<mode>",
-              "patches": "<mode>", "dependencies": "<dist>", "options": "<option>"}
+              "matches": "<mode>", "patches": "<mode>", "dependencies": "<dist>", "options": "<option>"}
 
 
 def recorded_names() -> list[str]:

@@ -59,3 +59,19 @@ def test_says_so_when_it_cannot_run():
     assert proc.stdout == ""
     line = f"bt compare: cannot compare unpatched and patched runs: {reason}"
     assert proc.stderr.strip().splitlines() == [line]
+
+
+def test_expect_names_the_runs_that_produced_the_expected_output(tmp_path: Path):
+    expected = tmp_path / "expected.serial"
+    expected.write_bytes(b"not what the guest printed\n")
+    proc = bt("compare", SYNTHETIC, "--replay", "--expect", str(expected))
+    assert proc.returncode == 6 and "expected output" in proc.stderr
+    assert "produced by no run; NOT by unpatched, dynamic" in " ".join(proc.stdout.split())
+    proc = bt("compare", SYNTHETIC, "--replay", "--expect", str(DATA / "synthetic.expected"))
+    assert proc.returncode == 0, proc.stderr
+    assert "produced by every run" in " ".join(proc.stdout.split())
+
+
+def test_expect_once_per_kernel():
+    proc = bt("compare", SYNTHETIC, SYNTHETIC, "--replay", "--expect", "x")
+    assert proc.returncode == 2 and "one expected output per KERNEL" in proc.stderr

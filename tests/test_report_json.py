@@ -17,8 +17,23 @@ def _with_mismatch() -> Comparison:
     return Comparison((compare_kernel(kernel, runs),), comparison("synthetic").repro)
 
 
+def _with_reference() -> Comparison:
+    kernel, runs = load_recorded("synthetic")
+    k = compare_kernel(kernel, runs, reference=("expected.serial", runs["unpatched"].serial))
+    return Comparison((k,), comparison("synthetic").repro)
+
+
 def _outputs() -> list[dict]:
-    return [jsonout.to_json(comparison("synthetic")), jsonout.to_json(_with_mismatch())]
+    return [jsonout.to_json(c) for c in (comparison("synthetic"), _with_mismatch(), _with_reference())]
+
+
+def test_reference_says_which_runs_produced_it():
+    kernel, runs = load_recorded("synthetic")
+    k = compare_kernel(kernel, runs, reference=("expected.serial", b"something else"))
+    assert k.reference is not None and k.reference.matches == {"unpatched": False, "dynamic": False}
+    assert k.reference_split() == ((), ("unpatched", "dynamic"))
+    data = jsonout.to_json(_with_reference())["kernels"][0]["reference"]
+    assert data["matches"] == {"unpatched": True, "dynamic": True}
 
 
 def test_every_field_is_documented_with_its_type():

@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON (ring1.compare/1)")
     p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--top", type=int, default=10, metavar="N", help="hot sites to list (default 10)")
+    p.add_argument("--expect", action="append", default=None, metavar="FILE",
+                   help="the guest output known to be right (e.g. QEMU's), once per KERNEL in order: "
+                        "the report says which runs produced it")
     run = p.add_argument_group("run options (the same for every run)")
     run.add_argument("--cmdline", default=None, help="kernel command line")
     run.add_argument("--hot", type=int, default=1, metavar="N",
@@ -58,6 +61,8 @@ def _command(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None and not isinstance(value, bool):
             out += [f"--{name.replace('_', '-')}", str(value)]
+    for ref in args.expect or ():
+        out += ["--expect", ref]
     return out
 
 
@@ -103,9 +108,13 @@ def run_compare(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1")
     command = _command(args)
+    if args.expect is not None and len(args.expect) != len(args.kernels):
+        raise UsageError(f"--expect given {len(args.expect)} time(s) for {len(args.kernels)} kernel(s): "
+                         "give one expected output per KERNEL, in the same order")
+    expect = dict(zip(args.kernels, args.expect or (), strict=False))
     if args.replay:
         try:
-            comparison = runner.replay(args.kernels, command, top=args.top)
+            comparison = runner.replay(args.kernels, command, top=args.top, expect=expect)
         except (OSError, ValueError, KeyError) as err:
             raise InputError(f"cannot replay recorded runs: {err}") from err
     else:
@@ -114,7 +123,7 @@ def run_compare(args: argparse.Namespace) -> int:
             print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)
             return 2
         options = runner.CompareOptions(
-            kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top,
+            kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top, expect=expect,
             run={k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None})
         with _progress(len(options.kernels) * len(options.modes)) as progress:
             comparison = runner.run_all(options, command, progress)
@@ -132,10 +141,14 @@ def run_compare(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text.render_plain(comparison))
     sys.stdout.flush()
-    if not comparison.ok:
-        bad = [k.name for k in comparison.kernels if not k.ok]
+    if not comparison.agree:
+        bad = [k.name for k in comparison.kernels if not k.agree]
         raise MismatchError(f"patched and unpatched runs disagree for {', '.join(bad)} "
                             "(guest output or exit status differ; see MISMATCH above)")
+    if not comparison.ok:
+        bad = [k.name for k in comparison.kernels if not k.ok]
+        raise MismatchError(f"not every run produced the expected output for {', '.join(bad)} "
+                            "(see --expect above)")
     return 0
 
 

@@ -42,8 +42,12 @@ def _kernel(k: KernelComparison) -> dict[str, Any]:
         "sha256": k.kernel.sha256,
         "modes": list(k.modes),
         "ok": k.ok,
+        "agree": k.agree,
         "mismatches": [{"mode": m.mode, "what": m.what, "expected": m.expected, "got": m.got}
                        for m in k.mismatches],
+        "reference": None if k.reference is None else {
+            "path": k.reference.path, "sha256": k.reference.sha256, "output_bytes": k.reference.size,
+            "matches": dict(k.reference.matches)},
         "runs": {
             m: {
                 "exit_status": r.exit_status,

@@ -7,6 +7,7 @@ a figure a run did not measure stays None and renderers say "not measured".
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -94,6 +95,17 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Guest output known to be right (QEMU's, for the samples), and which runs produced it.
+    Tells, when runs disagree, which of them is wrong."""
+
+    path: str
+    sha256: str
+    size: int
+    matches: Mapping[str, bool]  # mode -> the run's serial output equals the reference
+
+
+@dataclass(frozen=True)
 class KernelComparison:
     kernel: KernelInfo
     modes: tuple[str, ...]
@@ -107,18 +119,32 @@ class KernelComparison:
     patches: Mapping[str, tuple[Patch, ...]]  # patched mode -> its patch table
     timings: tuple[RunTiming, ...]
     mismatches: tuple[Mismatch, ...]
+    reference: Reference | None = None
 
     @property
     def name(self) -> str:
         return self.kernel.name
+
+    def reference_split(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """With a reference: (runs that produced the expected output, runs that did not)."""
+        if self.reference is None:
+            return (), ()
+        matches = self.reference.matches
+        return tuple(m for m in self.modes if matches[m]), tuple(m for m in self.modes if not matches[m])
 
     @property
     def patched_modes(self) -> tuple[str, ...]:
         return tuple(m for m in self.modes if m != BASELINE)
 
     @property
-    def ok(self) -> bool:
+    def agree(self) -> bool:
+        """The patched runs gave the baseline's output and exit status."""
         return not self.mismatches
+
+    @property
+    def ok(self) -> bool:
+        """The runs agree and, with a reference, every run produced the expected output."""
+        return self.agree and not self.reference_split()[1]
 
     def speedup(self, mode: str) -> float | None:
         """Wall time of the baseline over wall time of `mode`."""
@@ -137,10 +163,15 @@ class Comparison:
     def ok(self) -> bool:
         return all(k.ok for k in self.kernels)
 
+    @property
+    def agree(self) -> bool:
+        return all(k.agree for k in self.kernels)
 
-def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord],
-                   top: int = TOP_SITES) -> KernelComparison:
-    """Build one kernel's comparison from its runs (the baseline and one or two patched)."""
+
+def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord], top: int = TOP_SITES,
+                   reference: tuple[str, bytes] | None = None) -> KernelComparison:
+    """Build one kernel's comparison from its runs (the baseline and one or two patched),
+    and check each run's output against `reference` (path, bytes) when one is given."""
     if BASELINE not in runs:
         raise ValueError("a comparison needs the unpatched run")
     modes = tuple(m for m in MODES if m in runs)
@@ -162,6 +193,9 @@ def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord],
         timings=tuple(RunTiming(m, runs[m].timing.wall, runs[m].timing.guest, runs[m].timing.vmm,
                                 runs[m].total_exits, runs[m].guest_instructions) for m in modes),
         mismatches=_mismatches(runs, modes),
+        reference=None if reference is None else Reference(
+            reference[0], hashlib.sha256(reference[1]).hexdigest(), len(reference[1]),
+            {m: runs[m].serial == reference[1] for m in modes}),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bt.errors import InputError
 from runtime.report import adapter
 from runtime.report.kernel import KernelInfo, load_kernel
 from runtime.report.model import TOP_SITES, Comparison, KernelComparison, compare_kernel
@@ -31,6 +32,8 @@ class CompareOptions:
     top: int = TOP_SITES
     #: Options every run gets (the same for the baseline and the patched runs), as `bt run` takes them.
     run: Mapping[str, Any] = field(default_factory=dict)
+    #: Kernel -> a file holding its known-good guest output (`--expect`).
+    expect: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -50,7 +53,9 @@ Progress = Callable[[RunTask, "RunRecord | None"], None]
 
 def run_all(options: CompareOptions, command: Sequence[str], progress: Progress | None = None) -> Comparison:
     """Run every kernel in every mode and compare. Raises the first run's Ring1Error."""
-    kernels = {path: load_kernel(path) for path in options.kernels}  # bad files fail before any run
+    # Bad files fail before any run starts.
+    kernels = {path: load_kernel(path) for path in options.kernels}
+    references = {path: read_reference(ref) for path, ref in options.expect.items()}
     tasks = [RunTask(path, mode, dict(options.run)) for path in options.kernels for mode in options.modes]
     jobs = options.jobs or min(len(tasks), os.cpu_count() or 1)
     records: dict[tuple[str, str], RunRecord] = {}
@@ -81,7 +86,8 @@ def run_all(options: CompareOptions, command: Sequence[str], progress: Progress 
                     future.cancel()
                 raise
     compared = tuple(
-        compare_kernel(kernels[path], {m: records[(path, m)] for m in options.modes}, top=options.top)
+        compare_kernel(kernels[path], {m: records[(path, m)] for m in options.modes}, top=options.top,
+                       reference=references.get(path))
         for path in options.kernels
     )
     return Comparison(compared, collect(command, {"static": options.static, "top": options.top,
@@ -107,11 +113,20 @@ def load_runs(path: str | Path) -> tuple[KernelInfo, dict[str, RunRecord]]:
     return KernelInfo.from_json(data["kernel"]), {r["mode"]: RunRecord.from_json(r) for r in data["runs"]}
 
 
-def replay(paths: Sequence[str], command: Sequence[str], top: int = TOP_SITES) -> Comparison:
+def read_reference(path: str) -> tuple[str, bytes]:
+    try:
+        return path, Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the expected output: {err.strerror}") from err
+
+
+def replay(paths: Sequence[str], command: Sequence[str], top: int = TOP_SITES,
+           expect: Mapping[str, str] | None = None) -> Comparison:
     compared: list[KernelComparison] = []
     options: dict[str, Any] = {}
     for p in paths:
         kernel, runs = load_runs(p)
-        compared.append(compare_kernel(kernel, runs, top=top))
+        ref = (expect or {}).get(p)
+        compared.append(compare_kernel(kernel, runs, top=top, reference=read_reference(ref) if ref else None))
         options = dict(runs[BASELINE].options) or options
     return Comparison(tuple(compared), collect(command, {"replayed": True, **options}))

@@ -91,7 +91,7 @@ def describe_summary(comparison: Comparison) -> Table:
                           fmt.factor(k.speedup(m))]
             else:
                 cells += ["-", "-", "-"]
-        cells.append("same" if k.ok else "MISMATCH")
+        cells.append(("same" if k.agree else "MISMATCH") + ("" if k.ok or not k.agree else ", not expected"))
         t.add_row(*cells, style=None if k.ok else "bold red")
     return t
 
@@ -101,6 +101,7 @@ def describe_kernel(k: KernelComparison) -> Group:
         Text(f"{k.name}  {k.kernel.path}", style="bold"),
         Text(f"sha256 {k.kernel.sha256}"),
         describe_outcome(k),
+        *([describe_reference(k)] if k.reference else []),
         describe_counts(k, "Exits by kind", "kind", k.by_kind, with_total=True),
         describe_counts(k, "Exits by instruction class", "class", k.by_class),
         describe_sites(k),
@@ -110,12 +111,23 @@ def describe_kernel(k: KernelComparison) -> Group:
     return Group(*parts)
 
 
+def describe_reference(k: KernelComparison) -> Text:
+    ref = k.reference
+    assert ref is not None
+    good, bad = k.reference_split()
+    line = f"Expected output ({ref.path}, {ref.size:,} bytes): "
+    if not bad:
+        return Text(line + "produced by every run.")
+    return Text(line + f"produced by {', '.join(good) or 'no run'}; NOT by {', '.join(bad)}.",
+                style="bold red")
+
+
 def describe_outcome(k: KernelComparison) -> Text:
     base = k.runs[BASELINE]
     status = (f"exit status {base.exit_status}" if base.exit_status is not None
               else f"stopped: {base.stop_reason}")
     runs = ", ".join(k.modes)
-    if k.ok:
+    if k.agree:
         return Text(f"Same guest output ({len(base.serial):,} bytes) and {status} in every run: {runs}.")
     lines = Text(f"MISMATCH: the runs disagree ({len(k.mismatches)} difference(s)); "
                  "the counts below compare runs that did not do the same work.\n", style="bold red")

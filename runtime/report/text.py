@@ -91,7 +91,8 @@ def describe_summary(comparison: Comparison) -> Table:
                           fmt.factor(k.speedup(m))]
             else:
                 cells += ["-", "-", "-"]
-        cells.append(("same" if k.agree else "MISMATCH") + ("" if k.ok or not k.agree else ", not expected"))
+        # "not expected": the runs agree with each other, but not with --expect.
+        cells.append("MISMATCH" if not k.agree else "same" if k.ok else "not expected")
         t.add_row(*cells, style=None if k.ok else "bold red")
     return t
 

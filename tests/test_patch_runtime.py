@@ -1,0 +1,62 @@
+"""The patch manager inside the real VMM (runtime/patching.py's adapter): self-modifying
+code caught by write-protected pages, and a guest patched on its first trap."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs
+from capstone.x86 import X86_OP_IMM
+from patch_harness import LinearCode
+
+from patchmgr.manager import PatchConfig, PatchManager
+from runtime.bench import LOAD, assemble
+from runtime.config import RunConfig
+from runtime.patching import _VmMemory
+from runtime.vm import RawImage, Vm
+
+# Pass 1: STI traps and is patched. Between passes the guest rewrites the immediate of the
+# displaced `mov ebx, 1` (refresh), then, on pass 3, the STI itself (removal).
+GUEST = """
+again:
+sti
+mov ebx, 1
+add esi, ebx
+dec edx
+jz done
+cmp edx, 1
+je kill
+mov byte ptr [{imm:#x}], 2
+jmp again
+kill:
+mov byte ptr [{sti:#x}], 0x90
+jmp again
+done:
+xor eax, eax
+out 0xf4, al
+hlt
+"""
+
+
+def test_self_modifying_code_under_the_vmm() -> None:
+    src = GUEST.format(imm=LOAD + 2, sti=LOAD)
+    code = assemble(src)
+    vm = Vm(RunConfig(kernel=Path("<smc>"), serial=io.BytesIO()), image=RawImage(((LOAD, code),), LOAD))
+    memory = _VmMemory(vm)
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs.detail = True
+    targets = {i.operands[0].imm for i in cs.disasm(code, LOAD)
+               if i.group(CS_GRP_JUMP) and i.operands[0].type == X86_OP_IMM}
+    manager = PatchManager(PatchConfig(), memory, LinearCode(LOAD, LOAD + len(code), targets), watch=memory)
+    memory.manager = manager
+    vm.traps.patcher = manager
+    vm.cpu.write_name("edx", 3)
+    vm.cpu.write_name("esi", 0)
+    result = vm.run()
+    assert result.exit_status == 1
+    # ebx was 1, then 2 (refreshed patch), then 2 again with the STI gone.
+    assert vm.cpu.read_name("esi") == 1 + 2 + 2
+    assert manager.stats.smc_refreshed == 1
+    assert manager.stats.smc_removed == 1
+    assert vm.stats.exits["trap"] == 2           # the first STI, and the STI after the refresh

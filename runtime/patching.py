@@ -124,9 +124,21 @@ class _VmMemory:
                 del self._protected[page]
                 self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
 
+    def protect_patch_memory(self) -> None:
+        """Guest ring 1 may run patch memory, never write it: such a store is dropped and
+        reported (`PatchManager.stats.patch_memory_writes`)."""
+        from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ
+
+        if self._hook is None:
+            self._hook = self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write)
+        self.uc.mem_protect(layout.PATCH_BASE, layout.PATCH_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+
     def _on_write(self, uc: Any, _access: int, address: int, size: int, value: int, _data: Any) -> bool:
         try:
             assert self.manager is not None
+            if layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE:
+                self.manager.on_patch_memory_write(address, size, self.vm.cpu.read(EIP))
+                return True
             self.manager.on_guest_write(address, size)
             # Unicorn drops the faulting store when the hook handles it: make it, then drop
             # whatever Unicorn translated from those bytes.
@@ -177,6 +189,7 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     manager = PatchManager(config, memory, ScanCodeMap(result), watch=memory,
                            emulable=EMULATORS.__contains__)
     memory.manager = manager
+    memory.protect_patch_memory()
     record = read_record(image)
     if record is not None:
         manager.adopt(record)

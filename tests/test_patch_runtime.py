@@ -60,3 +60,21 @@ def test_self_modifying_code_under_the_vmm() -> None:
     assert manager.stats.smc_refreshed == 1
     assert manager.stats.smc_removed == 1
     assert vm.stats.exits["trap"] == 2           # the first STI, and the STI after the refresh
+
+
+def test_guest_store_into_patch_memory_is_dropped_and_reported() -> None:
+    from bt import layout
+    target = layout.PATCH_BASE + 0x10
+    src = f"mov dword ptr [{target:#x}], 0x41414141\nxor eax, eax\nout 0xf4, al\nhlt\n"
+    code = assemble(src)
+    vm = Vm(RunConfig(kernel=Path("<w>"), serial=io.BytesIO()), image=RawImage(((LOAD, code),), LOAD))
+    memory = _VmMemory(vm)
+    manager = PatchManager(PatchConfig(), memory, LinearCode(LOAD, LOAD + len(code)), watch=memory)
+    memory.manager = manager
+    memory.protect_patch_memory()
+    vm.traps.patcher = manager
+    before = memory.read(target, 4)
+    assert vm.run().exit_status == 1
+    assert memory.read(target, 4) == before
+    assert manager.stats.patch_memory_writes == 1
+    assert manager.stats.patch_memory_writers == [(LOAD, target, 4)]

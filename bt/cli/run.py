@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bt.errors import GuestStop, InternalError, UsageError
-from patchmgr.manager import PatchConfig
+from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
 from runtime.stats import RunStats
 from runtime.vm import Vm
@@ -79,6 +80,18 @@ def _patch_config(args: argparse.Namespace) -> PatchConfig:
                        disabled_rules=tuple(args.disable_rule))
 
 
+def _report_patches(m: PatchManager, out: TextIO) -> None:
+    kinds = Counter(p.kind for p in m.patches.values())
+    st = m.stats
+    print(f"patches: {len(m.patches)} (jmp {kinds['jmp']}, int3 {kinds['int3']}), refused {len(m.refusals)}, "
+          f"patch exits {st.exits}, self-modifying code: {st.smc_removed} removed, {st.smc_refreshed} "
+          f"refreshed", file=out)
+    if st.patch_memory_writes:
+        where = ", ".join(f"{eip:#x}" for eip, _, _ in st.patch_memory_writers)
+        print(f"guest stores into patch memory (dropped): {st.patch_memory_writes}, from EIP {where}",
+              file=out)
+
+
 def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
     if not last:
         return
@@ -99,6 +112,8 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
           f"interrupt {ex['interrupt']})", file=out)
     print(f"guest instructions: {stats.guest_insns}   virtual time: {stats.virtual_ns / 1e6:.3f} ms "
           f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
+    if vm.patches is not None:
+        _report_patches(vm.patches, out)
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "
           f"({per:.1f} µs per exit)", file=out)

@@ -2,6 +2,11 @@
 
 Parses arguments, shows progress, and writes the three outputs; the runs, the
 model and the renderers live in `runtime.report`.
+
+Exit code: 0 when every patched run gave the baseline's guest output and exit
+status (and, with --expect, every run gave the expected output); 6 when not
+(the report is still written, with the difference shown as MISMATCH); 2 for bad
+input, or when patching is not available to compare against.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,12 @@ class KernelInfo:
     def name(self) -> str:
         return Path(self.path).stem
 
+    @cached_property
+    def _starts(self) -> list[int]:
+        return [f.start for f in self.functions]
+
     def function_at(self, address: int) -> Function | None:
-        starts = [f.start for f in self.functions]
-        i = bisect.bisect_right(starts, address) - 1
+        i = bisect.bisect_right(self._starts, address) - 1
         if i < 0:
             return None
         f = self.functions[i]

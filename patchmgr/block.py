@@ -26,7 +26,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from bt import isa
 from bt.errors import PatchError
 from bt.operation import Operation
-from patchmgr.assembler import assemble
+from patchmgr.assembler import assemble, jmp
 from patchmgr.patch import Block, Chunk, ExitRecord
 from patchmgr.registry import RuleSet
 from patchmgr.relocate import CannotMove, relocate
@@ -60,6 +60,7 @@ def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
         row = isa.by_name(op.cls)
         rule = rules.rule_for(op)
         if rule is not None:
+            ctx.new_chunk()
             code = rule.emit(op, ctx)
             if code is None:
                 raise CannotMove(f"{op.text}: only as a one-byte INT3 replacement")
@@ -113,7 +114,7 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     last_exits_at_end = bool(exits) and exits[-1][1].resume == end
     if (unmask and not (last_exits_at_end and items[-1].may_unmask)) or mid_exit:
         code += _tail_check(tail, end, ctx, exits)
-    code += assemble(f"jmp {end:#x}", address + len(code))
+    code += jmp(address + len(code), end)
     return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits))
 
 
@@ -121,6 +122,7 @@ def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, Ex
     """Exit to `end` if an interrupt is pending and the virtual IF is set. JECXZ is the
     one conditional jump that reads no flag, so EFLAGS stay the guest's untouched."""
     vf1, pending, s0 = ctx.state("vflags") + 1, ctx.state("pending"), ctx.scratch(0)
+    ctx.new_chunk()
     no = ctx.label("nopending")
     src = "\n".join([f"mov dword ptr [{s0:#x}], ecx",
                      f"movzx ecx, byte ptr [{pending:#x}]",

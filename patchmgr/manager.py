@@ -125,6 +125,8 @@ class PatchManager:
     def on_trap(self, op: Operation) -> bool:
         """Count a trap of `op`; True if that made a patch (the runtime then resumes
         through `resume_at`, since the window may cover the instruction after `op`)."""
+        if self.patch_memory.contains(op.address):
+            return False    # a displaced instruction trapped inside a block: never patch patch code
         self.stats.traps[op.address] += 1
         if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
             return False

@@ -68,10 +68,15 @@ class EmitContext:
     """What a rule may ask for while it emits code: state-block addresses, unique
     labels, scratch registers, memory-operand text and the flags-preserving bracket."""
 
-    _labels: ClassVar[itertools.count[int]] = itertools.count()
-
     def __init__(self, data_slots: dict[str, int] | None = None) -> None:
         self._data = data_slots if data_slots is not None else {}
+        self._labels = itertools.count()
+
+    def new_chunk(self) -> None:
+        """Labels need only be unique within one instruction's code (it is assembled on
+        its own), so each instruction numbers them from 0: equal code, equal text, and
+        the assembler can reuse what it assembled before."""
+        self._labels = itertools.count()
 
     # -- the state block ---------------------------------------------------------------------
     @staticmethod

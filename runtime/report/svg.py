@@ -37,7 +37,7 @@ def bar_chart(name: str, bars: Sequence[Bar], modes: Sequence[str], width: int =
     label_w, value_w, bar_h, gap = 150, 90, 14, 10
     plot_w = width - label_w - value_w
     group_h = bar_h * len(modes) + gap
-    legend_h, axis_h = 24, 22
+    legend_h, axis_h = 24, 36
     height = legend_h + group_h * max(len(bars), 1) + axis_h
     top = max((c for b in bars for c in b.counts.values()), default=0)
     scale = plot_w / _log(top) if top else 0.0
@@ -70,7 +70,7 @@ def bar_chart(name: str, bars: Sequence[Bar], modes: Sequence[str], width: int =
             out.append(f'<line x1="{tx:.1f}" y1="{y_axis}" x2="{tx:.1f}" y2="{y_axis + 4}" stroke="#999"/>'
                        f'<text x="{tx:.1f}" y="{y_axis + 16}" text-anchor="middle" fill="#666">'
                        f'{fmt.count(10 ** d)}</text>')
-    out.append(f'<text x="{label_w + plot_w}" y="{y_axis - 4}" text-anchor="end" fill="#666">'
+    out.append(f'<text x="{label_w + plot_w}" y="{y_axis + 32}" text-anchor="end" fill="#666">'
                'exits (logarithmic scale)</text></svg>')
     return "".join(out)
 

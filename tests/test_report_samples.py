@@ -77,7 +77,7 @@ def test_runs_agree(fresh, name):
 
 def test_leaks_of_trap_and_emulate_are_reported_as_mismatches(fresh):
     k = _kernel(fresh, "zoo")
-    assert not k.ok and {m.what for m in k.mismatches} == {"serial"}
+    assert not k.agree and "serial" in {m.what for m in k.mismatches}
 
 
 def test_patching_removes_most_exits_from_irqsave(fresh):

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     kinds = Counter(p.kind for p in result.patches)
     print(f"{args.output}: {result.sites} sites, {kinds['jmp']} patched with a JMP, "
           f"{kinds['int3']} with an INT3, {len(result.refusals)} refused; "
-          f"{result.patch_bytes} bytes of patch code")
+          f"{result.patch_bytes} bytes of patch memory (lookup tables and interior bitmap included)")
     if args.verbose:
         for p in result.patches:
             note = f"  ({result.notes[p.site]})" if p.site in result.notes else ""

@@ -36,7 +36,6 @@ LEAK_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
         ("lar ", "lar"), ("lsl ", "lsl"), ("verr ", "verr"), ("verw ", "verw"),
         ("cpuid ", "cpuid"), ("rdtsc ", "rdtsc"),
     ),
-    "timer": (("gdt loaded", "mov_from_sreg"),),
     "irqsave:check_if": (("irqs disabled at entry", "pushf"), ("nested saved flags had IF", "pushf")),
 }
 #: Boots whose own pass/fail verdict rests on a leaking line (the guest's check

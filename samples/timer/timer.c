@@ -32,7 +32,9 @@ u32 kmain(u32 magic, const struct multiboot_info *mbi)
         return EXIT_FAIL;
     }
     gdt_init();
-    printf("gdt loaded: cs=0x%x ss=0x%x\n", read_cs(), read_ss());
+    /* Not the selectors: MOV r,CS/SS shows RPL 1 in unpatched ring 1, and this
+     * sample must print the same everywhere (zoo is the one that shows leaks). */
+    printf("gdt loaded\n");
     idt_init();
     set_handler(IRQ_BASE + 0, on_irq0);
     printf("idt loaded\n");

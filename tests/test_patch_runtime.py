@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import runtime_guest as guest
 from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM
 from patch_harness import LinearCode
@@ -78,3 +79,44 @@ def test_guest_store_into_patch_memory_is_dropped_and_reported() -> None:
     assert memory.read(target, 4) == before
     assert manager.stats.patch_memory_writes == 1
     assert manager.stats.patch_memory_writers == [(LOAD, target, 4)]
+
+
+# A #DE raised by a displaced DIV inside a patch block: the guest's handler must see the
+# DIV's guest address in its frame, and its IRET back to that address (inside the patched
+# window) must continue in the patch block.
+FAULT = """
+mov ecx, 0
+mov eax, 10
+jmp window
+window:
+cli
+xor edx, edx
+div ecx
+mov esi, eax
+xor eax, eax
+out 0xf4, al
+hlt
+"""
+HANDLER = "mov ebx, dword ptr [esp]\nmov ecx, 1\niretd\n"
+
+
+def test_fault_in_patch_code_is_reported_at_the_guest_eip() -> None:
+    image = guest.kernel(FAULT, handlers={0: (HANDLER, 0, False)})
+    vm = Vm(RunConfig(kernel=Path("<de>"), serial=io.BytesIO()), image=image)
+    code = dict(image.chunks)[guest.KERNEL]
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs.detail = True
+    insns = list(cs.disasm(code, guest.KERNEL))
+    window = next(i.operands[0].imm for i in insns if i.mnemonic == "jmp")
+    div = next(i.address for i in insns if i.mnemonic == "div")
+    memory = _VmMemory(vm)
+    manager = PatchManager(PatchConfig(), memory, LinearCode(window, div + 8, {window, div + 2}),
+                           watch=memory)
+    memory.manager = manager
+    vm.traps.patcher = manager
+    assert vm.run().exit_status == 1
+    cli = manager.patches[window]
+    assert cli.kind == "jmp" and cli.covers(div)          # the DIV ran from patch memory
+    assert vm.cpu.read_name("ebx") == div                 # the frame showed the guest address
+    assert vm.cpu.read_name("esi") == 10                  # and the DIV was re-run, by 1
+    assert vm.stats.vectors[0] == 1

@@ -125,8 +125,7 @@ def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, Ex
     ctx.new_chunk()
     no = ctx.label("nopending")
     src = "\n".join([f"mov dword ptr [{s0:#x}], ecx",
-                     f"movzx ecx, byte ptr [{pending:#x}]",
-                     f"movzx ecx, byte ptr [{ctx.table('nonzero'):#x} + ecx]",
+                     f"mov ecx, dword ptr [{pending:#x}]",      # JECXZ tests all 32 bits
                      f"jecxz {no}",
                      f"movzx ecx, byte ptr [{vf1:#x}]",
                      f"movzx ecx, byte ptr [{ctx.table('if_set'):#x} + ecx]",

@@ -62,12 +62,6 @@ class Block:
                 best = c
         return best.guest
 
-    def patch_of(self, guest: int) -> int | None:
-        for c in self.chunks:
-            if c.guest == guest:
-                return c.patch
-        return None
-
 
 @dataclass
 class Patch:

@@ -35,12 +35,7 @@ from typing import ClassVar
 
 from bt import layout
 from bt.errors import PatchError
-from bt.operation import Imm, Mem, Operand, Operation, Reg
-
-#: EFLAGS bits the VMM virtualizes (SDM vol. 1 §3.4.3): IF and IOPL. Every other bit is the real one.
-EFL_IF = 0x200
-EFL_IOPL = 0x3000
-EFL_VIRTUAL = EFL_IF | EFL_IOPL
+from bt.operation import Mem, Operand, Operation, Reg
 
 
 @dataclass(frozen=True)
@@ -228,9 +223,3 @@ class PatchRule(ABC):
     @abstractmethod
     def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
         """Patch code for `op`, or None for the INT3 replacement (see module docstring)."""
-
-
-def imm_value(operand: Operand) -> int:
-    if not isinstance(operand, Imm):
-        raise PatchError(f"expected an immediate, got {operand}")
-    return operand.value

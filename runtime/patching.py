@@ -102,7 +102,8 @@ class _VmMemory:
         # Patched pages are write-protected in Unicorn (physical pages: every alias is
         # caught): a guest store there faults into `_on_write`, every other store runs at
         # full speed. A UC_HOOK_MEM_WRITE hook, even one, puts every guest store on
-        # Unicorn's slow path (irqsave-pv: 25% slower, bt bench patch).
+        # Unicorn's slow path (measured: irqsave-pv, iters=200000, patched, 496 ms with
+        # one such hook vs 384 ms without).
         from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ
 
         if self._hook is None:

@@ -65,6 +65,9 @@ class GuestStop(Ring1Error):
         self.reason = reason
         self.eip = eip
         self.detail = detail
+        #: What the VMM did last before the stop, oldest first: (kind, class or
+        #: vector, guest EIP). Filled by the run loop for the stop report.
+        self.last_exits: list[tuple[str, str, int]] = []
 
 
 class MismatchError(Ring1Error):
@@ -74,6 +77,10 @@ class MismatchError(Ring1Error):
 
 
 class InternalError(Ring1Error):
-    """A bug in ring1 itself."""
+    """A bug in ring1 itself. `last_exits` as for `GuestStop` when it hit during a run."""
 
     exit_code = 8
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.last_exits: list[tuple[str, str, int]] = []

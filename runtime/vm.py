@@ -254,11 +254,11 @@ class Vm:
         except GuestStop as stop:
             if stop.eip is not None:
                 stop.eip = self.traps.patcher.to_guest_eip(stop.eip)
-            stop.last_exits = list(traps.last)  # type: ignore[attr-defined]
+            stop.last_exits = list(traps.last)
             raise
         except UnmappedPhys as err:
             outside = GuestStop("access to memory outside guest RAM", self._guest_eip(), str(err))
-            outside.last_exits = list(traps.last)  # type: ignore[attr-defined]
+            outside.last_exits = list(traps.last)
             raise outside from err
         except Ring1Error:
             raise
@@ -266,7 +266,7 @@ class Vm:
             # A bug in ring1 (possibly raised inside a Unicorn hook and re-raised here):
             # stop cleanly with where the guest was and what it did last.
             internal = InternalError(f"{type(err).__name__}: {err} (guest EIP {self._guest_eip():#010x})")
-            internal.last_exits = list(traps.last)  # type: ignore[attr-defined]
+            internal.last_exits = list(traps.last)
             raise internal from err
         finally:
             self.devices.flush()

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
-            _print_last(vm, getattr(stop, "last_exits", []))
+            _print_last(vm, stop.last_exits)
             _report(args, vm, vm.stats)
             raise
         sys.stdout.flush()

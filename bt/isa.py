@@ -257,14 +257,16 @@ CLASSES: tuple[InsnClass, ...] = (
     _row("out", _IO, _F, _IOH, _H.HYPERCALL, "io", (_x.X86_INS_OUT,), "out",
          "SDM OUT: #GP if CPL > IOPL and the TSS I/O bitmap denies the port; Unicorn never faults it",
          note="the runtime counts each as the #GP exit it would be on hardware"),
-    _row("ins", _IO, _F, _IOH, _H.TRAP, None, (_x.X86_INS_INSB, _x.X86_INS_INSW, _x.X86_INS_INSD),
+    _row("ins", _IO, _F, _IOH, _H.HYPERCALL, "io", (_x.X86_INS_INSB, _x.X86_INS_INSW, _x.X86_INS_INSD),
          "ins insb insw insd",
          "SDM INS: #GP if CPL > IOPL (bitmap permitting); Unicorn calls the IN hook instead",
-         note="string I/O stays on the I/O hook path, counted as a #GP exit"),
-    _row("outs", _IO, _F, _IOH, _H.TRAP, None, (_x.X86_INS_OUTSB, _x.X86_INS_OUTSW, _x.X86_INS_OUTSD),
+         note="unpatched, each element is an I/O hook call counted as a #GP exit; "
+              "patched, one exit moves the whole REP string"),
+    _row("outs", _IO, _F, _IOH, _H.HYPERCALL, "io", (_x.X86_INS_OUTSB, _x.X86_INS_OUTSW, _x.X86_INS_OUTSD),
          "outs outsb outsw outsd",
          "SDM OUTS: #GP if CPL > IOPL (bitmap permitting); Unicorn calls the OUT hook instead",
-         note="string I/O stays on the I/O hook path, counted as a #GP exit"),
+         note="unpatched, each element is an I/O hook call counted as a #GP exit; "
+              "patched, one exit moves the whole REP string"),
     # --- unprivileged but leaking or state-dependent ---
     _row("rdtsc", _S, _LK, _SIL, _H.NONE, None, (_x.X86_INS_RDTSC,), "rdtsc",
          "SDM RDTSC: unprivileged while CR4.TSD = 0; the guest reads the host's time stamp counter",

@@ -333,10 +333,14 @@ class Traps:
     def _io_exit(self, cls: str, port: int) -> None:
         eip, cs = self.cpu.eip_cs()
         eip = self.patcher.to_guest_eip(eip)
+        op = self.decode(eip)
+        # Unicorn's hook says only "in" or "out"; the decoded instruction tells INS/OUTS apart,
+        # so string I/O is counted in its own class, as the table lists it.
+        cls = op.cls or cls
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and self.patcher.on_trap(self.decode(eip)):
+        if cs & 3 == 1 and self.patcher.on_trap(op):
             # A patch now covers this IN/OUT. Unicorn finishes the instruction and would run
             # on into the window; stop, so the run loop resumes through `resume_at`.
             self.ctx.m.uc.emu_stop()

@@ -75,3 +75,13 @@ def test_expect_names_the_runs_that_produced_the_expected_output(tmp_path: Path)
 def test_expect_once_per_kernel():
     proc = bt("compare", SYNTHETIC, SYNTHETIC, "--replay", "--expect", "x")
     assert proc.returncode == 2 and "one expected output per KERNEL" in proc.stderr
+
+
+def test_runs_that_agree_on_an_abnormal_stop_exit_4():
+    # A budget far too small for hello: both runs stop at the same place, which is
+    # agreement, but not success.
+    hello = str(Path(__file__).resolve().parent.parent / "samples" / "hello" / "hello.elf")
+    proc = bt("compare", hello, "--max-insns", "500", "--jobs", "1")
+    assert proc.returncode == 4, proc.stderr
+    assert "every run stopped the same abnormal way" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bt.errors import InputError, MismatchError, UsageError
+from bt.errors import GuestStop, InputError, MismatchError, UsageError
 
 #: Options forwarded to every run, as `bt run` takes them (name in argparse -> RunConfig field).
 RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns")
@@ -154,6 +154,11 @@ def run_compare(args: argparse.Namespace) -> int:
         bad = [k.name for k in comparison.kernels if not k.ok]
         raise MismatchError(f"not every run produced the expected output for {', '.join(bad)} "
                             "(see --expect above)")
+    # The runs agree, but agreeing on an abnormal stop is still a stop: say so, exit 4.
+    stopped = sorted({f"{k.name}: {r.stop_reason}" for k in comparison.kernels
+                      for r in k.runs.values() if r.stop_reason})
+    if stopped:
+        raise GuestStop("every run stopped the same abnormal way", detail="; ".join(stopped))
     return 0
 
 

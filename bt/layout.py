@@ -119,7 +119,10 @@ class StateField:
 #: The state block: the one truth about virtual CPU state that patch code reads and
 #: writes without exiting and the runtime reads and writes on every exit.
 STATE_FIELDS: tuple[StateField, ...] = (
-    StateField("vflags", 0x00, 4, "virtual EFLAGS.IF and IOPL; other flag bits are the real ones"),
+    StateField("vflags", 0x00, 4,
+               "virtual IF at bit 9, alone in byte 1 (0x02 or 0x00) so that CLI/STI are one flag-free byte "
+               "store; virtual IOPL (0-3) in byte 2; bit 1 set; other flag bits are the real ones "
+               "(runtime/vcpu.py converts to and from the EFLAGS layout)"),
     StateField("pending", 0x04, 4,
                "non-zero while an interrupt waits for virtual IF = 1: STI/POPF exit only then"),
     StateField("cr0", 0x08, 4, "virtual CR0 (MOV r,CR0 and SMSW read it)"),

@@ -8,6 +8,12 @@ changes no flag, so CLI/STI/PUSHF/POPF and the pending-interrupt check need neit
 They work on byte 1 of EFLAGS images, which holds IF (bit 9 -> 0x02) and IOPL (bits
 12-13 -> 0x30), the only bits the virtual flags word owns; TF, DF and OF, the other
 bits of that byte, are always the real ones.
+
+The virtual flags word keeps IF alone in its byte 1 (0x02 or 0x00, so CLI and STI are
+one byte store) and IOPL (0-3) in its byte 2 (bt/layout.py `vflags`). Two tables
+convert between that and EFLAGS images: `popf_word` (256 16-bit entries) maps an
+image's byte 1 to the 16-bit value for bytes 1-2 of the word, `pushf_bits` maps that
+16-bit value back to the IF and IOPL bits of an image's byte 1.
 """
 
 from __future__ import annotations
@@ -26,19 +32,31 @@ _TABLES = {
     "nonzero": lambda b: 1 if b else 0,
 }
 
+#: name -> (size in bytes, contents) of the larger tables that follow the byte tables.
+_WIDE = {
+    "popf_word": (512, b"".join(((b & IF_B1) | ((b >> 4) & 3) << 8).to_bytes(2, "little")
+                                for b in range(256))),
+    "pushf_bits": (1024, bytes((i & IF_B1) | ((i >> 8) & 3) << 4 if i & 0xFCFD == 0 else 0
+                               for i in range(1024))),
+}
+
 BASE = layout.PATCH_BASE
+_WIDE_BASE = BASE + 256 * len(_TABLES)
 
 #: One bit per guest address modulo 1 MiB: set where a patched window holds the start of
 #: an instruction other than its first (a guest EIP there must continue in the patch
 #: block, `PatchManager.resume_at`). The inline IRET tests its return EIP here and exits
 #: when the bit is set. Addresses 1 MiB apart share a bit: that only costs an exit.
 INTERIOR_SPAN = 1 << 20
-INTERIOR = BASE + 256 * len(_TABLES)
-SIZE = 256 * len(_TABLES) + INTERIOR_SPAN // 8
+INTERIOR = _WIDE_BASE + sum(size for size, _ in _WIDE.values())
+SIZE = INTERIOR - BASE + INTERIOR_SPAN // 8
 
 
 def address(name: str) -> int:
     """Guest address of table `name`."""
+    if name in _WIDE:
+        names = list(_WIDE)
+        return _WIDE_BASE + sum(_WIDE[n][0] for n in names[:names.index(name)])
     return BASE + 256 * list(_TABLES).index(name)
 
 
@@ -50,4 +68,5 @@ def interior_bit(guest: int) -> tuple[int, int]:
 
 def image() -> bytes:
     """The tables as patch memory holds them from `BASE` (the bitmap empty)."""
-    return b"".join(bytes(f(b) for b in range(256)) for f in _TABLES.values()) + bytes(INTERIOR_SPAN // 8)
+    return (b"".join(bytes(f(b) for b in range(256)) for f in _TABLES.values())
+            + b"".join(data for _, data in _WIDE.values()) + bytes(INTERIOR_SPAN // 8))

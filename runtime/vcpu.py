@@ -67,13 +67,16 @@ class VirtualCpu:
         self.set_cr(0, CR0_RESET)
 
     # -- the state block ----------------------------------------------------------------------
+    # The word keeps IF at bit 9 alone in its byte and IOPL in byte 2 (bt.layout `vflags`:
+    # CLI/STI patch code is one byte store); these give and take the EFLAGS layout.
     @property
     def vflags(self) -> int:
-        return int(self._w[_VFLAGS_W])
+        w = int(self._w[_VFLAGS_W])
+        return (w & ~(0xFF << 16)) | ((w >> 4) & IOPL_MASK)
 
     @vflags.setter
     def vflags(self, value: int) -> None:
-        self._w[_VFLAGS_W] = value & 0xFFFFFFFF
+        self._w[_VFLAGS_W] = (value & 0xFFFF & ~IOPL_MASK) | ((value & IOPL_MASK) << 4)
 
     @property
     def vif(self) -> bool:

@@ -16,6 +16,9 @@ SEQUENCES = {
     "popf-sets-if": "push 0x2d7\npopfd\npushfd\npop esi\nnop\nnop\nnop\nnop",
     "popf-clears-if": "push 0x0c5\npopfd\npushfd\npop esi\nnop\nnop\nnop\nnop",
     "pushf16": "cmp eax, ebx\npushf\npop si\nnop\nnop\nnop\nnop\nnop",
+    # IOPL lives apart from IF in the virtual flags word: CLI/STI must keep it.
+    "popf-iopl-cli": "push 0x32d7\npopfd\npushfd\npop esi\ncli\npushfd\npop edi\nnop\nnop\nnop\nnop",
+    "popf16-iopl-sti": "push 0x1002\npopf\npushf\npop si\nsti\npushfd\npop edi\nnop\nnop\nnop\nnop",
 }
 REGS = {"eax": 0x12345678, "ebx": 0x9ABCDEF0, "ecx": 0x7FFFFFFF, "edx": 1, "esi": 0, "edi": 0,
         "ebp": 0x5555}

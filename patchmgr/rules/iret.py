@@ -55,8 +55,8 @@ class Iret(PatchRule):
             f"jc {out}\n"                            # then the runtime resumes it in the block
             f"mov dword ptr [{s0:#x}], eax\n"
             "movzx eax, byte ptr [esp + 9]\n"
-            f"mov al, byte ptr [{ctx.table('virtual'):#x} + eax]\n"
-            f"mov byte ptr [{vf1:#x}], al\n"
+            f"movzx eax, word ptr [{ctx.table('popf_word'):#x} + eax * 2]\n"
+            f"mov word ptr [{vf1:#x}], ax\n"
             f"mov eax, dword ptr [{s0:#x}]\n"
             "or dword ptr [esp + 4], 1\n"
             "iretd\n"

@@ -32,17 +32,14 @@ class IrqFlags(PatchRule):
     description: ClassVar[str] = "CLI/STI/PUSHF/POPF on the virtual IF and IOPL, inline (PATM)"
 
     def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
-        # Byte 1 of the virtual flags word holds IF and IOPL; the tables change it
-        # without touching EFLAGS (patchmgr/tables.py).
+        # Byte 1 of the virtual flags word holds IF alone, byte 2 IOPL (bt/layout.py), so
+        # CLI and STI are one byte store; PUSHF/POPF convert through flag-free tables
+        # (patchmgr/tables.py).
         vf1 = ctx.state("vflags") + 1
         s0, s1 = ctx.scratch(0), ctx.scratch(1)
         if op.cls in ("cli", "sti"):
-            table = ctx.table("clear_if" if op.cls == "cli" else "set_if")
-            return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"
-                             f"movzx eax, byte ptr [{vf1:#x}]\n"
-                             f"mov al, byte ptr [{table:#x} + eax]\n"
-                             f"mov byte ptr [{vf1:#x}], al\n"
-                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=op.cls == "sti")
+            return PatchCode(f"mov byte ptr [{vf1:#x}], {0 if op.cls == 'cli' else 0x02:#x}",
+                             may_unmask=op.cls == "sti")
         if op.cls == "pushf":
             # The real PUSHF image has IF = 1 and IOPL = 0 (ring1 keeps them so), so
             # its byte 1 minus 0x02 plus the virtual IF/IOPL bits is the guest's view:
@@ -51,8 +48,8 @@ class IrqFlags(PatchRule):
             return PatchCode(f"{push}\n"
                              f"mov dword ptr [{s0:#x}], eax\n"
                              f"mov dword ptr [{s1:#x}], ecx\n"
-                             f"movzx ecx, byte ptr [{vf1:#x}]\n"
-                             f"movzx ecx, byte ptr [{ctx.table('virtual'):#x} + ecx]\n"
+                             f"movzx ecx, word ptr [{vf1:#x}]\n"
+                             f"movzx ecx, byte ptr [{ctx.table('pushf_bits'):#x} + ecx]\n"
                              "movzx eax, byte ptr [esp + 1]\n"
                              f"lea eax, [eax + ecx - {0x02:#x}]\n"
                              "mov byte ptr [esp + 1], al\n"
@@ -62,8 +59,8 @@ class IrqFlags(PatchRule):
             pop = "popfd" if _width(op) == 4 else "popf"      # Keystone: POPF is the 16-bit form
             return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"
                              "movzx eax, byte ptr [esp + 1]\n"
-                             f"movzx eax, byte ptr [{ctx.table('virtual'):#x} + eax]\n"
+                             f"movzx eax, word ptr [{ctx.table('popf_word'):#x} + eax * 2]\n"
                              f"{pop}\n"
-                             f"mov byte ptr [{vf1:#x}], al\n"
+                             f"mov word ptr [{vf1:#x}], ax\n"
                              f"mov eax, dword ptr [{s0:#x}]", may_unmask=True)
         return None

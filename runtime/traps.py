@@ -11,7 +11,10 @@
 * Everything else (#PF, #DE, #UD, #GP from ring 3, INT n) belongs to the guest
   and is delivered through its IDT (runtime/deliver.py).
 
-`on_in`/`on_out` are the IN/OUT exits Unicorn never faults (notes #1).
+`on_in`/`on_out` are the IN/OUT exits Unicorn never faults (notes #1). From guest
+user mode they first make the CPU's I/O permission check (virtual IOPL, the guest's
+TSS bitmap) that Unicorn skips; a denied access is stopped in the hook and the run
+loop reflects it as #GP(0) (`reflect_io_fault`).
 
 An exception raised in here is stored in `self.error`, emulation is stopped and
 the run loop re-raises it (runtime/vm.py): never swallowed.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs, CsError
@@ -31,17 +35,33 @@ from bt.errors import GuestStop
 from bt.operation import Operation, Reg
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
-from runtime.cpu import CR2, EIP
+from runtime.cpu import CR2, EAX, ECX, EDI, EIP, ESI
 from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
 from runtime.latch import POISONING, ExceptionLatch
 from runtime.paging import CR0_PG, PF_W, PageFault
 from runtime.patching import NoPatcher, Patcher
+from runtime.vcpu import IOPL_MASK
 
 #: Mnemonics whose #GP may come from a stale shadow GDT (resync and re-execute once).
 _SEGMENT_LOADS = frozenset({"mov", "pop", "lds", "les", "lfs", "lgs", "ljmp", "lcall", "jmp", "call"})
 #: Mnemonics that write memory without naming it as an operand (for #PF error codes).
 _IMPLICIT_WRITES = ("push", "call", "stos", "movs", "enter", "pushal", "pushfd", "pushf")
+#: 32-bit TSS descriptor types (available, busy) and where a TSS holds its I/O map base.
+TSS32, TSS32_BUSY, IOMAP_BASE = 0x9, 0xB, 0x66
+#: What a denied I/O instruction may have changed by the time the hook stops it.
+_IO_REGS = (EAX, ECX, ESI, EDI)
+
+
+@dataclass(frozen=True)
+class IoFault:
+    """An I/O instruction from guest user mode the permission check denied."""
+
+    eip: int
+    #: (register, value) before the instruction: what Unicorn changes after the hook.
+    regs: tuple[tuple[int, int], ...]
+    #: INS: the hook's return value goes to memory, not to EAX.
+    string_in: bool
 
 
 class Traps:
@@ -58,6 +78,8 @@ class Traps:
         self._resynced_at: int | None = None
         self.error: BaseException | None = None
         self.exit_status: int | None = None
+        #: A user-mode I/O the guest's IOPL and TSS deny, stopped in its hook (`_io_permitted`).
+        self.io_fault: IoFault | None = None
         #: The last exits, for stop reports: (kind, class or vector, guest EIP).
         self.last: deque[tuple[str, str, int]] = deque(maxlen=history)
 
@@ -303,9 +325,17 @@ class Traps:
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------
     def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
         t0 = time.perf_counter_ns()
+        kind = "io"
         try:
-            self._io_exit("in", port)
-            return self.ctx.bus.read(port, size)
+            if self._io_exit("in", port, size):
+                return self.ctx.bus.read(port, size)
+            # Denied: the device is not read. Unicorn stores what this returns into
+            # AL/AX/EAX (IN) or ES:[EDI] (INS) before it stops: give IN the register's own
+            # value (the run loop restores EAX anyway), INS the 0 its probe store left.
+            kind = "interrupt"
+            if self.io_fault is not None and self.io_fault.string_in:
+                return 0
+            return self.cpu.read(EAX) & ((1 << (8 * size)) - 1)
         except BaseException as err:
             self.error = err
             uc.emu_stop()
@@ -313,25 +343,32 @@ class Traps:
         finally:
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
-            self.stats.vmm_ns_by_kind["io"] += dt
+            self.stats.vmm_ns_by_kind[kind] += dt
 
     def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
         t0 = time.perf_counter_ns()
+        kind = "io"
         try:
-            self._io_exit("out", port)
-            self.ctx.bus.write(port, size, value)
-            if self.exit_status is not None:
-                uc.emu_stop()
+            if self._io_exit("out", port, size):
+                self.ctx.bus.write(port, size, value)
+                if self.exit_status is not None:
+                    uc.emu_stop()
+            else:
+                kind = "interrupt"
         except BaseException as err:
             self.error = err
             uc.emu_stop()
         finally:
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
-            self.stats.vmm_ns_by_kind["io"] += dt
+            self.stats.vmm_ns_by_kind[kind] += dt
 
-    def _io_exit(self, cls: str, port: int) -> None:
+    def _io_exit(self, cls: str, port: int, size: int) -> bool:
+        """Account for one IN/OUT hook call; False: the access is denied (a #GP is pending)."""
         eip, cs = self.cpu.eip_cs()
+        if cs & 3 != 1 and not self._io_permitted(cs & 3, port, size):
+            self._deny_io(eip)
+            return False
         eip = self.patcher.to_guest_eip(eip)
         op = self.decode(eip)
         # Unicorn's hook says only "in" or "out"; the decoded instruction tells INS/OUTS apart,
@@ -344,4 +381,68 @@ class Traps:
             # A patch now covers this IN/OUT. Unicorn finishes the instruction and would run
             # on into the window; stop, so the run loop resumes through `resume_at`.
             self.ctx.m.uc.emu_stop()
+        return True
 
+    # -- I/O from guest user mode: the protection check Unicorn skips -----------------------------
+    #
+    # On hardware, IN/OUT/INS/OUTS at CPL > IOPL consult the I/O permission bitmap of the
+    # current TSS and raise #GP(0) *before* any I/O when a bit for an accessed port is 1 or
+    # lies beyond the TSS limit (Intel SDM vol. 1 §19.5.2). Unicorn skips that check and
+    # calls the IN/OUT hook instead (notes/unicorn-ring1.md #1), so the VMM applies it here,
+    # in the hook, with the state the *guest* set up: its virtual IOPL and its own TSS (the
+    # virtual TR). Guest ring 0 (real CPL 1) is always allowed: the guest believes it runs at
+    # CPL 0. The real IOPL stays 0 and nothing is intercepted before the CPU sees it.
+    #
+    # Unicorn calls the hook in the middle of the instruction (measured with unicorn 2.1.4;
+    # tests/test_runtime_userio.py pins it on a bare engine): EIP, ECX, ESI and EDI still
+    # hold their values from before the instruction; after the hook it writes the IN value
+    # to AL/AX/EAX or ES:[EDI] and advances ESI/EDI/ECX and EIP. `emu_stop()` in the hook
+    # takes effect before the next element or instruction. So a denied access records the
+    # registers and stops; the run loop (`reflect_io_fault`) puts them back and delivers
+    # #GP(0) at the instruction. Limitation: for INS, Unicorn has already stored a dummy 0
+    # to ES:[EDI] (QEMU's probe write, to be restartable on #PF) before the hook runs, so a
+    # denied INS leaves one element of zeros there, in memory the user process may write.
+    def _io_permitted(self, cpl: int, port: int, size: int) -> bool:
+        vcpu = self.ctx.vcpu
+        if cpl <= (vcpu.vflags & IOPL_MASK) >> 12:
+            return True
+        tr = vcpu.tr
+        desc = None if tr & 4 else self.ctx.gdt.guest_descriptor(tr)   # TR names a GDT entry
+        if desc is None or not desc.present or not desc.is_system or desc.type not in (TSS32, TSS32_BUSY):
+            return False
+        limit = desc.limit
+        if limit < IOMAP_BASE + 1:       # too short for a 32-bit TSS with an I/O map base
+            return False
+        try:
+            offset = int.from_bytes(self.ctx.mmu.read(desc.base + IOMAP_BASE, 2), "little") + (port >> 3)
+            if offset + 1 > limit:       # the CPU reads two bytes of the bitmap (SDM §19.5.2)
+                return False
+            bits = int.from_bytes(self.ctx.mmu.read((desc.base + offset) & 0xFFFFFFFF, 2), "little")
+        except PageFault:
+            return False                 # unmapped TSS: denied (hardware would raise #PF instead)
+        mask = (1 << size) - 1
+        return not (bits >> (port & 7)) & mask
+
+    def _deny_io(self, eip: int) -> None:
+        if self.io_fault is None:        # the first element of a string instruction decides
+            cpu = self.cpu
+            self.io_fault = IoFault(eip, tuple((reg, cpu.read(reg)) for reg in _IO_REGS),
+                                    self.decode(eip).cls == "ins")
+        self.ctx.m.uc.emu_stop()
+
+    def reflect_io_fault(self) -> bool:
+        """After a slice: undo what Unicorn did to a denied I/O instruction and deliver
+        #GP(0) at it through the guest's IDT (an exit reflected to the guest, not I/O)."""
+        pending, self.io_fault = self.io_fault, None
+        if pending is None:
+            return False
+        t0 = time.perf_counter_ns()
+        eip = pending.eip
+        for reg, value in pending.regs:
+            self.cpu.write(reg, value)
+        self.cpu.write(EIP, eip)
+        self.inject(VEC_GP, eip, 0, False)
+        dt = time.perf_counter_ns() - t0
+        self.stats.vmm_ns += dt
+        self.stats.vmm_ns_by_kind["interrupt"] += dt
+        return True

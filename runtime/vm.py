@@ -238,6 +238,9 @@ class Vm:
                 self._advance(done)
                 if traps.error is not None:
                     raise traps.error
+                # A user-mode I/O instruction the guest's IOPL and TSS bitmap deny was
+                # stopped in its hook: undo it and deliver its #GP(0) before anything else.
+                traps.reflect_io_fault()
                 if traps.exit_status is not None:
                     break
                 self.devices.tick(self.now_ns)

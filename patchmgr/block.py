@@ -4,12 +4,17 @@ return to the guest (PATM's patch-block recompiler, for one window).
 A block is a sequence of chunks, one per guest instruction of the window, each
 self-contained (its labels are its own), so a block can be entered at any chunk: the
 runtime does that when it resumes at a guest address inside a window (`resume_at`).
-After the chunks comes the tail. If some chunk may have set the virtual IF (STI, POPF)
-or exited in the middle of the block (the runtime never delivers an interrupt inside
-patch code, whose address the guest must not see), the tail checks the state block:
-virtual IF set and `pending` non-zero -> exit with nothing to emulate, resuming at the
-guest address after the window, where the runtime delivers the interrupt. Then it
-jumps back to the guest.
+After the chunks comes the tail: a JMP back to the guest. If some chunk may have set the
+virtual IF (STI, POPF) or exited in the middle of the block (the runtime never delivers
+an interrupt inside patch code, whose address the guest must not see), the block must
+look for a pending interrupt first: virtual IF set and `pending` non-zero -> exit with
+nothing to emulate, resuming at the guest address after the window, where the runtime
+delivers the interrupt. That check costs nothing while no interrupt is pending: the
+tail is `jmp dword ptr [gate]`, an indirect JMP through the block's gate word, which
+holds the guest return address; only while `pending` is set does the patch manager
+point the gate at the check code (`PatchManager.set_pending`, called by the runtime).
+An indirect JMP costs what the direct one it replaces does (Unicorn ends the
+translation block at either and looks the target up), and needs no register or flag.
 
 Hypercalls are the `int3` instructions of a chunk; they are found by disassembling
 the chunk's own bytes, and matched in order with the chunk's `exits`.
@@ -113,7 +118,14 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     unmask = any(it.may_unmask for it in items)
     last_exits_at_end = bool(exits) and exits[-1][1].resume == end
     if (unmask and not (last_exits_at_end and items[-1].may_unmask)) or mid_exit:
-        code += _tail_check(tail, end, ctx, exits)
+        # jmp dword ptr [gate]; check code; jmp end; the gate word, aligned.
+        check = tail + 6
+        body = _tail_check(check, end, ctx, exits)
+        body += jmp(check + len(body), end)
+        gate = (check + len(body) + 3) & ~3
+        code += b"\xff\x25" + gate.to_bytes(4, "little") + body
+        code += bytes(gate - (address + len(code))) + end.to_bytes(4, "little")
+        return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits), gate, check)
     code += jmp(address + len(code), end)
     return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits))
 

@@ -13,6 +13,9 @@ The runtime drives it through five calls (runtime/patching.py adapts the VMM to 
 * `resume_at(eip)`: where to continue when the runtime resumes the guest at `eip` after
   emulating (a trap, an IRET, an interrupt frame): a guest address inside a patched
   window no longer holds the guest's instruction, so the equivalent patch address;
+* `set_pending(on)` whenever the state block's `pending` word turns non-zero or zero:
+  the gates of the blocks that look for pending interrupts are switched
+  (patchmgr/block.py);
 * `on_guest_write(address, size)` before a guest write lands on a watched range: a write
   into the patched instruction itself removes the patch, a write into the instructions
   its window displaced refreshes it: removed now, re-made from the new bytes on the
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
-from bt import isa
+from bt import isa, layout
 from bt.errors import PatchError
 from bt.operation import Operation
 from patchmgr import tables
@@ -117,6 +120,7 @@ class PatchManager:
         self._blocks: list[tuple[int, Patch]] = []   # (block address, patch), sorted
         self._watches: dict[int, object] = {}
         self._interior: dict[int, int] = {}          # guest address inside a window -> its chunk
+        self._gates: dict[int, Block] = {}           # gate word address -> its block
         self._bit_users: Counter[tuple[int, int]] = Counter()
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
@@ -150,6 +154,25 @@ class PatchManager:
 
     def resume_at(self, eip: int) -> int:
         return self._interior.get(eip, eip)
+
+    def set_pending(self, on: bool) -> None:
+        """The runtime set (`on`) or cleared the state block's `pending` word: point every
+        gate at its block's check code, or back at the guest."""
+        for gate, block in self._gates.items():
+            self._set_gate(gate, block, on)
+
+    def _set_gate(self, gate: int, block: Block, on: bool) -> None:
+        target = block.check if on else block.end
+        assert target is not None
+        self.memory.write(gate, target.to_bytes(4, "little"))
+
+    def _pending_now(self) -> bool:
+        """The state block's `pending` word, where the memory has a state block (not an ELF
+        being patched ahead of time)."""
+        try:
+            return self.memory.read(layout.state("pending"), 4) != bytes(4)
+        except PatchError:
+            return False
 
     def on_guest_write(self, address: int, size: int) -> None:
         for patch in list(self._patches_covering_range(address, address + size)):
@@ -300,6 +323,8 @@ class PatchManager:
             del self._exits[addr]
         self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
         if patch.block is not None:
+            if patch.block.gate is not None:
+                del self._gates[patch.block.gate]
             for chunk in patch.block.chunks:
                 if self._interior.pop(chunk.guest, None) is not None:
                     self._mark_interior(chunk.guest, -1)
@@ -314,6 +339,9 @@ class PatchManager:
             for addr, record in patch.block.exits:
                 self._exits[addr] = (patch, record)
             bisect.insort(self._blocks, (patch.block.address, patch), key=lambda t: t[0])
+            if patch.block.gate is not None:
+                self._gates[patch.block.gate] = patch.block
+                self._set_gate(patch.block.gate, patch.block, self._pending_now())
             for chunk in patch.block.chunks:
                 if chunk.guest != patch.start:
                     self._interior[chunk.guest] = chunk.patch

@@ -47,6 +47,12 @@ class Block:
     chunks: tuple[Chunk, ...]
     tail: int                               # patch address from which the block only returns
     exits: tuple[tuple[int, ExitRecord], ...]
+    #: Blocks that must look for a pending interrupt before they return leave through
+    #: `jmp dword ptr [gate]`: the gate word holds `end` while nothing is pending and
+    #: `check` (the code that exits when the virtual IF allows it) while something is
+    #: (patchmgr/block.py); the patch manager switches it.
+    gate: int | None = None
+    check: int | None = None
 
     @property
     def limit(self) -> int:

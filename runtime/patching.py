@@ -22,7 +22,9 @@
 
 The runtime never delivers an interrupt while EIP is in patch memory: it sets the
 state block's `pending` word, and the patch block exits at its guest return address
-when the virtual IF allows it (patchmgr/block.py).
+when the virtual IF allows it (patchmgr/block.py). Blocks look at `pending` only
+through their gates, so the runtime tells the patch manager each time the word turns
+non-zero or zero (`VirtualCpu.on_pending` -> `PatchManager.set_pending`).
 
 `attach(vm, config)` builds the patch manager for a run (`bt run --hot/--eager/
 --no-patch`, or a kernel written by `bt patch`).
@@ -191,6 +193,7 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
                            emulable=EMULATORS.__contains__)
     memory.manager = manager
     memory.protect_patch_memory()
+    vm.vcpu.on_pending = manager.set_pending
     record = read_record(image)
     if record is not None:
         manager.adopt(record)

@@ -10,6 +10,7 @@ by trapping instructions, so they live here in Python.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from bt import layout
 from runtime.cpu import Cpu
@@ -60,6 +61,9 @@ class VirtualCpu:
         #: Python mirror of CR0/CR3/CR4 for page walks: CR writes always exit
         #: (bt.isa: mov_to_cr is a hypercall), so the mirror cannot go stale.
         self._paging = (CR0_RESET, 0, 0)
+        #: Told when `pending` turns non-zero or zero (the patch manager's gates:
+        #: runtime/patching.py).
+        self.on_pending: Callable[[bool], None] | None = None
 
     def reset(self) -> None:
         self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))
@@ -92,7 +96,10 @@ class VirtualCpu:
 
     @pending.setter
     def pending(self, value: int) -> None:
+        was = self._w[_PENDING_W]
         self._w[_PENDING_W] = value
+        if bool(was) != bool(value) and self.on_pending is not None:
+            self.on_pending(bool(value))
 
     def cr(self, n: int) -> int:
         return int(self._w[_CR_W[n]])

@@ -120,3 +120,79 @@ def test_fault_in_patch_code_is_reported_at_the_guest_eip() -> None:
     assert vm.cpu.read_name("ebx") == div                 # the frame showed the guest address
     assert vm.cpu.read_name("esi") == 10                  # and the DIV was re-run, by 1
     assert vm.stats.vectors[0] == 1
+
+
+# An IRQ that arrives inside a CLI section waits (`pending`) and is let in by the patched
+# STI's block at the guest address after its window: the gate (patchmgr/block.py) is
+# switched by the runtime when `pending` turns on, and back when the IRQ is taken.
+PIT_GUEST = """
+mov al, 0x11
+out 0x20, al
+mov al, 0x20
+out 0x21, al
+mov al, 4
+out 0x21, al
+mov al, 1
+out 0x21, al
+mov al, 0xfe
+out 0x21, al
+mov al, 0x34
+out 0x43, al
+mov al, 0xa9
+out 0x40, al
+mov al, 0x04
+out 0x40, al
+mov edi, 5
+outer:
+cli
+mov ecx, 60000
+spin:
+dec ecx
+jnz spin
+sti
+mov ebx, 1
+mov ebx, 2
+dec edi
+jnz outer
+cli
+xor eax, eax
+out 0xf4, al
+hlt
+"""
+PIT_HANDLER = f"""
+inc dword ptr [{guest.RESULTS:#x}]
+push eax
+mov eax, [esp + 4]
+mov [{guest.RESULTS + 4:#x}], eax
+mov al, 0x20
+out 0x20, al
+pop eax
+iretd
+"""
+
+
+def test_irq_pending_in_a_cli_section_enters_at_the_patched_sti_window_end() -> None:
+    image = guest.kernel(PIT_GUEST, handlers={0x20: (PIT_HANDLER, 0, False)})
+    (code,) = [c for a, c in image.chunks if a == guest.KERNEL]
+    vm = Vm(RunConfig(kernel=Path("<pit>"), serial=io.BytesIO(), max_insns=5_000_000), image=image)
+    memory = _VmMemory(vm)
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs.detail = True
+    insns = list(cs.disasm(code, guest.KERNEL))
+    targets = {i.operands[0].imm for i in insns if i.group(CS_GRP_JUMP) and i.operands[0].type == X86_OP_IMM}
+    manager = PatchManager(PatchConfig(), memory, LinearCode(guest.KERNEL, guest.KERNEL + len(code), targets),
+                           watch=memory)
+    memory.manager = manager
+    vm.traps.patcher = manager
+    vm.vcpu.on_pending = manager.set_pending
+    result = vm.run()
+    assert result.exit_status == 1
+    (sti,) = [i.address for i in insns if i.mnemonic == "sti"]
+    patch = manager.patches[sti]
+    assert patch.block is not None and patch.block.gate is not None
+    ticks, last_return = guest.words(vm, guest.RESULTS, 2)
+    assert ticks >= 4
+    assert last_return == patch.end                      # let in right after the STI's window
+    assert vm.stats.exits["hypercall"] >= 4
+    assert vm.vcpu.pending == 0
+    assert vm.cpu.phys_read(patch.block.gate, 4) == patch.end.to_bytes(4, "little")   # gate back

@@ -78,12 +78,44 @@ def choose(site: int, insns: Sequence[CsInsn], code: CodeMap,
             why = (_unsafe(first, last, insns, code, planned) if free(start, end)
                    else "window overlaps another patch")
             if why is None:
+                last = _through_exit(first, last, insns, code, planned, free)
+                end = insns[last].address + insns[last].size
                 items = tuple(p for p in (planned(i) for i in range(first, last + 1))
                               if not isinstance(p, str))
                 return Window(start, end, items)
             reasons.append(why)
             break   # a longer window backwards only adds the same obstacle
     raise NoWindow(reasons[0] if reasons else "basic block shorter than 5 bytes")
+
+
+#: How many instructions a window may grow by to end at its basic block's RET or JMP.
+REACH = 4
+
+
+def _through_exit(first: int, last: int, insns: Sequence[CsInsn], code: CodeMap,
+                  planned: Callable[[int], Planned | str], free: Callable[[int, int], bool]) -> int:
+    """`last`, or the index of the RET/JMP that ends the basic block a few instructions
+    further when the window may grow to it: the block then leaves for the guest's next
+    target itself instead of JMPing back to guest code that leaves at once (one Unicorn
+    translation block and one instruction fewer on every pass). Only windows that never
+    exit and never unmask: their blocks need no tail (patchmgr/block.py)."""
+    def quiet(i: int) -> bool:
+        p = planned(i)
+        return not isinstance(p, str) and not p.exits and not p.may_unmask
+
+    if not all(quiet(i) for i in range(first, last + 1)):
+        return last
+    for grow in range(last + 1, min(len(insns), last + 1 + REACH)):
+        if not quiet(grow):
+            return last
+        p = planned(grow)
+        assert not isinstance(p, str)
+        if p.ends_window:
+            end = insns[grow].address + insns[grow].size
+            if free(insns[first].address, end) and _unsafe(first, grow, insns, code, planned) is None:
+                return grow
+            return last
+    return last
 
 
 def _unsafe(first: int, last: int, insns: Sequence[CsInsn], code: CodeMap,

@@ -30,7 +30,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
 from bt import isa
 from bt.errors import PatchError
-from bt.operation import Operation
+from bt.operation import Operation, Reg
 from patchmgr.assembler import assemble, jmp
 from patchmgr.patch import Block, Chunk, ExitRecord
 from patchmgr.registry import RuleSet
@@ -54,6 +54,8 @@ class Planned:
     ends_window: bool
     may_unmask: bool
     rule: str | None
+    before_pop: tuple[tuple[str, str], ...] = ()   # PatchCode.before_pop
+    pops: str | None = None                        # a relocated POP r32: r
 
 
 def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
@@ -78,11 +80,18 @@ def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
             if stuck:
                 raise CannotMove(f"{op.text}: the runtime cannot emulate {', '.join(map(str, stuck))}")
             return Planned(insn.address, code.asm, b"", code.exits, code.ends_window, code.may_unmask,
-                           rule.name)
+                           rule.name, code.before_pop)
         if row.handling is not isa.Handling.NONE:
             raise CannotMove(f"{op.text}: class {op.cls} has no enabled rule and must trap in place")
     moved = relocate(insn, f"R{insn.address:x}")
-    return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None)
+    pops = None
+    if insn.mnemonic == "pop" and len(op.operands) == 1 and isinstance(op.operands[0], Reg) \
+            and op.operands[0].name in _GPR32:
+        pops = op.operands[0].name
+    return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None, (), pops)
+
+
+_GPR32 = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
 
 
 def _int3s(code: bytes, address: int) -> list[int]:
@@ -100,7 +109,9 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     mid_exit = False
     for n, it in enumerate(items):
         here = address + len(code)
-        part = it.raw if it.raw else assemble(it.asm, here)
+        after = items[n + 1].pops if n + 1 < len(items) else None
+        asm = dict(it.before_pop).get(after, it.asm) if after is not None else it.asm
+        part = it.raw if it.raw else assemble(asm, here)
         chunks.append(Chunk(here, it.guest, it.rule))
         found = _int3s(part, here) if it.exits else []
         if len(found) != len(it.exits):

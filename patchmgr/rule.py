@@ -51,12 +51,17 @@ class PatchCode:
     `may_unmask`: the code may set the virtual IF (STI, POPF, IRET): the block checks
     the state block's `pending` word before it returns to guest code and exits there
     if an interrupt waits, so that the runtime can deliver it at a guest address.
+    `before_pop`: (register, asm) pairs: code to use instead of `asm` when the next
+    instruction of the window is `pop register` (32-bit), which then runs as it is: the
+    code may leave anything in that register, since the POP overwrites it (PUSHF; POP
+    EAX, Linux's save_flags, needs no scratch store then).
     """
 
     asm: str
     exits: tuple[Operation, ...] = ()
     ends_window: bool = False
     may_unmask: bool = False
+    before_pop: tuple[tuple[str, str], ...] = ()
 
 
 class EmitContext:

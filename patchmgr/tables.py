@@ -38,6 +38,12 @@ _WIDE = {
                                 for b in range(256))),
     "pushf_bits": (1024, bytes((i & IF_B1) | ((i >> 8) & 3) << 4 if i & 0xFCFD == 0 else 0
                                for i in range(1024))),
+    # PUSHF with one register: bytes 1-2 of the virtual word -> 256 * row (row: IF | IOPL << 1),
+    # then row and the real image's byte 1 -> the guest's byte 1.
+    "pushf_rows": (4096, b"".join((256 * (((i & IF_B1) >> 1) | ((i >> 8) & 3) << 1)
+                                   if i & 0xFCFD == 0 else 0).to_bytes(4, "little") for i in range(1024))),
+    "pushf_merge": (2048, bytes((b & ~VIRTUAL_B1 & 0xFF) | (row & 1) << 1 | (row >> 1) << 4
+                                for row in range(8) for b in range(256))),
 }
 
 BASE = layout.PATCH_BASE

@@ -16,6 +16,10 @@ SEQUENCES = {
     "popf-sets-if": "push 0x2d7\npopfd\npushfd\npop esi\nnop\nnop\nnop\nnop",
     "popf-clears-if": "push 0x0c5\npopfd\npushfd\npop esi\nnop\nnop\nnop\nnop",
     "pushf16": "cmp eax, ebx\npushf\npop si\nnop\nnop\nnop\nnop\nnop",
+    # PUSHFD; POP r32 uses r as its scratch register (PatchCode.before_pop).
+    "save-flags-eax": "add eax, ebx\npushfd\npop eax\ncli\nnop\nnop\nnop\nnop",
+    "save-flags-edx": "push 0x32d7\npopfd\nsti\npushfd\npop edx\nnop\nnop\nnop\nnop",
+    "save-flags-ebx-ecx": "pushfd\npop ebx\ncli\npushfd\npop ecx\nnop\nnop\nnop\nnop\nnop",
     # IOPL lives apart from IF in the virtual flags word: CLI/STI must keep it.
     "popf-iopl-cli": "push 0x32d7\npopfd\npushfd\npop esi\ncli\npushfd\npop edi\nnop\nnop\nnop\nnop",
     "popf16-iopl-sti": "push 0x1002\npopf\npushf\npop si\nsti\npushfd\npop edi\nnop\nnop\nnop\nnop",

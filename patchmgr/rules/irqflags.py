@@ -41,20 +41,24 @@ class IrqFlags(PatchRule):
             return PatchCode(f"mov byte ptr [{vf1:#x}], {0 if op.cls == 'cli' else 0x02:#x}",
                              may_unmask=op.cls == "sti")
         if op.cls == "pushf":
-            # The real PUSHF image has IF = 1 and IOPL = 0 (ring1 keeps them so), so
-            # its byte 1 minus 0x02 plus the virtual IF/IOPL bits is the guest's view:
-            # disjoint bits, so LEA adds them without a flag change.
+            # The real PUSHF image has IF = 1 and IOPL = 0 (ring1 keeps them so); its byte 1
+            # is replaced by the guest's view through two tables: the virtual word's bytes
+            # 1-2 pick a 256-byte row (pushf_rows), the real byte indexes it (pushf_merge).
+            # One register; before POP r32 (save_flags) that register, so no scratch store.
             push = "pushfd" if _width(op) == 4 else "pushf"   # Keystone: PUSHF is the 16-bit form
-            return PatchCode(f"{push}\n"
-                             f"mov dword ptr [{s0:#x}], eax\n"
-                             f"mov dword ptr [{s1:#x}], ecx\n"
-                             f"movzx ecx, word ptr [{vf1:#x}]\n"
-                             f"movzx ecx, byte ptr [{ctx.table('pushf_bits'):#x} + ecx]\n"
-                             "movzx eax, byte ptr [esp + 1]\n"
-                             f"lea eax, [eax + ecx - {0x02:#x}]\n"
-                             "mov byte ptr [esp + 1], al\n"
-                             f"mov ecx, dword ptr [{s1:#x}]\n"
-                             f"mov eax, dword ptr [{s0:#x}]")
+            rows, merge = ctx.table("pushf_rows"), ctx.table("pushf_merge")
+
+            def merged(r: str, low: str) -> str:
+                return (f"{push}\n"
+                        f"movzx {r}, word ptr [{vf1:#x}]\n"
+                        f"mov {r}, dword ptr [{rows:#x} + {r} * 4]\n"
+                        f"mov {low}, byte ptr [esp + 1]\n"
+                        f"mov {low}, byte ptr [{merge:#x} + {r}]\n"
+                        f"mov byte ptr [esp + 1], {low}")
+            before_pop = tuple((r, merged(r, r[1] + "l")) for r in ("eax", "ebx", "ecx", "edx")) \
+                if _width(op) == 4 else ()
+            return PatchCode(f"mov dword ptr [{s0:#x}], eax\n" + merged("eax", "al") +
+                             f"\nmov eax, dword ptr [{s0:#x}]", before_pop=before_pop)
         if op.cls == "popf":
             pop = "popfd" if _width(op) == 4 else "popf"      # Keystone: POPF is the 16-bit form
             return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"

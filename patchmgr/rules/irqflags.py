@@ -36,7 +36,7 @@ class IrqFlags(PatchRule):
         # CLI and STI are one byte store; PUSHF/POPF convert through flag-free tables
         # (patchmgr/tables.py).
         vf1 = ctx.state("vflags") + 1
-        s0, s1 = ctx.scratch(0), ctx.scratch(1)
+        s0 = ctx.scratch(0)
         if op.cls in ("cli", "sti"):
             return PatchCode(f"mov byte ptr [{vf1:#x}], {0 if op.cls == 'cli' else 0x02:#x}",
                              may_unmask=op.cls == "sti")

@@ -9,7 +9,6 @@ through JSON fixtures.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from bt import elf
-from bt.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -75,15 +73,8 @@ def _sorted(functions: Iterable[Function]) -> tuple[Function, ...]:
     return tuple(sorted(functions, key=lambda f: (f.start, f.name)))
 
 
-def sha256_of(path: str | Path) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as err:
-        raise InputError(f"{path}: {err.strerror}") from err
-
-
 def load_kernel(path: str | Path) -> KernelInfo:
-    """Hash the file and read its function symbols (an ELF without symbols gives none)."""
+    """The file's hash and function symbols, as `bt.elf` read them (an ELF without symbols gives none)."""
     image = elf.load(path)
     functions = (Function(s.name, s.address, s.size) for s in image.symbols if s.is_function)
-    return KernelInfo(str(path), sha256_of(path), _sorted(functions))
+    return KernelInfo(str(path), image.sha256, _sorted(functions))

@@ -23,7 +23,7 @@ the chunk's own bytes, and matched in order with the chunk's `exits`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
@@ -56,6 +56,8 @@ class Planned:
     rule: str | None
     before_pop: tuple[tuple[str, str], ...] = ()   # PatchCode.before_pop
     pops: str | None = None                        # a relocated POP r32: r
+    after_push: tuple[tuple[str, str], ...] = ()   # PatchCode.after_push
+    pushes: str | None = None                      # a relocated PUSH r32: r
 
 
 def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
@@ -80,15 +82,15 @@ def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
             if stuck:
                 raise CannotMove(f"{op.text}: the runtime cannot emulate {', '.join(map(str, stuck))}")
             return Planned(insn.address, code.asm, b"", code.exits, code.ends_window, code.may_unmask,
-                           rule.name, code.before_pop)
+                           rule.name, code.before_pop, after_push=code.after_push)
         if row.handling is not isa.Handling.NONE:
             raise CannotMove(f"{op.text}: class {op.cls} has no enabled rule and must trap in place")
     moved = relocate(insn, f"R{insn.address:x}")
-    pops = None
-    if insn.mnemonic == "pop" and len(op.operands) == 1 and isinstance(op.operands[0], Reg) \
-            and op.operands[0].name in _GPR32:
-        pops = op.operands[0].name
-    return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None, (), pops)
+    reg = op.operands[0].name if len(op.operands) == 1 and isinstance(op.operands[0], Reg) \
+        and op.operands[0].name in _GPR32 else None
+    return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None, (),
+                   reg if insn.mnemonic == "pop" else None,
+                   pushes=reg if insn.mnemonic == "push" else None)
 
 
 _GPR32 = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")
@@ -106,11 +108,18 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     code = bytearray()
     chunks: list[Chunk] = []
     exits: list[tuple[int, ExitRecord]] = []
+    fused: list[int] = []       # chunks assembled with their after_push code
     mid_exit = False
     for n, it in enumerate(items):
         here = address + len(code)
+        asm = it.asm
         after = items[n + 1].pops if n + 1 < len(items) else None
-        asm = dict(it.before_pop).get(after, it.asm) if after is not None else it.asm
+        before = items[n - 1].pushes if n > 0 else None
+        if after is not None and after in dict(it.before_pop):
+            asm = dict(it.before_pop)[after]
+        elif before is not None and before in dict(it.after_push) and not it.exits:
+            asm = dict(it.after_push)[before]
+            fused.append(n)
         part = it.raw if it.raw else assemble(asm, here)
         chunks.append(Chunk(here, it.guest, it.rule))
         found = _int3s(part, here) if it.exits else []
@@ -128,6 +137,7 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     tail = address + len(code)
     unmask = any(it.may_unmask for it in items)
     last_exits_at_end = bool(exits) and exits[-1][1].resume == end
+    gate = check = None
     if (unmask and not (last_exits_at_end and items[-1].may_unmask)) or mid_exit:
         # jmp dword ptr [gate]; check code; jmp end; the gate word, aligned.
         check = tail + 6
@@ -136,9 +146,15 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
         gate = (check + len(body) + 3) & ~3
         code += b"\xff\x25" + gate.to_bytes(4, "little") + body
         code += bytes(gate - (address + len(code))) + end.to_bytes(4, "little")
-        return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits), gate, check)
-    code += jmp(address + len(code), end)
-    return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits))
+    else:
+        code += jmp(address + len(code), end)
+    for n in fused:
+        # The stand-alone translation, for a guest entering at this instruction.
+        stub = address + len(code)
+        code += assemble(items[n].asm, stub)
+        code += jmp(address + len(code), chunks[n + 1].patch if n + 1 < len(chunks) else tail)
+        chunks[n] = replace(chunks[n], entry=stub)
+    return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits), gate, check)
 
 
 def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, ExitRecord]]) -> bytes:

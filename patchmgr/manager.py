@@ -344,7 +344,7 @@ class PatchManager:
                 self._set_gate(patch.block.gate, patch.block, self._pending_now())
             for chunk in patch.block.chunks:
                 if chunk.guest != patch.start:
-                    self._interior[chunk.guest] = chunk.patch
+                    self._interior[chunk.guest] = chunk.resume
                     self._mark_interior(chunk.guest, +1)
         else:
             self._exits[patch.site] = (patch, ExitRecord(patch.op, patch.op.next_address))

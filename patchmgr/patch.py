@@ -34,6 +34,16 @@ class Chunk:
     patch: int
     guest: int
     rule: str | None        # the rule that translated it; None: relocated as is
+    #: Where to resume when the guest continues at `guest` from outside the block (an
+    #: IRET to it, an emulated exit): 0 means `patch`. Code fused with the instruction
+    #: before it in the window (PatchCode.after_push) is only right when entered from that
+    #: instruction, so a block entered at such a chunk starts at a stub after its tail
+    #: that runs the stand-alone translation, then joins the block.
+    entry: int = 0
+
+    @property
+    def resume(self) -> int:
+        return self.entry or self.patch
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,8 @@ class Block:
     def guest_of(self, eip: int) -> int:
         """The guest instruction whose translation holds patch address `eip`."""
         if eip >= self.tail:
-            return self.end
+            stubs = [c for c in self.chunks if c.entry and c.entry <= eip]
+            return stubs[-1].guest if stubs else self.end
         best = self.chunks[0]
         for c in self.chunks:
             if c.patch <= eip:

@@ -6,10 +6,12 @@ itself is the PT_LOAD segment at bt.layout.PATCH_BASE). Format version 1:
 
     {"version": 1, "patch_base": int, "patch_top": int, "rule_data": {key: size},
      "patches": [{"site", "kind", "start", "end", "original" (hex), "op",
-                  "block": null | {"address", "size", "tail", "chunks": [[patch, guest, rule]],
+                  "block": null | {"address", "size", "tail", "chunks": [[patch, guest, rule, entry]],
                                    "exits": [[at, resume, op|null]], "gate": null | int,
                                    "check": null | int}}],
      "refusals": [{"site", "reason", "op"}]}
+
+A chunk's `entry` (0: none) was added later; records with three-element chunks still load.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def dump(patches: list[Patch], refusals: list[Refusal], patch_base: int, patch_t
         if p.block is not None:
             b = p.block
             block = {"address": b.address, "size": len(b.code), "tail": b.tail,
-                     "chunks": [[c.patch, c.guest, c.rule] for c in b.chunks],
+                     "chunks": [[c.patch, c.guest, c.rule, c.entry] for c in b.chunks],
                      "exits": [[at, r.resume, op_to_json(r.op) if r.op else None] for at, r in b.exits],
                      "gate": b.gate, "check": b.check}
         out["patches"].append({"site": p.site, "kind": p.kind, "start": p.start, "end": p.end,
@@ -99,7 +101,7 @@ def load(data: bytes, code: bytes) -> Record:
             if off < 0 or off + b["size"] > len(code):
                 raise InputError(f"{SECTION}: block at {b['address']:#x} lies outside the patch segment")
             block = Block(b["address"], code[off:off + b["size"]], d["start"], d["end"],
-                          tuple(Chunk(p, g, r) for p, g, r in b["chunks"]), b["tail"],
+                          tuple(Chunk(*c) for c in b["chunks"]), b["tail"],
                           tuple((at, ExitRecord(op_from_json(op) if op else None, resume))
                                 for at, resume, op in b["exits"]), b.get("gate"), b.get("check"))
         patches.append(Patch(d["site"], op_from_json(d["op"]), d["kind"], d["start"], d["end"],

@@ -55,6 +55,11 @@ class PatchCode:
     instruction of the window is `pop register` (32-bit), which then runs as it is: the
     code may leave anything in that register, since the POP overwrites it (PUSHF; POP
     EAX, Linux's save_flags, needs no scratch store then).
+    `after_push`: (register, asm) pairs: code to use instead of `asm` when the previous
+    instruction of the window is `push register` (32-bit): the register's value is then
+    also at [esp], so the code may use the register and reload it from there (PUSH EAX;
+    POPFD, Linux's restore_flags, needs no scratch store then). The block keeps `asm`
+    for a guest that enters at this instruction from elsewhere (patchmgr/block.py).
     """
 
     asm: str
@@ -62,6 +67,7 @@ class PatchCode:
     ends_window: bool = False
     may_unmask: bool = False
     before_pop: tuple[tuple[str, str], ...] = ()
+    after_push: tuple[tuple[str, str], ...] = ()
 
 
 class EmitContext:

@@ -126,8 +126,11 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
                 config: PatchConfig | None = None, sites: list[int] | None = None,
                 targets: set[int] | None = None, pending: int = 0,
                 state: dict[str, bytes] | None = None,
-                rules: RuleSet | None = None) -> tuple[Outcome, PatchManager]:
-    """The same code at CPL 1, every sensitive site patched up front."""
+                rules: RuleSet | None = None, enter_at: int | None = None,
+                stack: tuple[int, ...] = ()) -> tuple[Outcome, PatchManager]:
+    """The same code at CPL 1, every sensitive site patched up front. `enter_at`: start at
+    that guest address (through `resume_at`, as the runtime continues a guest) with
+    `stack` pushed, instead of at the start."""
     code = asm(src, CODE)
     end = CODE + len(code)
     uc = machine(code + b"\x90", 1, (flags & ARITH) | 2 | 0x200)
@@ -190,7 +193,11 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
     for n, v in regs.items():
         if n != "esp":
             uc.reg_write(_R[n], v)
-    uc.emu_start(CODE, end, count=100_000)
+    for word in stack:
+        esp = uc.reg_read(u.UC_X86_REG_ESP) - 4
+        uc.mem_write(esp, struct.pack("<I", word))
+        uc.reg_write(u.UC_X86_REG_ESP, esp)
+    uc.emu_start(CODE if enter_at is None else mgr.resume_at(enter_at), end, count=100_000)
     assert uc.reg_read(u.UC_X86_REG_EIP) == end
     efl = uc.reg_read(u.UC_X86_REG_EFLAGS)
     assert efl & 0x3200 == 0x200, "real IF must stay 1 and real IOPL 0"

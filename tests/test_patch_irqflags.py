@@ -20,6 +20,10 @@ SEQUENCES = {
     "save-flags-eax": "add eax, ebx\npushfd\npop eax\ncli\nnop\nnop\nnop\nnop",
     "save-flags-edx": "push 0x32d7\npopfd\nsti\npushfd\npop edx\nnop\nnop\nnop\nnop",
     "save-flags-ebx-ecx": "pushfd\npop ebx\ncli\npushfd\npop ecx\nnop\nnop\nnop\nnop\nnop",
+    # PUSH r32; POPFD reloads r from the stack instead of a scratch word (PatchCode.after_push).
+    "restore-flags-eax": "mov eax, 0x8d7\npush eax\npopfd\nnop\nnop\nnop\nnop",
+    "restore-flags-ebp": "pushfd\npop ebp\ncli\nadd eax, ebx\npush ebp\npopfd\nnop\nnop\nnop\nnop",
+    "restore-flags-iopl": "mov ecx, 0x3046\npush ecx\npopfd\npushfd\npop edx\nnop\nnop\nnop\nnop",
     # IOPL lives apart from IF in the virtual flags word: CLI/STI must keep it.
     "popf-iopl-cli": "push 0x32d7\npopfd\npushfd\npop esi\ncli\npushfd\npop edi\nnop\nnop\nnop\nnop",
     "popf16-iopl-sti": "push 0x1002\npopf\npushf\npop si\nsti\npushfd\npop edi\nnop\nnop\nnop\nnop",
@@ -64,3 +68,24 @@ def test_popf_exits_only_when_it_sets_if() -> None:
     assert keeps_off.exits == []
     sets_on, _ = run_patched("push 0x202\npopfd\nnop\nnop", REGS, 0, 0, pending=1)
     assert sets_on.exits == [None]
+
+
+@pytest.mark.parametrize("flags", [0x000, 0x8D5])
+@pytest.mark.parametrize("pushed", [0x2D7, 0x3046, 0x0C5])
+def test_entering_a_fused_popf_from_outside(flags: int, pushed: int) -> None:
+    """A guest continuing at the POPFD of a PUSH r32; POPFD window (an IRET to it, say) did
+    not run the PUSH: r need not equal [esp]. The block is entered at a stub holding the
+    stand-alone translation, which leaves r alone."""
+    src = "mov ebx, 0x202\npush ebx\npopfd\nnop\nnop\nnop\nnop"
+    popfd = 0x20000 + 6                                   # CODE + mov (5) + push (1)
+    _, mgr = run_patched(src, REGS, flags, 0)
+    (patch,) = mgr.patches.values()
+    assert patch.block is not None
+    chunk = next(c for c in patch.block.chunks if c.guest == popfd)
+    assert chunk.entry and mgr.resume_at(popfd) == chunk.entry
+    assert mgr.to_guest_eip(chunk.entry) == popfd
+    patched, _ = run_patched(src, REGS, flags, 0, enter_at=popfd, stack=(pushed,))
+    assert patched.regs["ebx"] == REGS["ebx"]
+    assert patched.regs["eax"] == REGS["eax"]
+    assert patched.virtual_if == pushed & 0x200
+    assert patched.flags == pushed & 0xCD5

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from bt.operation import Operation
-from patchmgr.rule import EmitContext, PatchCode, PatchRule
+from patchmgr.rule import REG16, EmitContext, PatchCode, PatchRule
 
 
 def _width(op: Operation) -> int:
@@ -61,10 +61,20 @@ class IrqFlags(PatchRule):
                              f"\nmov eax, dword ptr [{s0:#x}]", before_pop=before_pop)
         if op.cls == "popf":
             pop = "popfd" if _width(op) == 4 else "popf"      # Keystone: POPF is the 16-bit form
+            word = ctx.table("popf_word")
+            # After PUSH r32 (restore_flags) the popped value is r's: r is free until the
+            # POPF, then reloaded from the stack, and no scratch store is needed.
+            after_push = tuple((r, f"movzx {r}, byte ptr [esp + 1]\n"
+                                   f"movzx {r}, word ptr [{word:#x} + {r} * 2]\n"
+                                   f"mov word ptr [{vf1:#x}], {REG16[r]}\n"
+                                   f"mov {r}, dword ptr [esp]\n"
+                                   f"{pop}")
+                               for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")) \
+                if _width(op) == 4 else ()
             return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"
                              "movzx eax, byte ptr [esp + 1]\n"
-                             f"movzx eax, word ptr [{ctx.table('popf_word'):#x} + eax * 2]\n"
+                             f"movzx eax, word ptr [{word:#x} + eax * 2]\n"
                              f"{pop}\n"
                              f"mov word ptr [{vf1:#x}], ax\n"
-                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=True)
+                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=True, after_push=after_push)
         return None

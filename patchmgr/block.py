@@ -32,10 +32,12 @@ from bt import isa
 from bt.errors import PatchError
 from bt.operation import Operation, Reg
 from patchmgr.assembler import assemble, jmp
-from patchmgr.patch import Block, Chunk, ExitRecord
+from patchmgr.patch import JMP_LEN, Block, Chunk, ExitRecord
 from patchmgr.registry import RuleSet
 from patchmgr.relocate import CannotMove, relocate
 from patchmgr.rule import EmitContext
+
+INT3 = b"\xcc"
 
 if TYPE_CHECKING:
     from capstone import CsInsn
@@ -138,14 +140,30 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     unmask = any(it.may_unmask for it in items)
     last_exits_at_end = bool(exits) and exits[-1][1].resume == end
     gate = check = None
+    gate_on = gate_off = b""
     if (unmask and not (last_exits_at_end and items[-1].may_unmask)) or mid_exit:
-        # jmp dword ptr [gate]; check code; jmp end; the gate word, aligned.
-        check = tail + 6
-        body = _tail_check(check, end, ctx, exits)
-        body += jmp(check + len(body), end)
-        gate = (check + len(body) + 3) & ~3
-        code += b"\xff\x25" + gate.to_bytes(4, "little") + body
-        code += bytes(gate - (address + len(code))) + end.to_bytes(4, "little")
+        if items[-1].ends_window and not items[-1].exits and not mid_exit:
+            # A code gate: the block leaves by its own last instruction (the window ran on
+            # to the RET), so nothing runs between the unmasking and that instruction while
+            # no interrupt is pending; while one is, a JMP over it leads to the check, which
+            # exits at that instruction's guest address or runs a copy of it.
+            gate = chunks[-1].patch
+            code += INT3 * (gate + JMP_LEN - (address + len(code)))
+            tail = check = address + len(code)
+            code += _tail_check(check, items[-1].guest, ctx, exits)
+            leave = items[-1]
+            code += leave.raw if leave.raw else assemble(leave.asm, address + len(code))
+            gate_off = bytes(code[gate - address:gate - address + JMP_LEN])
+            gate_on = jmp(gate, check)
+        else:
+            # A data gate: jmp dword ptr [gate]; check code; jmp end; the gate word, aligned.
+            check = tail + 6
+            body = _tail_check(check, end, ctx, exits)
+            body += jmp(check + len(body), end)
+            gate = (check + len(body) + 3) & ~3
+            code += b"\xff\x25" + gate.to_bytes(4, "little") + body
+            code += bytes(gate - (address + len(code))) + end.to_bytes(4, "little")
+            gate_on, gate_off = check.to_bytes(4, "little"), end.to_bytes(4, "little")
     else:
         code += jmp(address + len(code), end)
     for n in fused:
@@ -154,12 +172,13 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
         code += assemble(items[n].asm, stub)
         code += jmp(address + len(code), chunks[n + 1].patch if n + 1 < len(chunks) else tail)
         chunks[n] = replace(chunks[n], entry=stub)
-    return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits), gate, check)
+    return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits), gate, check,
+                 gate_on, gate_off)
 
 
-def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, ExitRecord]]) -> bytes:
-    """Exit to `end` if an interrupt is pending and the virtual IF is set. JECXZ is the
-    one conditional jump that reads no flag, so EFLAGS stay the guest's untouched."""
+def _tail_check(here: int, resume: int, ctx: EmitContext, exits: list[tuple[int, ExitRecord]]) -> bytes:
+    """Exit to guest address `resume` if an interrupt is pending and the virtual IF is set.
+    JECXZ is the one conditional jump that reads no flag, so EFLAGS stay the guest's."""
     vf1, pending, s0 = ctx.state("vflags") + 1, ctx.state("pending"), ctx.scratch(0)
     ctx.new_chunk()
     no = ctx.label("nopending")
@@ -175,5 +194,5 @@ def _tail_check(here: int, end: int, ctx: EmitContext, exits: list[tuple[int, Ex
                      f"mov ecx, dword ptr [{s0:#x}]"])
     code = assemble(src, here)
     (where,) = _int3s(code, here)
-    exits.append((where, ExitRecord(None, end)))
+    exits.append((where, ExitRecord(None, resume)))
     return code

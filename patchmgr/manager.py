@@ -162,9 +162,7 @@ class PatchManager:
             self._set_gate(gate, block, on)
 
     def _set_gate(self, gate: int, block: Block, on: bool) -> None:
-        target = block.check if on else block.end
-        assert target is not None
-        self.memory.write(gate, target.to_bytes(4, "little"))
+        self.memory.write(gate, block.gate_on if on else block.gate_off)
 
     def _pending_now(self) -> bool:
         """The state block's `pending` word, where the memory has a state block (not an ELF

@@ -57,12 +57,16 @@ class Block:
     chunks: tuple[Chunk, ...]
     tail: int                               # patch address from which the block only returns
     exits: tuple[tuple[int, ExitRecord], ...]
-    #: Blocks that must look for a pending interrupt before they return leave through
-    #: `jmp dword ptr [gate]`: the gate word holds `end` while nothing is pending and
-    #: `check` (the code that exits when the virtual IF allows it) while something is
-    #: (patchmgr/block.py); the patch manager switches it.
+    #: Blocks that must look for a pending interrupt before they return are switched by
+    #: the patch manager while one is pending (patchmgr/block.py): it writes `gate_on` at
+    #: `gate` then, `gate_off` otherwise. A data gate is the word an indirect JMP at the
+    #: tail goes through (`end`, or `check`: the code that exits when the virtual IF
+    #: allows it); a code gate is the block's last instruction itself (its RET), which a
+    #: JMP to `check` replaces.
     gate: int | None = None
     check: int | None = None
+    gate_on: bytes = b""
+    gate_off: bytes = b""
 
     @property
     def limit(self) -> int:

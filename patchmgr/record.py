@@ -8,10 +8,11 @@ itself is the PT_LOAD segment at bt.layout.PATCH_BASE). Format version 1:
      "patches": [{"site", "kind", "start", "end", "original" (hex), "op",
                   "block": null | {"address", "size", "tail", "chunks": [[patch, guest, rule, entry]],
                                    "exits": [[at, resume, op|null]], "gate": null | int,
-                                   "check": null | int}}],
+                                   "check": null | int, "gate_on": hex, "gate_off": hex}}],
      "refusals": [{"site", "reason", "op"}]}
 
-A chunk's `entry` (0: none) was added later; records with three-element chunks still load.
+A chunk's `entry` (0: none) and a block's `gate_on`/`gate_off` were added later; records
+without them still load (their gates were all data gates).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def dump(patches: list[Patch], refusals: list[Refusal], patch_base: int, patch_t
             block = {"address": b.address, "size": len(b.code), "tail": b.tail,
                      "chunks": [[c.patch, c.guest, c.rule, c.entry] for c in b.chunks],
                      "exits": [[at, r.resume, op_to_json(r.op) if r.op else None] for at, r in b.exits],
-                     "gate": b.gate, "check": b.check}
+                     "gate": b.gate, "check": b.check,
+                     "gate_on": b.gate_on.hex(), "gate_off": b.gate_off.hex()}
         out["patches"].append({"site": p.site, "kind": p.kind, "start": p.start, "end": p.end,
                                "original": p.original.hex(), "op": op_to_json(p.op), "block": block})
     for r in refusals:
@@ -103,9 +105,18 @@ def load(data: bytes, code: bytes) -> Record:
             block = Block(b["address"], code[off:off + b["size"]], d["start"], d["end"],
                           tuple(Chunk(*c) for c in b["chunks"]), b["tail"],
                           tuple((at, ExitRecord(op_from_json(op) if op else None, resume))
-                                for at, resume, op in b["exits"]), b.get("gate"), b.get("check"))
+                                for at, resume, op in b["exits"]), b.get("gate"), b.get("check"),
+                          *_gate_bytes(b, d["end"]))
         patches.append(Patch(d["site"], op_from_json(d["op"]), d["kind"], d["start"], d["end"],
                              bytes.fromhex(d["original"]), block))
     refusals = [Refusal(d["site"], op_from_json(d["op"]), d["reason"]) for d in raw["refusals"]]
     return Record(tuple(patches), tuple(refusals), raw["patch_base"], raw["patch_top"],
                   dict(raw["rule_data"]), code)
+
+
+def _gate_bytes(block: dict[str, Any], end: int) -> tuple[bytes, bytes]:
+    if "gate_on" in block:
+        return bytes.fromhex(block["gate_on"]), bytes.fromhex(block["gate_off"])
+    if block.get("gate") is None:
+        return b"", b""
+    return block["check"].to_bytes(4, "little"), end.to_bytes(4, "little")

@@ -98,10 +98,11 @@ def _through_exit(first: int, last: int, insns: Sequence[CsInsn], code: CodeMap,
     further when the window may grow to it: the block then leaves for the guest's next
     target itself instead of JMPing back to guest code that leaves at once (one Unicorn
     translation block and one instruction fewer on every pass). Only windows that never
-    exit and never unmask: their blocks need no tail (patchmgr/block.py)."""
+    exit: a block that may unmask then checks for a pending interrupt at that last
+    instruction, through a code gate (patchmgr/block.py)."""
     def quiet(i: int) -> bool:
         p = planned(i)
-        return not isinstance(p, str) and not p.exits and not p.may_unmask
+        return not isinstance(p, str) and not p.exits
 
     if not all(quiet(i) for i in range(first, last + 1)):
         return last

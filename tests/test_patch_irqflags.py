@@ -89,3 +89,31 @@ def test_entering_a_fused_popf_from_outside(flags: int, pushed: int) -> None:
     assert patched.regs["eax"] == REGS["eax"]
     assert patched.virtual_if == pushed & 0x200
     assert patched.flags == pushed & 0xCD5
+
+
+def test_unmasking_window_runs_on_to_ret_through_a_code_gate() -> None:
+    """STI; INC; RET (Linux's local_irq_enable) is one block that leaves by its own RET.
+    Nothing pending: no exit, no check on the way. Pending: the JMP the patch manager put
+    over the RET leads to the check, which exits at the RET's guest address."""
+    src = "call f\nnop\nnop\nnop\nnop\nnop\njmp done\nf: sti\ninc dword ptr [0x90000]\nret\ndone: nop"
+    quiet, mgr = run_patched(src, REGS, 0, 0)
+    (patch,) = mgr.patches.values()
+    block = patch.block
+    assert block is not None and block.gate == block.chunks[-1].patch
+    ret = patch.end - 1
+    assert block.chunks[-1].guest == ret and mgr.resume_at(ret) == block.gate
+    assert quiet.exits == [] and quiet.virtual_if == 0x200
+    assert quiet.data[:4] == b"\x01\0\0\0"
+    loud, mgr = run_patched(src, REGS, 0, 0, pending=1)
+    assert loud.exits == [None] and loud.resumes == [ret]
+    assert loud.data[:4] == b"\x01\0\0\0"           # the INC ran once, before the exit
+    # The gate is the RET itself while nothing is pending, a JMP to the check while
+    # something is; the patch manager switches it.
+    (patch,) = mgr.patches.values()
+    assert patch.block is not None
+    gate = patch.block.gate
+    assert gate is not None and patch.block.check is not None
+    on = mgr.memory.read(gate, 5)
+    assert on[0] == 0xE9 and gate + 5 + int.from_bytes(on[1:], "little", signed=True) == patch.block.check
+    mgr.set_pending(False)
+    assert mgr.memory.read(gate, 1) == b"\xc3"

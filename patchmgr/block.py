@@ -4,17 +4,28 @@ return to the guest (PATM's patch-block recompiler, for one window).
 A block is a sequence of chunks, one per guest instruction of the window, each
 self-contained (its labels are its own), so a block can be entered at any chunk: the
 runtime does that when it resumes at a guest address inside a window (`resume_at`).
-After the chunks comes the tail: a JMP back to the guest. If some chunk may have set the
-virtual IF (STI, POPF) or exited in the middle of the block (the runtime never delivers
-an interrupt inside patch code, whose address the guest must not see), the block must
-look for a pending interrupt first: virtual IF set and `pending` non-zero -> exit with
-nothing to emulate, resuming at the guest address after the window, where the runtime
-delivers the interrupt. That check costs nothing while no interrupt is pending: the
-tail is `jmp dword ptr [gate]`, an indirect JMP through the block's gate word, which
-holds the guest return address; only while `pending` is set does the patch manager
-point the gate at the check code (`PatchManager.set_pending`, called by the runtime).
-An indirect JMP costs what the direct one it replaces does (Unicorn ends the
-translation block at either and looks the target up), and needs no register or flag.
+After the chunks comes the tail: a JMP back to the guest, unless the window ran on to
+the RET (or JMP) that ends its basic block, which then leaves the block itself. If some
+chunk may have set the virtual IF (STI, POPF) or exited in the middle of the block (the
+runtime never delivers an interrupt inside patch code, whose address the guest must not
+see), the block must look for a pending interrupt before it leaves: virtual IF set and
+`pending` non-zero -> exit with nothing to emulate at a guest address, where the runtime
+delivers the interrupt. That check costs nothing while no interrupt is pending, because
+the patch manager switches it in only while `pending` is set
+(`PatchManager.set_pending`, called by the runtime), through the block's gate:
+
+* a code gate, when the block leaves by its own last instruction: the RET itself (padded
+  to 5 bytes) while nothing is pending, a JMP to the check while something is; the check
+  exits at the RET's guest address or runs a copy of the RET. Linux's local_irq_enable
+  (STI; ...; RET) and local_irq_restore (PUSH; POPF; ...; RET) leave with no extra jump;
+* a data gate otherwise: the tail is `jmp dword ptr [gate]`, an indirect JMP through a
+  word holding the guest return address (or the check's address while something is
+  pending). It costs what the direct JMP it replaces does (Unicorn ends the translation
+  block at either and looks the target up), and needs no register or flag.
+
+Code fused with the instruction before it (PatchCode.after_push) is right only when
+entered from that instruction; a guest entering the window there from elsewhere (an IRET
+to it) starts at a stub after the tail holding the stand-alone translation (Chunk.entry).
 
 Hypercalls are the `int3` instructions of a chunk; they are found by disassembling
 the chunk's own bytes, and matched in order with the chunk's `exits`.

@@ -120,7 +120,7 @@ class PatchManager:
         self._blocks: list[tuple[int, Patch]] = []   # (block address, patch), sorted
         self._watches: dict[int, object] = {}
         self._interior: dict[int, int] = {}          # guest address inside a window -> its chunk
-        self._gates: dict[int, Block] = {}           # gate word address -> its block
+        self._gates: dict[int, Block] = {}           # gate address -> its block
         self._bit_users: Counter[tuple[int, int]] = Counter()
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
@@ -156,8 +156,8 @@ class PatchManager:
         return self._interior.get(eip, eip)
 
     def set_pending(self, on: bool) -> None:
-        """The runtime set (`on`) or cleared the state block's `pending` word: point every
-        gate at its block's check code, or back at the guest."""
+        """The runtime set (`on`) or cleared the state block's `pending` word: switch every
+        block's gate to its check code, or back (patchmgr/block.py)."""
         for gate, block in self._gates.items():
             self._set_gate(gate, block, on)
 

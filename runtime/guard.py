@@ -27,9 +27,13 @@ A hooked store is one of:
   patch memory is also handed to the patch manager (`on_patch_memory`), which keeps its
   own count.
 
-Stores into guest RAM pages the patch manager write-protects (its self-modifying-code
-watch) arrive at the same hook, which hands them to `ram_writes`; the guard owns the one
-hook so that the two never disagree about who handles a fault.
+Unicorn 2.1.4 hands the hook the *physical* address of the store (measured: a guest page
+table that maps a low linear page onto a VMM page is caught, and reported, at the VMM
+address), so the guard decides by physical address and the guest cannot dodge it through
+an alias; in the VMM area physical == linear. Stores into guest RAM pages the patch
+manager write-protects (its self-modifying-code watch) arrive at the same hook, which
+hands them, physical address included, to `ram_writes`: the guard owns the one hook so
+that the two never disagree about who handles a fault.
 
 What stays writable, and why
 ----------------------------
@@ -81,15 +85,14 @@ def protected_ranges() -> tuple[tuple[int, int], ...]:
 class VmmGuard:
     """Owner of the engine's one UC_HOOK_MEM_WRITE_PROT hook (module docstring)."""
 
-    def __init__(self, uc: Uc, cpu: Cpu, stats: RunStats, *, translate: Callable[[int], int],
-                 guest_eip: Callable[[int], int], fail: Callable[[BaseException], None]) -> None:
+    def __init__(self, uc: Uc, cpu: Cpu, stats: RunStats, *, guest_eip: Callable[[int], int],
+                 fail: Callable[[BaseException], None]) -> None:
         self.uc = uc
         self.cpu = cpu
         self.stats = stats
-        self._translate = translate     # guest-linear -> physical (the guest's page tables)
         self._guest_eip = guest_eip     # patch-memory EIP -> the guest EIP it stands for
         self._fail = fail               # store an exception for the run loop to re-raise
-        #: (linear address, size, value) -> handled: stores into guest RAM pages someone
+        #: (physical address, size, value) -> handled: stores into guest RAM pages someone
         #: else write-protected (the patch manager's code watch, runtime/patching.py).
         self.ram_writes: Callable[[int, int, int], bool] | None = None
         #: (address, size, EIP) of a dropped store into patch memory, for the patch manager.
@@ -100,23 +103,20 @@ class VmmGuard:
         """Protect the VMM area and add the hook; before the first slice."""
         if self._hook is not None:
             return
-        # Unbounded: a guest page table may alias a VMM page at a low linear address, so
-        # the hook decides by physical address.
+        # Unbounded: the hook gets physical addresses, and guest RAM pages share it.
         self._hook = self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write)
         for start, size in protected_ranges():
             self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_EXEC)
 
     def _on_write(self, _uc: Any, _access: int, address: int, size: int, value: int, _data: Any) -> bool:
         try:
-            phys = address if address >= layout.VMM_BASE else self._translate(address)
-            if not layout.VMM_BASE <= phys < _VMM_END:
+            if not layout.VMM_BASE <= address < _VMM_END:
                 return self.ram_writes is not None and self.ram_writes(address, size, value)
-            data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-            if self.cpu.read(CS) & 3 == 0 or self._sets_accessed_bit(phys, size, value):
+            if self.cpu.read(CS) & 3 == 0 or self._sets_accessed_bit(address, size, value):
                 # Unicorn drops a store whose hook handled it: make it.
-                self.cpu.phys_write(phys, data)
+                self.cpu.phys_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
                 return True
-            self._dropped(address, phys, size)
+            self._dropped(address, size)
             return True
         except BaseException as err:   # stored and re-raised by the run loop, never swallowed
             self._fail(err)
@@ -130,11 +130,11 @@ class VmmGuard:
         return (value == old | _DESC_A and value != old
                 and old & (_DESC_S | _DESC_P) == _DESC_S | _DESC_P)
 
-    def _dropped(self, address: int, phys: int, size: int) -> None:
+    def _dropped(self, address: int, size: int) -> None:
         eip = self.cpu.read(EIP)
         stats = self.stats
         stats.vmm_writes += 1
         if len(stats.vmm_writers) < KEEP_WRITERS:
-            stats.vmm_writers.append((self._guest_eip(eip), address, size, layout.region_at(phys)))
-        if layout.PATCH_BASE <= phys < layout.PATCH_BASE + layout.PATCH_SIZE and self.on_patch_memory:
+            stats.vmm_writers.append((self._guest_eip(eip), address, size, layout.region_at(address)))
+        if layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE and self.on_patch_memory:
             self.on_patch_memory(address, size, eip)

@@ -35,7 +35,8 @@ class RunStats:
     idle_ns: int = 0         #: virtual time skipped by HLT
     wall_ns: int = 0         #: wall time of the whole run
     #: Guest stores into the write-protected VMM area, dropped (runtime/guard.py), and the
-    #: first of them as (guest EIP, address, size, region name from bt.layout.VMM_REGIONS).
+    #: first of them as (guest EIP, physical address (== linear in the VMM area), size,
+    #: region name from bt.layout.VMM_REGIONS).
     vmm_writes: int = 0
     vmm_writers: list[tuple[int, int, int, str]] = field(default_factory=list)
     #: Times the virtual flags word held bytes neither the VMM nor patch code writes (the

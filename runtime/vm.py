@@ -147,8 +147,7 @@ class Vm:
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
-        self.guard = VmmGuard(uc, self.cpu, self.stats, translate=self.mmu.translate,
-                              guest_eip=self._to_guest_eip, fail=self._hook_failed)
+        self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:

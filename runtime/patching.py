@@ -87,6 +87,7 @@ class _VmMemory:
         self.uc = vm.machine.uc
         self.manager: PatchManager | None = None
         self._protected: Counter[int] = Counter()     # physical page -> patches on it
+        self._linear: dict[int, int] = {}             # watched physical page -> its linear page
 
     def _phys(self, address: int) -> int:
         return address if address >= layout.VMM_BASE else int(self.vm.mmu.translate(address))
@@ -109,11 +110,13 @@ class _VmMemory:
         from unicorn import UC_PROT_EXEC, UC_PROT_READ
 
         self.vm.guard.ram_writes = self._on_write
+        mask = ~(layout.PAGE_SIZE - 1)
         # Guest code lives in guest RAM; the VMM area is the guard's and stays protected.
-        pages = {p for p in (self._phys(a) & ~(layout.PAGE_SIZE - 1) for a in (start, end - 1))
-                 if p < layout.VMM_BASE}
-        for page in pages:
+        pages = {self._phys(a) & mask: a & mask for a in (start, end - 1)}
+        pages = {p: lin for p, lin in pages.items() if p < layout.VMM_BASE}
+        for page, linear in pages.items():
             self._protected[page] += 1
+            self._linear[page] = linear
             if self._protected[page] == 1:
                 self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         return tuple(pages)
@@ -125,7 +128,7 @@ class _VmMemory:
         for page in handle:
             self._protected[page] -= 1
             if self._protected[page] == 0:
-                del self._protected[page]
+                del self._protected[page], self._linear[page]
                 self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
 
     def protect_patch_memory(self) -> None:
@@ -138,15 +141,21 @@ class _VmMemory:
         assert self.manager is not None
         self.manager.on_patch_memory_write(address, size, eip)
 
-    def _on_write(self, address: int, size: int, value: int) -> bool:
-        """A guest store into a watched code page (the guard's hook calls this; an
-        exception goes to the run loop through the guard)."""
+    def _on_write(self, phys: int, size: int, value: int) -> bool:
+        """A guest store into a watched code page (the guard's hook calls this with the
+        physical address Unicorn reports; an exception goes to the run loop through the
+        guard). The patch manager knows linear addresses: the watch remembers which linear
+        page each physical page was watched for."""
         assert self.manager is not None
+        linear = self._linear.get(phys & ~(layout.PAGE_SIZE - 1))
+        if linear is None:        # not one of ours (another write-protected page)
+            return False
+        address = linear | (phys & (layout.PAGE_SIZE - 1))
         self.manager.on_guest_write(address, size)
         # Unicorn drops the faulting store when the hook handles it: make it, then drop
         # whatever Unicorn translated from those bytes.
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self.vm.cpu.phys_write(self._phys(address), data)
+        self.vm.cpu.phys_write(phys, data)
         self.uc.ctl_remove_cache(address, address + size)
         return True
 

@@ -6,15 +6,19 @@ stores into the patch-writable state page run untouched."""
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
+import pytest
 import runtime_guest as guest
 from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM
 from patch_harness import LinearCode
+from test_runtime_stops import tiny_elf
 
 from bt import layout
+from bt.cli import main
 from bt.cli.run import _report_guard
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime import guard, segments
@@ -226,3 +230,20 @@ def test_the_code_watch_reports_linear_addresses_under_paging() -> None:
     assert recorder.writes == [(0x400012, 2)]
     assert vm.cpu.phys_read(0x50012, 2) == b"II"
     assert not vm.guard.ram_writes(0x60000, 4, 0)      # a page nobody watches: not handled
+
+
+@pytest.mark.parametrize("mode", [["--no-patch"], []])
+def test_bt_run_stats_and_json_name_the_stores(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               mode: list[str]) -> None:
+    code = assemble(f"mov dword ptr [{STATE_TARGET:#x}], 1\n"
+                    f"mov dword ptr [{layout.PATCH_BASE + 0x20:#x}], 2\n"
+                    "mov eax, 0\nout 0xf4, eax\n")
+    elf = tiny_elf(code, tmp_path / "guard.elf")
+    out_json = tmp_path / "stats.json"
+    assert main(["run", str(elf), *mode, "--stats", "--json", str(out_json)]) == 1
+    err = capsys.readouterr().err
+    first, second = _store_eips(code)
+    assert (f"guest stores into the VMM area (dropped): 2, from EIP {first:#x} -> {STATE_TARGET:#x} (state), "
+            f"{second:#x} -> {layout.PATCH_BASE + 0x20:#x} (patch memory)") in err
+    data = json.loads(out_json.read_text())
+    assert data["vmm_writes"] == 2 and data["vflags_corrupted"] == 0

@@ -247,3 +247,14 @@ def test_bt_run_stats_and_json_name_the_stores(tmp_path: Path, capsys: pytest.Ca
             f"{second:#x} -> {layout.PATCH_BASE + 0x20:#x} (patch memory)") in err
     data = json.loads(out_json.read_text())
     assert data["vmm_writes"] == 2 and data["vflags_corrupted"] == 0
+
+
+def test_a_kernel_patched_before_the_state_block_split_is_refused() -> None:
+    # Its patch code addresses the old single-page state block (record version 1).
+    from bt.errors import InputError
+    from patchmgr import record
+
+    old = json.dumps({"version": 1, "patch_base": layout.PATCH_BASE, "patch_top": layout.PATCH_BASE,
+                      "rule_data": {}, "patches": [], "refusals": []}).encode()
+    with pytest.raises(InputError, match=r"record version 1 \(this ring1 reads 2\)"):
+        record.load(old, b"")

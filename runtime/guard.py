@@ -21,7 +21,10 @@ A hooked store is one of:
   helper_load_seg, not for CS loads): a 4-byte store to the high word of a present
   code/data descriptor that changes nothing but that bit. Made by the hook, so that the
   shadows behave as they did unprotected (each descriptor costs one hook call per
-  resync). A guest that stores exactly that is indistinguishable and harmless;
+  resync). Installing the shadows with the bit already set would spare those calls, but
+  an unpatched LAR runs natively at CPL 1 and reads the shadow: it would show the bit
+  set on descriptors the guest never loaded. A guest store that does exactly this is
+  indistinguishable from the CPU's and harmless;
 * anything else: the guest's. Dropped and counted in `RunStats.vmm_writes`, the first 16
   kept in `RunStats.vmm_writers` as (guest EIP, address, size, region); a store into
   patch memory is also handed to the patch manager (`on_patch_memory`), which keeps its
@@ -48,9 +51,10 @@ What stays writable, and why
   bits) or on pages it never reaches while the guest runs: the VMM stacks are used by
   BOOT's IRETD (which only reads) and by the VMM itself; a ring 3 -> 1 call gate pushes
   onto the guest's kernel stack, because the VMM sets TSS.ss1:esp1 before every inward
-  transition (runtime/deliver.py); no hardware task switch ever writes the real TSS. The
-  VMM page table is installed with accessed and dirty set (runtime/paging.py), so the
-  page walker never updates it.
+  transition (runtime/deliver.py). No hardware task switch writes the real TSS: the
+  shadows hold no TSS descriptor or task gate (runtime/segments.py `compress`) and the
+  VMM's own TSS descriptor is DPL 0. The VMM page table is installed with accessed and
+  dirty set (runtime/paging.py), so the page walker never updates it.
 """
 
 from __future__ import annotations

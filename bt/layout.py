@@ -26,6 +26,14 @@ instruction has to be fetched at CPL 3 (see runtime/ for the mechanism).
 
 A guest that maps something of its own in the top 4 MiB conflicts with the VMM; the
 runtime stops it with a clear diagnosis rather than silently corrupting either.
+
+Reachable from ring 1 is not writable from ring 1: the runtime write-protects every
+page of the area in Unicorn except `PATCH_STATE_BASE` (runtime/guard.py), so a guest
+store anywhere else in it is dropped and reported. That is why the state block is two
+pages: the fields only the VMM writes (`STATE_BASE`, read-only for the guest and for
+patch code) and the fields patch code stores to at full speed (`PATCH_STATE_BASE`,
+writable at CPL 1 and so by the guest kernel too: patch code and the kernel share CPL 1
+and flat segments, and ring1 does not truncate segments as VMware and Xen did).
 """
 
 from __future__ import annotations
@@ -80,7 +88,8 @@ VMM_CODE = VMM_BASE + 0x14000
 #: The one user-readable page (see module docstring): the ring 3 -> ring 1 trampoline.
 VMM_USER_PAGE = VMM_BASE + 0x15000
 
-#: The state block shared by the runtime and patch code (see `STATE_FIELDS`).
+#: The state block's protected page: fields only the VMM writes, patch code reads
+#: (`STATE_FIELDS` with `patch_writes` False). Write-protected against the guest.
 STATE_BASE = VMM_BASE + 0x16000
 STATE_SIZE = PAGE_SIZE
 
@@ -93,6 +102,12 @@ VMM_STACK_SIZE = PAGE_SIZE
 
 #: The page table that maps the VMM area when the guest enables paging.
 VMM_PT = VMM_BASE + 0x1A000
+
+#: The state block's patch-writable page: the fields patch code stores to (virtual IF/
+#: IOPL, scratch words, its private stack, rule data). The one page of the VMM area the
+#: guest can write; in its own page so that protecting the rest costs patch code nothing.
+PATCH_STATE_BASE = VMM_BASE + 0x1B000
+PATCH_STATE_SIZE = PAGE_SIZE
 
 #: The shadow LDT: the guest's LDT with DPL 0 compressed to 1 like the GDT (a guest
 #: LLDT loads the real LDTR with a VMM descriptor pointing here). 64 KiB: any LDT fits.
@@ -110,36 +125,47 @@ class StateField:
     offset: int
     size: int
     why: str
+    #: True: patch code stores to it, so it lives in the writable page `PATCH_STATE_BASE`;
+    #: False: only the VMM writes it, in the write-protected page `STATE_BASE`.
+    patch_writes: bool = False
 
     @property
     def address(self) -> int:
-        return STATE_BASE + self.offset
+        return (PATCH_STATE_BASE if self.patch_writes else STATE_BASE) + self.offset
 
 
-#: The state block: the one truth about virtual CPU state that patch code reads and
-#: writes without exiting and the runtime reads and writes on every exit.
+#: The state block: the one truth about virtual CPU state that patch code reads (and
+#: partly writes) without exiting and the runtime reads and writes on every exit.
+#: Offsets are within the field's page (`StateField.address`).
 STATE_FIELDS: tuple[StateField, ...] = (
-    StateField("vflags", 0x00, 4,
-               "virtual IF at bit 9, alone in byte 1 (0x02 or 0x00) so that CLI/STI are one flag-free byte "
-               "store; virtual IOPL (0-3) in byte 2; bit 1 set; other flag bits are the real ones "
-               "(runtime/vcpu.py converts to and from the EFLAGS layout)"),
-    StateField("pending", 0x04, 4,
+    # -- STATE_BASE: the VMM writes these (at exits); patch code and the guest only read them.
+    StateField("pending", 0x00, 4,
                "non-zero while an interrupt waits for virtual IF = 1: STI/POPF exit only then"),
-    StateField("cr0", 0x08, 4, "virtual CR0 (MOV r,CR0 and SMSW read it)"),
-    StateField("cr2", 0x0C, 4, "virtual CR2, the last page-fault address delivered to the guest"),
-    StateField("cr3", 0x10, 4, "virtual CR3"),
-    StateField("cr4", 0x14, 4, "virtual CR4"),
+    StateField("cr0", 0x04, 4, "virtual CR0 (MOV r,CR0 and SMSW read it)"),
+    StateField("cr2", 0x08, 4, "virtual CR2, the last page-fault address delivered to the guest"),
+    StateField("cr3", 0x0C, 4, "virtual CR3"),
+    StateField("cr4", 0x10, 4, "virtual CR4"),
+    StateField("in_patch", 0x14, 4, "reserved: non-zero while patch code runs (nothing sets it yet)"),
     StateField("gdtr", 0x18, 6, "guest GDTR as SGDT stores it: limit (2 bytes) then base (4)"),
     StateField("idtr", 0x20, 6, "guest IDTR as SIDT stores it"),
     StateField("ldtr", 0x28, 2, "guest LDTR selector (SLDT)"),
     StateField("tr", 0x2A, 2, "guest TR selector (STR)"),
-    StateField("in_patch", 0x2C, 4, "non-zero while patch code runs, for the runtime's address maps"),
-    StateField("scratch", 0x30, 16, "scratch words for patch code (saved registers)"),
-    StateField("saved_esp", 0x40, 4,
-               "guest ESP while patch code saves EFLAGS on its private stack (never below the guest's ESP)"),
-    StateField("pstack", 0x44, 28, "patch code's private stack: room for the EFLAGS pushes of one bracket"),
-    StateField("rule_data", 0x60, 96,
-               "words patch rules (plugins too) own, e.g. a virtual TSC; patchmgr hands them out"),
+    # -- PATCH_STATE_BASE: patch code stores to these (the emitted CLI/STI/POPF/IRET code,
+    # EmitContext.scratch/flags_saved/data in patchmgr/rule.py).
+    StateField("vflags", 0x00, 4,
+               "virtual IF at bit 9, alone in byte 1 (0x02 or 0x00) so that CLI/STI are one flag-free byte "
+               "store; virtual IOPL (0-3) in byte 2; byte 0 is 0x02 (bit 1), byte 3 zero "
+               "(runtime/vcpu.py converts to and from the EFLAGS layout and checks those bytes)",
+               patch_writes=True),
+    StateField("scratch", 0x10, 16, "scratch words for patch code (saved registers)", patch_writes=True),
+    StateField("saved_esp", 0x20, 4,
+               "guest ESP while patch code saves EFLAGS on its private stack (never below the guest's ESP)",
+               patch_writes=True),
+    StateField("pstack", 0x24, 28, "patch code's private stack: room for the EFLAGS pushes of one bracket",
+               patch_writes=True),
+    StateField("rule_data", 0x40, 96,
+               "words patch rules (plugins too) own, e.g. a virtual TSC; patchmgr hands them out",
+               patch_writes=True),
 )
 
 _FIELDS = {f.name: f for f in STATE_FIELDS}
@@ -154,23 +180,57 @@ def state_field(name: str) -> StateField:
     return _FIELDS[name]
 
 
+@dataclass(frozen=True)
+class Region:
+    """A named part of the VMM area (what guard reports name)."""
+
+    name: str
+    start: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+#: Every part of the VMM area, in address order; the pages between them are unused.
+VMM_REGIONS: tuple[Region, ...] = (
+    Region("gdt", VMM_GDT, VMM_GDT_SIZE),
+    Region("idt", VMM_IDT, VMM_IDT_SIZE),
+    Region("tss", VMM_TSS, VMM_TSS_SIZE),
+    Region("vmm code", VMM_CODE, PAGE_SIZE),
+    Region("user page", VMM_USER_PAGE, PAGE_SIZE),
+    Region("state", STATE_BASE, STATE_SIZE),
+    Region("stack0", VMM_STACK0_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE),
+    Region("stack1", VMM_STACK1_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE),
+    Region("page table", VMM_PT, PAGE_SIZE),
+    Region("patch state", PATCH_STATE_BASE, PATCH_STATE_SIZE),
+    Region("ldt", VMM_LDT, VMM_LDT_SIZE),
+    Region("patch memory", PATCH_BASE, PATCH_SIZE),
+)
+
+
+def region_at(address: int) -> str:
+    """The name of the VMM region holding `address` ("unused" between regions)."""
+    for r in VMM_REGIONS:
+        if r.start <= address < r.end:
+            return r.name
+    return "unused"
+
+
 def _check() -> None:
-    regions = sorted([
-        (VMM_GDT, VMM_GDT_SIZE, "gdt"), (VMM_IDT, VMM_IDT_SIZE, "idt"), (VMM_TSS, VMM_TSS_SIZE, "tss"),
-        (VMM_CODE, PAGE_SIZE, "code"), (VMM_USER_PAGE, PAGE_SIZE, "user page"),
-        (STATE_BASE, STATE_SIZE, "state"), (VMM_STACK0_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE, "stack0"),
-        (VMM_STACK1_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE, "stack1"), (VMM_PT, PAGE_SIZE, "pt"),
-        (VMM_LDT, VMM_LDT_SIZE, "ldt"),
-        (PATCH_BASE, PATCH_SIZE, "patch"),
-    ])
-    for (a, n, x), (b, _, y) in itertools.pairwise(regions):
-        assert a + n <= b, f"layout overlap: {x} and {y}"
-    assert regions[-1][0] + regions[-1][1] <= VMM_BASE + VMM_SIZE
-    end = 0
-    for f in STATE_FIELDS:
-        assert f.offset >= end, f"state field {f.name} overlaps"
-        end = f.offset + f.size
-    assert end <= STATE_SIZE
+    for a, b in itertools.pairwise(VMM_REGIONS):
+        assert a.end <= b.start, f"layout overlap or disorder: {a.name} and {b.name}"
+    assert VMM_REGIONS[0].start >= VMM_BASE and VMM_REGIONS[-1].end <= VMM_BASE + VMM_SIZE
+    # The write guard works on whole pages: the writable state page shares its page with nothing.
+    assert PATCH_STATE_BASE % PAGE_SIZE == 0 and PATCH_STATE_SIZE == PAGE_SIZE
+    for writes, base, size in ((False, STATE_BASE, STATE_SIZE), (True, PATCH_STATE_BASE, PATCH_STATE_SIZE)):
+        end = 0
+        for f in sorted((f for f in STATE_FIELDS if f.patch_writes == writes), key=lambda f: f.offset):
+            assert f.offset >= end, f"state field {f.name} overlaps"
+            end = f.offset + f.size
+        assert end <= size, f"state page at {base:#x} overflows"
+    assert len(_FIELDS) == len(STATE_FIELDS), "state field names repeat"
 
 
 _check()

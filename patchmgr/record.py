@@ -2,9 +2,11 @@
 knows the exits, the patch<->guest maps and the original bytes without re-deriving them.
 
 Stored in the non-allocated section `.ring1.patches` of the output ELF (the patch code
-itself is the PT_LOAD segment at bt.layout.PATCH_BASE). Format version 1:
+itself is the PT_LOAD segment at bt.layout.PATCH_BASE). Format version 2 (1 had the
+same shape, but its patch code addresses the state block before it was split into a
+protected and a patch-writable page, bt/layout.py; such a kernel must be patched again):
 
-    {"version": 1, "patch_base": int, "patch_top": int, "rule_data": {key: size},
+    {"version": 2, "patch_base": int, "patch_top": int, "rule_data": {key: size},
      "patches": [{"site", "kind", "start", "end", "original" (hex), "op",
                   "block": null | {"address", "size", "tail", "chunks": [[patch, guest, rule, entry]],
                                    "exits": [[at, resume, op|null]], "gate": null | int,
@@ -26,7 +28,7 @@ from bt.operation import Imm, Mem, Operand, Operation, Reg
 from patchmgr.patch import Block, Chunk, ExitRecord, Patch, Refusal
 
 SECTION = ".ring1.patches"
-VERSION = 1
+VERSION = 2
 
 
 def _operand(o: Operand) -> dict[str, Any]:

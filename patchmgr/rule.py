@@ -87,7 +87,9 @@ class EmitContext:
     # -- the state block ---------------------------------------------------------------------
     @staticmethod
     def state(name: str) -> int:
-        """Guest address of a state-block field (bt.layout.STATE_FIELDS)."""
+        """Guest address of a state-block field (bt.layout.STATE_FIELDS). Patch code may
+        store only to fields with `patch_writes` (the writable page); the others are
+        write-protected and a store there is dropped by the runtime."""
         return layout.state(name)
 
     @staticmethod
@@ -98,9 +100,10 @@ class EmitContext:
         return layout.state("scratch") + 4 * index
 
     def data(self, key: str, size: int) -> int:
-        """Guest address of `size` bytes in the state block's rule-data area owned by `key`
-        (for example a plugin's virtual TSC). The same key always gets the same address
-        within one process; the runtime zeroes the area at boot."""
+        """Guest address of `size` bytes in the state block's rule-data area (in its
+        patch-writable page) owned by `key` (for example a plugin's virtual TSC). The same
+        key always gets the same address within one process; the runtime zeroes the area
+        at boot."""
         field = layout.state_field("rule_data")
         if key not in self._data:
             used = sum(self._data.values()) if self._data else 0

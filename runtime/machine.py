@@ -4,8 +4,11 @@ Memory map (physical; linear == physical until the guest enables paging):
 
     0 .. ram_size             guest RAM
     VMM_BASE .. 4 GiB         the VMM area (bt/layout.py): real GDT, IDT, TSS, VMM
-                              code, the user trampoline page, the state block,
-                              stacks, the VMM page table, patch memory
+                              code, the user trampoline page, the state block (a
+                              protected and a patch-writable page), stacks, the VMM
+                              page table, the shadow LDT, patch memory; write-protected
+                              against the guest but for the patch-writable state page
+                              (runtime/guard.py, installed by runtime/vm.py)
 
 VMM code (at `bt.layout.VMM_CODE`, hand-encoded so that nothing needs an
 assembler at run time):

@@ -23,7 +23,7 @@ from bt import layout
 from bt.errors import GuestStop
 from runtime.cpu import Cpu
 
-PTE_P, PTE_W, PTE_U, PTE_PS = 0x1, 0x2, 0x4, 0x80
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
 CR0_PG, CR0_WP = 1 << 31, 1 << 16
 CR4_PSE = 1 << 4
 
@@ -116,12 +116,17 @@ class Mmu:
 
 def vmm_page_table() -> bytes:
     """The contents of `VMM_PT`: the VMM area mapped linear == physical, supervisor
-    only, except the user trampoline page (user, read-only)."""
+    only, except the user trampoline page (user, read-only).
+
+    Accessed and dirty are set from the start: the CPU's page walker then never writes
+    the table, which the VMM guard keeps write-protected (runtime/guard.py; measured with
+    unicorn 2.1.4: a walker's A/D update of a protected page is dropped without a hook
+    call, so it would be retried on every TLB fill)."""
     out = bytearray()
     for i in range(1024):
         addr = layout.VMM_BASE + i * layout.PAGE_SIZE
-        flags = PTE_P | PTE_W
+        flags = PTE_P | PTE_W | PTE_A | PTE_D
         if addr == layout.VMM_USER_PAGE:
-            flags = PTE_P | PTE_U
+            flags = PTE_P | PTE_U | PTE_A | PTE_D
         out += (addr | flags).to_bytes(4, "little")
     return bytes(out)

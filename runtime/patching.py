@@ -87,7 +87,7 @@ class _VmMemory:
         self.uc = vm.machine.uc
         self.manager: PatchManager | None = None
         self._protected: Counter[int] = Counter()     # physical page -> patches on it
-        self._hook: object | None = None
+        self._linear: dict[int, int] = {}             # watched physical page -> its linear page
 
     def _phys(self, address: int) -> int:
         return address if address >= layout.VMM_BASE else int(self.vm.mmu.translate(address))
@@ -102,17 +102,21 @@ class _VmMemory:
 
     def watch(self, start: int, end: int) -> object:
         # Patched pages are write-protected in Unicorn (physical pages: every alias is
-        # caught): a guest store there faults into `_on_write`, every other store runs at
-        # full speed. A UC_HOOK_MEM_WRITE hook, even one, puts every guest store on
+        # caught): a guest store there faults into the VMM guard's one write-protection
+        # hook (runtime/guard.py), which hands it to `_on_write`; every other store runs
+        # at full speed. A UC_HOOK_MEM_WRITE hook, even one, puts every guest store on
         # Unicorn's slow path (measured: irqsave-pv, iters=200000, patched, 496 ms with
         # one such hook vs 384 ms without).
-        from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ
+        from unicorn import UC_PROT_EXEC, UC_PROT_READ
 
-        if self._hook is None:
-            self._hook = self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write)
-        pages = {self._phys(a) & ~(layout.PAGE_SIZE - 1) for a in (start, end - 1)}
-        for page in pages:
+        self.vm.guard.ram_writes = self._on_write
+        mask = ~(layout.PAGE_SIZE - 1)
+        # Guest code lives in guest RAM; the VMM area is the guard's and stays protected.
+        pages = {self._phys(a) & mask: a & mask for a in (start, end - 1)}
+        pages = {p: lin for p, lin in pages.items() if p < layout.VMM_BASE}
+        for page, linear in pages.items():
             self._protected[page] += 1
+            self._linear[page] = linear
             if self._protected[page] == 1:
                 self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         return tuple(pages)
@@ -124,35 +128,36 @@ class _VmMemory:
         for page in handle:
             self._protected[page] -= 1
             if self._protected[page] == 0:
-                del self._protected[page]
+                del self._protected[page], self._linear[page]
                 self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
 
     def protect_patch_memory(self) -> None:
-        """Guest ring 1 may run patch memory, never write it: such a store is dropped and
-        reported (`PatchManager.stats.patch_memory_writes`)."""
-        from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ
+        """Guest ring 1 may run patch memory, never write it: the VMM guard (runtime/guard.py)
+        drops such a store, counts it in `RunStats.vmm_writes` and tells the patch manager
+        (`PatchManager.stats.patch_memory_writes`)."""
+        self.vm.guard.on_patch_memory = self._on_patch_memory
 
-        if self._hook is None:
-            self._hook = self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write)
-        self.uc.mem_protect(layout.PATCH_BASE, layout.PATCH_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+    def _on_patch_memory(self, address: int, size: int, eip: int) -> None:
+        assert self.manager is not None
+        self.manager.on_patch_memory_write(address, size, eip)
 
-    def _on_write(self, uc: Any, _access: int, address: int, size: int, value: int, _data: Any) -> bool:
-        try:
-            assert self.manager is not None
-            if layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE:
-                self.manager.on_patch_memory_write(address, size, self.vm.cpu.read(EIP))
-                return True
-            self.manager.on_guest_write(address, size)
-            # Unicorn drops the faulting store when the hook handles it: make it, then drop
-            # whatever Unicorn translated from those bytes.
-            data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-            self.vm.cpu.phys_write(self._phys(address), data)
-            self.uc.ctl_remove_cache(address, address + size)
-            return True
-        except BaseException as err:   # stored and re-raised by the run loop, never swallowed
-            self.vm.traps.error = err
-            uc.emu_stop()
+    def _on_write(self, phys: int, size: int, value: int) -> bool:
+        """A guest store into a watched code page (the guard's hook calls this with the
+        physical address Unicorn reports; an exception goes to the run loop through the
+        guard). The patch manager knows linear addresses: the watch remembers which linear
+        page each physical page was watched for."""
+        assert self.manager is not None
+        linear = self._linear.get(phys & ~(layout.PAGE_SIZE - 1))
+        if linear is None:        # not one of ours (another write-protected page)
             return False
+        address = linear | (phys & (layout.PAGE_SIZE - 1))
+        self.manager.on_guest_write(address, size)
+        # Unicorn drops the faulting store when the hook handles it: make it, then drop
+        # whatever Unicorn translated from those bytes.
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self.vm.cpu.phys_write(phys, data)
+        self.uc.ctl_remove_cache(address, address + size)
+        return True
 
     def on_first_execution(self, site: int) -> None:
         """Call the patch manager just before the guest first runs `site` (a one-shot

@@ -34,6 +34,15 @@ class RunStats:
     virtual_ns: int = 0      #: virtual time at the end of the run
     idle_ns: int = 0         #: virtual time skipped by HLT
     wall_ns: int = 0         #: wall time of the whole run
+    #: Guest stores into the write-protected VMM area, dropped (runtime/guard.py), and the
+    #: first of them as (guest EIP, physical address (== linear in the VMM area), size,
+    #: region name from bt.layout.VMM_REGIONS).
+    vmm_writes: int = 0
+    vmm_writers: list[tuple[int, int, int, str]] = field(default_factory=list)
+    #: Times the virtual flags word held bytes neither the VMM nor patch code writes (the
+    #: guest wrote the patch-writable state page), and the first such words.
+    vflags_corrupted: int = 0
+    vflags_bad: list[int] = field(default_factory=list)
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -95,6 +104,11 @@ class RunStats:
             "virtual_ns": self.virtual_ns,
             "idle_ns": self.idle_ns,
             "wall_ns": self.wall_ns,
+            "vmm_writes": self.vmm_writes,
+            "vmm_writers": [{"eip": e, "symbol": sym(e), "address": a, "size": n, "region": r}
+                            for e, a, n, r in self.vmm_writers],
+            "vflags_corrupted": self.vflags_corrupted,
+            "vflags_bad": [f"{w:#010x}" for w in self.vflags_bad],
         }
 
     def counts(self) -> dict[str, Any]:

@@ -5,6 +5,12 @@ IF/IOPL, CR0/2/3/4, GDTR/IDTR/LDTR/TR live in the state block in guest memory
 exiting: the block is the one truth, and these properties read and write it
 (physical == linear in the VMM area). Debug registers and MSRs are only touched
 by trapping instructions, so they live here in Python.
+
+The virtual flags word sits in the state block's patch-writable page, which the guest
+kernel can write too (bt/layout.py). The VMM only ever takes IF and IOPL from it, so a
+corrupted word cannot hand it an impossible value; `check_vflags` (once per time slice,
+runtime/vm.py) still catches a word patch code could never have produced, counts it and
+rewrites its invariant bytes, so that the guest's damage is reported instead of carried.
 """
 
 from __future__ import annotations
@@ -32,10 +38,15 @@ _VFLAGS = layout.state("vflags")
 _PENDING = layout.state("pending")
 _CR = {0: layout.state("cr0"), 2: layout.state("cr2"), 3: layout.state("cr3"), 4: layout.state("cr4")}
 _GDTR, _IDTR = layout.state("gdtr"), layout.state("idtr")
-_VFLAGS_W = layout.state_field("vflags").offset // 4
+_VFLAGS_W = layout.state_field("vflags").offset // 4   # in the patch-writable page
 _PENDING_W = layout.state_field("pending").offset // 4
 _CR_W = {n: layout.state_field(f"cr{n}").offset // 4 for n in (0, 2, 3, 4)}
 _LDTR, _TR = layout.state("ldtr"), layout.state("tr")
+
+#: The flags word's bits that vary (IF in byte 1, IOPL in byte 2) and its fixed value
+#: elsewhere (bit 1, as in EFLAGS): what `check_vflags` verifies.
+_VFLAGS_VARIABLE = IF | (3 << 16)
+_VFLAGS_FIXED = 0x2
 
 #: Bits of DR6/DR7 that always read 1 (SDM §17.2.3-4).
 DR6_FIXED = 0xFFFF0FF0
@@ -56,8 +67,9 @@ class VirtualCpu:
             -1: 1,   # XCR0 (XSETBV/XGETBV), x87 only; -1 is no MSR index RDMSR could name
         }
 
-        # The state block as 32-bit words: index = field offset / 4.
+        # The state block's two pages as 32-bit words: index = field offset / 4.
         self._w = cpu.words(layout.STATE_BASE, layout.STATE_SIZE // 4)
+        self._pw = cpu.words(layout.PATCH_STATE_BASE, layout.PATCH_STATE_SIZE // 4)
         #: Python mirror of CR0/CR3/CR4 for page walks: CR writes always exit
         #: (bt.isa: mov_to_cr is a hypercall), so the mirror cannot go stale.
         self._paging = (CR0_RESET, 0, 0)
@@ -67,6 +79,7 @@ class VirtualCpu:
 
     def reset(self) -> None:
         self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))
+        self.cpu.phys_write(layout.PATCH_STATE_BASE, bytes(layout.PATCH_STATE_SIZE))
         self.vflags = 0x2            # IF = 0, IOPL = 0: multiboot entry state
         self.set_cr(0, CR0_RESET)
 
@@ -75,20 +88,31 @@ class VirtualCpu:
     # CLI/STI patch code is one byte store); these give and take the EFLAGS layout.
     @property
     def vflags(self) -> int:
-        w = int(self._w[_VFLAGS_W])
+        w = int(self._pw[_VFLAGS_W])
         return (w & ~(0xFF << 16)) | ((w >> 4) & IOPL_MASK)
 
     @vflags.setter
     def vflags(self, value: int) -> None:
-        self._w[_VFLAGS_W] = (value & 0xFFFF & ~IOPL_MASK) | ((value & IOPL_MASK) << 4)
+        self._pw[_VFLAGS_W] = (value & 0xFFFF & ~IOPL_MASK) | ((value & IOPL_MASK) << 4)
 
     @property
     def vif(self) -> bool:
-        return bool(self._w[_VFLAGS_W] & IF)
+        return bool(self._pw[_VFLAGS_W] & IF)
 
     def set_vif(self, on: bool) -> None:
-        w = self._w
+        w = self._pw
         w[_VFLAGS_W] = (w[_VFLAGS_W] | IF) if on else (w[_VFLAGS_W] & ~IF)
+
+    def check_vflags(self) -> int | None:
+        """None if the flags word holds only what the VMM and patch code write (byte 0
+        0x02, byte 1 0x00 or 0x02, byte 2 the IOPL 0-3, byte 3 zero); otherwise the bad word,
+        after rewriting it to 0x02 with its IF and IOPL bits kept. A handful of ns: called
+        once per slice, not per instruction."""
+        w = int(self._pw[_VFLAGS_W])
+        if w & ~_VFLAGS_VARIABLE == _VFLAGS_FIXED:
+            return None
+        self._pw[_VFLAGS_W] = _VFLAGS_FIXED | (w & _VFLAGS_VARIABLE)
+        return w
 
     @property
     def pending(self) -> int:

@@ -26,6 +26,14 @@ patch-memory addresses as guest sites (stats, stop reports, interrupt frames), a
 `Vm.machine.uc` and `Vm.cpu` give the patch manager's wiring access to guest
 memory (patch memory is `bt.layout.PATCH_BASE`, mapped and supervisor-only).
 The full contract is runtime/patching.py's docstring.
+
+The VMM area guard
+------------------
+`Vm.guard` (runtime/guard.py) write-protects the VMM area but the state block's
+patch-writable page, patched or not: guest stores there are dropped and counted in
+`RunStats.vmm_writes`. It owns the engine's one write-protection hook; the patch
+manager's code watch plugs into it. After every slice the run loop checks the virtual
+flags word in the writable page (`VirtualCpu.check_vflags`, `RunStats.vflags_corrupted`).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from runtime.cpu import CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.emulate import EMULATORS
+from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
 from runtime.paging import Mmu, PageFault
@@ -138,6 +147,8 @@ class Vm:
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
+        self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
+        self.guard.install()
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,
@@ -162,6 +173,21 @@ class Vm:
 
     def _on_exit(self, status: int) -> None:
         self.traps.exit_status = status
+
+    def _to_guest_eip(self, eip: int) -> int:
+        return self.traps.patcher.to_guest_eip(eip)
+
+    def _hook_failed(self, err: BaseException) -> None:
+        self.traps.error = err
+
+    def _check_state(self) -> None:
+        """The patch-writable state page is writable by the guest kernel too (runtime/guard.py):
+        a flags word it damaged is counted and repaired rather than used. Once per slice."""
+        bad = self.vcpu.check_vflags()
+        if bad is not None:
+            self.stats.vflags_corrupted += 1
+            if len(self.stats.vflags_bad) < KEEP_WRITERS:
+                self.stats.vflags_bad.append(bad)
 
     # -- callbacks for emulators ------------------------------------------------------------------
     def _deliverable(self) -> bool:
@@ -236,6 +262,7 @@ class Vm:
                     raise self._unicorn_stop(err) from err
                 done = self.counter.executed(count)
                 self._advance(done)
+                self._check_state()
                 if traps.error is not None:
                     raise traps.error
                 # A user-mode I/O instruction the guest's IOPL and TSS bitmap deny was
@@ -272,6 +299,7 @@ class Vm:
             internal.last_exits = list(traps.last)
             raise internal from err
         finally:
+            self._check_state()
             self.devices.flush()
             self.stats.unknown_ports = Counter(self.devices.bus.unknown)
             self.stats.virtual_ns = self.clock()

@@ -86,9 +86,19 @@ def _report_patches(m: PatchManager, out: TextIO) -> None:
     print(f"patches: {len(m.patches)} (jmp {kinds['jmp']}, int3 {kinds['int3']}), refused {len(m.refusals)}, "
           f"patch exits {st.exits}, self-modifying code: {st.smc_removed} removed, {st.smc_refreshed} "
           f"refreshed", file=out)
-    if st.patch_memory_writes:
-        where = ", ".join(f"{eip:#x}" for eip, _, _ in st.patch_memory_writers)
-        print(f"guest stores into patch memory (dropped): {st.patch_memory_writes}, from EIP {where}",
+
+
+def _report_guard(stats: RunStats, out: TextIO) -> None:
+    """Guest stores into the VMM area (patch memory included: runtime/guard.py), and a
+    damaged virtual flags word in the state page the guest can write."""
+    if stats.vmm_writes:
+        where = ", ".join(f"{eip:#x} -> {addr:#x} ({region})" for eip, addr, _, region in stats.vmm_writers)
+        more = ", ..." if stats.vmm_writes > len(stats.vmm_writers) else ""
+        print(f"guest stores into the VMM area (dropped): {stats.vmm_writes}, from EIP {where}{more}",
+              file=out)
+    if stats.vflags_corrupted:
+        words = ", ".join(f"{w:#010x}" for w in stats.vflags_bad)
+        print(f"virtual flags word corrupted by the guest (repaired): {stats.vflags_corrupted} ({words})",
               file=out)
 
 
@@ -114,6 +124,7 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
           f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
     if vm.patches is not None:
         _report_patches(vm.patches, out)
+    _report_guard(stats, out)
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "
           f"({per:.1f} µs per exit)", file=out)

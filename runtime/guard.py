@@ -1,0 +1,144 @@
+"""The VMM area guard: guest stores into the VMM's pages are dropped, counted, reported.
+
+The VMM area (bt/layout.py) must be reachable from guest ring 1, because patch code runs
+there and reads the state block without exiting; ring 3 is kept out by the VMM's page
+table (U/S = 0). Reachable is not writable: `install` write-protects every page of the
+area in Unicorn (`mem_protect` read + exec) except the state block's patch-writable page,
+and one UC_HOOK_MEM_WRITE_PROT hook gets the stores that hit a protected page. Page
+protection costs nothing until a store hits such a page: a UC_HOOK_MEM_WRITE hook, even
+one, would put every guest store on Unicorn's slow path (runtime/patching.py measured it).
+The VMM's own writes go to the host memory behind the area (runtime/cpu.py `phys_write`,
+through the mmap Unicorn was given), never through Unicorn's store path, so they are not
+affected.
+
+A hooked store is one of:
+
+* the CPU working for the VMM: a store at CPL 0, which only the VMM's own BOOT code runs
+  (its LTR sets the busy bit of the real TSS descriptor in the GDT, SDM vol. 3 §7.2.4):
+  made by the hook;
+* the CPU's implicit update of a descriptor's accessed bit in the real GDT or LDT when a
+  data segment register is loaded (SDM vol. 3 §3.4.5.1; Unicorn 2.1.4 does it in
+  helper_load_seg, not for CS loads): a 4-byte store to the high word of a present
+  code/data descriptor that changes nothing but that bit. Made by the hook, so that the
+  shadows behave as they did unprotected (each descriptor costs one hook call per
+  resync). Installing the shadows with the bit already set would spare those calls, but
+  an unpatched LAR runs natively at CPL 1 and reads the shadow: it would show the bit
+  set on descriptors the guest never loaded. A guest store that does exactly this is
+  indistinguishable from the CPU's and harmless;
+* anything else: the guest's. Dropped and counted in `RunStats.vmm_writes`, the first 16
+  kept in `RunStats.vmm_writers` as (guest EIP, address, size, region); a store into
+  patch memory is also handed to the patch manager (`on_patch_memory`), which keeps its
+  own count.
+
+Unicorn 2.1.4 hands the hook the *physical* address of the store (measured: a guest page
+table that maps a low linear page onto a VMM page is caught, and reported, at the VMM
+address), so the guard decides by physical address and the guest cannot dodge it through
+an alias; in the VMM area physical == linear. Stores into guest RAM pages the patch
+manager write-protects (its self-modifying-code watch) arrive at the same hook, which
+hands them, physical address included, to `ram_writes`: the guard owns the one hook so
+that the two never disagree about who handles a fault.
+
+What stays writable, and why
+----------------------------
+* The patch-writable state page (`bt.layout.PATCH_STATE_BASE`): patch code stores the
+  virtual IF/IOPL, scratch words, its private EFLAGS stack and rule data there at full
+  speed. Patch code and the guest kernel share CPL 1 and flat segments, so the guest
+  kernel can write that page too; VMware and Xen kept the guest out of their area by
+  truncating the guest's segments, which ring1 does not do. The run loop checks the flags
+  word's invariant bytes once per time slice (`VirtualCpu.check_vflags`) and counts a
+  corrupted one in `RunStats.vflags_corrupted`.
+* Nothing else. The CPU writes into the area only as described above (busy bit, accessed
+  bits) or on pages it never reaches while the guest runs: the VMM stacks are used by
+  BOOT's IRETD (which only reads) and by the VMM itself; a ring 3 -> 1 call gate pushes
+  onto the guest's kernel stack, because the VMM sets TSS.ss1:esp1 before every inward
+  transition (runtime/deliver.py). No hardware task switch writes the real TSS: the
+  shadows hold no TSS descriptor or task gate (runtime/segments.py `compress`) and the
+  VMM's own TSS descriptor is DPL 0. The VMM page table is installed with accessed and
+  dirty set (runtime/paging.py), so the page walker never updates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ, Uc
+
+from bt import layout
+from runtime.cpu import CS, EIP, Cpu
+from runtime.stats import RunStats
+
+#: How many guest stores the report keeps (the count has them all).
+KEEP_WRITERS = 16
+
+#: Descriptor high word (bytes 4-7): accessed bit, S (code/data) bit, present bit.
+_DESC_A, _DESC_S, _DESC_P = 1 << 8, 1 << 12, 1 << 15
+_TABLES = ((layout.VMM_GDT, layout.VMM_GDT + layout.VMM_GDT_SIZE),
+           (layout.VMM_LDT, layout.VMM_LDT + layout.VMM_LDT_SIZE))
+_VMM_END = layout.VMM_BASE + layout.VMM_SIZE
+
+
+def protected_ranges() -> tuple[tuple[int, int], ...]:
+    """(start, size) of what `install` write-protects: the whole VMM area but the
+    patch-writable state page."""
+    writable = layout.PATCH_STATE_BASE
+    return ((layout.VMM_BASE, writable - layout.VMM_BASE),
+            (writable + layout.PATCH_STATE_SIZE, _VMM_END - writable - layout.PATCH_STATE_SIZE))
+
+
+class VmmGuard:
+    """Owner of the engine's one UC_HOOK_MEM_WRITE_PROT hook (module docstring)."""
+
+    def __init__(self, uc: Uc, cpu: Cpu, stats: RunStats, *, guest_eip: Callable[[int], int],
+                 fail: Callable[[BaseException], None]) -> None:
+        self.uc = uc
+        self.cpu = cpu
+        self.stats = stats
+        self._guest_eip = guest_eip     # patch-memory EIP -> the guest EIP it stands for
+        self._fail = fail               # store an exception for the run loop to re-raise
+        #: (physical address, size, value) -> handled: stores into guest RAM pages someone
+        #: else write-protected (the patch manager's code watch, runtime/patching.py).
+        self.ram_writes: Callable[[int, int, int], bool] | None = None
+        #: (address, size, EIP) of a dropped store into patch memory, for the patch manager.
+        self.on_patch_memory: Callable[[int, int, int], None] | None = None
+        self._hook: Any = None
+
+    def install(self) -> None:
+        """Protect the VMM area and add the hook; before the first slice."""
+        if self._hook is not None:
+            return
+        # Unbounded: the hook gets physical addresses, and guest RAM pages share it.
+        self._hook = self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write)
+        for start, size in protected_ranges():
+            self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_EXEC)
+
+    def _on_write(self, _uc: Any, _access: int, address: int, size: int, value: int, _data: Any) -> bool:
+        try:
+            if not layout.VMM_BASE <= address < _VMM_END:
+                return self.ram_writes is not None and self.ram_writes(address, size, value)
+            if self.cpu.read(CS) & 3 == 0 or self._sets_accessed_bit(address, size, value):
+                # Unicorn drops a store whose hook handled it: make it.
+                self.cpu.phys_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+                return True
+            self._dropped(address, size)
+            return True
+        except BaseException as err:   # stored and re-raised by the run loop, never swallowed
+            self._fail(err)
+            self.uc.emu_stop()
+            return False
+
+    def _sets_accessed_bit(self, phys: int, size: int, value: int) -> bool:
+        if size != 4 or phys & 7 != 4 or not any(lo <= phys < hi for lo, hi in _TABLES):
+            return False
+        old = self.cpu.phys_u32(phys)
+        return (value == old | _DESC_A and value != old
+                and old & (_DESC_S | _DESC_P) == _DESC_S | _DESC_P)
+
+    def _dropped(self, address: int, size: int) -> None:
+        eip = self.cpu.read(EIP)
+        stats = self.stats
+        stats.vmm_writes += 1
+        if len(stats.vmm_writers) < KEEP_WRITERS:
+            stats.vmm_writers.append((self._guest_eip(eip), address, size, layout.region_at(address)))
+        if layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE and self.on_patch_memory:
+            self.on_patch_memory(address, size, eip)

@@ -13,8 +13,8 @@ protected and a patch-writable page, bt/layout.py; such a kernel must be patched
                                    "check": null | int, "gate_on": hex, "gate_off": hex}}],
      "refusals": [{"site", "reason", "op"}]}
 
-A chunk's `entry` (0: none) and a block's `gate_on`/`gate_off` were added later; records
-without them still load (their gates were all data gates).
+A chunk's `entry` is 0 when it has no entry stub; `gate_on`/`gate_off` are the bytes the
+patch manager writes at `gate` (patchmgr/patch.py `Block`).
 """
 
 from __future__ import annotations
@@ -94,8 +94,17 @@ def load(data: bytes, code: bytes) -> Record:
         raw = json.loads(data.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{SECTION}: not a patch record ({err})") from err
+    if not isinstance(raw, dict):
+        raise InputError(f"{SECTION}: not a patch record (a JSON {type(raw).__name__})")
     if raw.get("version") != VERSION:
         raise InputError(f"{SECTION}: record version {raw.get('version')} (this ring1 reads {VERSION})")
+    try:
+        return _parse(raw, code)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise InputError(f"{SECTION}: malformed patch record ({type(err).__name__}: {err})") from err
+
+
+def _parse(raw: dict[str, Any], code: bytes) -> Record:
     patches = []
     for d in raw["patches"]:
         block = None
@@ -105,20 +114,13 @@ def load(data: bytes, code: bytes) -> Record:
             if off < 0 or off + b["size"] > len(code):
                 raise InputError(f"{SECTION}: block at {b['address']:#x} lies outside the patch segment")
             block = Block(b["address"], code[off:off + b["size"]], d["start"], d["end"],
-                          tuple(Chunk(*c) for c in b["chunks"]), b["tail"],
+                          tuple(Chunk(p, g, r, e) for p, g, r, e in b["chunks"]), b["tail"],
                           tuple((at, ExitRecord(op_from_json(op) if op else None, resume))
                                 for at, resume, op in b["exits"]), b.get("gate"), b.get("check"),
-                          *_gate_bytes(b, d["end"]))
+                          bytes.fromhex(b["gate_on"]), bytes.fromhex(b["gate_off"]))
         patches.append(Patch(d["site"], op_from_json(d["op"]), d["kind"], d["start"], d["end"],
                              bytes.fromhex(d["original"]), block))
     refusals = [Refusal(d["site"], op_from_json(d["op"]), d["reason"]) for d in raw["refusals"]]
     return Record(tuple(patches), tuple(refusals), raw["patch_base"], raw["patch_top"],
                   dict(raw["rule_data"]), code)
 
-
-def _gate_bytes(block: dict[str, Any], end: int) -> tuple[bytes, bytes]:
-    if "gate_on" in block:
-        return bytes.fromhex(block["gate_on"]), bytes.fromhex(block["gate_off"])
-    if block.get("gate") is None:
-        return b"", b""
-    return block["check"].to_bytes(4, "little"), end.to_bytes(4, "little")

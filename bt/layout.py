@@ -154,8 +154,10 @@ STATE_FIELDS: tuple[StateField, ...] = (
     # EmitContext.scratch/flags_saved/data in patchmgr/rule.py).
     StateField("vflags", 0x00, 4,
                "virtual IF at bit 9, alone in byte 1 (0x02 or 0x00) so that CLI/STI are one flag-free byte "
-               "store; virtual IOPL (0-3) in byte 2; byte 0 is 0x02 (bit 1), byte 3 zero "
-               "(runtime/vcpu.py converts to and from the EFLAGS layout and checks those bytes)",
+               "store; virtual IOPL (0-3) at bits 4-5 of byte 0, whose bit 1 is set; bytes 2-3 zero. So "
+               "PUSHF and POPF read and write both as one aligned 16-bit word (an unaligned one takes "
+               "Unicorn's byte-by-byte slow path). runtime/vcpu.py converts to and from the EFLAGS "
+               "layout and checks the fixed bits",
                patch_writes=True),
     StateField("scratch", 0x10, 16, "scratch words for patch code (saved registers)", patch_writes=True),
     StateField("saved_esp", 0x20, 4,

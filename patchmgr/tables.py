@@ -10,10 +10,10 @@ They work on byte 1 of EFLAGS images, which holds IF (bit 9 -> 0x02) and IOPL (b
 bits of that byte, are always the real ones.
 
 The virtual flags word keeps IF alone in its byte 1 (0x02 or 0x00, so CLI and STI are
-one byte store) and IOPL (0-3) in its byte 2 (bt/layout.py `vflags`). Two tables
-convert between that and EFLAGS images: `popf_word` (256 16-bit entries) maps an
-image's byte 1 to the 16-bit value for bytes 1-2 of the word, `pushf_bits` maps that
-16-bit value back to the IF and IOPL bits of an image's byte 1.
+one byte store) and IOPL (0-3) at bits 4-5 of its byte 0 (bt/layout.py `vflags`), so
+that PUSHF and POPF use its low 16 bits as one aligned word. `popf_word` (256 16-bit
+entries) maps an image's byte 1 to that word; `pushf_rows` maps the word to a row of
+`pushf_merge`, which maps the real image's byte 1 to the guest's.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ _TABLES = {
 
 #: name -> (size in bytes, contents) of the larger tables that follow the byte tables.
 _WIDE = {
-    "popf_word": (512, b"".join(((b & IF_B1) | ((b >> 4) & 3) << 8).to_bytes(2, "little")
+    "popf_word": (512, b"".join((0x02 | (b & 0x30) | (b & IF_B1) << 8).to_bytes(2, "little")
                                 for b in range(256))),
-    "pushf_bits": (1024, bytes((i & IF_B1) | ((i >> 8) & 3) << 4 if i & 0xFCFD == 0 else 0
-                               for i in range(1024))),
-    # PUSHF with one register: bytes 1-2 of the virtual word -> 256 * row (row: IF | IOPL << 1),
+    # PUSHF with one register: the virtual word's low 16 bits -> 256 * row (row: IF | IOPL << 1),
     # then row and the real image's byte 1 -> the guest's byte 1.
-    "pushf_rows": (4096, b"".join((256 * (((i & IF_B1) >> 1) | ((i >> 8) & 3) << 1)
-                                   if i & 0xFCFD == 0 else 0).to_bytes(4, "little") for i in range(1024))),
+    "pushf_rows": (0x234 * 4, b"".join((256 * ((i >> 9 & 1) | (i >> 4 & 3) << 1)
+                                        if i & ~0x230 == 0x02 else 0).to_bytes(4, "little")
+                                       for i in range(0x234))),
     "pushf_merge": (2048, bytes((b & ~VIRTUAL_B1 & 0xFF) | (row & 1) << 1 | (row >> 1) << 4
                                 for row in range(8) for b in range(256))),
 }

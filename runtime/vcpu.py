@@ -43,9 +43,9 @@ _PENDING_W = layout.state_field("pending").offset // 4
 _CR_W = {n: layout.state_field(f"cr{n}").offset // 4 for n in (0, 2, 3, 4)}
 _LDTR, _TR = layout.state("ldtr"), layout.state("tr")
 
-#: The flags word's bits that vary (IF in byte 1, IOPL in byte 2) and its fixed value
+#: The flags word's bits that vary (IF at bit 9, IOPL at bits 4-5) and its fixed value
 #: elsewhere (bit 1, as in EFLAGS): what `check_vflags` verifies.
-_VFLAGS_VARIABLE = IF | (3 << 16)
+_VFLAGS_VARIABLE = IF | (3 << 4)
 _VFLAGS_FIXED = 0x2
 
 #: Bits of DR6/DR7 that always read 1 (SDM §17.2.3-4).
@@ -84,16 +84,17 @@ class VirtualCpu:
         self.set_cr(0, CR0_RESET)
 
     # -- the state block ----------------------------------------------------------------------
-    # The word keeps IF at bit 9 alone in its byte and IOPL in byte 2 (bt.layout `vflags`:
-    # CLI/STI patch code is one byte store); these give and take the EFLAGS layout.
+    # The word keeps IF at bit 9 alone in its byte and IOPL at bits 4-5 (bt.layout `vflags`:
+    # CLI/STI patch code is one byte store, PUSHF/POPF one aligned word access); these give
+    # and take the EFLAGS layout.
     @property
     def vflags(self) -> int:
         w = int(self._pw[_VFLAGS_W])
-        return (w & ~(0xFF << 16)) | ((w >> 4) & IOPL_MASK)
+        return (w & (IF | 0x2)) | ((w << 8) & IOPL_MASK)
 
     @vflags.setter
     def vflags(self, value: int) -> None:
-        self._pw[_VFLAGS_W] = (value & 0xFFFF & ~IOPL_MASK) | ((value & IOPL_MASK) << 4)
+        self._pw[_VFLAGS_W] = 0x2 | (value & IF) | ((value & IOPL_MASK) >> 8)
 
     @property
     def vif(self) -> bool:
@@ -105,7 +106,7 @@ class VirtualCpu:
 
     def check_vflags(self) -> int | None:
         """None if the flags word holds only what the VMM and patch code write (byte 0
-        0x02, byte 1 0x00 or 0x02, byte 2 the IOPL 0-3, byte 3 zero); otherwise the bad word,
+        0x02 with the IOPL at bits 4-5, byte 1 0x00 or 0x02, bytes 2-3 zero); otherwise the bad word,
         after rewriting it to 0x02 with its IF and IOPL bits kept. A handful of ns: called
         once per slice, not per instruction."""
         w = int(self._pw[_VFLAGS_W])

@@ -37,7 +37,7 @@ class Iret(PatchRule):
         if op.mnemonic != "iretd":          # 16-bit IRET: rare, left to the runtime
             return PatchCode("int3", exits=(op,), ends_window=True, may_unmask=True)
         s0 = ctx.scratch(0)
-        vf1, pending = ctx.state("vflags") + 1, ctx.state("pending")
+        vf, pending = ctx.state("vflags"), ctx.state("pending")
         out, go = ctx.label("iret_exit"), ctx.label("iret_go")
         return PatchCode(
             "test byte ptr [esp + 4], 3\n"            # frame CS RPL != 0: to user mode
@@ -56,7 +56,7 @@ class Iret(PatchRule):
             f"mov dword ptr [{s0:#x}], eax\n"
             "movzx eax, byte ptr [esp + 9]\n"
             f"movzx eax, word ptr [{ctx.table('popf_word'):#x} + eax * 2]\n"
-            f"mov word ptr [{vf1:#x}], ax\n"
+            f"mov word ptr [{vf:#x}], ax\n"
             f"mov eax, dword ptr [{s0:#x}]\n"
             "or dword ptr [esp + 4], 1\n"
             "iretd\n"

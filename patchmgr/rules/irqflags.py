@@ -32,25 +32,26 @@ class IrqFlags(PatchRule):
     description: ClassVar[str] = "CLI/STI/PUSHF/POPF on the virtual IF and IOPL, inline (PATM)"
 
     def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
-        # Byte 1 of the virtual flags word holds IF alone, byte 2 IOPL (bt/layout.py), so
-        # CLI and STI are one byte store; PUSHF/POPF convert through flag-free tables
-        # (patchmgr/tables.py).
-        vf1 = ctx.state("vflags") + 1
+        # Byte 1 of the virtual flags word holds IF alone (bt/layout.py), so CLI and STI are
+        # one byte store; PUSHF/POPF convert its aligned low word (IF and IOPL) through
+        # flag-free tables (patchmgr/tables.py).
+        vf = ctx.state("vflags")
+        vf1 = vf + 1
         s0 = ctx.scratch(0)
         if op.cls in ("cli", "sti"):
             return PatchCode(f"mov byte ptr [{vf1:#x}], {0 if op.cls == 'cli' else 0x02:#x}",
                              may_unmask=op.cls == "sti")
         if op.cls == "pushf":
             # The real PUSHF image has IF = 1 and IOPL = 0 (ring1 keeps them so); its byte 1
-            # is replaced by the guest's view through two tables: the virtual word's bytes
-            # 1-2 pick a 256-byte row (pushf_rows), the real byte indexes it (pushf_merge).
+            # is replaced by the guest's view through two tables: the virtual word's low 16
+            # bits pick a 256-byte row (pushf_rows), the real byte indexes it (pushf_merge).
             # One register; before POP r32 (save_flags) that register, so no scratch store.
             push = "pushfd" if _width(op) == 4 else "pushf"   # Keystone: PUSHF is the 16-bit form
             rows, merge = ctx.table("pushf_rows"), ctx.table("pushf_merge")
 
             def merged(r: str, low: str) -> str:
                 return (f"{push}\n"
-                        f"movzx {r}, word ptr [{vf1:#x}]\n"
+                        f"movzx {r}, word ptr [{vf:#x}]\n"
                         f"mov {r}, dword ptr [{rows:#x} + {r} * 4]\n"
                         f"mov {low}, byte ptr [esp + 1]\n"
                         f"mov {low}, byte ptr [{merge:#x} + {r}]\n"
@@ -66,7 +67,7 @@ class IrqFlags(PatchRule):
             # POPF, then reloaded from the stack, and no scratch store is needed.
             after_push = tuple((r, f"movzx {r}, byte ptr [esp + 1]\n"
                                    f"movzx {r}, word ptr [{word:#x} + {r} * 2]\n"
-                                   f"mov word ptr [{vf1:#x}], {REG16[r]}\n"
+                                   f"mov word ptr [{vf:#x}], {REG16[r]}\n"
                                    f"mov {r}, dword ptr [esp]\n"
                                    f"{pop}")
                                for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")) \
@@ -75,6 +76,6 @@ class IrqFlags(PatchRule):
                              "movzx eax, byte ptr [esp + 1]\n"
                              f"movzx eax, word ptr [{word:#x} + eax * 2]\n"
                              f"{pop}\n"
-                             f"mov word ptr [{vf1:#x}], ax\n"
+                             f"mov word ptr [{vf:#x}], ax\n"
                              f"mov eax, dword ptr [{s0:#x}]", may_unmask=True, after_push=after_push)
         return None

@@ -46,15 +46,21 @@ _WIDE = {
 }
 
 BASE = layout.PATCH_BASE
-_WIDE_BASE = BASE + 256 * len(_TABLES)
 
 #: One bit per guest address modulo 1 MiB: set where a patched window holds the start of
 #: an instruction other than its first (a guest EIP there must continue in the patch
 #: block, `PatchManager.resume_at`). The inline IRET tests its return EIP here and exits
 #: when the bit is set. Addresses 1 MiB apart share a bit: that only costs an exit.
 INTERIOR_SPAN = 1 << 20
-INTERIOR = _WIDE_BASE + sum(size for size, _ in _WIDE.values())
-SIZE = INTERIOR - BASE + INTERIOR_SPAN // 8
+INTERIOR = BASE
+#: The tables come after the bitmap, 128 KiB into patch memory, not at its start: Unicorn's
+#: TLB is direct-mapped by the low bits of the page number, and a page at a 1 MiB boundary
+#: shares its slot with the first page of every kernel loaded at 1 MiB or 16 MiB, so the
+#: PUSHF tables there were evicted by the guest's own accesses on every pass (measured with
+#: callgrind on irqsave: two victim-TLB loads per iteration).
+_BYTE_BASE = INTERIOR + INTERIOR_SPAN // 8
+_WIDE_BASE = _BYTE_BASE + 256 * len(_TABLES)
+SIZE = _WIDE_BASE + sum(size for size, _ in _WIDE.values()) - BASE
 
 
 def address(name: str) -> int:
@@ -62,7 +68,7 @@ def address(name: str) -> int:
     if name in _WIDE:
         names = list(_WIDE)
         return _WIDE_BASE + sum(_WIDE[n][0] for n in names[:names.index(name)])
-    return BASE + 256 * list(_TABLES).index(name)
+    return _BYTE_BASE + 256 * list(_TABLES).index(name)
 
 
 def interior_bit(guest: int) -> tuple[int, int]:
@@ -73,5 +79,5 @@ def interior_bit(guest: int) -> tuple[int, int]:
 
 def image() -> bytes:
     """The tables as patch memory holds them from `BASE` (the bitmap empty)."""
-    return (b"".join(bytes(f(b) for b in range(256)) for f in _TABLES.values())
-            + b"".join(data for _, data in _WIDE.values()) + bytes(INTERIOR_SPAN // 8))
+    return (bytes(INTERIOR_SPAN // 8) + b"".join(bytes(f(b) for b in range(256)) for f in _TABLES.values())
+            + b"".join(data for _, data in _WIDE.values()))

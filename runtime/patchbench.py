@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bt.errors import MismatchError
@@ -54,6 +54,21 @@ class Measured:
     guest_insns: int = 0
     patches: int = 0
     serial: bytes = b""
+    #: Every run's time, in round order: rounds run the configurations back to back, so a
+    #: ratio of two configurations within one round sees one state of a machine whose
+    #: speed drifts (`paired`).
+    runs_s: list[float] = field(default_factory=list)
+
+
+def paired(a: Measured, b: Measured) -> list[float]:
+    """a / b, round by round, sorted."""
+    return sorted(x / y for x, y in zip(a.runs_s, b.runs_s, strict=True))
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def configs(samples: Path) -> list[Config]:
@@ -79,6 +94,7 @@ def _once(c: Config, cmdline: str, m: Measured) -> None:
         raise MismatchError(f"{c.name}: guest output differs between two runs")
     m.serial = serial.getvalue()
     m.setup_s = min(m.setup_s, t1 - t0)
+    m.runs_s.append(t2 - t1)
     if t2 - t1 < m.run_s:
         m.run_s = t2 - t1
         ex = vm.stats.exits

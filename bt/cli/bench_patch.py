@@ -41,12 +41,11 @@ def run(args: argparse.Namespace) -> int:
     ratio, ratio_eager = median(rounds), median(rounds_eager)
     removed = 1 - pa.traps / un.traps if un.traps else 0.0
     if args.json:
-        rows: dict[str, dict[str, Any]] = {m.config.name: {"run_s": m.run_s, "setup_s": m.setup_s, "traps": m.traps,
-                                "hypercalls": m.hypercalls, "exits": m.exits,
-                                "guest_insns": m.guest_insns, "patches": m.patches}
-                for m in (un, pa, pv, pv_un, ea, pv_ea)}
-        for m in (un, pa, pv, pv_un, ea, pv_ea):
-            rows[m.config.name]["runs_s"] = m.runs_s
+        rows: dict[str, dict[str, Any]] = {
+            m.config.name: {"run_s": m.run_s, "runs_s": m.runs_s, "setup_s": m.setup_s, "traps": m.traps,
+                            "hypercalls": m.hypercalls, "exits": m.exits,
+                            "guest_insns": m.guest_insns, "patches": m.patches}
+            for m in (un, pa, pv, pv_un, ea, pv_ea)}
         print(json.dumps({"configs": rows, "speedup": speedup, "pv_ratio": ratio,
                           "pv_ratio_rounds": rounds, "pv_ratio_fastest": pa.run_s / pv.run_s,
                           "pv_ratio_eager": ratio_eager, "pv_ratio_eager_rounds": rounds_eager,

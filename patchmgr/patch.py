@@ -76,7 +76,11 @@ class Block:
         """The guest instruction whose translation holds patch address `eip`."""
         if eip >= self.tail:
             stubs = [c for c in self.chunks if c.entry and c.entry <= eip]
-            return stubs[-1].guest if stubs else self.end
+            if stubs:
+                return stubs[-1].guest
+            # Behind a code gate the check ends with a copy of the last instruction: a fault
+            # there (a RET's stack read) is that instruction's.
+            return self.chunks[-1].guest if self.gate == self.chunks[-1].patch else self.end
         best = self.chunks[0]
         for c in self.chunks:
             if c.patch <= eip:

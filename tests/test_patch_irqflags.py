@@ -117,3 +117,5 @@ def test_unmasking_window_runs_on_to_ret_through_a_code_gate() -> None:
     assert on[0] == 0xE9 and gate + 5 + int.from_bytes(on[1:], "little", signed=True) == patch.block.check
     mgr.set_pending(False)
     assert mgr.memory.read(gate, 1) == b"\xc3"
+    # The copy of the RET at the end of the check stands for the guest's RET.
+    assert mgr.to_guest_eip(patch.block.limit - 1) == ret

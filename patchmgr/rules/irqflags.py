@@ -70,7 +70,7 @@ class IrqFlags(PatchRule):
                                    f"mov word ptr [{vf:#x}], {REG16[r]}\n"
                                    f"mov {r}, dword ptr [esp]\n"
                                    f"{pop}")
-                               for r in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp")) \
+                               for r in REG16 if r != "esp") \
                 if _width(op) == 4 else ()
             return PatchCode(f"mov dword ptr [{s0:#x}], eax\n"
                              "movzx eax, byte ptr [esp + 1]\n"

@@ -196,3 +196,49 @@ def test_irq_pending_in_a_cli_section_enters_at_the_patched_sti_window_end() -> 
     assert vm.stats.exits["hypercall"] >= 4
     assert vm.vcpu.pending == 0
     assert vm.cpu.phys_read(patch.block.gate, 4) == patch.end.to_bytes(4, "little")   # gate back
+
+
+def test_irq_unmasked_by_a_patched_out_arrives_at_the_window_end() -> None:
+    """The OUT that unmasks a waiting IRQ0 is a hypercall in a patch block: the interrupt
+    comes in at the guest address where the block leaves, not a time slice later."""
+    from test_runtime_deliver import PIC_PIT_SETUP
+
+    src = PIC_PIT_SETUP.replace("mov al, 0xfe\n    out 0x21, al", "mov al, 0xff\n    out 0x21, al") + """
+        sti
+        mov ecx, 700000
+    wait:
+        dec ecx
+        jnz wait
+        mov al, 0xfe
+        out 0x21, al
+        nop
+        nop
+        mov ecx, 200000
+    spin:
+        dec ecx
+        jnz spin
+        hlt
+    """
+    handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
+    image = guest.kernel(src, handlers={0x20: (handler, 0, False)})
+    (code,) = [c for a, c in image.chunks if a == guest.KERNEL]
+    vm = Vm(RunConfig(kernel=Path("<pit>"), serial=io.BytesIO(), max_insns=5_000_000), image=image)
+    memory = _VmMemory(vm)
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs.detail = True
+    insns = list(cs.disasm(code, guest.KERNEL))
+    targets = {i.operands[0].imm for i in insns if i.group(CS_GRP_JUMP) and i.operands[0].type == X86_OP_IMM}
+    manager = PatchManager(PatchConfig(), memory, LinearCode(guest.KERNEL, guest.KERNEL + len(code), targets),
+                           watch=memory)
+    memory.manager = manager
+    vm.traps.patcher = manager
+    vm.vcpu.on_pending = manager.set_pending
+    unmask = [i.address for i in insns if i.mnemonic == "out" and i.op_str == "0x21, al"][-1]
+    manager.patch_all([unmask])
+    patch = manager.patches[unmask]
+    assert patch.block is not None
+    result = vm.run()
+    assert result.exit_status == 1
+    (frame_eip,) = guest.words(vm, guest.RESULTS, 1)
+    assert frame_eip == patch.end
+    assert vm.cpu.phys_read(frame_eip, 2) == b"\x90\x90"        # right after the OUT

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import runtime_guest as guest
-from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs
+from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM
 from patch_harness import LinearCode
 
@@ -171,8 +171,9 @@ iretd
 """
 
 
-def test_irq_pending_in_a_cli_section_enters_at_the_patched_sti_window_end() -> None:
-    image = guest.kernel(PIT_GUEST, handlers={0x20: (PIT_HANDLER, 0, False)})
+def _with_patch_manager(image: RawImage) -> tuple[Vm, PatchManager, list[CsInsn]]:
+    """A VM for a test kernel with a patch manager wired in as runtime/patching.py does,
+    the kernel's code as one straight block (its jump targets known)."""
     (code,) = [c for a, c in image.chunks if a == guest.KERNEL]
     vm = Vm(RunConfig(kernel=Path("<pit>"), serial=io.BytesIO(), max_insns=5_000_000), image=image)
     memory = _VmMemory(vm)
@@ -185,6 +186,12 @@ def test_irq_pending_in_a_cli_section_enters_at_the_patched_sti_window_end() -> 
     memory.manager = manager
     vm.traps.patcher = manager
     vm.vcpu.on_pending = manager.set_pending
+    return vm, manager, insns
+
+
+def test_irq_pending_in_a_cli_section_enters_at_the_patched_sti_window_end() -> None:
+    image = guest.kernel(PIT_GUEST, handlers={0x20: (PIT_HANDLER, 0, False)})
+    vm, manager, insns = _with_patch_manager(image)
     result = vm.run()
     assert result.exit_status == 1
     (sti,) = [i.address for i in insns if i.mnemonic == "sti"]
@@ -220,19 +227,7 @@ def test_irq_unmasked_by_a_patched_out_arrives_at_the_window_end() -> None:
         hlt
     """
     handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
-    image = guest.kernel(src, handlers={0x20: (handler, 0, False)})
-    (code,) = [c for a, c in image.chunks if a == guest.KERNEL]
-    vm = Vm(RunConfig(kernel=Path("<pit>"), serial=io.BytesIO(), max_insns=5_000_000), image=image)
-    memory = _VmMemory(vm)
-    cs = Cs(CS_ARCH_X86, CS_MODE_32)
-    cs.detail = True
-    insns = list(cs.disasm(code, guest.KERNEL))
-    targets = {i.operands[0].imm for i in insns if i.group(CS_GRP_JUMP) and i.operands[0].type == X86_OP_IMM}
-    manager = PatchManager(PatchConfig(), memory, LinearCode(guest.KERNEL, guest.KERNEL + len(code), targets),
-                           watch=memory)
-    memory.manager = manager
-    vm.traps.patcher = manager
-    vm.vcpu.on_pending = manager.set_pending
+    vm, manager, insns = _with_patch_manager(guest.kernel(src, handlers={0x20: (handler, 0, False)}))
     unmask = [i.address for i in insns if i.mnemonic == "out" and i.op_str == "0x21, al"][-1]
     manager.patch_all([unmask])
     patch = manager.patches[unmask]

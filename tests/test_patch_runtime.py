@@ -208,26 +208,10 @@ def test_irq_pending_in_a_cli_section_enters_at_the_patched_sti_window_end() -> 
 def test_irq_unmasked_by_a_patched_out_arrives_at_the_window_end() -> None:
     """The OUT that unmasks a waiting IRQ0 is a hypercall in a patch block: the interrupt
     comes in at the guest address where the block leaves, not a time slice later."""
-    from test_runtime_deliver import PIC_PIT_SETUP
+    from test_runtime_deliver import SAVE_EIP_AND_EXIT, UNMASK_LATE
 
-    src = PIC_PIT_SETUP.replace("mov al, 0xfe\n    out 0x21, al", "mov al, 0xff\n    out 0x21, al") + """
-        sti
-        mov ecx, 700000
-    wait:
-        dec ecx
-        jnz wait
-        mov al, 0xfe
-        out 0x21, al
-        nop
-        nop
-        mov ecx, 200000
-    spin:
-        dec ecx
-        jnz spin
-        hlt
-    """
-    handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
-    vm, manager, insns = _with_patch_manager(guest.kernel(src, handlers={0x20: (handler, 0, False)}))
+    vm, manager, insns = _with_patch_manager(
+        guest.kernel(UNMASK_LATE, handlers={0x20: (SAVE_EIP_AND_EXIT, 0, False)}))
     unmask = [i.address for i in insns if i.mnemonic == "out" and i.op_str == "0x21, al"][-1]
     manager.patch_all([unmask])
     patch = manager.patches[unmask]

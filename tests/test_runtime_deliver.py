@@ -317,11 +317,11 @@ def test_icebp_is_a_debug_trap():
     assert vm.cpu.phys_read(eip, 1) == b"\xf4" and cs == KCODE   # after the ICEBP: a trap
 
 
-def test_an_irq_unmasked_at_the_pic_arrives_right_after_the_out():
-    # IRQ0 is raised at the first 10 ms tick while masked at the PIC (IF = 1); the OUT that
-    # unmasks it must let it in at once, as on hardware, not at the end of a time slice.
-    handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
-    src = PIC_PIT_SETUP.replace("mov al, 0xfe\n    out 0x21, al", "mov al, 0xff\n    out 0x21, al") + """
+# IRQ0 is raised at the first 10 ms tick while masked at the PIC (IF = 1); the OUT that
+# unmasks it must let it in at once, as on hardware, not at the end of a time slice. The
+# handler keeps the EIP it interrupted and ends the run.
+SAVE_EIP_AND_EXIT = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
+UNMASK_LATE = PIC_PIT_SETUP.replace("mov al, 0xfe\n    out 0x21, al", "mov al, 0xff\n    out 0x21, al") + """
         sti
         mov ecx, 700000
     wait:
@@ -336,8 +336,11 @@ def test_an_irq_unmasked_at_the_pic_arrives_right_after_the_out():
         dec ecx
         jnz spin
         hlt
-    """
-    vm, result = run(kernel(src, handlers={0x20: (handler, 0, False)}), max_insns=5_000_000)
+"""
+
+
+def test_an_irq_unmasked_at_the_pic_arrives_right_after_the_out():
+    vm, result = run(kernel(UNMASK_LATE, handlers={0x20: (SAVE_EIP_AND_EXIT, 0, False)}), max_insns=5_000_000)
     _ok(result)
     (frame_eip,) = words(vm, RESULTS, 1)
     assert vm.cpu.phys_read(frame_eip, 3) == b"\x90\x90\xb9"   # the first NOP after the OUT

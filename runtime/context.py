@@ -54,6 +54,8 @@ class Ctx:
     clock: Callable[[], int]
     #: True while the PIC has an interrupt for the CPU.
     irq_waiting: Callable[[], bool]
+    #: True while it has one the guest takes now (virtual IF set, or the guest in ring 3).
+    irq_deliverable: Callable[[], bool]
 
     # -- operands --------------------------------------------------------------------------------
     def address(self, m: Mem) -> int:

@@ -377,7 +377,7 @@ class Traps:
         delivers it after this instruction, where the CPU would take it, instead of at the
         end of a slice up to `RunConfig.slice_insns` instructions later. `emu_stop` in an
         I/O hook takes effect before the next instruction (unicorn 2.1.4, measured)."""
-        if self.ctx.irq_waiting() and (self.ctx.vcpu.vif or self.cpu.eip_cs()[1] & 3 == 3):
+        if self.ctx.irq_deliverable():
             uc.emu_stop()
 
     def _io_exit(self, cls: str, port: int, size: int) -> bool:

@@ -139,7 +139,8 @@ class Vm:
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, clock=self.clock,
-                       irq_waiting=lambda: self.devices.pic.pending())
+                       irq_waiting=lambda: self.devices.pic.pending(),
+                       irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable())
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc

@@ -92,8 +92,6 @@ class Stats:
     smc_removed: int = 0
     smc_refreshed: int = 0
     merged: int = 0             # sites whose own patch was folded into a later site's window
-    patch_memory_writes: int = 0  # guest stores into patch memory, dropped
-    patch_memory_writers: list[tuple[int, int, int]] = field(default_factory=list)  # (eip, address, size)
 
 
 class PatchManager:
@@ -189,13 +187,6 @@ class PatchManager:
         if self.config.enabled and self.is_unpatched(site):
             self.patch_site(site)
         return self.resume_at(site)
-
-    def on_patch_memory_write(self, address: int, size: int, eip: int) -> None:
-        """The guest tried to store into patch memory (the runtime dropped the store):
-        counted and kept for the report, with the guest EIP of the store."""
-        self.stats.patch_memory_writes += 1
-        if len(self.stats.patch_memory_writers) < 16:
-            self.stats.patch_memory_writers.append((self.to_guest_eip(eip), address, size))
 
     # ---- making patches ---------------------------------------------------------------------
     def patch_all(self, sites: Iterable[int]) -> None:

@@ -26,9 +26,8 @@ A hooked store is one of:
   set on descriptors the guest never loaded. A guest store that does exactly this is
   indistinguishable from the CPU's and harmless;
 * anything else: the guest's. Dropped and counted in `RunStats.vmm_writes`, the first 16
-  kept in `RunStats.vmm_writers` as (guest EIP, address, size, region); a store into
-  patch memory is also handed to the patch manager (`on_patch_memory`), which keeps its
-  own count.
+  kept in `RunStats.vmm_writers` as (guest EIP, address, size, region), patch memory
+  included.
 
 Unicorn 2.1.4 hands the hook the *physical* address of the store (measured: a guest page
 table that maps a low linear page onto a VMM page is caught, and reported, at the VMM
@@ -99,8 +98,6 @@ class VmmGuard:
         #: (physical address, size, value) -> handled: stores into guest RAM pages someone
         #: else write-protected (the patch manager's code watch, runtime/patching.py).
         self.ram_writes: Callable[[int, int, int], bool] | None = None
-        #: (address, size, EIP) of a dropped store into patch memory, for the patch manager.
-        self.on_patch_memory: Callable[[int, int, int], None] | None = None
         self._hook: Any = None
 
     def install(self) -> None:
@@ -140,5 +137,3 @@ class VmmGuard:
         stats.vmm_writes += 1
         if len(stats.vmm_writers) < KEEP_WRITERS:
             stats.vmm_writers.append((self._guest_eip(eip), address, size, layout.region_at(address)))
-        if layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE and self.on_patch_memory:
-            self.on_patch_memory(address, size, eip)

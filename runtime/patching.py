@@ -131,16 +131,6 @@ class _VmMemory:
                 del self._protected[page], self._linear[page]
                 self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
 
-    def protect_patch_memory(self) -> None:
-        """Guest ring 1 may run patch memory, never write it: the VMM guard (runtime/guard.py)
-        drops such a store, counts it in `RunStats.vmm_writes` and tells the patch manager
-        (`PatchManager.stats.patch_memory_writes`)."""
-        self.vm.guard.on_patch_memory = self._on_patch_memory
-
-    def _on_patch_memory(self, address: int, size: int, eip: int) -> None:
-        assert self.manager is not None
-        self.manager.on_patch_memory_write(address, size, eip)
-
     def _on_write(self, phys: int, size: int, value: int) -> bool:
         """A guest store into a watched code page (the guard's hook calls this with the
         physical address Unicorn reports; an exception goes to the run loop through the
@@ -197,7 +187,6 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     manager = PatchManager(config, memory, ScanCodeMap(result), watch=memory,
                            emulable=EMULATORS.__contains__)
     memory.manager = manager
-    memory.protect_patch_memory()
     vm.vcpu.on_pending = manager.set_pending
     record = read_record(image)
     if record is not None:

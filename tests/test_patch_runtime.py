@@ -72,13 +72,12 @@ def test_guest_store_into_patch_memory_is_dropped_and_reported() -> None:
     memory = _VmMemory(vm)
     manager = PatchManager(PatchConfig(), memory, LinearCode(LOAD, LOAD + len(code)), watch=memory)
     memory.manager = manager
-    memory.protect_patch_memory()
     vm.traps.patcher = manager
     before = memory.read(target, 4)
     assert vm.run().exit_status == 1
     assert memory.read(target, 4) == before
-    assert manager.stats.patch_memory_writes == 1
-    assert manager.stats.patch_memory_writers == [(LOAD, target, 4)]
+    assert vm.stats.vmm_writes == 1
+    assert vm.stats.vmm_writers == [(LOAD, target, 4, "patch memory")]
 
 
 # A #DE raised by a displaced DIV inside a patch block: the guest's handler must see the

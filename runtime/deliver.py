@@ -196,7 +196,7 @@ class Injector:
                              handler_cs, gate.offset, clear_if)
         cpu.write(EFLAGS, eflags & ~CLEARED_ON_ENTRY)
         cpu.write(CS, VMM_CS3)
-        cpu.write(EIP, machine.TRAMP)
+        cpu.write(EIP, self.m.linear(machine.TRAMP))
 
     def sysenter(self, eip: int) -> None:
         """SYSENTER from ring 3 (SDM SYSENTER): to SYSENTER_CS:SYSENTER_EIP on
@@ -214,7 +214,7 @@ class Injector:
                              cs | 1, msr[MSR_SYSENTER_EIP] & 0xFFFFFFFF, True, sysenter=True)
         cpu.write(EFLAGS, eflags & ~CLEARED_ON_ENTRY)
         cpu.write(CS, VMM_CS3)
-        cpu.write(EIP, machine.TRAMP)
+        cpu.write(EIP, self.m.linear(machine.TRAMP))
 
     def _guest_ring0_stack(self) -> tuple[int, int]:
         tr = self.vcpu.tr

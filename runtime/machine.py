@@ -11,7 +11,8 @@ Memory map (physical; linear == physical until the guest enables paging):
                               (runtime/guard.py, installed by runtime/vm.py)
 
 VMM code (at `bt.layout.VMM_CODE`, hand-encoded so that nothing needs an
-assembler at run time):
+assembler at run time; the constants below are home addresses, `Machine.linear` gives
+where each is now that the VMM area can move, bt/layout.py):
 
     BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1
     STUB1     ring 1:  INT3                          where the call gate lands
@@ -109,18 +110,58 @@ class Machine:
         self.cpu = Cpu(self.uc)
         self.cpu.add_region(0, memoryview(self._ram))
         self.cpu.add_region(layout.VMM_BASE, memoryview(self._vmm))
+        #: Where the VMM area is in the guest's linear space now (it starts at home).
+        self.vmm = layout.HOME
         self._install_vmm()
+
+    @property
+    def ram(self) -> memoryview:
+        return memoryview(self._ram)
+
+    @property
+    def vmm_memory(self) -> memoryview:
+        return memoryview(self._vmm)
+
+    def linear(self, home: int) -> int:
+        """Where home address `home` of the VMM area (a constant of this module or of
+        bt.layout) is in the guest's linear space now."""
+        return self.vmm.linear(home)
 
     def _install_vmm(self) -> None:
         cpu = self.cpu
-        for sel, desc in segments.vmm_descriptors().items():
-            if sel == segments.VMM_GATE & ~3:
-                desc = segments.call_gate(segments.VMM_CS1 & ~3, STUB1, 3)
-            cpu.phys_write(layout.VMM_GDT + (sel & ~7), desc.to_bytes())
+        self._write_descriptors()
         cpu.phys_write(layout.VMM_TSS, _tss())
         cpu.phys_write(layout.VMM_CODE, _vmm_code())
         cpu.phys_write(TRAMP, _tramp())
         cpu.phys_write(layout.VMM_PT, paging.vmm_page_table())
+
+    def _write_descriptors(self) -> None:
+        """The VMM's own GDT slots for the area where it is now; the TSS descriptor keeps
+        the busy bit the CPU set on LTR."""
+        cpu = self.cpu
+        for sel, desc in segments.vmm_descriptors(self.vmm).items():
+            if sel == segments.VMM_GATE & ~3:
+                desc = segments.call_gate(segments.VMM_CS1 & ~3, self.linear(STUB1), 3)
+            at = layout.VMM_GDT + (sel & ~7)
+            if sel == segments.VMM_TSS:
+                busy = segments.Descriptor.from_bytes(cpu.phys_read(at, 8)).type == segments.TYPE_TSS_BUSY
+                if busy:
+                    desc = desc.with_access((desc.access & ~0xF) | segments.TYPE_TSS_BUSY)
+            cpu.phys_write(at, desc.to_bytes())
+
+    def move_to(self, area: layout.VmmArea) -> None:
+        """Point the CPU's view of the VMM's structures at `area`: the descriptor-table
+        registers, the TSS (register, descriptor and the stacks it names), the call gate.
+        The page tables are the caller's (runtime/relocate.py)."""
+        self.vmm = area
+        self._write_descriptors()
+        uc = self.uc
+        for reg, home in ((ux.UC_X86_REG_GDTR, layout.VMM_GDT), (ux.UC_X86_REG_IDTR, layout.VMM_IDT)):
+            sel, _base, limit, flags = uc.reg_read(reg)
+            uc.reg_write(reg, (sel, area.linear(home), limit, flags))
+        sel, _base, limit, flags = uc.reg_read(ux.UC_X86_REG_TR)
+        uc.reg_write(ux.UC_X86_REG_TR, (sel, area.linear(layout.VMM_TSS), limit, flags))
+        self.cpu.phys_write(layout.VMM_TSS + TSS_ESP0, struct.pack("<I", area.linear(layout.VMM_STACK0_TOP)))
 
     def load_ldtr(self, selector: int, base: int, limit: int) -> None:
         """The real LDTR (hidden part included: base, limit, present LDT type)."""

@@ -129,8 +129,8 @@ def compress(d: Descriptor) -> Descriptor:
     return d.with_dpl(1) if d.dpl == 0 else d
 
 
-def vmm_descriptors() -> dict[int, Descriptor]:
-    """The VMM's own slots (selector -> descriptor)."""
+def vmm_descriptors(area: layout.VmmArea = layout.HOME) -> dict[int, Descriptor]:
+    """The VMM's own slots (selector -> descriptor), for the VMM area at `area`."""
     flat = 0xFFFFFFFF
     return {
         VMM_CS0: segment(0, flat, 0x9A),
@@ -138,7 +138,7 @@ def vmm_descriptors() -> dict[int, Descriptor]:
         VMM_CS1 & ~3: segment(0, flat, 0xBA),
         VMM_DS1 & ~3: segment(0, flat, 0xB2),
         VMM_CS3 & ~3: segment(0, flat, 0xFA),
-        VMM_TSS: segment(layout.VMM_TSS, layout.VMM_TSS_SIZE - 1, 0x80 | TYPE_TSS_AVAIL, 0x0),
+        VMM_TSS: segment(area.linear(layout.VMM_TSS), layout.VMM_TSS_SIZE - 1, 0x80 | TYPE_TSS_AVAIL, 0x0),
         VMM_GATE & ~3: call_gate(VMM_CS1 & ~3, 0, 3),  # offset patched in by the machine
     }
 
@@ -152,8 +152,10 @@ class ShadowGdt:
 
     def __init__(self, write_phys: Callable[[int, bytes], None],
                  read_linear: Callable[[int, int], bytes],
-                 load_ldtr: Callable[[int, int, int], None]) -> None:
+                 load_ldtr: Callable[[int, int, int], None],
+                 area: Callable[[], layout.VmmArea] = lambda: layout.HOME) -> None:
         self._write = write_phys   # (phys, bytes) -> None
+        self._area = area          # where the VMM area (so the shadow LDT) is now
         self._read = read_linear   # (linear, size) -> bytes
         self._load_ldtr = load_ldtr  # (selector, base, limit) -> None: the real LDTR
         self.guest_base = 0
@@ -210,9 +212,18 @@ class ShadowGdt:
             out += bytes(8 * (self.ldt_synced - count))
         self._write(layout.VMM_LDT, bytes(out))
         self.ldt_synced = count
-        limit = count * 8 - 1
-        self._write(layout.VMM_GDT + VMM_LDT, segment(layout.VMM_LDT, limit, 0x80 | TYPE_LDT, 0x0).to_bytes())
-        self._load_ldtr(VMM_LDT, layout.VMM_LDT, limit)
+        self._point_ldtr(count * 8 - 1)
+
+    def _point_ldtr(self, limit: int) -> None:
+        """The real LDTR and its descriptor at the shadow LDT, wherever the VMM area is."""
+        base = self._area().linear(layout.VMM_LDT)
+        self._write(layout.VMM_GDT + VMM_LDT, segment(base, limit, 0x80 | TYPE_LDT, 0x0).to_bytes())
+        self._load_ldtr(VMM_LDT, base, limit)
+
+    def moved(self) -> None:
+        """The VMM area moved (runtime/relocate.py): the shadow LDT's linear base with it."""
+        if self.ldt_selector and self.ldt_synced:
+            self._point_ldtr(self.ldt_synced * 8 - 1)
 
     def sync(self) -> None:
         count = (self.guest_limit + 1) // 8

@@ -79,8 +79,12 @@ def test_mov_cr_both_ways(cr: int, value: int):
     (seen,) = words(vm, RESULTS, 1)
     assert seen == value | (0x10 if cr == 0 else 0)    # CR0.ET reads as 1
     assert vm.vcpu.cr(cr) == seen
-    real = vm.cpu.read({0: CR0, 3: CR3, 4: CR4}[cr])
-    assert real & value == value
+    if cr == 3:
+        # Paging is off: the real CR3 only ever points at the shadow page directory
+        # (runtime/shadowpd.py), which nothing walks yet.
+        assert vm.cpu.read(CR3) != value
+    else:
+        assert vm.cpu.read({0: CR0, 4: CR4}[cr]) & value == value
     assert vm.stats.by_class["mov_to_cr"] == 1 and vm.stats.by_class["mov_from_cr"] == 1
 
 

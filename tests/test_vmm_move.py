@@ -169,7 +169,8 @@ def test_paging_off_brings_the_area_home() -> None:
     vm, _ = _vm(False, src=src)
     result = vm.run()
     assert isinstance(result, RunResult) and result.exit_status == 1
-    assert [(m.old, m.new) for m in vm.stats.vmm_moves] == [(0xFFC00000, 0xFF800000), (0xFF800000, 0xFFC00000)]
+    moves = [(m.old, m.new) for m in vm.stats.vmm_moves]
+    assert moves == [(0xFFC00000, 0xFF800000), (0xFF800000, 0xFFC00000)]
     assert vm.machine.vmm == layout.HOME
 
 

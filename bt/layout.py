@@ -65,6 +65,15 @@ KERNEL_LOAD_MIN = 1 * MiB
 #: name go after the kernel image (page-aligned end), also as QEMU does: runtime/boot.py.
 MULTIBOOT_MMAP = 0x9000
 MULTIBOOT_INFO = 0x9500
+#: What QEMU's multiboot loader (its option ROM) leaves the kernel at entry, measured
+#: with a probe kernel under qemu-system-i386 7.2: the loader's GDT (5 descriptors: null,
+#: flat 32-bit code 0x08, flat data 0x10, 16-bit code 0x18 and data 0x20) at this address
+#: with limit 0x27, the real-mode IDTR (base 0, limit 0x3FF), ESP and EFLAGS (PF set).
+#: ring1 leaves the same (runtime/boot.py `LOADER_GDT`), so a kernel that reloads CS 0x08
+#: or DS 0x10 before its own LGDT, or prints what it finds, sees what it sees under QEMU.
+LOADER_GDT_BASE = 0xCB2B8
+ENTRY_ESP = 0x6F08
+ENTRY_EFLAGS = 0x6
 
 #: The VMM area's home: the top 4 MiB of the physical address space, one page-directory
 #: slot (index 1023) of the linear space while the area is at home.

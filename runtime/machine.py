@@ -14,7 +14,7 @@ VMM code (at `bt.layout.VMM_CODE`, hand-encoded so that nothing needs an
 assembler at run time; the constants below are home addresses, `Machine.linear` gives
 where each is now that the VMM area can move, bt/layout.py):
 
-    BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1
+    BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1 (run alone)
     STUB1     ring 1:  INT3                          where the call gate lands
     IRET_OUT  ring 1:  IRETD                         emulated IRET back to ring 3
     RETF_OUT  ring 1:  RETF                          emulated far RET back to ring 3
@@ -112,6 +112,8 @@ class Machine:
         self.cpu.add_region(layout.VMM_BASE, memoryview(self._vmm))
         #: Where the VMM area is in the guest's linear space now (it starts at home).
         self.vmm = layout.HOME
+        #: The guest's GDT limit, which the real GDTR's limit is but for a few VMM instructions.
+        self.guest_gdt_limit = 0
         self._install_vmm()
 
     @property
@@ -171,9 +173,34 @@ class Machine:
     def write_tss_ring1(self, ss1: int, esp1: int) -> None:
         self.cpu.phys_write(layout.VMM_TSS + TSS_ESP1, struct.pack("<II", esp1, ss1))
 
-    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int) -> None:
-        """CPU state for the first slice: ring 0 at BOOT, about to IRETD to
-        `entry` in ring 1 with IF = 1, IOPL = 0 (the guest's virtual IF is 0)."""
+    # -- the real GDT's limit ---------------------------------------------------------------------
+    # The real GDTR's limit is the guest's own (runtime/segments.py `ShadowGdt`): a selector
+    # beyond the guest's table faults as the guest's table says, and the VMM's own slots at the
+    # end of the real GDT (`VMM_GDT_FIRST_SLOT`) are out of the guest's reach. The VMM opens
+    # them only while its own code needs them, with no guest instruction in between: BOOT's
+    # LTR and IRETD, and a ring 3 -> 1 delivery (TRAMP's far CALL through the VMM gate, to
+    # STUB1's INT3: runtime/deliver.py).
+    def set_guest_gdt_limit(self, limit: int) -> None:
+        self.guest_gdt_limit = limit
+        self._gdt_limit(limit)
+
+    def open_vmm_slots(self) -> None:
+        self._gdt_limit(layout.VMM_GDT_SIZE - 1)
+
+    def close_vmm_slots(self) -> None:
+        self._gdt_limit(self.guest_gdt_limit)
+
+    def _gdt_limit(self, limit: int) -> None:
+        sel, base, _limit, flags = self.uc.reg_read(ux.UC_X86_REG_GDTR)
+        self.uc.reg_write(ux.UC_X86_REG_GDTR, (sel, base, limit, flags))
+
+    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int, cs: int, ds: int, eflags: int) -> None:
+        """CPU state for BOOT, the VMM's two ring-0 instructions (LTR, IRETD) that enter the
+        guest at `entry` in ring 1 with real IF = 1 and IOPL = 0, the arithmetic flags of
+        `eflags`, CS and SS `cs`|1 and `ds`|1, DS/ES/FS/GS `ds` (guest selectors: the shadow
+        GDT must hold them already; RPL 0 where the CPU allows it, as the guest loads its own:
+        a DPL-1 data segment with RPL 0 is valid at CPL 1, CS and SS need RPL == CPL). The
+        VMM slots stay open for BOOT; `close_vmm_slots` after."""
         uc, cpu = self.uc, self.cpu
         uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.VMM_GDT, layout.VMM_GDT_SIZE - 1, 0))
         uc.reg_write(ux.UC_X86_REG_IDTR, (0, layout.VMM_IDT, layout.VMM_IDT_SIZE - 1, 0))
@@ -183,11 +210,11 @@ class Machine:
         # DPL-1 data selectors survive the IRETD to ring 1 (SDM IRET: outer-level
         # returns null data segments whose DPL < new CPL).
         for reg in (DS, ES, FS, GS):
-            cpu.write(reg, segments.VMM_DS1)
-        frame = struct.pack("<5I", entry, segments.VMM_CS1, 0x202, esp, segments.VMM_DS1)
+            cpu.write(reg, ds)
+        frame = struct.pack("<5I", entry, cs | 1, (eflags & ~0x3200) | 0x202, esp, ds | 1)
         top = layout.VMM_STACK0_TOP - len(frame)
         cpu.phys_write(top, frame)
-        cpu.write(ESP, top)
+        cpu.write(ESP, self.linear(top))
         cpu.write(EFLAGS, 0x2)
         cpu.write(EAX, eax)
         cpu.write(EBX, ebx)

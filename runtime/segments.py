@@ -14,7 +14,9 @@ selectors work unchanged; what differs (Intel SDM vol. 3 §3.4.5, §5.5):
 - gates keep their fields (their target selectors name shadowed segments).
 
 The VMM's own descriptors live in the last 16 slots (guests almost never reach them;
-one that does is refused by `ShadowGdt.sync`).
+one that does is refused by `ShadowGdt.sync`). The real GDTR's limit is the guest's, so
+those slots are beyond it: no guest selector, gate or far transfer can name them. The VMM
+opens them only for its own few instructions (runtime/machine.py `open_vmm_slots`).
 """
 
 from __future__ import annotations
@@ -153,9 +155,11 @@ class ShadowGdt:
     def __init__(self, write_phys: Callable[[int, bytes], None],
                  read_linear: Callable[[int, int], bytes],
                  load_ldtr: Callable[[int, int, int], None],
-                 area: Callable[[], layout.VmmArea] = lambda: layout.HOME) -> None:
+                 area: Callable[[], layout.VmmArea] = lambda: layout.HOME,
+                 set_limit: Callable[[int], None] = lambda limit: None) -> None:
         self._write = write_phys   # (phys, bytes) -> None
         self._area = area          # where the VMM area (so the shadow LDT) is now
+        self._set_limit = set_limit  # the real GDTR's limit: the guest's (runtime/machine.py)
         self._read = read_linear   # (linear, size) -> bytes
         self._load_ldtr = load_ldtr  # (selector, base, limit) -> None: the real LDTR
         self.guest_base = 0
@@ -165,8 +169,12 @@ class ShadowGdt:
         self.ldt_synced = 0
 
     def load(self, base: int, limit: int) -> None:
+        """LGDT: shadow the guest's table; the real GDTR gets the guest's limit, so that a
+        selector beyond it faults as the guest's table says and the VMM's slots stay out of
+        reach (runtime/machine.py)."""
         self.guest_base, self.guest_limit = base, limit
         self.sync()
+        self._set_limit(limit)
 
     def guest_descriptor(self, selector: int) -> Descriptor | None:
         """The guest's own descriptor for `selector` (GDT or LDT), or None if outside."""

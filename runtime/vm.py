@@ -50,7 +50,7 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 from bt import layout
 from bt.errors import GuestStop, InternalError, Ring1Error
 from runtime import config as cfg
-from runtime.boot import load_kernel
+from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CR3, CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
@@ -80,8 +80,6 @@ _UNMAPPED = {
     uconst.UC_ERR_INSN_INVALID: "unknown opcode",
     uconst.UC_ERR_EXCEPTION: "unhandled CPU exception",
 }
-#: Initial ESP at multiboot entry (the spec leaves it undefined; below the info).
-ENTRY_ESP = 0x7000
 
 
 @dataclass
@@ -135,7 +133,8 @@ class Vm:
         area = self._area
         self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area, vmm_store=lambda phys, size: self.guard.dropped(
             phys, size))
-        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area)
+        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
+                             self.machine.set_guest_gdt_limit)
         self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area)
         self.now_ns = 0
         self._exits_mark = 0
@@ -165,13 +164,25 @@ class Vm:
                 raise GuestStop("kernel does not fit in guest RAM", None,
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
-        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, ENTRY_ESP)
+        self._loader_state()
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
+
+    def _loader_state(self) -> None:
+        """The machine as QEMU's multiboot loader leaves it (bt.layout.LOADER_GDT_BASE): its
+        GDT in guest memory and shadowed, CS 0x08 and the data segments 0x10, the real-mode
+        IDTR, ESP and the arithmetic flags; then BOOT enters the guest in ring 1 (`run`)."""
+        base, limit = layout.LOADER_GDT_BASE, len(LOADER_GDT) - 1
+        self.cpu.phys_write(base, LOADER_GDT)
+        self.vcpu.set_table("gdtr", base, limit)
+        self.vcpu.set_table("idtr", *LOADER_IDTR)
+        self.gdt.load(base, limit)
+        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, layout.ENTRY_ESP,
+                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS)
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
@@ -301,9 +312,9 @@ class Vm:
         uc = self.machine.uc
         t_start = time.perf_counter()
         deadline = None if config.timeout is None else t_start + config.timeout
-        pc = BOOT
         traps = self.traps
         try:
+            pc = self._enter_guest()
             while traps.exit_status is None:
                 count = self._slice_length()
                 if count <= 0:
@@ -369,6 +380,19 @@ class Vm:
             self.stats.virtual_ns = self.clock()
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
         return RunResult(traps.exit_status, self.stats, list(traps.last))
+
+    def _enter_guest(self) -> int:
+        """Run BOOT (LTR, IRETD into ring 1) on its own, then shut the VMM's GDT slots; the
+        guest's entry point, where the run loop starts."""
+        try:
+            self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
+        except UcError as err:
+            raise InternalError(f"BOOT could not enter ring 1: {err}") from err
+        eip, cs = self.cpu.eip_cs()
+        if cs & 3 != 1 or eip != self.boot.entry:
+            raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")
+        self.machine.close_vmm_slots()
+        return eip
 
     def _guest_eip(self) -> int:
         return self.traps.patcher.to_guest_eip(self.cpu.read(EIP))

@@ -46,7 +46,7 @@ from patchmgr.record import Record
 from patchmgr.registry import RuleSet, load
 from patchmgr.relocate import CannotMove
 from patchmgr.rule import EmitContext
-from patchmgr.window import CodeMap, NoWindow, choose
+from patchmgr.window import CodeMap, LearningCodeMap, NoWindow, choose
 
 if TYPE_CHECKING:
     from capstone import CsInsn
@@ -92,6 +92,26 @@ class Stats:
     smc_removed: int = 0
     smc_refreshed: int = 0
     merged: int = 0             # sites whose own patch was folded into a later site's window
+    #: Sites the guest ran (a trap, a first execution) that the static scan never reached:
+    #: the first MAX_UNSCANNED of them, and how many there were in all.
+    unscanned: set[int] = field(default_factory=set)
+    unscanned_total: int = 0
+
+
+#: Unscanned sites remembered by address (a guest generating code cannot grow the set without end).
+MAX_UNSCANNED = 4096
+LEARNED = "the scan never reached it: code learned at run time"
+NEVER_REACHED = "the scan never reached it, and this run patches nothing itself"
+
+
+@dataclass(frozen=True)
+class Unscanned:
+    """A site the guest ran that the static scan never reached, and what became of it."""
+
+    site: int
+    text: str
+    status: str          # "patched", "refused" or "unpatched"
+    reason: str
 
 
 class PatchManager:
@@ -130,11 +150,52 @@ class PatchManager:
         if self.patch_memory.contains(op.address):
             return False    # a displaced instruction trapped inside a block: never patch patch code
         self.stats.traps[op.address] += 1
+        if op.cls is not None and self.rules.handles(op.cls):
+            self._note_unscanned(op.address)
         if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
             return False
         if self.stats.traps[op.address] >= self.config.hot:
+            self._learn(op.address)
             return isinstance(self.patch_site(op.address), Patch)
         return False
+
+    def _note_unscanned(self, site: int) -> None:
+        code = self.code
+        if (isinstance(code, LearningCodeMap) and site not in self.stats.unscanned
+                and not code.scanned(site)):
+            self.stats.unscanned_total += 1
+            if len(self.stats.unscanned) < MAX_UNSCANNED:
+                self.stats.unscanned.add(site)
+
+    def _learn(self, site: int) -> None:
+        """The guest runs `site`: if the scan never reached it, learn its code now (CSAM
+        scanned a page when it first ran), so that it gets a window like scanned code."""
+        if isinstance(self.code, LearningCodeMap):
+            self.code.learn(site, self.original)
+
+    def unscanned_sites(self) -> list[Unscanned]:
+        """The sites the guest ran that the static scan never reached, by address, and what
+        became of each: patched (its code learned at run time), refused (why), or left
+        unpatched (this run patches nothing itself: a kernel `bt patch` wrote, whose patches
+        were all made ahead of time from what the scan reached, or `--no-patch`)."""
+        out = []
+        for site in sorted(self.stats.unscanned):
+            insn = self._decode(site)
+            text = f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "?"
+            covering = list(self._patches_covering_range(site, site + 1))
+            if covering:
+                p = covering[0]
+                reason = (LEARNED if p.site == site
+                          else f"inside the {p.kind} window of {p.site:#x}, learned at run time")
+                out.append(Unscanned(site, text, "patched", reason))
+            elif site in self.refusals:
+                out.append(Unscanned(site, text, "refused", self.refusals[site].reason))
+            elif not self.config.enabled:
+                out.append(Unscanned(site, text, "unpatched", NEVER_REACHED))
+            else:
+                out.append(Unscanned(site, text, "unpatched",
+                                     f"trapped fewer than --hot {self.config.hot} times"))
+        return out
 
     def exit_at(self, address: int) -> ExitRecord | None:
         hit = self._exits.get(address)
@@ -184,7 +245,9 @@ class PatchManager:
         """The guest is about to run `site`, a sensitive instruction that never traps
         (PUSHF, SGDT, MOV r,CS...: CSAM marked them for PATM before they ran). Patch it
         now; the runtime continues at the returned address instead of running the site."""
+        self._note_unscanned(site)
         if self.config.enabled and self.is_unpatched(site):
+            self._learn(site)
             self.patch_site(site)
         return self.resume_at(site)
 
@@ -262,6 +325,8 @@ class PatchManager:
             raise NoWindow("no code map (scanner) for this guest")
         bounds = self.code.block_of(site)
         if bounds is None:
+            if isinstance(self.code, LearningCodeMap) and not self.code.scanned(site):
+                raise NoWindow("the scan never reached this site and its code could not be learned")
             raise NoWindow("site is outside every scanned basic block")
         bstart, bend = bounds
         raw = self.original(bstart, bend - bstart)

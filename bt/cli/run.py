@@ -80,12 +80,20 @@ def _patch_config(args: argparse.Namespace) -> PatchConfig:
                        disabled_rules=tuple(args.disable_rule))
 
 
-def _report_patches(m: PatchManager, out: TextIO) -> None:
+def _report_patches(vm: Vm, m: PatchManager, out: TextIO) -> None:
     kinds = Counter(p.kind for p in m.patches.values())
     st = m.stats
     print(f"patches: {len(m.patches)} (jmp {kinds['jmp']}, int3 {kinds['int3']}), refused {len(m.refusals)}, "
           f"patch exits {st.exits}, self-modifying code: {st.smc_removed} removed, {st.smc_refreshed} "
           f"refreshed", file=out)
+    unscanned = m.unscanned_sites()
+    if unscanned:
+        states = Counter(u.status for u in unscanned)
+        print(f"sites the scan never reached: {st.unscanned_total} ("
+              + ", ".join(f"{n} {what}" for what, n in sorted(states.items())) + ")", file=out)
+        for u in unscanned[:10]:
+            print(f"  {u.site:#010x} {vm.symbolize(u.site):32s} {u.text:16s} {u.status}: {u.reason}",
+                  file=out)
 
 
 def _report_guard(stats: RunStats, out: TextIO) -> None:
@@ -123,7 +131,7 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     print(f"guest instructions: {stats.guest_insns}   virtual time: {stats.virtual_ns / 1e6:.3f} ms "
           f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
     if vm.patches is not None:
-        _report_patches(vm.patches, out)
+        _report_patches(vm, vm.patches, out)
     _report_guard(stats, out)
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "

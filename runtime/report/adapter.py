@@ -62,15 +62,24 @@ def patch_table(manager: PatchManager) -> tuple[Patch, ...]:
     Patches taken out again (the guest wrote into them) are gone from the manager by
     then; the manager's SMC counters say how many, and the run's exits show their cost."""
     rows = []
+    unscanned = {u.site: u for u in manager.unscanned_sites()}
     for p in manager.patches.values():
         rule = manager.rules.rule_for(p.op)
+        reason = manager.notes.get(p.site, "") if p.kind == "int3" else ""
+        if p.site in unscanned:
+            reason = "; ".join(r for r in (unscanned[p.site].reason, reason) if r)
         rows.append(Patch(address=p.site, rule=rule.name if rule else "-", kind=p.kind, size=p.end - p.start,
-                          status="active", reason=manager.notes.get(p.site, "") if p.kind == "int3" else "",
-                          text=p.op.text, start=p.start))
+                          status="active", reason=reason, text=p.op.text, start=p.start))
     for r in manager.refusals.values():
         rule = manager.rules.rule_for(r.op) if r.op.cls else None
         rows.append(Patch(address=r.site, rule=rule.name if rule else "-", kind="-", size=0,
                           status="refused", reason=r.reason, text=r.op.text))
+    # Sites the guest ran but the scan never reached, that no patch covers: say so, or the
+    # report would be silent about why they kept trapping.
+    for u in unscanned.values():
+        if u.status == "unpatched":
+            rows.append(Patch(address=u.site, rule="-", kind="-", size=0, status="unpatched",
+                              reason=u.reason, text=u.text))
     return tuple(sorted(rows, key=lambda row: row.address))
 
 

@@ -174,6 +174,11 @@ def describe_patches(k: KernelComparison, mode: str) -> Table:
                   str(p.size), p.status, p.reason or "")
     if not patches:
         t.add_row("(no patches)", *[""] * 7)
+    unscanned = sum(1 for p in patches if p.status == "unpatched")
+    if unscanned:
+        t.caption = (f"{unscanned} site(s) ran unpatched because the scan never reached them "
+                     "(status unpatched)")
+        t.caption_justify = "left"
     return t
 
 

@@ -45,7 +45,7 @@ from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
 from patchmgr.record import Record
 from patchmgr.registry import RuleSet, load
 from patchmgr.relocate import CannotMove
-from patchmgr.rule import EmitContext
+from patchmgr.rule import EmitContext, PatchRule
 from patchmgr.window import CodeMap, LearningCodeMap, NoWindow, choose
 
 if TYPE_CHECKING:
@@ -73,12 +73,14 @@ class WriteWatch(Protocol):
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME`."""
+    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME /
+    --disable-class CLASS`."""
 
     hot: int = 1
     eager: bool = False
     enabled: bool = True
     disabled_rules: tuple[str, ...] = ()
+    disabled_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hot < 1:
@@ -121,7 +123,8 @@ class PatchManager:
         self.config = config
         self.memory = memory
         self.code = code
-        self.rules = rules if rules is not None else load(config.disabled_rules)
+        self.rules = rules if rules is not None else load(config.disabled_rules,
+                                                          disabled_classes=config.disabled_classes)
         self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
         if self.patch_memory.top == tables.BASE:     # fresh patch memory: the lookup tables first
             self.memory.write(tables.BASE, tables.image())
@@ -271,6 +274,9 @@ class PatchManager:
         rule = self.rules.rule_for(op)
         if rule is None:
             return self._refuse(site, op, f"no enabled rule for class {op.cls} (table: {row.handling.value})")
+        if not row.exit_adds_fidelity and self._emits_exits(rule, op):
+            return self._refuse(site, op, f"rule {rule.name} would add exits to {op.cls}, which runs "
+                                          f"without one unpatched (table: {row.handling.value})")
         why = "the table asks for the INT3 replacement"
         if row.handling is not isa.Handling.INT3:
             try:
@@ -282,8 +288,18 @@ class PatchManager:
                 return merged
         if not self.emulable(op.cls):
             return self._refuse(site, op, f"{why}; and no INT3 either: the runtime does not emulate {op.cls}")
+        if not row.exit_adds_fidelity:
+            return self._refuse(site, op, f"{why}; and no INT3 either: it would add exits to {op.cls}, "
+                                          "which runs without one unpatched")
         self.notes[site] = why
         return self._install_int3(op)
+
+    def _emits_exits(self, rule: PatchRule, op: Operation) -> bool:
+        """Whether `rule`'s translation of `op` exits (a hypercall, or the INT3 replacement).
+        Asked before patching a class that never exits unpatched: such a patch would cost
+        more exits than the instruction (the general guard; bt.isa `exit_adds_fidelity`)."""
+        code = rule.emit(op, EmitContext(self.ctx.data_slots()))
+        return code is None or bool(code.exits)
 
     def _merge(self, site: int, op: Operation) -> Patch | None:
         """One window for this site and the patched sites just before it in its basic

@@ -23,8 +23,9 @@ FIXED_REPRO = Reproducibility(
 )
 
 #: Object fields whose keys are names (runs, distributions, options), not fixed field names.
-NAMED_KEYS = {"runs": "<mode>", "counts": "<mode>", "reduction": "<mode>", "patch": "<mode>",
-              "matches": "<mode>", "patches": "<mode>", "dependencies": "<dist>", "options": "<option>"}
+NAMED_KEYS = {"runs": "<mode>", "counts": "<mode>", "reduction": "<mode>", "added": "<mode>",
+              "patch": "<mode>", "matches": "<mode>", "patches": "<mode>", "dependencies": "<dist>",
+              "options": "<option>"}
 
 
 def recorded_names() -> list[str]:

@@ -3,9 +3,8 @@ into its displaced code refreshes it (re-made from the new bytes on the next tra
 
 from __future__ import annotations
 
-from patch_harness import CODE, run_patched
-
 from patchmgr.manager import PatchConfig
+from runtime.ruletest import CODE, run_patched
 
 # Runs the window twice; between the passes it rewrites part of it.
 LOOP = """

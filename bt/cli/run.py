@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
+from bt.cli import ruleopts
 from bt.errors import GuestStop, InternalError, UsageError
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
@@ -40,8 +41,7 @@ def add_parser(sub: Any) -> None:
                        help="patch a site once it trapped N times (default 1, as PATM)")
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
-    patch.add_argument("--disable-rule", action="append", default=[], metavar="NAME",
-                       help="do not use this patch rule (repeatable; `bt patch --list-rules`)")
+    ruleopts.add(patch)
     p.set_defaults(handler=run)
 
 
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
                            max_insns=args.max_insns, timeout=args.timeout, serial=sink,
                            patch=_patch_config(args))
         vm = Vm(config)
+        if vm.patches is not None:
+            ruleopts.warn("run", vm.patches.rules)
         try:
             result = vm.run()
         except (GuestStop, InternalError) as stop:
@@ -77,7 +79,7 @@ def _patch_config(args: argparse.Namespace) -> PatchConfig:
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")
     return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
-                       disabled_rules=tuple(args.disable_rule))
+                       disabled_rules=tuple(args.disable_rule), disabled_classes=tuple(args.disable_class))
 
 
 def _report_patches(vm: Vm, m: PatchManager, out: TextIO) -> None:

@@ -39,6 +39,10 @@ class Counts:
             return None
         return 1.0 - self.counts[mode] / self.before
 
+    def added(self, mode: str) -> int:
+        """Exits `mode` has beyond the baseline's (0 when it has as many or fewer)."""
+        return max(0, self.counts[mode] - self.before)
+
 
 @dataclass(frozen=True)
 class SiteRow:

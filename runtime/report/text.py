@@ -70,7 +70,7 @@ def _count_columns(k: KernelComparison) -> list[str]:
 def _count_cells(row: Counts, k: KernelComparison) -> list[str]:
     cells = [fmt.count(row.before)]
     for m in k.patched_modes:
-        cells += [fmt.count(row.counts[m]), fmt.reduction(row.reduction(m))]
+        cells += [fmt.count(row.counts[m]), fmt.change(row.counts, m)]
     return cells
 
 
@@ -87,7 +87,7 @@ def describe_summary(comparison: Comparison) -> Table:
         cells = [k.name, fmt.count(k.total.before)]
         for m in modes:
             if m in k.modes:
-                cells += [fmt.count(k.total.counts[m]), fmt.reduction(k.total.reduction(m)),
+                cells += [fmt.count(k.total.counts[m]), fmt.change(k.total.counts, m),
                           fmt.factor(k.speedup(m))]
             else:
                 cells += ["-", "-", "-"]

@@ -1,6 +1,16 @@
-"""A bare Unicorn machine for patch-code tests: the same guest code run at CPL 0 (what
-hardware does natively, the reference) and, patched, at CPL 1 with real IOPL 0 and real
-IF 1, the way ring1 runs a guest (GDT + IRETD into ring 1, as shared/tools/ring1_probe.py).
+"""Testing a patch rule: a bare Unicorn machine that runs the same guest code at CPL 0
+(what hardware does natively, the reference) and, patched, at CPL 1 with real IOPL 0 and
+real IF 1, the way ring1 runs a guest (GDT + IRETD into ring 1). Installed with ring1, so
+a rule's own tests need no path hack:
+
+    from runtime.ruletest import run_native, run_patched
+    native = run_native("add eax, ebx\nrdtsc\nnop", {"eax": 1}, flags=0, guest_if=1)
+    patched, manager = run_patched("add eax, ebx\nrdtsc\nnop", {"eax": 1}, 0, 1,
+                                   rules=registry.load(extra=[MyRule()]))
+
+It lives in `runtime`, not `patchmgr`, because it runs patch code on the CPU model and
+needs the runtime's fix for Unicorn's stale `old_exception` (runtime/latch.py): layers
+point runtime -> patchmgr -> bt. docs/patch-rules.md says what to compare.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from bt import layout
 from bt.operation import Operation
 from patchmgr.manager import PatchConfig, PatchManager
 from patchmgr.registry import RuleSet
+from runtime.latch import ExceptionLatch
 
 GDT, BOOT, CODE, STACK_TOP, DATA = 0x1000, 0x10000, 0x20000, 0x80000, 0x90000
 KCODE0, KDATA0, KCODE1, KDATA1 = 0x08, 0x10, 0x19, 0x21
@@ -179,7 +190,6 @@ def run_patched(src: str, regs: dict[str, int], flags: int, guest_if: int,
         resumes.append(record.resume)
         uc.reg_write(u.UC_X86_REG_EIP, record.resume)
 
-    from runtime.latch import ExceptionLatch
     latch = ExceptionLatch(uc)      # a handled #GP must not turn the next one into #DF (notes #3)
 
     def on_intr_cleared(uc: Uc, vector: int, data: object) -> None:

@@ -20,6 +20,9 @@ FIXED_REPRO = Reproducibility(
     ring1="<version>", python="<python>", platform="<platform>",
     dependencies={"unicorn": "<version>", "capstone": "<version>"},
     command=("compare", "<kernel>"), options={"hot": 1},
+    rules=({"name": "irqflags", "distribution": "built-in", "version": "<version>",
+            "classes": ["cli", "popf", "pushf", "sti"]},),
+    rule_warnings=("<a warning of the rule loader>",),
 )
 
 #: Object fields whose keys are names (runs, distributions, options), not fixed field names.

@@ -178,7 +178,8 @@ def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord], top: int =
     and check each run's output against `reference` (path, bytes) when one is given."""
     if BASELINE not in runs:
         raise ValueError("a comparison needs the unpatched run")
-    modes = tuple(m for m in MODES if m in runs)
+    # The three kinds of run in their fixed order, then variants (`--variant`) as given.
+    modes = tuple(m for m in MODES if m in runs) + tuple(m for m in runs if m not in MODES)
     by_kind = _rows(runs, modes, lambda r: r.exits_by_kind, order=EXIT_KINDS)
     by_class = _rows(runs, modes, lambda r: r.exits_by_class)
     total = Counts("total", {m: runs[m].total_exits for m in modes})

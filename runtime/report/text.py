@@ -39,7 +39,11 @@ def render_plain(comparison: Comparison) -> str:
     """The report as plain text: what a pipe or a file gets, and what golden files hold.
     Trailing blanks (rich pads table cells) are dropped so files diff cleanly."""
     buffer = io.StringIO()
-    render(comparison, plain_console(buffer))
+    console = plain_console(buffer)
+    # Variants (`--variant`) add runs, hence columns: widen rather than cut names short.
+    runs = max((len(k.modes) for k in comparison.kernels), default=0)
+    console.width = PLAIN_WIDTH + 28 * max(0, runs - 3)
+    render(comparison, console)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -206,6 +210,11 @@ def describe_repro(comparison: Comparison) -> Table:
     t.add_row("command", "bt " + " ".join(r.command))
     for key, value in r.options.items():
         t.add_row(f"option {key}", str(value))
+    for rule in r.rules:
+        t.add_row(f"rule {rule['name']}", f"{rule['distribution']} {rule['version']}: "
+                                          f"{', '.join(rule['classes']) or '(no class)'}")
+    for warning in r.rule_warnings:
+        t.add_row("rule warning", warning)
     for k in comparison.kernels:
         t.add_row(f"sha256 {k.name}", k.kernel.sha256)
     return t

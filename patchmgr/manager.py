@@ -123,6 +123,9 @@ class PatchManager:
         self.config = config
         self.memory = memory
         self.code = code
+        #: The code map can learn code the scan never reached (checked once: a Protocol
+        #: isinstance check costs tens of microseconds, too much for every trap).
+        self._learning: LearningCodeMap | None = code if isinstance(code, LearningCodeMap) else None
         self.rules = rules if rules is not None else load(config.disabled_rules,
                                                           disabled_classes=config.disabled_classes)
         self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
@@ -152,6 +155,7 @@ class PatchManager:
         through `resume_at`, since the window may cover the instruction after `op`)."""
         if self.patch_memory.contains(op.address):
             return False    # a displaced instruction trapped inside a block: never patch patch code
+        self.patch_memory.settle()      # the CPU is at a guest instruction: freed blocks are idle
         self.stats.traps[op.address] += 1
         if op.cls is not None and self.rules.handles(op.cls):
             self._note_unscanned(op.address)
@@ -163,9 +167,8 @@ class PatchManager:
         return False
 
     def _note_unscanned(self, site: int) -> None:
-        code = self.code
-        if (isinstance(code, LearningCodeMap) and site not in self.stats.unscanned
-                and not code.scanned(site)):
+        code = self._learning
+        if code is not None and site not in self.stats.unscanned and not code.scanned(site):
             self.stats.unscanned_total += 1
             if len(self.stats.unscanned) < MAX_UNSCANNED:
                 self.stats.unscanned.add(site)
@@ -173,8 +176,8 @@ class PatchManager:
     def _learn(self, site: int) -> None:
         """The guest runs `site`: if the scan never reached it, learn its code now (CSAM
         scanned a page when it first ran), so that it gets a window like scanned code."""
-        if isinstance(self.code, LearningCodeMap):
-            self.code.learn(site, self.original)
+        if self._learning is not None:
+            self._learning.learn(site, self.original)
 
     def unscanned_sites(self) -> list[Unscanned]:
         """The sites the guest ran that the static scan never reached, by address, and what
@@ -248,6 +251,7 @@ class PatchManager:
         """The guest is about to run `site`, a sensitive instruction that never traps
         (PUSHF, SGDT, MOV r,CS...: CSAM marked them for PATM before they ran). Patch it
         now; the runtime continues at the returned address instead of running the site."""
+        self.patch_memory.settle()
         self._note_unscanned(site)
         if self.config.enabled and self.is_unpatched(site):
             self._learn(site)
@@ -313,7 +317,7 @@ class PatchManager:
         if not victims:
             return None
         for v in victims:
-            self.remove(v.site)
+            self.remove(v.site, free=False)
         try:
             patch = self._install_jmp(site, op)
         except (NoWindow, CannotMove):
@@ -321,6 +325,8 @@ class PatchManager:
                 self.memory.write(v.start, self._head(v))
                 self._register(v)
             return None
+        for v in victims:
+            self._free_block(v)
         for v in victims:
             if patch.covers(v.site):
                 self.stats.merged += 1
@@ -341,7 +347,7 @@ class PatchManager:
             raise NoWindow("no code map (scanner) for this guest")
         bounds = self.code.block_of(site)
         if bounds is None:
-            if isinstance(self.code, LearningCodeMap) and not self.code.scanned(site):
+            if self._learning is not None and not self._learning.scanned(site):
                 raise NoWindow("the scan never reached this site and its code could not be learned")
             raise NoWindow("site is outside every scanned basic block")
         bstart, bend = bounds
@@ -386,8 +392,16 @@ class PatchManager:
         for refusal in rec.refusals:
             self.refusals[refusal.site] = refusal
 
-    def remove(self, site: int) -> None:
+    def _free_block(self, patch: Patch) -> None:
+        if patch.block is not None:
+            self.patch_memory.free(patch.block.address, len(patch.block.code))
+
+    def remove(self, site: int, free: bool = True) -> None:
+        """Take the patch at `site` out; its block's bytes go back to patch memory unless
+        `free` is false (a merge that may put the patch back)."""
         patch = self.patches.pop(site)
+        if free:
+            self._free_block(patch)
         self.memory.write(patch.start, patch.original)
         for addr in [a for a, (p, _) in self._exits.items() if p is patch]:
             del self._exits[addr]

@@ -156,12 +156,22 @@ class Vm:
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
         self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, ENTRY_ESP)
+        #: Why the run was asked to stop (`interrupt`), None while it runs on.
+        self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
+
+    def interrupt(self, why: str) -> None:
+        """Stop the run as soon as Unicorn returns (the end of the current translation block):
+        a clean stop with the usual report, `GuestStop("interrupted (WHY)")`. Safe to call
+        from a signal handler (bt run's Ctrl-C and SIGTERM): it only sets a flag the run loop
+        checks between slices, and `emu_stop` is harmless when nothing runs."""
+        self.interrupted = why
+        self.machine.uc.emu_stop()
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
@@ -246,6 +256,9 @@ class Vm:
         traps = self.traps
         try:
             while traps.exit_status is None:
+                if self.interrupted is not None:
+                    raise GuestStop(f"interrupted ({self.interrupted})", self.cpu.read(EIP),
+                                    f"{self.stats.guest_insns} instructions")
                 count = self._slice_length()
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         if vm.patches is not None:
             ruleopts.warn("run", vm.patches.rules)
         try:
-            result = vm.run()
+            with _interruptible(vm):
+                result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
             _print_last(vm, stop.last_exits)
@@ -68,7 +72,42 @@ def run(args: argparse.Namespace) -> int:
             raise
         sys.stdout.flush()
         _report(args, vm, result.stats)
-        return 0 if result.exit_status is None else result.exit_status & 0xFF
+        code = 0 if result.exit_status is None else result.exit_status & 0xFF
+        print(f"bt run: {_explain(result.exit_status, code)}", file=sys.stderr)
+        return code
+
+
+def _explain(status: int | None, code: int) -> str:
+    """What the exit code means: `bt run` exits as QEMU does with isa-debug-exit, so a guest
+    that reports success (0) makes it exit 1, which a first-time user reads as a failure."""
+    if status is None:
+        return "the guest ended without writing the isa-debug-exit port: exit code 0"
+    value = status >> 1
+    meaning = "success" if value == 0 else "failure"
+    return (f"guest status {value} ({meaning}), exit code {code}: (status << 1) | 1, as QEMU's "
+            "isa-debug-exit reports it (0 = success is the convention of docs/writing-a-kernel.md)")
+
+
+@contextmanager
+def _interruptible(vm: Vm) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM end the run cleanly: the run loop stops at the end of the
+    current slice with GuestStop("interrupted (SIGINT)"), exit 4, and the usual stop report
+    and statistics. A second signal gives up at once (KeyboardInterrupt, exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        if vm.interrupted is not None:
+            raise KeyboardInterrupt
+        vm.interrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _patch_config(args: argparse.Namespace) -> PatchConfig:

@@ -37,6 +37,14 @@ class PatchMemory:
         self._free: list[tuple[int, int]] = []       # [start, end), sorted, 16-byte aligned starts
         self._pending: list[tuple[int, int]] = []    # freed while the guest may still run them
 
+    def rebase(self, delta: int) -> None:
+        """The VMM area moved by `delta` (patchmgr/manager.py `relocate`): every block keeps
+        its offset, so the allocator just follows."""
+        self.base += delta
+        self.top += delta
+        self._free = [(a + delta, b + delta) for a, b in self._free]
+        self._pending = [(a + delta, b + delta) for a, b in self._pending]
+
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
 

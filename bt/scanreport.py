@@ -121,7 +121,7 @@ def describe(result: ScanResult, sites: Sequence[Site], *, limit: int | None = N
         f"code: {st.code_bytes:,} bytes in {', '.join(st.sections)}; {st.instructions:,} instructions, "
         f"{st.reached_instructions:,} reached from {st.roots:,} roots "
         f"({st.blocks:,} blocks, {st.branch_targets:,} branch targets)"
-        + (f"; {st.data_bytes:,} bytes of multiboot header not decoded" if st.data_bytes else ""),
+        + (f"; {st.data_bytes:,} bytes of multiboot headers not decoded" if st.data_bytes else ""),
         f"unreached: {st.unreached_bytes:,} bytes ({st.padding_bytes:,} padding, "
         f"{st.invalid_bytes:,} undecodable, {len(result.unreached):,} runs of code); "
         f"{st.jump_tables:,} jump tables followed"

@@ -4,7 +4,7 @@
  * stack the CPU switches to when ring 3 is interrupted) and swaps kernel stacks
  * (swtch.S). The kernel itself is never preempted: it runs with interrupts off and
  * gives the CPU up only when it sleeps; the timer takes the CPU from ring 3 code.
- * procs[0] is the idle context (the boot stack and the kernel's directory). */
+ * procs[0] is the idle context: the boot stack and the kernel's page directory. */
 #include "minios.h"
 
 struct proc *current;
@@ -14,7 +14,6 @@ static u32 next_pid = 1;
 static u32 *shared;                     /* the page SYS_SHARED maps; never freed */
 static int init_done;                   /* pid 1 has exited, with init_status */
 static s32 init_status;
-static u8 idle_kstack[PAGE_SIZE] ALIGNED(16);  /* esp0 while idle: never used from ring 3 */
 
 #define IDLE (&procs[0])
 #define PT_INDEX(va) (((va) - USER_BASE) >> 12)
@@ -25,7 +24,6 @@ void proc_init(void)
 {
     IDLE->state = P_RUNNABLE;
     IDLE->pgdir = kernel_pgdir();
-    IDLE->kstack = idle_kstack;
     strncpy_z(IDLE->name, "idle", sizeof(IDLE->name));
     current = IDLE;
 }
@@ -52,7 +50,8 @@ static void schedule(void)
     if (next == prev)
         return;
     current = next;
-    tss.esp0 = (u32)next->kstack + PAGE_SIZE;
+    if (next != IDLE)                   /* the idle context never runs ring 3 code */
+        tss.esp0 = (u32)next->kstack + PAGE_SIZE;
     load_cr3(next->pgdir);
     swtch(&prev->ctx_esp, next->ctx_esp);
 }
@@ -154,10 +153,32 @@ static int image_read(const struct image_src *src, u32 offset, void *buf, u32 n)
     return fs_read(src->file, offset, buf, n) == (int)n ? 0 : -1;
 }
 
+/* The kernel stack as if the process had been interrupted in ring 3 at its entry
+ * point and had then switched away: swtch pops four callee-saved registers (zero)
+ * and returns to user_entry, which pops the frame and IRETs to ring 3. */
+static void first_entry(struct proc *p, u32 eip, u32 esp)
+{
+    struct frame *f;
+    u32 *sp;
+
+    p->kstack = page_alloc();
+    f = (struct frame *)(p->kstack + PAGE_SIZE) - 1;
+    f->ds = f->es = USER_DS | 3;
+    f->eip = eip;
+    f->cs = USER_CS | 3;
+    f->eflags = EFLAGS_IF | EFLAGS_RESERVED;
+    f->user_esp = esp;
+    f->user_ss = USER_DS | 3;
+    sp = (u32 *)f;
+    *--sp = (u32)user_entry;
+    sp -= 4;                            /* ebp, ebx, esi, edi */
+    p->ctx_esp = (u32)sp;
+}
+
 static int load(struct proc *p, const struct image_src *src, const char *args)
 {
     struct program_header h;
-    u32 va, off, *frame, args_len = strlen(args) + 1;
+    u32 va, off, args_len = strlen(args) + 1;
     char *stack_top;
 
     if (src->size < sizeof(h) || image_read(src, 0, &h, sizeof(h)))
@@ -189,24 +210,7 @@ static int load(struct proc *p, const struct image_src *src, const char *args)
     memcpy(stack_top - USER_ARGS_MAX, args, args_len);
     *(u32 *)(stack_top - USER_ARGS_MAX - 4) = USER_STACK_TOP - USER_ARGS_MAX;
 
-    /* The kernel stack as if the process had been interrupted in ring 3 just
-     * before its entry point, then had switched away: swtch pops four callee-saved
-     * registers and returns to user_entry, which pops the frame and IRETs. */
-    p->kstack = page_alloc();
-    frame = (u32 *)(p->kstack + PAGE_SIZE) - sizeof(struct frame) / 4;
-    {
-        struct frame *f = (struct frame *)frame;
-
-        f->ds = f->es = USER_DS | 3;
-        f->eip = h.entry;
-        f->cs = USER_CS | 3;
-        f->eflags = EFLAGS_IF | EFLAGS_RESERVED;
-        f->user_esp = USER_STACK_TOP - USER_ARGS_MAX - 4;
-        f->user_ss = USER_DS | 3;
-    }
-    *--frame = (u32)user_entry;
-    frame -= 4;                         /* ebp, ebx, esi, edi: zero */
-    p->ctx_esp = (u32)frame;
+    first_entry(p, h.entry, USER_STACK_TOP - USER_ARGS_MAX - 4);
     return 0;
 }
 

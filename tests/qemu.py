@@ -189,7 +189,9 @@ class OsSample:
     The keys file is text, one character per key, "\n" = Enter (the format `bt run
     --keys` takes). Each of its lines but the last is typed once the OS has shown
     `prompt` one more time; the last line is typed after the OS printed
-    `final_marker` on serial and the screen was read, and it ends the run.
+    `final_marker` on serial and the screen was read, and it ends the run. The OS must
+    print the marker after its last write to the screen (on serial only, say): the
+    harness reads the screen as soon as the marker is complete.
     """
 
     name: str
@@ -249,7 +251,7 @@ class OsSample:
 
 
 MINIOS = OsSample("minios", modules=(("sh.bin", "motd=motd"),), disk="disk.img",
-                  prompt=b"sh$ ", final_marker=b"minios: screen final")
+                  prompt=b"sh$ ", final_marker=b"minios: screen final\n")
 OS_SAMPLES: tuple[OsSample, ...] = (MINIOS,)
 OS_BY_NAME = {s.name: s for s in OS_SAMPLES}
 

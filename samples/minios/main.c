@@ -130,16 +130,18 @@ static void apics_init(struct mp_info *mp, u32 timer_count)
     cprintf("apic: local apic timer periodic at vector 0x%x, i/o apic with %u pins\n", VEC_TIMER, pins);
 }
 
-/* The last line on the screen says that it is final (the QEMU harness reads the
- * screen then); the key that follows ends the run. */
+/* Once the screen holds its last line, a line on COM1 alone says so (the QEMU
+ * harness reads the screen then: every VGA write came before it); the key that
+ * follows ends the run. */
 static NORETURN void power_off(s32 status, u32 leaked)
 {
     cprintf("minios: sh exited with status %d\n", status);
     if (leaked)
         cprintf("minios: %u pages leaked\n", leaked);
-    cprintf("minios: screen final; press a key to power off\n");
+    cprintf("minios: press a key to power off\n");
+    serial_puts("minios: screen final\n");
     kbd_read();
-    serial_puts("minios: power off\n");    /* serial only: the screen stays as it was */
+    serial_puts("minios: power off\n");
     debug_exit(status == 0 && !leaked ? EXIT_OK : EXIT_FAIL);
 }
 

@@ -171,13 +171,21 @@ OS_TIMEOUT_S = 120.0
 POLL_S = 0.005
 
 
+#: Code page 437 as the screen shows it: 0x01-0x1F and 0x7F are pictures (smileys,
+#: arrows, the house), not control characters as in Python's "cp437" codec; NUL is a space.
+CP437_GLYPHS = (" ☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼" + bytes(range(0x20, 0x7F)).decode("ascii") + "⌂"
+                + bytes(range(0x80, 0x100)).decode("cp437"))
+
+
 def decode_screen(raw: bytes) -> str:
     """The screen format shared with `bt run --screen`: 25 lines, each the 80
-    characters of a row decoded from code page 437 with trailing spaces stripped
-    and NUL shown as a space, each line ending with "\n"."""
+    characters of a row decoded as code page 437 glyphs (`CP437_GLYPHS`, NUL shown as
+    a space) with trailing spaces stripped, each line ending with "\n". `raw` is the
+    4000 bytes at 0xB8000: the capture assumes the CRTC start address is 0 (minios
+    never moves it)."""
     if len(raw) != SCREEN_COLS * SCREEN_ROWS * 2:
         raise ValueError(f"a text screen is {SCREEN_COLS * SCREEN_ROWS * 2} bytes, not {len(raw)}")
-    chars = raw[0::2].replace(b"\0", b" ").decode("cp437")
+    chars = "".join(CP437_GLYPHS[b] for b in raw[0::2])
     return "".join(chars[r * SCREEN_COLS:(r + 1) * SCREEN_COLS].rstrip(" ") + "\n"
                    for r in range(SCREEN_ROWS))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from qemu import (
+    CP437_GLYPHS,
     KEY_QCODES,
     MINIOS,
     SCREEN_COLS,
@@ -74,11 +75,13 @@ def test_committed_files() -> None:
 
 def test_decode_screen_format() -> None:
     cells = bytearray(b"\x00\x07" * SCREEN_COLS * SCREEN_ROWS)
-    for i, ch in enumerate(b"A\x00B \xb0"):           # NUL shows as a space; 0xB0 is a shade in CP437
+    # NUL shows as a space; 0x01, 0x1F and 0x7F as CP437 pictures; 0xB0 is a shade.
+    for i, ch in enumerate(b"A\x00B \xb0\x01\x1f\x7f"):
         cells[2 * i] = ch
     cells[2 * SCREEN_COLS * SCREEN_ROWS - 2] = ord("z")
     lines = decode_screen(bytes(cells)).split("\n")
-    assert lines[0] == "A B \u2591"
+    assert lines[0] == "A B \u2591\u263a\u25bc\u2302"
+    assert len(CP437_GLYPHS) == 256
     assert lines[1:SCREEN_ROWS - 1] == [""] * (SCREEN_ROWS - 2)
     assert lines[SCREEN_ROWS - 1] == " " * (SCREEN_COLS - 1) + "z"
     assert lines[SCREEN_ROWS] == ""

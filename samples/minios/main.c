@@ -11,7 +11,6 @@
  * default 625000, 10 ms on QEMU's 1 GHz APIC clock). Nothing minios prints
  * depends on it: the output of processes is ordered by system calls only. */
 #include "minios.h"
-#include "disk.h"
 
 #define DEFAULT_TIMER_COUNT 625000
 #define MBI_FLAG_MODS (1u << 3)
@@ -36,9 +35,10 @@ struct multiboot_module {
 extern char __kernel_end[];
 extern char stack_top[];                /* common/entry.S: the boot stack */
 
+/* SDM vol. 3, table 6-1; the reserved vectors by number. */
 static const char *const exception_names[32] = {
-    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#MF9", "#TS", "#NP",
-    "#SS", "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#21", "#22", "#23",
+    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
+    "#SS", "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23",
     "#24", "#25", "#26", "#27", "#28", "#29", "#30", "#31",
 };
 

@@ -238,6 +238,7 @@ class Traps:
         self._resynced_at = None
         self.stats.exit("trap", op.cls, eip)
         self.last.append(("trap", op.cls or "?", eip))
+        self.ctx.retry_deferred(eip)
         self.patcher.on_trap(op)
         self.execute(op, op.next_address, emulate)
         return "trap"
@@ -411,9 +412,10 @@ class Traps:
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and self.patcher.on_trap(op):
-            # A patch now covers this IN/OUT. Unicorn finishes the instruction and would run
-            # on into the window; stop, so the run loop resumes through `resume_at`.
+        if cs & 3 == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
+            # A patch now covers this IN/OUT (or others were just made). Unicorn finishes the
+            # instruction and would run on into a window; stop, so the run loop resumes
+            # through `resume_at`.
             self.ctx.m.uc.emu_stop()
         return True
 

@@ -164,7 +164,10 @@ def _check_header(path: str, raw: bytes) -> tuple[int, int]:
 
 
 def load(path: str | Path) -> KernelImage:
-    """Load a kernel ELF. Raises `ElfError` (one line) for anything ring1 cannot scan or run."""
+    """Load a kernel ELF. Raises `ElfError` (one line) for anything ring1 cannot scan or run.
+
+    A Linux bzImage loads as the vmlinux ELF inside it (bt/bzimage.py, extracted once into
+    ring1's cache); `path` stays the bzImage's."""
     import lief
 
     name = str(path)
@@ -174,6 +177,13 @@ def load(path: str | Path) -> KernelImage:
         raise ElfError(name, "no such file") from None
     except OSError as err:
         raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+    parse_path: str | Path = path
+    if raw[:4] != ELF_MAGIC:
+        from bt import bzimage   # bt.bzimage imports this module
+
+        if bzimage.is_bzimage(raw):
+            parse_path = bzimage.cached_vmlinux(raw, name)
+            raw = parse_path.read_bytes()
     bits, machine = _check_header(name, raw)
 
     # LIEF logs to stderr on bad input, and its enums warn about values they do not know
@@ -188,7 +198,7 @@ def load(path: str | Path) -> KernelImage:
             config.parse_notes = False
             config.parse_overlay = False
             config.parse_symbol_versions = False
-            binary = lief.ELF.parse(name, config)
+            binary = lief.ELF.parse(str(parse_path), config)
         except Exception as err:  # LIEF raises assorted types on corrupt input
             raise ElfError(name, f"corrupt ELF ({err})") from err
         if binary is None:

@@ -10,7 +10,6 @@ the scan of this kernel starts from the entry point alone.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -20,13 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bt import bzimage
+from bt.cache import cache_dir
 from bt.errors import InputError
 
 METAPACKAGE = "linux-image-amd64"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RING1_CACHE") or Path.home() / ".cache" / "ring1")
 
 
 def cached() -> Path | None:

@@ -282,12 +282,14 @@ CLASSES: tuple[InsnClass, ...] = (
          note="unpatched, each element is an I/O hook call counted as a #GP exit; "
               "patched, one exit moves the whole REP string"),
     # --- unprivileged but leaking or state-dependent ---
-    _row("rdtsc", _S, _LK, _SIL, _H.NONE, None, (_x.X86_INS_RDTSC,), "rdtsc",
-         "SDM RDTSC: unprivileged while CR4.TSD = 0; the guest reads the host's time stamp counter",
-         note="left native, as under VirtualBox raw mode; a TSC offset would need CR4.TSD traps"),
-    _row("rdtscp", _S, _LK, _SIL, _H.NONE, None, (_x.X86_INS_RDTSCP,), "rdtscp",
+    _row("rdtsc", _S, _LK, _GP, _H.TRAP, None, (_x.X86_INS_RDTSC,), "rdtsc",
+         "SDM RDTSC: unprivileged while CR4.TSD = 0, and then it reads the host's time stamp counter",
+         note="ring1 keeps the real CR4.TSD set (runtime/machine.py), so RDTSC faults at CPL 1 and 3 and "
+              "reads the virtual TSC, which counts virtual time, as VirtualBox's raw mode did when it "
+              "could not offset the TSC; no rule: a patch could not read virtual time without an exit"),
+    _row("rdtscp", _S, _LK, _INV, _H.NONE, None, (_x.X86_INS_RDTSCP,), "rdtscp",
          "SDM RDTSCP: unprivileged while CR4.TSD = 0; leaks the host TSC and TSC_AUX",
-         note="left native, like RDTSC"),
+         note="ring1's CPU (QEMU's qemu32) has no RDTSCP (CPUID 0x80000001 EDX bit 27 clear): #UD"),
     _row("cpuid", _S, _LK, _SIL, _H.NONE, None, (_x.X86_INS_CPUID,), "cpuid",
          "VirtualBox raw-mode docs: CPUID runs at any CPL and reports the host CPU (PATM: int3)",
          note="ring1's virtual CPU is Unicorn's CPU model, so CPUID run natively at CPL 1 answers what "

@@ -59,6 +59,13 @@ class SliceCounter:
         self.exact = self.offset is not None
         self._addr = _handle(uc) + (self.offset or 0)
 
+    def so_far(self) -> int:
+        """Instructions the running slice has executed up to now (read from a hook, in the
+        middle of `emu_start`); 0 if the counter is not known."""
+        if self.offset is None:
+            return 0
+        return int(ctypes.c_uint64.from_address(self._addr).value)
+
     def executed(self, count: int) -> int:
         """Instructions the last slice of `count` ran (`count` if it is not known)."""
         if self.offset is None:

@@ -45,7 +45,7 @@ from unicorn import x86_const as ux
 from bt import layout
 from bt.errors import InternalError
 from runtime import paging, segments
-from runtime.cpu import CR0, CS, DS, EAX, EBX, EFLAGS, ES, ESP, FS, GS, SS, Cpu
+from runtime.cpu import CR0, CR4, CS, DS, EAX, EBX, EFLAGS, ES, ESP, FS, GS, SS, Cpu
 
 BOOT = layout.VMM_CODE + 0x000
 STUB1 = layout.VMM_CODE + 0x040
@@ -69,6 +69,17 @@ TSS_IOMAP = 102
 #: grew the process by 358 MB with the default and by 35 MB with 32 MiB, at no cost per
 #: call (4.1 vs 3.6 µs).
 TCG_BUFFER = 32 << 20
+#: The CPU ring1's guest runs on: QEMU's default for qemu-system-i386 (`qemu32`: family 6,
+#: model 6, stepping 3, "QEMU Virtual CPU version 2.5+"), which Unicorn shares with QEMU, so
+#: CPUID, run natively at any CPL (bt/isa.py, row `cpuid`), answers what it answers under the
+#: reference. Unicorn's own default for 32-bit mode is a Haswell (NX, long mode, x2APIC, AVX),
+#: which the PC ring1 gives (no x2APIC, 32-bit paging only) does not back.
+CPU_MODEL = ux.UC_CPU_X86_QEMU32
+#: CR4.TSD (SDM vol. 3 §2.5): RDTSC faults outside ring 0. The real CR4 always has it, so the
+#: guest's RDTSC (CPL 1 or 3) faults and reads the virtual TSC, which follows virtual time
+#: (runtime/emulate/msr.py), instead of Unicorn's, which counts host time. VirtualBox's raw
+#: mode did the same when it could not offset the real TSC (its #GP handler emulated RDTSC).
+CR4_TSD = 1 << 2
 
 
 def _vmm_code() -> bytes:
@@ -111,6 +122,7 @@ class Machine:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
             # Before the engine initialises (at the first map). Unicorn's type stubs lack it.
             self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER)  # type: ignore[attr-defined]
+            self.uc.ctl_set_cpu_model(CPU_MODEL)
             for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
                 addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
                 self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, addr)
@@ -215,6 +227,7 @@ class Machine:
         uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.VMM_GDT, layout.VMM_GDT_SIZE - 1, 0))
         uc.reg_write(ux.UC_X86_REG_IDTR, (0, layout.VMM_IDT, layout.VMM_IDT_SIZE - 1, 0))
         cpu.write(CR0, 0x11)  # PE | ET
+        cpu.write(CR4, CR4_TSD)
         cpu.write(CS, segments.VMM_CS0)
         cpu.write(SS, segments.VMM_DS0)
         # DPL-1 data selectors survive the IRETD to ring 1 (SDM IRET: outer-level

@@ -172,6 +172,8 @@ class Traps:
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
         if vector == VEC_GP and cpl == 1:
             return self._trap(eip)
+        if vector == VEC_GP and cpl == 3 and self._user_rdtsc(eip):
+            return "trap"
         soft = self._is_soft(vector, eip)
         error: int | None = None
         if vector == VEC_PF:
@@ -182,6 +184,23 @@ class Traps:
             error = 0  # Unicorn does not expose error codes; the guest's own #GP is almost always 0
         self.inject(vector, eip, error, soft)
         return "interrupt"
+
+    def _user_rdtsc(self, eip: int) -> bool:
+        """An RDTSC of guest user code faults only because of the VMM's own CR4.TSD
+        (runtime/machine.py): unless the guest set CR4.TSD itself, run it as the CPU would
+        have (reading the virtual TSC) and say True; False: the #GP is the guest's."""
+        if self.ctx.vcpu.cr(4) & machine.CR4_TSD:
+            return False
+        try:
+            op = self.decode(eip)
+        except (GuestStop, PageFault):
+            return False
+        if op.cls != "rdtsc":
+            return False
+        self.stats.exit("trap", op.cls, eip)
+        self.last.append(("trap", op.cls, eip))
+        self.execute(op, op.next_address)
+        return True
 
     def _is_soft(self, vector: int, eip: int) -> bool:
         if vector >= 32:

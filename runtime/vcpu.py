@@ -33,6 +33,10 @@ MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 MSR_EFER = 0xC0000080
 MSR_PAT = 0x277
 MSR_MISC_ENABLE = 0x1A0
+#: IA32_BIOS_SIGN_ID: the microcode revision in the high half after a WRMSR of 0 and CPUID
+#: (Linux's intel_get_microcode_revision). QEMU's qemu32 reads 0x1_00000000 (revision 1).
+MSR_UCODE_REV = 0x8B
+UCODE_REV = 0x1_00000000
 
 _VFLAGS = layout.state("vflags")
 _PENDING = layout.state("pending")
@@ -63,7 +67,7 @@ class VirtualCpu:
         self.msr: dict[int, int] = {
             MSR_APIC_BASE: 0xFEE00900,  # BSP, enabled, default base (SDM §10.4.4)
             MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
-            MSR_EFER: 0, MSR_PAT: 0x0007040600070406, MSR_MISC_ENABLE: 1,
+            MSR_EFER: 0, MSR_PAT: 0x0007040600070406, MSR_MISC_ENABLE: 1, MSR_UCODE_REV: UCODE_REV,
             -1: 1,   # XCR0 (XSETBV/XGETBV), x87 only; -1 is no MSR index RDMSR could name
         }
 

@@ -93,11 +93,11 @@ class _Typo(PatchRule):
         return PatchCode("nop")
 
 
-class _ExitingRdtsc(PatchRule):
-    """A rule that would turn RDTSC (never an exit unpatched) into a hypercall."""
+class _ExitingCpuid(PatchRule):
+    """A rule that would turn CPUID (never an exit unpatched) into a hypercall."""
 
-    name: ClassVar[str] = "exiting_rdtsc"
-    claims: ClassVar[frozenset[str] | None] = frozenset({"rdtsc"})
+    name: ClassVar[str] = "exiting_cpuid"
+    claims: ClassVar[frozenset[str] | None] = frozenset({"cpuid"})
 
     def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
         return ctx.hypercall(op)
@@ -156,12 +156,11 @@ def test_disabling_a_class(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_patch_never_adds_exits_to_a_class_that_does_not_exit() -> None:
-    src = "rdtsc\nnop\nnop\nnop\nnop\nnop\nnop"
-    vtsc = ["vtsc"] if _vtsc_installed() else []        # it would take RDTSC first
-    out, mgr = run_patched(src, {}, 0, 1, rules=load(vtsc, extra=[_ExitingRdtsc()]))
+    src = "cpuid\nnop\nnop\nnop\nnop\nnop\nnop"
+    out, mgr = run_patched(src, {}, 0, 1, rules=load(extra=[_ExitingCpuid()]))
     assert not mgr.patches and not out.exits
     (refusal,) = mgr.refusals.values()
-    assert "would add exits to rdtsc" in refusal.reason
+    assert "would add exits to cpuid" in refusal.reason
 
 
 def test_cpuid_is_left_native() -> None:

@@ -11,6 +11,7 @@ from bt.errors import GuestStop
 from bt.operation import Operation, Reg
 from runtime.context import Ctx, EmulationFault
 from runtime.cpu import CR0, CR4
+from runtime.machine import CR4_TSD
 from runtime.paging import CR0_PG
 from runtime.vcpu import DR6_FIXED, DR7_FIXED
 
@@ -41,7 +42,7 @@ def write_cr(ctx: Ctx, n: int, value: int) -> None:
         ctx.on_paging_change(None)     # re-copies the shadow directory; real CR3 stays on it
     elif n == 4:
         vcpu.set_cr(4, value)
-        cpu.write(CR4, value & CR4_REAL)
+        cpu.write(CR4, (value & CR4_REAL) | CR4_TSD)   # RDTSC always faults (runtime/machine.py)
         ctx.on_paging_change(None)
     else:
         raise EmulationFault(6, None)  # CR1, CR5-7: #UD

@@ -16,6 +16,7 @@ from unicorn import x86_const as ux
 from bt import layout
 from bt.operation import Mem, Operation
 from runtime.context import Ctx, EmulationFault
+from runtime.machine import CPU_MODEL
 from runtime.segments import Descriptor
 
 ZF = 1 << 6
@@ -94,6 +95,7 @@ def _host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     """What CPUID returns natively on this CPU model: run it once in a scratch
     engine (the guest would see the same by executing it; patch stubs exit with it)."""
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.ctl_set_cpu_model(CPU_MODEL)                         # the guest's CPU (runtime/machine.py)
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\x0f\xa2")                       # cpuid
     uc.reg_write(ux.UC_X86_REG_EAX, leaf)

@@ -43,7 +43,7 @@ from bt import elf, layout
 from bt.errors import PatchError
 from bt.operation import Operation
 from runtime.cpu import EIP
-from runtime.paging import PageFault
+from runtime.paging import CR0_PG, PageFault
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchConfig, PatchManager
@@ -137,7 +137,13 @@ class _VmMemory:
         """The guest runs `address` as the kernel's ELF means it: mapped (paging on or not)
         onto guest RAM, at the physical address the program headers give for it if it is
         kernel code, and not an alias of kernel code at another linear address (xv6 runs
-        its entry code at 0x10000c before paging; its ELF says 0x8010000c)."""
+        its entry code at 0x10000c before paging; its ELF says 0x8010000c).
+
+        Code outside the kernel's segments is never live while guest paging is off: that is
+        boot code that is not the kernel (a bzImage's decompressor, which copies itself to
+        the end of its buffer and runs the copy: a patch JMP copied with it would go astray).
+        VirtualBox never patched such code either; it ran unpaged guest code in its
+        recompiler, not in raw mode."""
         try:
             phys = int(self.vm.mmu.translate(address, fetch=True))
         except PageFault:
@@ -147,6 +153,8 @@ class _VmMemory:
         want = self.kernel.paddr(address)
         if want is not None:
             return want == phys
+        if not self.vm.vcpu.paging_regs()[0] & CR0_PG:
+            return False
         return not self.kernel.holds_phys(phys)
 
     def read(self, address: int, size: int) -> bytes:

@@ -75,6 +75,19 @@ LOADER_GDT_BASE = 0xCB2B8
 ENTRY_ESP = 0x6F08
 ENTRY_EFLAGS = 0x6
 
+#: Where ring1's Linux loader (runtime/linuxboot.py) puts what a boot loader hands a Linux
+#: kernel, at the addresses QEMU's -kernel loader uses for a protocol 2.02+ bzImage
+#: (hw/i386/x86.c x86_load_linux: real_addr 0x10000, cmdline_addr 0x20000, prot_addr 1 MiB):
+#: the zero page (struct boot_params) where QEMU puts the setup sectors, which hold the
+#: header the zero page starts from; the boot GDT right after it (the setup code's own GDT
+#: lives in those sectors too); the command line. All below 640 KiB, in RAM the kernel
+#: reserves at boot (it keeps the first 1 MiB to itself).
+LINUX_ZERO_PAGE = 0x10000
+LINUX_BOOT_GDT = 0x11000
+LINUX_CMDLINE = 0x20000
+#: Where the protected-mode part of a bzImage goes (QEMU's prot_addr; the header's code32_start).
+LINUX_PROT_ADDR = 0x100000
+
 #: The VMM area's home: the top 4 MiB of the physical address space, one page-directory
 #: slot (index 1023) of the linear space while the area is at home.
 VMM_BASE = 0xFFC00000

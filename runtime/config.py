@@ -39,6 +39,8 @@ class RunConfig:
     old_exception: str = "direct"
     #: How the patch manager patches (`--hot`, `--eager`, `--no-patch`); None: unpatched VMM.
     patch: PatchConfig | None = None
+    #: The initrd of a Linux kernel (`--initrd FILE`, QEMU's -initrd): runtime/linuxboot.py.
+    initrd: Path | None = None
     #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
     #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
     vmm_base: int | None = None

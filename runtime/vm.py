@@ -41,6 +41,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
@@ -48,16 +49,17 @@ from unicorn import unicorn_const as uconst
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 
 from bt import layout
-from bt.errors import GuestStop, InternalError, Ring1Error
+from bt.errors import GuestStop, InternalError, Ring1Error, UsageError
 from runtime import config as cfg
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
 from runtime.context import HANDLED, Ctx
-from runtime.cpu import CR3, CS, EIP, UnmappedPhys
+from runtime.cpu import CR3, CS, EIP, ESI, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.emulate import EMULATORS
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
+from runtime.linuxboot import EntryState, LinuxImage, is_linux, load_linux
 from runtime.machine import BOOT, STOP, Machine
 from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
@@ -117,12 +119,32 @@ class RawImage:
         return f"{addr:#x}"
 
 
+#: What QEMU's multiboot loader leaves (bt.layout.LOADER_GDT_BASE, runtime/boot.py).
+MULTIBOOT_ENTRY = EntryState(gdt_base=layout.LOADER_GDT_BASE, gdt=LOADER_GDT, cs=LOADER_CS, ds=LOADER_DS,
+                             idtr=LOADER_IDTR, esp=layout.ENTRY_ESP, eflags=layout.ENTRY_EFLAGS)
+
+
+def _load(config: cfg.RunConfig) -> Bootable:
+    """The kernel of `config`, loaded the way its kind is booted: a bzImage or a Linux
+    vmlinux with the Linux boot protocol (runtime/linuxboot.py), anything else as multiboot
+    or plain ELF (runtime/boot.py)."""
+    try:
+        raw = Path(config.kernel).read_bytes()
+    except OSError:
+        raw = b""                    # the loader below says what is wrong with the file
+    if raw and is_linux(raw):
+        return load_linux(config.kernel, ram_size=config.ram_size, cmdline=config.cmdline,
+                          initrd=config.initrd)
+    if config.initrd is not None:
+        raise UsageError(f"--initrd: {config.kernel} is not a Linux kernel (a bzImage or a vmlinux ELF)")
+    return load_kernel(str(config.kernel), config.cmdline, config.ram_size)
+
+
 class Vm:
     def __init__(self, config: cfg.RunConfig, patcher: Patcher | None = None,
                  image: Bootable | None = None) -> None:
         self.config = config
-        self.boot: Bootable = image if image is not None else load_kernel(
-            str(config.kernel), config.cmdline, config.ram_size)
+        self.boot: Bootable = image if image is not None else _load(config)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
         self.vcpu = VirtualCpu(self.cpu)
@@ -139,6 +161,8 @@ class Vm:
                                wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
         self._exits_mark = 0
+        #: The length of the slice Unicorn is running now (`clock`), None between slices.
+        self._in_slice: int | None = None
         self.devices: StandardDevices = build_standard_bus(
             config.serial, config.ram_size, self.clock, on_exit=self._on_exit)
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
@@ -185,20 +209,35 @@ class Vm:
         self.machine.uc.emu_stop()
 
     def _loader_state(self) -> None:
-        """The machine as QEMU's multiboot loader leaves it (bt.layout.LOADER_GDT_BASE): its
-        GDT in guest memory and shadowed, CS 0x08 and the data segments 0x10, the real-mode
-        IDTR, ESP and the arithmetic flags; then BOOT enters the guest in ring 1 (`run`)."""
-        base, limit = layout.LOADER_GDT_BASE, len(LOADER_GDT) - 1
-        self.cpu.phys_write(base, LOADER_GDT)
+        """The machine as the boot loader leaves it: QEMU's multiboot loader (bt.layout.
+        LOADER_GDT_BASE: its GDT, CS 0x08 and the data segments 0x10, the real-mode IDTR,
+        ESP and the arithmetic flags), or a Linux kernel's own setup code
+        (runtime/linuxboot.py): the GDT in guest memory and shadowed, IDTR, TR, ESI, the PIC's
+        masks; then BOOT enters the guest in ring 1 (`run`)."""
+        state = self.boot.entry_state if isinstance(self.boot, LinuxImage) else MULTIBOOT_ENTRY
+        base, limit = state.gdt_base, len(state.gdt) - 1
+        self.cpu.phys_write(base, state.gdt)
         self.vcpu.set_table("gdtr", base, limit)
-        self.vcpu.set_table("idtr", *LOADER_IDTR)
+        self.vcpu.set_table("idtr", *state.idtr)
+        self.vcpu.tr = state.tr
         self.gdt.load(base, limit)
-        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, layout.ENTRY_ESP,
-                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS)
+        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, state.esp,
+                                   state.cs, state.ds, state.eflags)
+        self.cpu.write(ESI, state.esi)
+        if state.pic_masks is not None:
+            self.devices.pic.master.imr, self.devices.pic.slave.imr = state.pic_masks
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
-        return self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
+        """Virtual ns now. In the middle of a slice (a device read, RDTSC, HLT) this counts the
+        slice's instructions so far (Unicorn's counter), so time runs as continuously as the
+        instructions do: a guest polling the PIT and the TSC in a loop sees both advance by
+        every iteration, not by a slice's worth at once when the slice ends (Linux's
+        quick_pit_calibrate gave up on that)."""
+        now = self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
+        if self._in_slice is not None:
+            now += min(self.counter.so_far(), self._in_slice) * cfg.NS_PER_INSN
+        return now
 
     def _advance(self, insns: int) -> None:
         self.now_ns = self.clock() + insns * cfg.NS_PER_INSN
@@ -346,8 +385,10 @@ class Vm:
                 traps.latch.clear()
                 traps.drop_stale_code()
                 try:
+                    self._in_slice = count
                     uc.emu_start(pc, self.machine.linear(STOP), count=count)
                 except UcError as err:
+                    self._in_slice = None
                     self._advance(self.counter.executed(count))
                     if traps.error is not None:
                         raise traps.error from None
@@ -355,6 +396,7 @@ class Vm:
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
+                self._in_slice = None
                 traps.finish_rep_element()
                 done = self.counter.executed(count)
                 self._advance(done)
@@ -399,6 +441,7 @@ class Vm:
             internal.last_exits = list(traps.last)
             raise internal from err
         finally:
+            self._in_slice = None
             self._check_state()
             self.devices.flush()
             self.stats.unknown_ports = Counter(self.devices.bus.unknown)

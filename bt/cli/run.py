@@ -31,8 +31,10 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "run", help="run a kernel in ring 1 on the VMM",
         description="Boot a 32-bit ELF (multiboot v1 or plain) kernel at CPL 1 and run it to its end.")
-    p.add_argument("kernel", type=Path, help="the kernel ELF")
-    p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
+    p.add_argument("kernel", type=Path, help="the kernel: a multiboot or plain ELF, a Linux bzImage or vmlinux")
+    p.add_argument("--cmdline", default="",
+                   help="the command line: a multiboot kernel sees it after its path, Linux as it is")
+    p.add_argument("--initrd", type=Path, metavar="FILE", help="a Linux kernel's initrd (QEMU's -initrd)")
     p.add_argument("--serial", type=Path, help="write COM1 output to FILE instead of stdout")
     p.add_argument("--max-insns", type=int, help="stop after N guest instructions")
     p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 else sys.stdout.buffer)
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
                            max_insns=args.max_insns, timeout=args.timeout, serial=sink,
-                           patch=_patch_config(args), vmm_base=args.vmm_base)
+                           patch=_patch_config(args), vmm_base=args.vmm_base, initrd=args.initrd)
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("run", vm.patches.rules)

@@ -179,7 +179,7 @@ def load(path: str | Path) -> KernelImage:
         raise ElfError(name, f"cannot read: {err.strerror or err}") from err
     parse_path: str | Path = path
     if raw[:4] != ELF_MAGIC:
-        from bt import bzimage   # bt.bzimage imports this module
+        from bt import bzimage  # bt.bzimage imports this module
 
         if bzimage.is_bzimage(raw):
             parse_path = bzimage.cached_vmlinux(raw, name)

@@ -276,11 +276,12 @@ def _bzimage(name: str, raw: bytes,
     """The protected-mode part at 1 MiB, entered at code32_start (QEMU loads every 2.02+
     bzImage there and leaves code32_start as the image has it)."""
     if h.version < 0x202 or not h.loadflags & LOADED_HIGH:
-        raise InputError(f"{name}: boot protocol {h.version >> 8}.{h.version & 0xFF} "
-                         f"{'zImage' if not h.loadflags & LOADED_HIGH else 'kernel'}: ring1 boots bzImages of "
-                         "protocol 2.02 or later (loaded high)")
+        kind = "zImage" if not h.loadflags & LOADED_HIGH else "kernel"
+        raise InputError(f"{name}: boot protocol {h.version >> 8}.{h.version & 0xFF} {kind}: ring1 boots "
+                         "bzImages of protocol 2.02 or later (loaded high)")
     if h.setup_size >= len(raw):
-        raise InputError(f"{name}: truncated bzImage (no protected-mode code after {h.setup_size} setup bytes)")
+        raise InputError(f"{name}: truncated bzImage (no protected-mode code after its {h.setup_size} "
+                         "setup bytes)")
     prot = raw[h.setup_size:]
     # The decompressor works in [pref_address, pref_address + init_size) (boot.rst init_size).
     end = max(layout.LINUX_PROT_ADDR + len(prot), h.pref_address + h.init_size)
@@ -354,7 +355,8 @@ def _zero_page(hdr: bytes, cmdline: str, initrd: tuple[int, int, bytes] | None,
     # What the setup code stores from the BIOS (arch/x86/boot/memory.c, video*.c).
     extended_k = (ram_size - 1 * MiB) // KiB          # E801: all RAM above 1 MiB, in KiB
     x, y = SCREEN_CURSOR
-    struct.pack_into("<BBHHBBBBHHBBH", zp, BP_SCREEN_INFO, x, y, min(extended_k, 0xFFFF), 0, VIDEO_MODE_TEXT80,
+    ext_mem_k = min(extended_k, 0xFFFF)
+    struct.pack_into("<BBHHBBBBHHBBH", zp, BP_SCREEN_INFO, x, y, ext_mem_k, 0, VIDEO_MODE_TEXT80,
                      TEXT_COLUMNS, 0, 0, EGA_BX, 0, TEXT_LINES, VIDEO_TYPE_VGAC, FONT_POINTS)
     struct.pack_into("<I", zp, BP_ALT_MEM_K, extended_k)
     zp[BP_E820_ENTRIES] = len(e820)
@@ -377,4 +379,5 @@ def _vga_option(cmdline: str) -> int | None:
     try:
         return int(word, 0) & 0xFFFF
     except ValueError:
-        raise UsageError(f"--cmdline: invalid 'vga=' kernel parameter {word!r} (QEMU refuses it too)") from None
+        raise UsageError(f"--cmdline: invalid 'vga=' kernel parameter {word!r} (QEMU refuses it too)") \
+            from None

@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "run", help="run a kernel in ring 1 on the VMM",
         description="Boot a 32-bit ELF (multiboot v1 or plain) kernel at CPL 1 and run it to its end.")
-    p.add_argument("kernel", type=Path, help="the kernel: a multiboot or plain ELF, a Linux bzImage or vmlinux")
+    p.add_argument("kernel", type=Path,
+                   help="the kernel: a multiboot or plain ELF, a Linux bzImage or vmlinux")
     p.add_argument("--cmdline", default="",
                    help="the command line: a multiboot kernel sees it after its path, Linux as it is")
     p.add_argument("--initrd", type=Path, metavar="FILE", help="a Linux kernel's initrd (QEMU's -initrd)")

@@ -102,6 +102,11 @@ class KernelMap:
                 return p + vaddr - v
         return None
 
+    @property
+    def known(self) -> bool:
+        """Whether the kernel's segments are known (a raw image under test has none)."""
+        return bool(self._segs)
+
     def holds_phys(self, phys: int) -> bool:
         return any(p <= phys < p + n for _v, p, n in self._segs)
 
@@ -139,7 +144,7 @@ class _VmMemory:
         kernel code, and not an alias of kernel code at another linear address (xv6 runs
         its entry code at 0x10000c before paging; its ELF says 0x8010000c).
 
-        Code outside the kernel's segments is never live while guest paging is off: that is
+        Code outside the kernel's (known) segments is never live while guest paging is off: that is
         boot code that is not the kernel (a bzImage's decompressor, which copies itself to
         the end of its buffer and runs the copy: a patch JMP copied with it would go astray).
         VirtualBox never patched such code either; it ran unpaged guest code in its
@@ -153,7 +158,7 @@ class _VmMemory:
         want = self.kernel.paddr(address)
         if want is not None:
             return want == phys
-        if not self.vm.vcpu.paging_regs()[0] & CR0_PG:
+        if self.kernel.known and not self.vm.vcpu.paging_regs()[0] & CR0_PG:
             return False
         return not self.kernel.holds_phys(phys)
 

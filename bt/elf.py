@@ -1,7 +1,8 @@
 """Loading x86 kernel ELF files (ELF32 i386 and ELF64 x86-64) with LIEF.
 
 `load(path)` returns a `KernelImage`: header facts, loadable segments with their
-bytes, sections, symbols and a `symbolize` helper. LIEF reads the headers and the
+bytes, sections, symbols (from the symbol table, or a stripped Linux kernel's own
+kallsyms: bt/kallsyms.py) and a `symbolize` helper. LIEF reads the headers and the
 symbol table; segment and section bytes are sliced from the file read once, so a
 truncated file is noticed (a segment whose bytes lie past the end of the file) and
 no LIEF buffer copies are made for a large vmlinux.
@@ -207,12 +208,32 @@ def load(path: str | Path) -> KernelImage:
         sections = _sections(name, binary, raw)
         symbols = _symbols(binary)
         entry = int(binary.entrypoint)
+    if not symbols and bits == 32:
+        symbols = _kallsyms(raw, segments)
 
     if not any(s.executable and s.filesz for s in segments) and not any(
             s.executable and s.has_bytes for s in sections):
         raise ElfError(name, "no executable code (no PF_X segment or SHF_EXECINSTR section with bytes)")
     return KernelImage(path=name, bits=bits, machine=_MACHINES[machine], entry=entry, segments=segments,
                        sections=sections, symbols=symbols, sha256=hashlib.sha256(raw).hexdigest(), raw=raw)
+
+
+def _kallsyms(raw: bytes, segments: tuple[Segment, ...]) -> tuple[Symbol, ...]:
+    """A stripped Linux vmlinux (a distribution's, out of its bzImage) still carries the
+    kernel's own symbol table for /proc/kallsyms (bt/kallsyms.py): its functions, sized up
+    to the next symbol, name the sites of every report."""
+    from bt import kallsyms
+
+    code = [s for s in segments if s.executable and s.memsz]
+    if not code:
+        return ()
+    found = kallsyms.read(raw, min(s.vaddr for s in code), max(s.vaddr + s.memsz for s in code))
+    out = []
+    for k, sym in enumerate(found):
+        size = found[k + 1].address - sym.address if k + 1 < len(found) else 0
+        out.append(Symbol(name=sym.name, address=sym.address, size=size, is_function=sym.is_function,
+                          is_global=sym.type.isupper()))
+    return tuple(out)
 
 
 def _int(value: object) -> int:

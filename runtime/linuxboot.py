@@ -149,8 +149,12 @@ class LinuxImage:
                 return data
         raise AssertionError("no zero page")
 
+    #: The kernel's ELF (the vmlinux, or the one inside the bzImage), for its symbols.
+    kernel: elf.KernelImage | None = field(default=None, repr=False, compare=False)
+
     def symbolize(self, addr: int) -> str:
-        return f"{addr:#x}"
+        """`function+0xoff` as every report names it (bt/symbols.py), or the hex address."""
+        return self.kernel.describe(addr) if self.kernel is not None else f"{addr:#x}"
 
 
 def is_linux(raw: bytes) -> bool:
@@ -239,9 +243,14 @@ def load_linux(path: str | Path, *, ram_size: int, cmdline: str = "",
         header: SetupHeader | None = SetupHeader.parse(raw, name)
         assert header is not None
         chunks, entry, kernel_end, hdr_raw = _bzimage(name, raw, header)
+        try:
+            kernel: elf.KernelImage | None = elf.load(path)   # the vmlinux inside (bt/bzimage.py)
+        except InputError:
+            kernel = None   # a payload Python cannot unpack: the guest still can; no symbols, no patching
     else:
         header = None
-        chunks, entry, kernel_end = _vmlinux(name, path)
+        kernel = elf.load(path)
+        chunks, entry, kernel_end = _vmlinux(name, kernel)
         hdr_raw = _vmlinux_header()
     cmdline_size = header.cmdline_size if header is not None else 2047
     encoded = cmdline.encode()
@@ -268,7 +277,8 @@ def load_linux(path: str | Path, *, ram_size: int, cmdline: str = "",
                        pic_masks=PIC_MASKS)
     return LinuxImage(path=name, chunks=tuple(sorted(chunks, key=lambda c: c[0])), entry=entry,
                       entry_state=state, cmdline=cmdline, e820=e820,
-                      initrd=(placed[0], len(placed[2])) if placed is not None else None, header=header)
+                      initrd=(placed[0], len(placed[2])) if placed is not None else None, header=header,
+                      kernel=kernel)
 
 
 def _bzimage(name: str, raw: bytes,
@@ -288,8 +298,7 @@ def _bzimage(name: str, raw: bytes,
     return [(layout.LINUX_PROT_ADDR, prot)], h.code32_start, end, h.raw
 
 
-def _vmlinux(name: str, path: str | Path) -> tuple[list[tuple[int, bytes]], int, int]:
-    kernel = elf.load(path)
+def _vmlinux(name: str, kernel: elf.KernelImage) -> tuple[list[tuple[int, bytes]], int, int]:
     if kernel.bits != 32:
         raise ElfError(name, "x86-64 vmlinux: ring1 boots 32-bit kernels")
     chunks: list[tuple[int, bytes]] = []

@@ -269,8 +269,10 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     from patchmgr.codemap import ScanCodeMap
     from patchmgr.manager import PatchManager
     from patchmgr.static import original_image, read_record, user_code
+    from runtime.linuxboot import LinuxImage
 
-    image = elf.load(vm.config.kernel)
+    loaded = vm.boot.kernel if isinstance(vm.boot, LinuxImage) else None
+    image = loaded if loaded is not None else elf.load(vm.config.kernel)
     record = read_record(image)
     # A kernel `bt patch` wrote is scanned as it was before: its JMPs into patch memory
     # would hide the code after each window from the descent.

@@ -16,7 +16,8 @@ pushes its own EIP. So a displaced instruction is copied byte for byte unless it
   address is guest code;
 * RET, a near indirect JMP, a far JMP: copied, and they end the window.
 
-Refused (`CannotMove`): software interrupts, UD2, far CALL, SYSENTER/SYSCALL (each
+Refused (`CannotMove`): software interrupts, UD2, far CALL (direct, or FF /3 through memory,
+which Capstone names a plain CALL), SYSENTER/SYSCALL (each
 pushes or hands out an EIP, which would be a patch address), an indirect CALL through
 ESP (the PUSH would move its operand), and any sensitive instruction no rule
 translates (it must keep trapping at its guest address).
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING
 
 from capstone import CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_RET
 from capstone import x86_const as x
+
+from bt import isa
 
 if TYPE_CHECKING:
     from capstone import CsInsn
@@ -75,6 +78,12 @@ def relocate(insn: CsInsn, label: str) -> Displaced:
         t = _target(insn)
         return Displaced(asm=f"{insn.mnemonic} {label}_take\njmp {label}_skip\n"
                              f"{label}_take: jmp {t:#x}\n{label}_skip:")
+    far = isa.classify(insn)
+    if far is not None and far.name == "far_call":
+        # FF /3: Capstone calls it a near CALL ("call ptr [edi]"); it pushes CS:EIP.
+        raise CannotMove(_REFUSED[x.X86_INS_LCALL])
+    if far is not None and far.name == "far_jmp":
+        return Displaced(raw=bytes(insn.bytes), ends_window=True)
     if insn.group(CS_GRP_CALL):
         op = insn.operands[0]
         if op.type == x.X86_OP_IMM:

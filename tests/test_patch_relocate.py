@@ -112,3 +112,28 @@ def test_branch_target_inside_window_forces_int3() -> None:
     assert patch.kind == "int3"
     assert "shorter than 5 bytes" in mgr.notes[CODE]   # the target `here` splits the block
     assert [e.mnemonic if e else None for e in out.exits] == ["cli"]
+
+
+@pytest.mark.parametrize(("code", "far"), [(b"\xff\x1f", "call"), (b"\xff\x2f", "jmp"), (b"\xff\x17", None)],
+                         ids=["lcall [edi]", "ljmp [edi]", "call [edi]"])
+def test_far_indirect_transfers_are_not_moved_as_near_ones(code: bytes, far: str | None) -> None:
+    """FF /3 and FF /5 (far CALL/JMP through memory) decode as a plain CALL/JMP in Capstone
+    ("call ptr [edi]"); Linux's PCI BIOS32 call is one. A far CALL pushes CS:EIP, so it cannot
+    run in a patch block; a far JMP is copied and ends the window; a near CALL becomes
+    PUSH <guest return>; JMP (found next to a patched CLI in pcibios_init)."""
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+    from patchmgr.relocate import CannotMove, relocate
+
+    cs = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs.detail = True
+    insn = next(cs.disasm(code, 0x1000))
+    if far == "call":
+        with pytest.raises(CannotMove, match="far CALL"):
+            relocate(insn, "x")
+        return
+    moved = relocate(insn, "x")
+    if far == "jmp":
+        assert moved.raw == code and moved.ends_window
+    else:
+        assert moved.asm == "push 0x1002\njmp dword ptr [edi]" and moved.ends_window

@@ -19,7 +19,9 @@ The runtime drives it through five calls (runtime/patching.py adapts the VMM to 
 * `on_guest_write(address, size)` before a guest write lands on a watched range: a write
   into the patched instruction itself removes the patch, a write into the instructions
   its window displaced refreshes it: removed now, re-made from the new bytes on the
-  site's next trap. Both are counted.
+  site's next trap. Both are counted;
+* `rescan(ranges)` before the guest runs code it rewrote (patchmgr/rescan.py: CSAM's
+  monitored pages): the never-trapping sites in it are patched then.
 
 The runtime must never deliver an interrupt while EIP is inside patch memory: it leaves
 `pending` set and the block exits at its guest return address (patchmgr/block.py).
@@ -99,6 +101,10 @@ class Stats:
     #: the first MAX_UNSCANNED of them, and how many there were in all.
     unscanned: set[int] = field(default_factory=set)
     unscanned_total: int = 0
+    #: Rewritten code pages scanned again before the guest ran them (patchmgr/rescan.py),
+    #: and the never-trapping sites found and patched (or deferred) in them.
+    rescans: int = 0
+    rescan_patched: int = 0
 
 
 #: Unscanned sites remembered by address (a guest generating code cannot grow the set without end).
@@ -261,6 +267,22 @@ class PatchManager:
             else:
                 self.stats.smc_refreshed += 1
                 self.stats.traps[patch.site] = 0     # re-made from the new bytes when it traps next
+
+    def rescan(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Guest code in `ranges` ((address, size), guest addresses) was rewritten and is about
+        to run: patch the never-trapping sites in it now (patchmgr/rescan.py, CSAM)."""
+        from patchmgr import rescan
+
+        self.patch_memory.settle()
+        return rescan.rescan(self, ranges) if self.config.enabled else 0
+
+    def learn(self, site: int) -> None:
+        """Learn the code at `site` if the scan never reached it (`_learn`)."""
+        self._learn(site)
+
+    def decode_current(self, site: int) -> CsInsn | None:
+        """The guest's instruction at `site` now (patches taken out), None if unmapped."""
+        return self._decode(site)
 
     def first_execution(self, site: int) -> int:
         """The guest is about to run `site`, a sensitive instruction that never traps

@@ -111,6 +111,17 @@ class KernelMap:
         return any(p <= phys < p + n for _v, p, n in self._segs)
 
 
+def _runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Sorted page addresses as (start, size) runs of contiguous pages."""
+    out: list[tuple[int, int]] = []
+    for page in pages:
+        if out and out[-1][0] + out[-1][1] == page:
+            out[-1] = (out[-1][0], out[-1][1] + layout.PAGE_SIZE)
+        else:
+            out.append((page, layout.PAGE_SIZE))
+    return out
+
+
 class _VmMemory:
     """patchmgr's GuestMemory and WriteWatch over the VM. Kernel code is read and written
     where its ELF loaded it (physical, through the program headers): the patch manager
@@ -123,8 +134,18 @@ class _VmMemory:
         self.uc = vm.machine.uc
         self.kernel = kernel or KernelMap()
         self.manager: PatchManager | None = None
-        self._protected: Counter[int] = Counter()     # physical page -> patches on it
+        self._protected: Counter[int] = Counter()     # physical page -> patches on it (+1 if monitored)
         self._linear: dict[int, int] = {}             # watched physical page -> its linear page
+        # CSAM's monitored code pages (`monitor`): physical page -> written (address, size)
+        # ranges not yet rescanned, for the pages written since they last ran; and the page
+        # the last execute-permission fault was on.
+        self._monitored: set[int] = set()
+        self._dirty: dict[int, list[tuple[int, int]]] = {}
+        self._writes: Counter[int] = Counter()
+        self._fetch_fault: int | None = None
+        self._fetch_hook: object | None = None
+        #: Monitored pages given up on (written `MONITOR_WRITES` times without running).
+        self.unmonitored = 0
 
     def _phys(self, address: int) -> int:
         area = self.vm.machine.vmm
@@ -179,6 +200,8 @@ class _VmMemory:
         if self.vm.traps.in_io_hook:
             self.vm.traps.stale_code = True
             return
+        if phys & ~(layout.PAGE_SIZE - 1) in self._dirty:
+            return   # nothing is translated from a page that lost its execute permission
         area = self.vm.machine.vmm
         try:
             here = area.contains(address) or int(self.vm.mmu.translate(address)) == phys
@@ -237,7 +260,110 @@ class _VmMemory:
         # whatever Unicorn translated from those bytes.
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self.vm.cpu.phys_write(phys, data)
-        self.uc.ctl_remove_cache(address, address + size)
+        page = phys & ~(layout.PAGE_SIZE - 1)
+        if page in self._monitored:
+            self._code_written(page, address, size)
+        elif page not in self._dirty:
+            self.uc.ctl_remove_cache(address, address + size)
+        return True
+
+    # -- CSAM's monitored pages (patchmgr/rescan.py) -------------------------------------------
+    #: A monitored page written this often without running in between stops being monitored:
+    #: code the guest freed and now uses as data (Linux's init text after boot), whose every
+    #: store would otherwise be a fault.
+    MONITOR_WRITES = 1024
+
+    def monitor(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Write-protect the kernel's code pages (`ranges` of guest addresses and sizes): a
+        store there takes the page's execute permission away (`_code_written`), and the
+        guest's next instruction fetch from it stops the slice (`_on_fetch`); the run loop
+        then calls `fetch_fault`, which has the patch manager rescan what was written."""
+        from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_PROT_EXEC, UC_PROT_READ
+
+        self.vm.guard.ram_writes = self._on_write
+        mask = ~(layout.PAGE_SIZE - 1)
+        pages: dict[int, int] = {}
+        for start, size in ranges:
+            for linear in range(start & mask, start + size, layout.PAGE_SIZE):
+                phys = self._phys(linear) & mask
+                if phys + layout.PAGE_SIZE <= self.vm.machine.ram_size:
+                    pages[phys] = linear
+        for phys, linear in pages.items():
+            if phys not in self._monitored:
+                self._monitored.add(phys)
+                self._protected[phys] += 1
+                self._linear[phys] = linear
+        for start, size in _runs(sorted(pages)):        # one call per contiguous run
+            self.uc.mem_protect(start, size, UC_PROT_READ | UC_PROT_EXEC)
+        if self._fetch_hook is None:
+            self._fetch_hook = self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch)
+
+    def _code_written(self, page: int, address: int, size: int) -> None:
+        from unicorn import UC_PROT_READ
+
+        dirty = self._dirty.get(page)
+        if dirty is None:
+            # Every translation from the page goes first (a block chained to one of them would
+            # skip the permission check), then its execute permission.
+            self._drop_page(page)
+            self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ)
+            self._dirty[page] = dirty = []
+        dirty.append((address, size))
+        self._writes[page] += 1
+        if self._writes[page] > self.MONITOR_WRITES:
+            self._unmonitor(page)
+
+    def _drop_page(self, page: int) -> None:
+        """Drop Unicorn's translations of physical page `page`, through a linear address
+        that maps it now (the kernel's, or the physical one while paging is off)."""
+        from unicorn import unicorn_const as uconst
+
+        linear = self._linear[page]
+        for candidate in (linear, page):
+            try:
+                if int(self.vm.mmu.translate(candidate, fetch=True)) == page:
+                    self.uc.ctl_remove_cache(candidate, candidate + layout.PAGE_SIZE)
+                    return
+            except PageFault:
+                continue
+        self.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
+
+    def _unmonitor(self, page: int) -> None:
+        from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
+
+        self._monitored.discard(page)
+        self._dirty.pop(page, None)
+        self._writes.pop(page, None)
+        self.unmonitored += 1
+        self._protected[page] -= 1
+        if self._protected[page] == 0:
+            del self._protected[page], self._linear[page]
+            self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
+        else:
+            self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+
+    def _on_fetch(self, _uc: Any, _access: int, address: int, _size: int, _value: int, _data: Any) -> bool:
+        # Unicorn passes the physical address. Changing permissions inside this hook is not
+        # safe in Unicorn 2.1.4 (measured: it crashes the engine for some permission changes),
+        # so the hook only says where and lets the fetch fail: the run loop calls `fetch_fault`
+        # with EIP at the start of the block that tried to run there.
+        self._fetch_fault = address & ~(layout.PAGE_SIZE - 1)
+        return False
+
+    def fetch_fault(self) -> bool:
+        """After a slice ended with Unicorn's execute-permission fault: if it was a rewritten
+        monitored page, rescan it, give it its permission back and say True (the guest goes
+        on at EIP, which never ran); False: a fault ring1 did not cause."""
+        from unicorn import UC_PROT_EXEC, UC_PROT_READ
+
+        page, self._fetch_fault = self._fetch_fault, None
+        if page is None or page not in self._dirty:
+            return False
+        ranges = self._dirty.pop(page)
+        self._writes[page] = 0
+        self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+        if self.manager is not None:
+            self.manager.rescan(ranges)
         return True
 
     def on_first_execution(self, site: int) -> None:
@@ -284,6 +410,11 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
                            emulable=EMULATORS.__contains__, area=vm.machine.vmm, live=memory.live)
     memory.manager = manager
     vm.vcpu.on_pending = manager.set_pending
+    if config.enabled:
+        # CSAM: the kernel's code pages are monitored, so code it rewrites (Linux's
+        # alternatives) is scanned again before it runs (patchmgr/rescan.py).
+        memory.monitor((s.address, s.size) for s in image.executable_sections)
+        vm.on_fetch_fault = memory.fetch_fault
     if record is not None:
         manager.adopt(record)
     kernel_sites = [s for s in result.sites

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -195,6 +196,9 @@ class Vm:
         self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
+        #: Called when a slice ends on an execute-permission fault; True if it was the patch
+        #: manager's monitored code page (runtime/patching.py `fetch_fault`): go on at EIP.
+        self.on_fetch_fault: Callable[[], bool] | None = None
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
@@ -393,6 +397,10 @@ class Vm:
                     if traps.error is not None:
                         raise traps.error from None
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
+                        pc = self.cpu.read(EIP)
+                        continue
+                    if (err.errno == uconst.UC_ERR_FETCH_PROT and self.on_fetch_fault is not None
+                            and self.on_fetch_fault()):
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err

@@ -144,6 +144,9 @@ def _report_patches(vm: Vm, m: PatchManager, out: TextIO) -> None:
     print(f"patches: {len(m.patches)} (jmp {kinds['jmp']}, int3 {kinds['int3']}), refused {len(m.refusals)}, "
           f"patch exits {st.exits}, self-modifying code: {st.smc_removed} removed, {st.smc_refreshed} "
           f"refreshed", file=out)
+    if st.rescans:
+        print(f"rewritten code scanned again before it ran: {st.rescans} times, {st.rescan_patched} "
+              f"never-trapping sites patched in it", file=out)
     unscanned = m.unscanned_sites()
     if unscanned:
         states = Counter(u.status for u in unscanned)

@@ -143,6 +143,7 @@ class _VmMemory:
         self._dirty: dict[int, list[tuple[int, int]]] = {}
         self._writes: Counter[int] = Counter()
         self._fetch_fault: int | None = None
+        self._revoke_later: set[int] = set()
         self._fetch_hook: object | None = None
         #: Monitored pages given up on (written `MONITOR_WRITES` times without running).
         self.unmonitored = 0
@@ -299,19 +300,46 @@ class _VmMemory:
             self._fetch_hook = self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch)
 
     def _code_written(self, page: int, address: int, size: int) -> None:
-        from unicorn import UC_PROT_READ
-
         dirty = self._dirty.get(page)
         if dirty is None:
-            # Every translation from the page goes first (a block chained to one of them would
-            # skip the permission check), then its execute permission.
-            self._drop_page(page)
-            self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ)
             self._dirty[page] = dirty = []
+            eip = self.vm.cpu.read(EIP)
+            mask = ~(layout.PAGE_SIZE - 1)
+            if page in {self._phys_or(eip) & mask, self._phys_or(eip + 15) & mask}:
+                # The CPU runs the page it writes: taking its execute permission now makes
+                # Unicorn 2.1.4 restart the storing instruction (measured: a read-modify-write
+                # store done twice, or forever, as the restart faults again). Done when the
+                # slice ends (`end_of_slice`) instead.
+                self._revoke_later.add(page)
+            else:
+                self._revoke(page)
         dirty.append((address, size))
         self._writes[page] += 1
         if self._writes[page] > self.MONITOR_WRITES:
             self._unmonitor(page)
+
+    def _revoke(self, page: int) -> None:
+        """Take the execute permission from written page `page`: every translation from it
+        first (a block chained to one of them would skip the permission check)."""
+        from unicorn import UC_PROT_READ
+
+        self._drop_page(page)
+        self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ)
+
+    def end_of_slice(self) -> None:
+        """Between slices: the written pages the CPU was running when they were written lose
+        their execute permission now (`_code_written`)."""
+        pages, self._revoke_later = self._revoke_later, set()
+        for page in pages:
+            if page in self._dirty:
+                self._revoke(page)
+
+    def _phys_or(self, linear: int) -> int:
+        """The physical address of `linear` now, or `linear` itself if it is not mapped."""
+        try:
+            return int(self.vm.mmu.translate(linear & 0xFFFFFFFF, fetch=True))
+        except PageFault:
+            return linear
 
     def _drop_page(self, page: int) -> None:
         """Drop Unicorn's translations of physical page `page`, through a linear address
@@ -333,6 +361,7 @@ class _VmMemory:
 
         self._monitored.discard(page)
         self._dirty.pop(page, None)
+        self._revoke_later.discard(page)
         self._writes.pop(page, None)
         self.unmonitored += 1
         self._protected[page] -= 1
@@ -415,6 +444,7 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
         # alternatives) is scanned again before it runs (patchmgr/rescan.py).
         memory.monitor((s.address, s.size) for s in image.executable_sections)
         vm.on_fetch_fault = memory.fetch_fault
+        vm.on_slice_end.append(memory.end_of_slice)
     if record is not None:
         manager.adopt(record)
     kernel_sites = [s for s in result.sites

@@ -199,6 +199,8 @@ class Vm:
         #: Called when a slice ends on an execute-permission fault; True if it was the patch
         #: manager's monitored code page (runtime/patching.py `fetch_fault`): go on at EIP.
         self.on_fetch_fault: Callable[[], bool] | None = None
+        #: Called after every slice, before the run loop looks at the devices.
+        self.on_slice_end: list[Callable[[], None]] = []
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
@@ -415,6 +417,8 @@ class Vm:
                 # with no CR3 load or INVLPG to tell: looked at once per slice.
                 self.relocator.check("slice end")
                 self._retry_deferred()
+                for hook in self.on_slice_end:
+                    hook()
                 # A user-mode I/O instruction the guest's IOPL and TSS bitmap deny was
                 # stopped in its hook: undo it and deliver its #GP(0) before anything else.
                 traps.reflect_io_fault()

@@ -39,6 +39,10 @@ class RunConfig:
     old_exception: str = "direct"
     #: How the patch manager patches (`--hot`, `--eager`, `--no-patch`); None: unpatched VMM.
     patch: PatchConfig | None = None
+    #: How guest instructions are counted for virtual time (runtime/clock.py): "block" (a C
+    #: hook per translated block; falls back to "count" when the module is not built) or
+    #: "count" (Unicorn's own count, a helper call per instruction).
+    clock: str = "block"
     #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
     #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
     vmm_base: int | None = None

@@ -79,6 +79,12 @@ class Traps:
         self.latch = ExceptionLatch(ctx.m.uc, latch)
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
+        #: Without details, for counting instructions (runtime/vm.py `_insns_between`).
+        self.cs_lite = Cs(CS_ARCH_X86, CS_MODE_32)
+        #: The run's instruction clock (runtime/clock.py), told of every exception.
+        self.clock: Any = None
+        #: Clears Unicorn's skip-EIP-sync flag after this hook wrote EIP (runtime/pcsync.py).
+        self.pcsync: Any = None
         self._cache: dict[int, tuple[bytes, Operation]] = {}
         self._resynced_at: int | None = None
         self.error: BaseException | None = None
@@ -141,6 +147,7 @@ class Traps:
             self.error = err
             uc.emu_stop()
         finally:
+            self.pcsync.after_hook()
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -148,6 +155,9 @@ class Traps:
     def _intr(self, vector: int) -> str:
         cpu = self.cpu
         eip, cs = cpu.eip_cs()
+        # A software interrupt reports the EIP after it; a fault its own EIP, and it counts as
+        # run (runtime/clock.py), as it is by emulation.
+        self.clock.fault(eip, not (vector == VEC_BP or vector == 4 or vector >= 32))
         cpl = cs & 3
         m = self.ctx.m
         area = m.vmm

@@ -57,7 +57,8 @@ from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.emulate import EMULATORS
 from runtime.guard import KEEP_WRITERS, VmmGuard
-from runtime.insncount import SliceCounter
+from runtime.clock import BlockClock, CountClock, native_available
+from runtime.pcsync import PcSync
 from runtime.machine import BOOT, STOP, Machine
 from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
@@ -153,7 +154,16 @@ class Vm:
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.relocator = Relocator(self.machine, self.shadow, self.gdt, self.stats,
                                    lambda: self.traps.patcher, pinned=config.vmm_base)
-        self.counter = SliceCounter(self.machine.uc)
+        uc_ = self.machine.uc
+        # The block clock leaves EIP unsynced in IN/OUT hooks after a hook wrote EIP, which
+        # runtime/pcsync.py makes up for; without that, Unicorn's count (which syncs it).
+        self.traps.pcsync = PcSync(uc_)
+        self.insn_clock: BlockClock | CountClock = (
+            BlockClock(uc_, self._insns_between)
+            if config.clock == "block" and native_available() and self.traps.pcsync.available
+            else CountClock(uc_))
+        self.traps.clock = self.insn_clock
+        self._decoded: dict[tuple[int, int], int] = {}
         uc = self.machine.uc
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
@@ -199,6 +209,19 @@ class Vm:
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
         return self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
+
+    def _insns_between(self, start: int, end: int) -> int:
+        """Guest instructions from `start` up to `end` in one block (runtime/clock.py)."""
+        key = (start, end)
+        n = self._decoded.get(key)
+        if n is None:
+            try:
+                code = self.mmu.read(start, end - start, fetch=True)
+            except PageFault:
+                return 0
+            n = sum(1 for _ in self.traps.cs_lite.disasm_lite(code, start))
+            self._decoded[key] = n
+        return n
 
     def _advance(self, insns: int) -> None:
         self.now_ns = self.clock() + insns * cfg.NS_PER_INSN
@@ -345,19 +368,19 @@ class Vm:
                 # instruction after enabling paging faults): the next one would become #DF.
                 traps.latch.clear()
                 traps.drop_stale_code()
+                how = self.insn_clock.begin(count)
                 try:
-                    uc.emu_start(pc, self.machine.linear(STOP), count=count)
+                    uc.emu_start(pc, self.machine.linear(STOP), **how)
                 except UcError as err:
-                    self._advance(self.counter.executed(count))
+                    self._advance(self.insn_clock.end(self.cpu.read(EIP), True))
                     if traps.error is not None:
                         raise traps.error from None
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
+                self._advance(self.insn_clock.end(self.cpu.read(EIP), False))
                 traps.finish_rep_element()
-                done = self.counter.executed(count)
-                self._advance(done)
                 self._check_state()
                 if traps.error is not None:
                     raise traps.error
@@ -409,10 +432,12 @@ class Vm:
     def _enter_guest(self) -> int:
         """Run BOOT (LTR, IRETD into ring 1) on its own, then shut the VMM's GDT slots; the
         guest's entry point, where the run loop starts."""
+        self.insn_clock.begin(1 << 40)   # Unicorn's count stops BOOT; they are not the guest's
         try:
             self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
         except UcError as err:
             raise InternalError(f"BOOT could not enter ring 1: {err}") from err
+        self.insn_clock.end(self.cpu.read(EIP), False)
         eip, cs = self.cpu.eip_cs()
         if cs & 3 != 1 or eip != self.boot.entry:
             raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")

@@ -50,21 +50,26 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 from bt import layout
 from bt.errors import GuestStop, InternalError, Ring1Error
 from runtime import config as cfg
+from runtime import firmware
 from runtime.boot import load_kernel
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
+from runtime.devices.disk import DiskImage
 from runtime.devices.standard import StandardDevices, build_standard_bus
+from runtime.devices.vga import TEXT_BASE, TEXT_WINDOW, render_screen
 from runtime.emulate import EMULATORS
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
+from runtime.mmio import MmioExits
 from runtime.paging import Mmu, PageFault
 from runtime.patching import Patcher
 from runtime.segments import ShadowGdt
 from runtime.stats import RunStats
+from runtime.terminal import Terminal
 from runtime.traps import Traps
-from runtime.vcpu import VirtualCpu
+from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
@@ -122,7 +127,8 @@ class Vm:
                  image: Bootable | None = None) -> None:
         self.config = config
         self.boot: Bootable = image if image is not None else load_kernel(
-            str(config.kernel), config.cmdline, config.ram_size)
+            str(config.kernel), config.cmdline, config.ram_size, config.modules)
+        disks = tuple(DiskImage(path, writable=config.disk_writable) for path in config.disks)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
         self.vcpu = VirtualCpu(self.cpu)
@@ -133,15 +139,26 @@ class Vm:
         self.now_ns = 0
         self._exits_mark = 0
         self.devices: StandardDevices = build_standard_bus(
-            config.serial, config.ram_size, self.clock, on_exit=self._on_exit)
+            config.serial, config.ram_size, self.clock, on_exit=self._on_exit, disks=disks,
+            key_delay_ns=config.key_delay_ns, on_reset=self._on_reset)
+        self.intc = self.devices.intc
+        self.devices.lapic.base_msr = lambda: self.vcpu.msr[MSR_APIC_BASE]
+        if config.keys:
+            self.devices.kbd.type_text(config.keys)
+        #: The host terminal as a keyboard (`RunConfig.terminal`), open while `run` runs.
+        self.terminal = Terminal() if config.terminal else None
+        self._reset = False
+        self._deadline: float | None = None
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, clock=self.clock,
-                       irq_waiting=lambda: self.devices.pic.pending(),
-                       irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable())
+                       irq_waiting=self.intc.pending,
+                       irq_deliverable=lambda: self.intc.pending() and self._deliverable())
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
+        self.mmio = MmioExits(self.ctx, self.traps, self.devices.mmio)
+        self.mmio.attach(self.machine.uc)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
@@ -150,6 +167,10 @@ class Vm:
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
+        # What the firmware leaves in low memory (BDA, EBDA, MP table, text screen), then the
+        # kernel, which may overwrite it as under QEMU.
+        for addr, data in firmware.low_memory(config.ram_size, tuple(d.sectors for d in disks)):
+            self.cpu.phys_write(addr, data)
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,
@@ -175,6 +196,12 @@ class Vm:
     def _on_exit(self, status: int) -> None:
         self.traps.exit_status = status
 
+    def _on_reset(self) -> None:
+        # The guest reset the machine (keyboard controller, port 0x92): QEMU -no-reboot ends
+        # there; ring1 stops at the end of the instruction with that reason.
+        self._reset = True
+        self.machine.uc.emu_stop()
+
     def _to_guest_eip(self, eip: int) -> int:
         return self.traps.patcher.to_guest_eip(eip)
 
@@ -195,11 +222,11 @@ class Vm:
         return (self.cpu.read(CS) & 3) == 3 or self.vcpu.vif
 
     def _take_irq(self, return_eip: int) -> bool:
-        pic = self.devices.pic
-        if not pic.pending():
+        intc = self.intc
+        if not intc.pending():
             self.vcpu.pending = 0
             return False
-        vector = pic.acknowledge()
+        vector = intc.acknowledge()
         self.vcpu.pending = 0
         self.traps.inject(vector, return_eip, None, False)
         return True
@@ -217,6 +244,9 @@ class Vm:
             if self._take_irq(next_eip):
                 return HANDLED
             event = self.devices.next_event_ns(now)
+            if event is None and self.terminal is not None:
+                self._wait_for_terminal()
+                continue
             if event is None:
                 raise GuestStop("guest halted and no interrupt source is enabled", next_eip - 1)
             if event > now:
@@ -228,6 +258,25 @@ class Vm:
                 stalled += 1
                 if stalled > 2:
                     raise GuestStop("guest halted and its timer event raises no interrupt", next_eip - 1)
+
+    def _poll_terminal(self, timeout: float = 0.0) -> None:
+        if self.terminal is not None:
+            text = self.terminal.read(timeout)
+            if text:
+                self.devices.kbd.type_text(text)
+
+    def _wait_for_terminal(self) -> None:
+        """HLT with nothing timed to wake it but the host terminal: wait for a key in wall
+        time (bounded by `--timeout`)."""
+        if self._deadline is not None and time.perf_counter() > self._deadline:
+            raise GuestStop("wall-clock timeout (--timeout)", self.cpu.read(EIP),
+                            f"{self.stats.guest_insns} instructions")
+        self._poll_terminal(0.1)
+
+    def screen_text(self) -> str:
+        """The 80x25 text screen as `bt run --screen` writes it (runtime/devices/vga.py)."""
+        window = self.cpu.phys_read(TEXT_BASE, TEXT_WINDOW)
+        return render_screen(self.devices.vga.visible_cells(window))
 
     def _paging_changed(self) -> None:
         self.traps.forget_code()
@@ -242,9 +291,12 @@ class Vm:
         uc = self.machine.uc
         t_start = time.perf_counter()
         deadline = None if config.timeout is None else t_start + config.timeout
+        self._deadline = deadline
         pc = BOOT
         traps = self.traps
         try:
+            if self.terminal is not None:
+                self.terminal.open()
             while traps.exit_status is None:
                 count = self._slice_length()
                 if count <= 0:
@@ -263,17 +315,24 @@ class Vm:
                     raise self._unicorn_stop(err) from err
                 done = self.counter.executed(count)
                 self._advance(done)
+                resume = self.mmio.take_resume()
+                if resume is not None:            # an MMIO store that ended the slice (runtime/mmio.py)
+                    self.cpu.write(EIP, resume)
                 self._check_state()
                 if traps.error is not None:
                     raise traps.error
+                if self._reset:
+                    raise GuestStop("guest reset the machine (keyboard controller or port 0x92)",
+                                    self.cpu.read(EIP))
                 # A user-mode I/O instruction the guest's IOPL and TSS bitmap deny was
                 # stopped in its hook: undo it and deliver its #GP(0) before anything else.
                 traps.reflect_io_fault()
                 if traps.exit_status is not None:
                     break
+                self._poll_terminal()
                 self.devices.tick(self.now_ns)
                 pc = self.cpu.read(EIP)
-                if self.devices.pic.pending():
+                if self.intc.pending():
                     if self._in_guest(pc) and self._deliverable():
                         self._take_irq(pc)
                         pc = self.cpu.read(EIP)
@@ -300,8 +359,10 @@ class Vm:
             internal.last_exits = list(traps.last)
             raise internal from err
         finally:
+            if self.terminal is not None:
+                self.terminal.close()
             self._check_state()
-            self.devices.flush()
+            self.devices.close()
             self.stats.unknown_ports = Counter(self.devices.bus.unknown)
             self.stats.virtual_ns = self.clock()
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)

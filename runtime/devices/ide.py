@@ -1,4 +1,6 @@
-"""The primary IDE channel (ports 0x1F0-0x1F7 and 0x3F6, IRQ 14) with PIO disks.
+"""The IDE channels with PIO disks: primary (ports 0x1F0-0x1F7 and 0x3F6, IRQ 14) with
+`--disk` images, and an empty secondary (0x170-0x177, 0x376, IRQ 15) that answers as
+QEMU's does to a probe (every register reads 0).
 
 Reference: ATA/ATAPI-6 (T13/1410D): the command block and control block registers,
 the PIO data-in and data-out protocols, IDENTIFY DEVICE, READ/WRITE SECTORS (0x20/0x21,
@@ -36,6 +38,7 @@ from runtime.devices.disk import SECTOR, DiskImage, chs_geometry
 
 BASE, CONTROL = 0x1F0, 0x3F6
 IDE_IRQ = 14
+SECONDARY_BASE, SECONDARY_CONTROL, SECONDARY_IRQ = 0x170, 0x376, 15
 #: Virtual time a sector transfer keeps the drive busy before it interrupts.
 LATENCY_NS = 10_000
 MAX_MULT_SECTORS = 16
@@ -147,9 +150,11 @@ class Drive:
 class IdeChannel:
     def __init__(self, disks: tuple[DiskImage, ...] = (), irq: IrqLine = no_irq,
                  clock: Callable[[], int] = lambda: 0, *, latency_ns: int = LATENCY_NS,
+                 base: int = BASE, control: int = CONTROL, irq_line: int = IDE_IRQ,
                  name: str = "ide") -> None:
         self.name = name
-        self.ports = (range(BASE, BASE + 8), range(CONTROL, CONTROL + 1))
+        self.base, self.control_port, self.irq_line = base, control, irq_line
+        self.ports = (range(base, base + 8), range(control, control + 1))
         self.drives = (Drive(disks[0] if disks else None, 0), Drive(disks[1] if len(disks) > 1 else None, 1))
         self._irq = irq
         self.clock = clock
@@ -184,12 +189,12 @@ class IdeChannel:
         self.irqs += 1
         if not self._level:
             self._level = True
-            self._irq(IDE_IRQ, True)
+            self._irq(self.irq_line, True)
 
     def _lower(self) -> None:
         if self._level:
             self._level = False
-            self._irq(IDE_IRQ, False)
+            self._irq(self.irq_line, False)
 
     # -- time -----------------------------------------------------------------------------------------
     def next_event_ns(self) -> int | None:
@@ -207,11 +212,11 @@ class IdeChannel:
     # -- ports ----------------------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
         self.tick(self.clock())           # a completion that fell due inside the slice
-        if port == BASE:
+        if port == self.base:
             return self._data_in(size)
         drive = self.selected
-        reg = port - BASE
-        if port == CONTROL:
+        reg = port - self.base
+        if port == self.control_port:
             return 0 if self._absent() else drive.status
         if reg == 6:
             return 0 if all(d.disk is None for d in self.drives) else drive.select
@@ -234,14 +239,14 @@ class IdeChannel:
 
     def io_write(self, port: int, size: int, value: int) -> None:
         self.tick(self.clock())
-        if port == BASE:
+        if port == self.base:
             self._data_out(size, value)
             return
-        if port == CONTROL:
+        if port == self.control_port:
             self._device_control(value & 0xFF)
             return
         value &= 0xFF
-        reg = port - BASE
+        reg = port - self.base
         if reg == 7:
             self._command(value)
             return
@@ -275,10 +280,13 @@ class IdeChannel:
         self.control = value
 
     # -- data port ------------------------------------------------------------------------------------
+    # The data port has 16- and 32-bit handlers only (QEMU's ide portio list): a byte access
+    # is made as a 16-bit one, of which the bus keeps the low byte.
     def _data_in(self, size: int) -> int:
         drive = self.selected
-        if size == 1 or not drive.status & ST_DRQ or self._writing:
-            return 0xFF if size == 1 else 0
+        size = max(size, 2)
+        if not drive.status & ST_DRQ or self._writing:
+            return 0
         value = int.from_bytes(self.buffer[self.pos:self.pos + size], "little")
         self.pos += size
         if self.pos >= len(self.buffer):
@@ -287,7 +295,8 @@ class IdeChannel:
 
     def _data_out(self, size: int, value: int) -> None:
         drive = self.selected
-        if size == 1 or not drive.status & ST_DRQ or not self._writing:
+        size = max(size, 2)
+        if not drive.status & ST_DRQ or not self._writing:
             return
         self.buffer[self.pos:self.pos + size] = value.to_bytes(size, "little")
         self.pos += size

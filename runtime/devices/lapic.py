@@ -22,7 +22,7 @@ apic_common.c (7.2) are followed, since QEMU is the reference guests are compare
 
 State at entry is what SeaBIOS leaves (measured, tests/data/pcprobe.S): the APIC enabled
 (SVR 0x1FF), LINT0 ExtINT level (0x8700, the 8259 in virtual wire mode), LINT1 NMI
-(0x8400), the other LVT entries masked. One difference from the SDM follows the SDM on
+(0x8400), the other LVT entries masked, its last IPI in the ICR (0x000C4610). One difference from the SDM follows the SDM on
 purpose: the divide configuration register's reset value 0 means divide by 2 (QEMU counts
 undivided until the guest writes it).
 """
@@ -57,8 +57,10 @@ ESR_ILLEGAL_ADDRESS = 1 << 7
 # Delivery modes (bits 8-10 of an LVT entry, the ICR, an I/O APIC redirection entry).
 DM_FIXED, DM_LOWEST, DM_SMI, DM_NMI, DM_INIT, DM_SIPI, DM_EXTINT = 0, 1, 2, 4, 5, 6, 7
 
-#: What SeaBIOS leaves: enabled, LINT0 ExtINT (level), LINT1 NMI (level).
+#: What SeaBIOS leaves: enabled, LINT0 ExtINT (level), LINT1 NMI (level), and in the ICR
+#: its last IPI (INIT-SIPI to all others, looking for application processors).
 BIOS_SVR = 0x1FF
+BIOS_ICR = 0x000C4610
 BIOS_LINT0 = 0x8700
 BIOS_LINT1 = 0x8400
 
@@ -91,7 +93,7 @@ class LocalApic:
         self.dest_model = 0xF
         self.isr = self.irr = self.tmr = 0       # 256-bit vector sets
         self.esr = 0
-        self.icr_lo = self.icr_hi = 0
+        self.icr_lo, self.icr_hi = BIOS_ICR, 0
         self.lvt = [LVT_MASKED] * 6
         self.lvt[LVT_LINT0] = BIOS_LINT0
         self.lvt[LVT_LINT1] = BIOS_LINT1

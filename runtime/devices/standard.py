@@ -34,7 +34,7 @@ from runtime.devices.cmos import Cmos
 from runtime.devices.debugexit import DebugExit
 from runtime.devices.disk import DiskImage
 from runtime.devices.i8042 import I8042
-from runtime.devices.ide import IdeChannel
+from runtime.devices.ide import SECONDARY_BASE, SECONDARY_CONTROL, SECONDARY_IRQ, IdeChannel
 from runtime.devices.intc import InterruptController
 from runtime.devices.ioapic import IoApic
 from runtime.devices.lapic import LocalApic
@@ -71,6 +71,7 @@ class StandardDevices:
     cmos: Cmos
     kbd: I8042
     ide: IdeChannel
+    ide2: IdeChannel
     vga: Vga
 
     def tick(self, now_ns: int) -> None:
@@ -147,10 +148,13 @@ def build_standard_bus(serial_sink: BinaryIO | None, ram_size: int, clock: Calla
         port80=Port80(), port92=Port92(on_reset), cmos=Cmos(ram_size, clock),
         kbd=I8042(intc.set_irq, clock, irq_enabled=intc.line_enabled, on_reset=on_reset,
                   start_delay_ns=key_delay_ns),
-        ide=IdeChannel(disks, intc.set_irq, clock), vga=Vga(),
+        ide=IdeChannel(disks, intc.set_irq, clock),
+        ide2=IdeChannel((), intc.set_irq, clock, base=SECONDARY_BASE, control=SECONDARY_CONTROL,
+                        irq_line=SECONDARY_IRQ, name="ide2"),
+        vga=Vga(),
     )
     for device in (devices.pic, devices.pit, devices.kbd, devices.speaker, devices.cmos, devices.port80,
-                   devices.port92, devices.debug_exit, devices.ide, devices.vga, devices.uart):
+                   devices.port92, devices.debug_exit, devices.ide, devices.ide2, devices.vga, devices.uart):
         devices.bus.register(device)
     devices.mmio.register(ioapic)
     devices.mmio.register(lapic)

@@ -55,3 +55,6 @@ class RunConfig:
     key_delay_ns: int = KEY_DELAY_NS
     #: Use the host terminal (stdin) as the keyboard too (interactive, not reproducible).
     terminal: bool = False
+    #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
+    #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
+    vmm_base: int | None = None

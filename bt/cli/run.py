@@ -41,6 +41,9 @@ def add_parser(sub: Any) -> None:
                    help="write the 80x25 text screen to FILE when the run ends, however it ends")
     machine = p.add_argument_group("the PC (QEMU's pc machine)")
     devices.add_arguments(machine)
+    p.add_argument("--vmm-base", type=_slot, metavar="ADDR",
+                   help="pin the VMM area at this 4 MiB-aligned linear address while guest paging is on "
+                        "(default: it moves out of the guest's way)")
     patch = p.add_argument_group("patching (PATM)")
     patch.add_argument("--hot", type=int, default=1, metavar="N",
                        help="patch a site once it trapped N times (default 1, as PATM)")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 else sys.stdout.buffer)
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.max_insns,
                            timeout=args.timeout, serial=sink, patch=_patch_config(args), terminal=terminal,
-                           **platform)
+                           vmm_base=args.vmm_base, **platform)
         vm = Vm(config)
         try:
             result = vm.run()
@@ -90,6 +93,17 @@ def _write_screen(path: Path, text: str) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise InputError(f"{path}: cannot write the screen: {err.strerror or err}") from err
+
+
+def _slot(text: str) -> int:
+    """`--vmm-base`: a 4 MiB-aligned linear address (hex or decimal), not slot 0."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address") from None
+    if value % (4 << 20) or not 0 < value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text}: the VMM area needs a 4 MiB-aligned slot above 0")
+    return value
 
 
 def _patch_config(args: argparse.Namespace) -> PatchConfig:
@@ -123,6 +137,9 @@ def _report_guard(stats: RunStats, out: TextIO) -> None:
         words = ", ".join(f"{w:#010x}" for w in stats.vflags_bad)
         print(f"virtual flags word corrupted by the guest (repaired): {stats.vflags_corrupted} ({words})",
               file=out)
+    for move in stats.vmm_moves:
+        print(f"VMM area moved {move.old:#010x} -> {move.new:#010x} at guest EIP {move.eip:#x}: {move.why}",
+              file=out)
 
 
 def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
@@ -142,7 +159,7 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     out = sys.stderr
     ex = data["exits"]
     print(f"exits: {data['total_exits']} (trap {ex['trap']}, io {ex['io']}, hypercall {ex['hypercall']}, "
-          f"interrupt {ex['interrupt']})", file=out)
+          f"interrupt {ex['interrupt']}, paging {ex['paging']})", file=out)
     print(f"guest instructions: {stats.guest_insns}   virtual time: {stats.virtual_ns / 1e6:.3f} ms "
           f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
     if vm.patches is not None:

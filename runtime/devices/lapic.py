@@ -22,9 +22,9 @@ apic_common.c (7.2) are followed, since QEMU is the reference guests are compare
 
 State at entry is what SeaBIOS leaves (measured, tests/data/pcprobe.S): the APIC enabled
 (SVR 0x1FF), LINT0 ExtINT level (0x8700, the 8259 in virtual wire mode), LINT1 NMI
-(0x8400), the other LVT entries masked, its last IPI in the ICR (0x000C4610). One difference from the SDM follows the SDM on
-purpose: the divide configuration register's reset value 0 means divide by 2 (QEMU counts
-undivided until the guest writes it).
+(0x8400), the other LVT entries masked, its last IPI in the ICR (0x000C4610). One
+difference follows the SDM on purpose: the divide configuration register's reset value 0
+means divide by 2 (QEMU counts undivided until the guest writes it).
 """
 
 from __future__ import annotations

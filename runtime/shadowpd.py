@@ -1,0 +1,141 @@
+"""The shadow page directory: the one the CPU walks while guest paging is on.
+
+The guest's page directory is the guest's: the VMM never writes into it (before, it
+put its own entry there, which the guest could read back, copy, or overwrite to repoint
+the VMM area at its own RAM). The real CR3 points at a page of the VMM area instead
+(`bt.layout.VMM_SHADOW_PD`), write-protected like the rest of it (runtime/guard.py),
+that holds the guest's 1024 entries as they are, but one: the VMM's 4 MiB slot, which
+points at the VMM page table (`bt.layout.VMM_PT`). Page tables below the directory are
+the guest's own, walked by the CPU in guest RAM: only the top level is shadowed, so
+the guest's PTE updates take effect as on hardware and cost nothing.
+
+Keeping the copy in step (what VirtualBox's PGM did for its shadow tables, at the top
+level only):
+
+* a CR3 load or CR0.PG turning on copies the whole directory (`load`);
+* INVLPG re-copies the entry of its address (`sync`): after changing a present entry,
+  the guest must flush, on hardware too (Intel SDM vol. 3 §4.10.4);
+* an entry the guest made present later without flushing (a new page table: allowed on
+  hardware, since nothing not-present is cached) is picked up by the page fault it
+  causes here: the VMM re-copies it and restarts the instruction without the guest
+  seeing a fault (`sync` again, from the #PF exit; counted as a "paging" exit).
+
+A guest that maps the VMM's slot itself conflicts with the VMM: `conflict` says so, and
+the runtime moves the VMM area to a free slot (runtime/relocate.py).
+
+Accessed and dirty bits: the shadow's entries are installed with A set (and D for 4 MiB
+pages), because the CPU's page walker cannot write the write-protected shadow (measured
+with unicorn 2.1.4: such an update is dropped, and retried on every TLB fill). So the
+CPU never sets A in a guest page-directory entry, nor D in a guest 4 MiB-page entry; page
+*table* entries get both as on hardware. No 32-bit kernel we know reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from bt import layout
+from bt.errors import GuestStop
+
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
+ENTRIES = 1024
+#: What `ShadowPd.sync` did.
+UNCHANGED, FILLED, REPLACED = 0, 1, 2
+
+
+class ShadowPd:
+    """The shadow page directory over the VMM's host memory and guest RAM."""
+
+    def __init__(self, vmm: memoryview, ram: memoryview, area: Callable[[], layout.VmmArea]) -> None:
+        off = layout.VMM_SHADOW_PD - layout.VMM_BASE
+        self._shadow = np.frombuffer(vmm, dtype="<u4", count=ENTRIES, offset=off)
+        self._vmm_words = np.frombuffer(vmm, dtype="<u4")
+        self._ram = np.frombuffer(ram, dtype="<u4")
+        self._area = area
+        #: Physical address of the guest's directory (CR3 & ~0xFFF) while paging is on.
+        self.guest_pd: int | None = None
+        #: Times an entry was re-copied on a page fault (hidden from the guest).
+        self.fault_syncs = 0
+
+    # -- the guest's directory -----------------------------------------------------------------
+    def _guest(self, pd: int) -> np.ndarray:
+        """The guest's directory at physical `pd` as 1024 words (guest RAM or, for a hostile
+        guest, the VMM area: reading it gives the guest nothing it could not read anyway)."""
+        if pd + 4 * ENTRIES <= 4 * len(self._ram):
+            return self._ram[pd >> 2:(pd >> 2) + ENTRIES]
+        if layout.VMM_BASE <= pd and pd + 4 * ENTRIES <= layout.VMM_BASE + layout.VMM_SIZE:
+            at = (pd - layout.VMM_BASE) >> 2
+            return self._vmm_words[at:at + ENTRIES]
+        raise GuestStop("page directory outside guest RAM", detail=f"CR3 {pd:#010x}")
+
+    def guest_entry(self, index: int) -> int:
+        assert self.guest_pd is not None
+        return int(self._guest(self.guest_pd)[index])
+
+    # -- keeping the copy ----------------------------------------------------------------------
+    def load(self, cr3: int) -> None:
+        """Guest paging is on with directory `cr3`: copy all of it (the VMM slot aside)."""
+        self.guest_pd = cr3 & 0xFFFFF000
+        guest = self._guest(self.guest_pd)
+        self._shadow[:] = np.where(guest & PTE_P, guest | self._preset(guest), guest)
+        self._install_vmm()
+
+    def unload(self) -> None:
+        """Guest paging went off: nothing walks the shadow until the next `load`."""
+        self.guest_pd = None
+
+    @staticmethod
+    def _preset(entries: np.ndarray) -> np.ndarray:
+        # A always; D too where the entry maps a 4 MiB page (module docstring).
+        return np.where(entries & PTE_PS, PTE_A | PTE_D, PTE_A).astype(np.uint32)
+
+    def _install_vmm(self) -> None:
+        self._shadow[self._area().pde_index] = vmm_pde()
+
+    def sync(self, linear: int) -> int:
+        """Re-copy the guest's entry for `linear`: `UNCHANGED`, `FILLED` (the shadow's entry
+        was not present: nothing of it can be in a TLB) or `REPLACED`. The VMM's own slot
+        is never copied (a guest entry there is a `conflict`)."""
+        if self.guest_pd is None:
+            return UNCHANGED
+        index = (linear & 0xFFFFFFFF) >> 22
+        if index == self._area().pde_index:
+            return UNCHANGED
+        entry = self.guest_entry(index)
+        if entry & PTE_P:
+            entry |= PTE_A | (PTE_D if entry & PTE_PS else 0)
+        old = int(self._shadow[index])
+        if old == entry:
+            return UNCHANGED
+        self._shadow[index] = entry
+        return REPLACED if old & PTE_P else FILLED
+
+    def conflict(self) -> bool:
+        """The guest maps the slot the VMM area occupies (present entry there)."""
+        return self.guest_pd is not None and bool(self.guest_entry(self._area().pde_index) & PTE_P)
+
+    def move(self, old: layout.VmmArea, new: layout.VmmArea) -> None:
+        """The VMM area moved from slot `old` to `new` (runtime/relocate.py): give the old
+        slot back to the guest's entry and put the VMM's into the new one."""
+        if self.guest_pd is None:
+            return
+        entry = self.guest_entry(old.pde_index)
+        if entry & PTE_P:
+            entry |= PTE_A | (PTE_D if entry & PTE_PS else 0)
+        self._shadow[old.pde_index] = entry
+        self._shadow[new.pde_index] = vmm_pde()
+
+    def free_slots(self) -> list[int]:
+        """Page-directory indexes the guest leaves not present, highest first (slot 0, the
+        null page's, excluded): where the VMM area may go."""
+        assert self.guest_pd is not None
+        free = np.flatnonzero((self._guest(self.guest_pd) & PTE_P) == 0)
+        return [int(i) for i in free[::-1] if i != 0]
+
+
+def vmm_pde() -> int:
+    """The VMM slot's entry: the VMM page table, present, writable, user (the one user page,
+    the ring 3 -> 1 trampoline, is reachable; every other VMM page is supervisor in `VMM_PT`)."""
+    return layout.VMM_PT | PTE_P | PTE_W | PTE_U | PTE_A

@@ -20,7 +20,10 @@ ps2.c (7.2) where a guest can tell the difference:
   0xFE (resend); the mouse ACKs every byte and answers reset (0xFA 0xAA 0x00), identify
   (0xFA 0x00) and status (0xFA 0x00 0x02 0x64);
 * reading 0x60 takes the next byte (or repeats the last when empty) and lowers the
-  interrupt line, which rises again if more is waiting: one edge per byte.
+  interrupt line, which rises again if more is waiting: one edge per byte;
+* a byte written to the keyboard (or the mouse) first drops the answers to its earlier
+  commands that the guest has not read (QEMU 7.2's ps2_cqueue_reset): "F0 00" written
+  back to back answers FA 02, not FA FA 02.
 
 Typed input (`bt run --keys FILE`, and the terminal) is deterministic in virtual time:
 
@@ -29,8 +32,11 @@ Typed input (`bt run --keys FILE`, and the terminal) is deterministic in virtual
   code bytes in the set the guest sees (set 1 while the command byte translates, else the
   keyboard's set);
 * the keyboard is *ready* once scanning is enabled, the controller's keyboard interface
-  is enabled and either the guest can take IRQ 1 (command byte bit 0, and the line unmasked
-  at the 8259 or the I/O APIC: `irq_enabled`) or it polled the status port;
+  is enabled and the guest can take IRQ 1 (command byte bit 0, and the line unmasked at
+  the 8259 or the I/O APIC: `irq_enabled`). SeaBIOS leaves all of that so, so a kernel
+  that polls port 0x64 and never touches the 8259 is ready from the start; one that masks
+  IRQ 1 gets no key until it unmasks it (a driver's initialisation, which polls too, is
+  never typed into);
 * the first byte arrives `start_delay_ns` of virtual time after the keyboard was first
   seen ready, every next byte `BYTE_GAP_NS` after the guest read the previous one (a PS/2
   byte takes about a millisecond on the wire); while the guest is not ready, typing waits.
@@ -80,8 +86,9 @@ class I8042:
         self.mode = BIOS_MODE
         self.outport = BIOS_OUTPORT
         self.write_cmd = 0
-        #: The output buffer and what waits behind it: (byte, from the mouse?).
-        self.queue: deque[tuple[int, bool]] = deque()
+        #: The output buffer and what waits behind it: (byte, from the mouse?, an answer to a
+        #: keyboard or mouse command?).
+        self.queue: deque[tuple[int, bool, bool]] = deque()
         self.last = 0
         self._levels = [False, False]            # IRQ 1 and IRQ 12 as last driven
         # The keyboard.
@@ -95,7 +102,6 @@ class I8042:
         self._pending: deque[int] = deque()     # bytes of the stroke being typed
         self.ready_since: int | None = None
         self.next_byte_ns = 0
-        self.polled = False
         #: Statistics: scan code bytes typed into the guest, bytes it read from port 0x60.
         self.typed_bytes = 0
         self.reads = 0
@@ -117,7 +123,7 @@ class I8042:
     def ready(self) -> bool:
         if not self.scanning or self.mode & MODE_DISABLE_KBD:
             return False
-        return self.polled or bool(self.mode & MODE_KBD_INT and self.irq_enabled(KBD_IRQ))
+        return bool(self.mode & MODE_KBD_INT) and self.irq_enabled(KBD_IRQ)
 
     def next_event_ns(self) -> int | None:
         """When the next typed byte arrives, None while nothing can arrive."""
@@ -144,7 +150,6 @@ class I8042:
     # -- ports -----------------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
         if port == STATUS_PORT:
-            self.polled = True
             status = self.status & ~(ST_OBF | ST_AUX_OBF)
             if self.queue:
                 status |= ST_OBF | (ST_AUX_OBF if self.queue[0][1] else 0)
@@ -165,6 +170,7 @@ class I8042:
             return
         cmd, self.write_cmd = self.write_cmd, 0
         if cmd == 0:
+            self._drop_replies(aux=False)
             self._keyboard(value)
         elif cmd == 0x60:
             self.mode = value
@@ -174,6 +180,7 @@ class I8042:
         elif cmd in (0xD2, 0xD3):
             self._queue(value, aux=cmd == 0xD3)
         elif cmd == 0xD4:
+            self._drop_replies(aux=True)
             self._mouse(value)
 
     def _command(self, cmd: int) -> None:
@@ -219,66 +226,75 @@ class I8042:
         arg_of, self.kbd_cmd = self.kbd_cmd, 0
         if arg_of == 0xF0:                       # scan code set: 0 asks, 1-3 select
             if byte == 0:
-                self._queue(ACK)
-                self._queue(_TRANSLATED_SET[self.scan_set] if self.mode & MODE_TRANSLATE else self.scan_set)
+                self._reply(ACK)
+                self._reply(_TRANSLATED_SET[self.scan_set] if self.mode & MODE_TRANSLATE else self.scan_set)
             else:
                 if byte in (1, 2, 3):
                     self.scan_set = byte
-                self._queue(ACK)
+                self._reply(ACK)
             return
         if arg_of in (0xED, 0xF3):               # LED state, typematic rate: the argument is ACKed
-            self._queue(ACK)
+            self._reply(ACK)
             return
         if byte in (0xED, 0xF3, 0xF0):
             self.kbd_cmd = byte
-            self._queue(ACK)
+            self._reply(ACK)
         elif byte == 0xEE:
-            self._queue(0xEE)
+            self._reply(0xEE)
         elif byte == 0xF2:
-            self._queue(ACK)
-            self._queue(0xAB)
-            self._queue(0x41 if self.mode & MODE_TRANSLATE else 0x83)
+            self._reply(ACK)
+            self._reply(0xAB)
+            self._reply(0x41 if self.mode & MODE_TRANSLATE else 0x83)
         elif byte == 0xF4:
             self.scanning = True
-            self._queue(ACK)
+            self._reply(ACK)
         elif byte == 0xF5:
             self.scanning = False
             self.scan_set = 2
-            self._queue(ACK)
+            self._reply(ACK)
         elif byte == 0xF6:
             self.scan_set = 2
-            self._queue(ACK)
+            self._reply(ACK)
         elif byte == 0xFF:
             self.scanning = True
             self.scan_set = 2
-            self._queue(ACK)
-            self._queue(POR)
+            self._reply(ACK)
+            self._reply(POR)
         elif 0xF7 <= byte <= 0xFD:
-            self._queue(ACK)
+            self._reply(ACK)
         else:
-            self._queue(RESEND)
+            self._reply(RESEND)
 
     def _mouse(self, byte: int) -> None:
         if self.aux_cmd:
             self.aux_cmd = 0
-            self._queue(ACK, aux=True)
+            self._reply(ACK, aux=True)
             return
-        self._queue(ACK, aux=True)
+        self._reply(ACK, aux=True)
         if byte in (0xE8, 0xF3):
             self.aux_cmd = byte
         elif byte == 0xFF:
-            self._queue(POR, aux=True)
-            self._queue(0x00, aux=True)
+            self._reply(POR, aux=True)
+            self._reply(0x00, aux=True)
         elif byte == 0xF2:
-            self._queue(0x00, aux=True)
+            self._reply(0x00, aux=True)
         elif byte == 0xE9:
             for b in (0x00, 0x02, 0x64):
-                self._queue(b, aux=True)
+                self._reply(b, aux=True)
 
     # -- interrupt lines ---------------------------------------------------------------------------
     def _queue(self, byte: int, aux: bool = False) -> None:
-        self.queue.append((byte & 0xFF, aux))
+        self.queue.append((byte & 0xFF, aux, False))
         self._update_irq()
+
+    def _reply(self, byte: int, aux: bool = False) -> None:
+        self.queue.append((byte & 0xFF, aux, True))
+        self._update_irq()
+
+    def _drop_replies(self, aux: bool) -> None:
+        if any(reply and a == aux for _, a, reply in self.queue):
+            self.queue = deque(e for e in self.queue if not (e[2] and e[1] == aux))
+            self._update_irq()
 
     def _update_irq(self) -> None:
         kbd = aux = False

@@ -18,8 +18,10 @@ follows QEMU's hw/ide/core.c (7.2), ring1's reference:
   the guest has read starts the next the same way; sector count and address registers
   advance as each block is loaded; a write command asks for the first block at once (DRQ,
   no interrupt), and each block written is busy for `latency_ns`, then interrupts;
-* reading the status register lowers the interrupt line, the alternate status does not;
-  nIEN masks the raise; SRST sets busy, then on release READY and the signature;
+* reading the status register or writing a command lowers the interrupt line, the
+  alternate status does not;
+  nIEN masks the raise; SRST sets busy, and its release resets both devices (DRDY, error
+  register 1, the signature, CHS addressing);
 * an address beyond the disk, a command the drive does not know (IDENTIFY PACKET
   included, as for a disk) or READ/WRITE MULTIPLE without a multiple count is aborted:
   ERR and ABRT, with an interrupt; data port reads without DRQ return 0.
@@ -140,6 +142,16 @@ class Drive:
         self.select = (self.select & 0xF0) | (head & 0x0F)
         self.sector = sector + 1
 
+    def reset(self) -> None:
+        """A software reset: registers as at power-on (CHS, head 0), DRDY|DSC, diagnostic code
+        1 in the error register, the ATA signature, 16 sectors per multiple block."""
+        self.select = 0xA0 | (DEV_SLAVE if self.unit else 0)
+        self.status = ST_DRDY | ST_DSC if self.disk is not None else 0
+        self.error = 0x01
+        self.feature = 0
+        self.mult_sectors = MAX_MULT_SECTORS
+        self.signature()
+
     def signature(self) -> None:
         """ATA signature after reset: sector count 1, sector 1, cylinder 0 (a disk)."""
         self.select &= 0xF0
@@ -248,6 +260,7 @@ class IdeChannel:
         value &= 0xFF
         reg = port - self.base
         if reg == 7:
+            self._lower()                 # writing the command register clears INTRQ (ATA; QEMU)
             self._command(value)
             return
         for d in self.drives:             # the task file is written in both devices
@@ -268,15 +281,13 @@ class IdeChannel:
 
     def _device_control(self, value: int) -> None:
         if value & CTRL_SRST and not self.control & CTRL_SRST:
-            for d in self.drives:
-                d.status = ST_BSY | ST_DSC
-                d.error = 0x01
+            for d in self.drives:          # busy while SRST is held; the rest is kept (QEMU 7.2)
+                d.status |= ST_BSY
             self._stop()
             self._due = None
         elif self.control & CTRL_SRST and not value & CTRL_SRST:
-            for d in self.drives:
-                d.status = ST_DRDY | ST_DSC
-                d.signature()
+            for d in self.drives:          # the reset happens: QEMU's ide_perform_srst
+                d.reset()
         self.control = value
 
     # -- data port ------------------------------------------------------------------------------------

@@ -102,11 +102,11 @@ def run_qemu_probe(p: Probe, tmp: Path) -> bytes:
     serial = tmp / f"{p.name}.qemu.out"
     cmd = qemu_args(p, tmp, serial)
     if not p.keys:
-        subprocess.run(cmd + ["-monitor", "none"], cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True,
+        subprocess.run([*cmd, "-monitor", "none"], cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True,
                        timeout=TIMEOUT_S, check=False)
         return serial.read_bytes()
     sock = tmp / "qmp.sock"
-    proc = subprocess.Popen(cmd + ["-qmp", f"unix:{sock},server=on,wait=off"], cwd=tmp,
+    proc = subprocess.Popen([*cmd, "-qmp", f"unix:{sock},server=on,wait=off"], cwd=tmp,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _type_keys(sock, serial, p.keys)

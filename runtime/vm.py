@@ -385,6 +385,12 @@ class Vm:
                     raise self._unicorn_stop(err) from err
                 done = self.counter.executed(count)
                 self._advance(done)
+                if self.cpu.read(CS) & 3 == 3:
+                    # A slice whose count ran out in guest ring 3 leaves Unicorn's old_exception
+                    # at #PF (unicorn 2.1.4, measured: CR2 = the `until` address - 1, a supervisor
+                    # page): the next contributory fault would become #DF. Nothing is in flight
+                    # between two slices, so the latch is cleared (runtime/latch.py).
+                    traps.latch.clear()
                 resume = self.mmio.take_resume()
                 if resume is not None:            # an MMIO store that ended the slice (runtime/mmio.py)
                     self.cpu.write(EIP, resume)

@@ -81,6 +81,7 @@ PROBES: tuple[Probe, ...] = (
     probe("apic"),
     probe("ide", disks=True),
     probe("kbd", keys=(("keys?", "aZ1 -\n"), ("keys2?", "b\n"))),
+    probe("procs"),
 )
 
 

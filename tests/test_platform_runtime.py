@@ -122,3 +122,64 @@ def test_compare_passes_the_platform_options(tmp_path: Path, capsys: pytest.Capt
                  "--expect", str(PLATFORM / "kbd.qemu.txt")]) == 0
     out = capsys.readouterr().out
     assert "--keys" in out or "kbd" in out
+
+
+# -- the terminal as the keyboard ---------------------------------------------------------------
+
+def test_terminal_mode_is_restored() -> None:
+    import os
+    import pty
+    import termios
+
+    from runtime.terminal import Terminal
+
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "r", closefd=False) as stream:
+            before = termios.tcgetattr(slave)
+            term = Terminal(stream)
+            assert Terminal.available(stream)
+            term.open()
+            assert termios.tcgetattr(slave)[3] & termios.ICANON == 0     # cbreak: no line editing
+            os.write(master, b"x")
+            assert term.read(1.0) == "x"
+            term.close()
+            assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_terminal_types_into_the_guest() -> None:
+    """`bt run` with stdin a terminal (a pty here): what is typed reaches the guest's keyboard."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:                                              # the child: bt run on the pty
+        os.execvp(sys.executable, [sys.executable, "-m", "bt", "run", str(PLATFORM / "kbd.elf"),
+                                   "--timeout", "60"])
+    out = b""
+    deadline = time.monotonic() + 60
+
+    def until(marker: bytes) -> None:
+        nonlocal out
+        while marker not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    return
+    until(b"keys?")
+    os.write(fd, b"aZ1 -\n")
+    until(b"keys2?")
+    os.write(fd, b"b\n")
+    until(b"f0 5a\r\n")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert b"codes: 1e 9e 2a 2c ac aa 02 82 39 b9 0c 8c 1c 9c" in out
+    assert b"codes: 32 f0 32 5a f0 5a" in out

@@ -425,11 +425,8 @@ class PatchManager:
         for patch in blocks:
             old = patch.block
             assert old is not None
-            try:
-                new = self._rebuild(patch, old.address + delta)
-            except (NoWindow, CannotMove, PatchError):
-                new = None
-            if new is None or len(new.code) != len(old.code):
+            new = self._remade(patch, old.address + delta)
+            if new is None:
                 self.memory.write(patch.start, patch.original)
                 del self.patches[patch.site]
                 handle = self._watches.pop(patch.site, None)
@@ -437,12 +434,30 @@ class PatchManager:
                     self.watch.unwatch(handle)
                 self.stats.dropped_on_move += 1
                 continue
-            patch.block = new
-            self.memory.write(new.address, new.code)
             self.memory.write(patch.start, self._head(patch))
             self._index(patch)
             moved[old.address] = new.address
+        # A `bt patch` record's suspended patches have blocks too: re-made, not yet applied.
+        for site, patch in list(self._suspended.items()):
+            if patch.block is not None and self._remade(patch, patch.block.address + delta) is None:
+                del self._suspended[site]
+                self.stats.dropped_on_move += 1
         return moved
+
+    def _remade(self, patch: Patch, address: int) -> Block | None:
+        """`patch`'s block re-made at `address` and written there (and `patch.block` set), or
+        None if it cannot keep its length."""
+        old = patch.block
+        assert old is not None
+        try:
+            new = self._rebuild(patch, address)
+        except (NoWindow, CannotMove, PatchError):
+            return None
+        if len(new.code) != len(old.code):
+            return None
+        patch.block = new
+        self.memory.write(new.address, new.code)
+        return new
 
     def _rebuild(self, patch: Patch, address: int) -> Block:
         """`patch`'s block made again at `address` from the guest bytes it replaced."""

@@ -63,7 +63,7 @@ from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
 from runtime.mmio import MmioExits
-from runtime.paging import CR0_PG, Mmu, PageFault
+from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
 from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
@@ -141,7 +141,8 @@ class Vm:
             phys, size))
         self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
                              self.machine.set_guest_gdt_limit)
-        self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area)
+        self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area,
+                               wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
         self._exits_mark = 0
         self.devices: StandardDevices = build_standard_bus(
@@ -160,6 +161,7 @@ class Vm:
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, shadow_fault=self._shadow_fault,
+                       retry_deferred=self._retry_deferred,
                        clock=self.clock,
                        irq_waiting=self.intc.pending,
                        irq_deliverable=lambda: self.intc.pending() and self._deliverable())
@@ -335,25 +337,28 @@ class Vm:
         if self.machine.vmm.contains(linear) and self.shadow.conflict():
             self.relocator.check(f"#PF at {linear:#x}")
             return True
-        done = self.shadow.sync(linear)
+        done = self.shadow.fault(linear)
         if done == REPLACED:
             self._flush_tlb()
         if done != UNCHANGED:
             self._mapping_changed = True
         return done != UNCHANGED
 
-    def _retry_deferred(self) -> None:
+    def _retry_deferred(self, eip: int | None = None) -> bool:
         """Patch the sites that waited for the guest to map them where its ELF says
         (`PatchManager.deferred`), once the mapping changed and the guest runs such code
-        itself: never while it runs code at another alias (boot code before paging)."""
+        itself (`eip`, or where the CPU is): never while it runs code at another alias (boot
+        code before paging). At the end of a slice, and at a trap (runtime/traps.py)."""
         patches = self.patches
         if patches is None or not self._mapping_changed:
-            return
-        eip = self.cpu.read(EIP)
+            return False
+        if eip is None:
+            eip = self.cpu.read(EIP)
         if self.machine.vmm.contains(eip) or not patches.live(eip):
-            return
+            return False
         self._mapping_changed = False
         patches.retry_deferred()
+        return True
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -373,6 +378,12 @@ class Vm:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
                                     f"{self.stats.guest_insns} instructions")
                 pc = traps.patcher.resume_at(pc)
+                # Between slices no exception is in flight. A slice ended by emu_stop in a hook
+                # may still have tried to fetch the next instruction and raised a fault Unicorn
+                # dropped but remembered in old_exception (seen when the guest's first
+                # instruction after enabling paging faults): the next one would become #DF.
+                traps.latch.clear()
+                traps.drop_stale_code()
                 try:
                     uc.emu_start(pc, self.machine.linear(STOP), count=count)
                 except UcError as err:
@@ -383,14 +394,9 @@ class Vm:
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
+                traps.finish_rep_element()
                 done = self.counter.executed(count)
                 self._advance(done)
-                if self.cpu.read(CS) & 3 == 3:
-                    # A slice whose count ran out in guest ring 3 leaves Unicorn's old_exception
-                    # at #PF (unicorn 2.1.4, measured: CR2 = the `until` address - 1, a supervisor
-                    # page): the next contributory fault would become #DF. Nothing is in flight
-                    # between two slices, so the latch is cleared (runtime/latch.py).
-                    traps.latch.clear()
                 resume = self.mmio.take_resume()
                 if resume is not None:            # an MMIO store that ended the slice (runtime/mmio.py)
                     self.cpu.write(EIP, resume)

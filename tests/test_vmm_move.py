@@ -189,4 +189,6 @@ def test_a_page_directory_entry_written_without_a_flush_is_seen_on_first_use() -
     result = vm.run()
     assert isinstance(result, RunResult) and result.exit_status == 1
     assert vm.cpu.phys_read(PAGE_B + 0x20, 4) == b"QQQQ"
-    assert vm.stats.exits["paging"] == 1 and vm.stats.vectors[14] == 0
+    assert vm.stats.exits["paging"] >= 1 and vm.stats.vectors[14] == 0
+    # The CPU marked the new entry accessed and its 4 MiB page dirty, as on hardware.
+    assert struct.unpack("<I", vm.cpu.phys_read(PD_A + 4, 4))[0] == PAGE_B | 0x83 | 0x60

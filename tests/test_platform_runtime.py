@@ -183,3 +183,37 @@ def test_terminal_types_into_the_guest() -> None:
     assert os.waitstatus_to_exitcode(status) == 1
     assert b"codes: 1e 9e 2a 2c ac aa 02 82 39 b9 0c 8c 1c 9c" in out
     assert b"codes: 32 f0 32 5a f0 5a" in out
+
+
+def test_ctrl_c_while_the_guest_waits_for_a_key(tmp_path: Path) -> None:
+    """Ctrl-C on the terminal (SIGINT: the terminal keeps ISIG) stops a guest sleeping in HLT for
+    a key: a clean stop, exit 4, and the screen written."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    screen = tmp_path / "screen.txt"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(sys.executable, [sys.executable, "-m", "bt", "run", str(PLATFORM / "kbd.elf"),
+                                   "--timeout", "60", "--screen", str(screen)])
+    out = b""
+    deadline = time.monotonic() + 60
+    while b"keys?" not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            out += os.read(fd, 4096)
+    time.sleep(0.5)
+    os.write(fd, b"\x03")
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 4
+    assert b"interrupted (SIGINT)" in out
+    assert screen.read_text().startswith("SeaBIOS")

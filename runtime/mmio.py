@@ -6,10 +6,15 @@ Under VirtualBox's raw mode an MMIO page was not present in the shadow tables an
 access was a #PF exit emulated by IOM; here each is counted the same way, as an `io`
 exit of class `mmio` at the guest EIP (virtual time: one exit).
 
-The hook runs in the middle of the guest's instruction. Measured with unicorn 2.1.4
-(counted slices, which ring1 always runs): EIP in the callback is the accessing
-instruction's; `emu_stop()` from a *store* callback leaves EIP at that instruction, to be
-executed again on resume, although the store already reached the device. So a store
+The hook runs in the middle of the guest's instruction. Unicorn does not sync EIP for an
+MMIO callback: it holds the start of the translated block (with Unicorn's instruction
+count, which syncs EIP before every instruction, it held the instruction's own). So the
+accessing instruction is found in the block the instruction clock says the CPU is in
+(runtime/clock.py): the one whose memory operand, with the registers as they are now,
+lands on the accessed address (`_accessor`). Measured with unicorn 2.1.4: `emu_stop()`
+from a *store* callback leaves EIP at that instruction, to be executed again on resume,
+although the store already reached the device (with or without the block clock: Unicorn
+stops a memory access exactly). So a store
 that makes an interrupt deliverable (an EOI, a TPR lowered, an I/O APIC pin unmasked
 with its line high) ends the slice only when the instruction is a plain MOV to memory,
 whose only effect is the store just made: the run loop then continues after it
@@ -23,13 +28,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from unicorn import Uc, UcError
 
+from bt import isa
 from bt.errors import InternalError
 from bt.operation import Mem
 from runtime.context import Ctx
 from runtime.cpu import EIP
 from runtime.devices.bus import MmioBus
+from runtime.paging import PageFault
 from runtime.traps import Traps
 
 
@@ -40,6 +48,12 @@ class MmioExits:
         self.bus = bus
         #: Set by a store that ended the slice: where the guest continues (after the MOV).
         self.resume: int | None = None
+        #: ((block start, entry), EIP) of the last access found (`_accessor`).
+        self._last: tuple[tuple[int, int], int] | None = None
+        #: Per translated block (start, size): its instructions with memory operands.
+        self._blocks: dict[tuple[int, int], list[tuple[int, tuple[Mem, ...]]]] = {}
+        self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
+        self._cs.detail = True
 
     def attach(self, uc: Uc) -> None:
         for start, size in self.bus.windows:
@@ -52,8 +66,48 @@ class MmioExits:
         resume, self.resume = self.resume, None
         return resume
 
-    def _account(self, addr: int, write: bool) -> int:
+    def _accessor(self, phys: int) -> int:
+        """EIP of the instruction making this access (module docstring): where the clock's
+        block has one instruction whose memory operand reaches `phys` now; Unicorn's EIP
+        when there is no block clock (it is right then) or no single such instruction."""
         eip = self.ctx.cpu.read(EIP)
+        block = getattr(self.traps.clock, "current_block", None)
+        if block is None:
+            return eip
+        start, size, entry = block
+        # Accesses run in program order within one run of a block: look past the last one.
+        after = self._last[1] if self._last is not None and self._last[0] == (start, entry) else start - 1
+        for at, mems in self._memory_operands(start, size):
+            if at <= after:
+                continue
+            for mem in mems:
+                try:
+                    if self.ctx.mmu.translate(self.ctx.address(mem)) == phys:
+                        self._last = ((start, entry), at)
+                        return at
+                except PageFault:
+                    continue
+        return eip
+
+    def _memory_operands(self, start: int, size: int) -> list[tuple[int, tuple[Mem, ...]]]:
+        key = (start, size)
+        found = self._blocks.get(key)
+        if found is None:
+            try:
+                code = self.ctx.mmu.read(start, size, fetch=True)
+            except PageFault:
+                return []
+            found = []
+            for insn in self._cs.disasm(code, start):
+                op = isa.decode(insn)
+                mems = tuple(o for o in op.operands if isinstance(o, Mem))
+                if mems:
+                    found.append((insn.address, mems))
+            self._blocks[key] = found
+        return found
+
+    def _account(self, addr: int, write: bool) -> int:
+        eip = self._accessor(addr)
         site = self.traps.patcher.to_guest_eip(eip)
         self.ctx.stats.exit("io", "mmio", site)
         self.traps.last.append(("io", f"mmio {'w' if write else 'r'} {addr:#x}", site))

@@ -13,8 +13,9 @@ Unicorn's own instruction count hid this: its per-instruction helper syncs EIP a
 
 The flag's offset in the engine struct is found once per process in a scratch engine,
 never hard-coded (as runtime/latch.py and runtime/insncount.py do for their fields): the
-byte set after a hook wrote EIP and clear otherwise, seen from an IN hook later in the
-same slice, which must then see its instruction's EIP once the VMM clears that byte. If
+last byte that `uc_reg_write(EIP)` sets and `emu_start` clears (the flag is the struct's
+last field), which must then, cleared by the VMM after a hook wrote EIP, make an IN hook
+later in the same slice see its instruction's EIP. If
 no single byte passes, `PcSync.available` is False and the caller keeps Unicorn's
 instruction count (which syncs EIP) instead.
 """
@@ -78,15 +79,28 @@ def _scratch(write_eip: bool, clear: int | None) -> tuple[int, bytes]:
 @functools.cache
 def flag_offset() -> int | None:
     try:
-        eip_plain, plain = _scratch(False, None)
-        eip_written, written = _scratch(True, None)
-        if eip_plain != _IN_AT or eip_written == _IN_AT or not plain:
-            return None          # nothing to make up for, or nothing to see it with
-        candidates = [o for o in range(len(plain)) if written[o] == 1 and plain[o] == 0]
-        good = [o for o in candidates if _scratch(True, o)[0] == _IN_AT]
+        eip_plain, _ = _scratch(False, None)
+        if eip_plain != _IN_AT or _scratch(True, None)[0] == _IN_AT:
+            return None          # nothing to make up for
+        # In one engine, with no emulation in between: `uc_reg_write(EIP)` sets the flag
+        # (and quit_request), `emu_start` clears both. The flag is the struct's last field,
+        # so the highest such byte; only that one is then tried.
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(_BASE, 0x1000)
+        uc.mem_write(_BASE, b"\xf4")
+        if not _readable(_handle(uc), _SCAN):
+            return None
+        before = ctypes.string_at(_handle(uc), _SCAN)
+        uc.reg_write(ux.UC_X86_REG_EIP, _BASE)
+        during = ctypes.string_at(_handle(uc), _SCAN)
+        uc.emu_start(_BASE, _BASE + 1)
+        after = ctypes.string_at(_handle(uc), _SCAN)
+        candidates = [o for o in range(_SCAN) if before[o] == 0 and during[o] == 1 and after[o] == 0]
+        if not candidates or _scratch(True, candidates[-1])[0] != _IN_AT:
+            return None
     except (UcError, IndexError, ValueError):
         return None
-    return good[0] if len(good) == 1 else None
+    return candidates[-1]
 
 
 class PcSync:

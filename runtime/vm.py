@@ -52,6 +52,7 @@ from bt.errors import GuestStop, InternalError, Ring1Error
 from runtime import config as cfg
 from runtime import firmware
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
+from runtime.clock import BlockClock, CountClock, native_available
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CR3, CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
@@ -60,12 +61,11 @@ from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.devices.vga import TEXT_BASE, TEXT_WINDOW, render_screen
 from runtime.emulate import EMULATORS
 from runtime.guard import KEEP_WRITERS, VmmGuard
-from runtime.clock import BlockClock, CountClock, native_available
-from runtime.pcsync import PcSync
 from runtime.machine import BOOT, STOP, Machine
 from runtime.mmio import MmioExits
 from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
+from runtime.pcsync import PcSync
 from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
 from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
@@ -430,6 +430,10 @@ class Vm:
                     self._advance(self.insn_clock.end(self.cpu.read(EIP), True))
                     if traps.error is not None:
                         raise traps.error from None
+                    if traps.exit_status is not None:
+                        # The guest had written isa-debug-exit; Unicorn ran on to the end of
+                        # its block (runtime/traps.py `guest_exited`), which is not the guest's.
+                        break
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
                         pc = self.cpu.read(EIP)
                         continue

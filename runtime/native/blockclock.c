@@ -27,6 +27,15 @@ typedef struct {
 
 typedef int (*uc_ctl_fn)(void *uc, int control, ...);
 typedef int (*uc_emu_stop_fn)(void *uc);
+typedef int (*uc_vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
+typedef size_t (*cs_disasm_fn)(size_t handle, const uint8_t *code, size_t size, uint64_t address,
+                               size_t count, void **insn);
+typedef void (*cs_free_fn)(void *insn, size_t count);
+
+/* Table entry flags. */
+#define CHECKED 1   /* decoded: HAS_IO is known */
+#define HAS_IO 2    /* holds an IN/OUT/INS/OUTS (or could not be decoded) */
+#define EXACT 4     /* the run loop made its translation stop exactly (a code hook on it) */
 
 typedef struct {
     uint64_t insns;        /* instructions of the blocks entered so far */
@@ -45,6 +54,18 @@ typedef struct {
     int64_t request;       /* the encoded uc_ctl control word for TB_REQUEST_CACHE */
     uint64_t *keys;        /* (address << 16) | size; 0: empty */
     uint16_t *counts;
+    uint64_t entered;      /* blocks entered so far (tells one entry of a block from the next) */
+    uint32_t exec_prot;    /* UC_PROT_EXEC */
+    uint32_t insn_size;    /* sizeof(cs_insn) */
+    uc_vmem_read_fn vmem_read;
+    uint8_t *flags;        /* per table entry: CHECKED | HAS_IO | EXACT */
+    uint64_t exact_at;     /* a block with I/O to make exact before it runs (0: none) */
+    uint32_t exact_size;
+    uint32_t pad;
+    uint64_t cs_handle;    /* a Capstone handle, x86-32, no details */
+    cs_disasm_fn disasm;
+    cs_free_fn cs_free;
+    uint32_t io_ids[8];    /* Capstone ids of IN, OUT, INSB/W/D, OUTSB/W/D */
 } block_clock;
 
 static inline uint32_t slot_of(uint64_t key, uint32_t mask)
@@ -55,14 +76,16 @@ static inline uint32_t slot_of(uint64_t key, uint32_t mask)
     return (uint32_t)key & mask;
 }
 
-static uint32_t look_up(block_clock *c, void *uc, uint64_t address, uint32_t size)
+static uint32_t look_up(block_clock *c, void *uc, uint64_t address, uint32_t size, uint32_t *slot)
 {
     uint64_t key = (address << 16) | (size & 0xFFFF);
     uint32_t i = slot_of(key, c->mask);
     for (;;) {
         uint64_t k = c->keys[i];
-        if (k == key)
+        if (k == key) {
+            *slot = i;
             return c->counts[i];
+        }
         if (k == 0)
             break;
         i = (i + 1) & c->mask;
@@ -70,6 +93,7 @@ static uint32_t look_up(block_clock *c, void *uc, uint64_t address, uint32_t siz
     uc_tb tb = {0, 0, 0};
     uint32_t n;
     c->misses++;
+    *slot = UINT32_MAX;
     if (c->ctl(uc, (int)c->request, address, &tb) == 0 && tb.pc == address && tb.icount) {
         n = tb.icount;
     } else {
@@ -79,25 +103,87 @@ static uint32_t look_up(block_clock *c, void *uc, uint64_t address, uint32_t siz
     if (c->used < c->mask - (c->mask >> 3)) {      /* keep 1/8 free: probes stay short */
         c->keys[i] = key;
         c->counts[i] = (uint16_t)n;
+        c->flags[i] = 0;
         c->used++;
+        *slot = i;
         if (c->used > (c->mask >> 1))
             c->full = 1;
     }
     return n;
 }
 
+/* Whether the block holds an I/O instruction, decoded with Capstone (once per block; a block
+ * that cannot be read or decoded counts as one: it is only made exact). */
+static int does_io(block_clock *c, void *uc, uint64_t address, uint32_t size)
+{
+    uint8_t code[4096];
+    void *insns = NULL;
+    if (size > sizeof code || c->vmem_read(uc, address, (int)c->exec_prot, code, size) != 0)
+        return 1;
+    size_t n = c->disasm((size_t)c->cs_handle, code, size, address, 0, &insns);
+    if (n == 0)
+        return 1;
+    int found = 0;
+    for (size_t i = 0; i < n && !found; i++) {
+        uint32_t id = *(const uint32_t *)((const uint8_t *)insns + i * c->insn_size);
+        for (int k = 0; k < 8; k++)
+            if (id == c->io_ids[k])
+                found = 1;
+    }
+    c->cs_free(insns, n);
+    return found;
+}
+
 static void block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
     block_clock *c = (block_clock *)user_data;
-    uint32_t n = look_up(c, uc, address, size);
-    c->insns += n;
     c->block = address;
-    c->block_insns = n;
     c->block_size = size;
-    if (c->insns >= c->limit && !c->stopped) {
-        c->stopped = 1;
-        c->stop(uc);
+    c->entered++;
+    uint32_t slot;
+    if (c->insns >= c->limit) {
+        /* The budget is spent: Unicorn stops before this block runs (unicorn 2.1.4), so it
+         * is not counted. A block that starts within the budget runs whole, so every slice
+         * makes progress however small its budget. */
+        c->block_insns = 0;
+        if (!c->stopped) {
+            c->stopped = 1;
+            c->stop(uc);
+        }
+        return;
     }
+    uint32_t n = look_up(c, uc, address, size, &slot);
+    if (slot != UINT32_MAX && !(c->flags[slot] & EXACT)) {
+        if (!(c->flags[slot] & CHECKED))
+            c->flags[slot] |= CHECKED | (does_io(c, uc, address, size) ? HAS_IO : 0);
+        if (c->flags[slot] & HAS_IO) {
+            /* A block with an I/O instruction: the VMM may have to stop exactly after (or
+             * before) one (a denied access from user mode, an interrupt it made deliverable,
+             * the guest's isa-debug-exit), which a block that runs on to its end would not
+             * allow. Not run now: the run loop gives it a code hook, whose per-instruction
+             * exit check makes it exact, then resumes here. Such blocks exit anyway. */
+            c->block_insns = 0;
+            c->exact_at = address;
+            c->exact_size = size;
+            if (!c->stopped) {
+                c->stopped = 1;
+                c->stop(uc);
+            }
+            return;
+        }
+    }
+    c->insns += n;
+    c->block_insns = n;
+}
+
+/* A code hook that does nothing: its presence makes Unicorn sync EIP and check for a
+ * stop after every instruction of the range it covers. */
+static void exact_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    (void)uc;
+    (void)address;
+    (void)size;
+    (void)user_data;
 }
 
 static PyObject *hook_address(PyObject *self, PyObject *args)
@@ -105,6 +191,13 @@ static PyObject *hook_address(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return PyLong_FromVoidPtr((void *)block_hook);
+}
+
+static PyObject *exact_hook_address(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromVoidPtr((void *)exact_hook);
 }
 
 static PyObject *state_size(PyObject *self, PyObject *args)
@@ -117,6 +210,7 @@ static PyObject *state_size(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"hook_address", hook_address, METH_NOARGS, "Address of the C block hook (a uc_cb_hookcode_t)."},
     {"state_size", state_size, METH_NOARGS, "sizeof the state struct the hook takes as user data."},
+    {"exact_hook_address", exact_hook_address, METH_NOARGS, "Address of the no-op C code hook."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from report_fixtures import DATA, documented, paths
 
-from runtime.report import adapter, html, jsonout, runner, text
+from runtime.report import html, jsonout, runner, text
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ("hello", "irqsave", "irqsave-pv", "timer", "zoo", "usermode")
@@ -31,11 +31,6 @@ SAMPLES = ("hello", "irqsave", "irqsave-pv", "timer", "zoo", "usermode")
 #: of CS/SS, which an unpatched ring-1 guest sees as 1 (a raw-mode leak patching hides).
 AGREE = ("hello", "irqsave", "irqsave-pv")
 UPDATE = os.environ.get("RING1_UPDATE_GOLDEN") == "1"
-STATIC = adapter.unavailable(static=True) is None
-
-pytestmark = pytest.mark.skipif(adapter.unavailable(static=False) is not None,
-                                reason=f"{adapter.unavailable(static=False)}")
-
 
 @pytest.fixture(scope="module")
 def fresh():
@@ -45,7 +40,7 @@ def fresh():
     os.chdir(ROOT)  # kernel paths in recordings are relative to the repository
     try:
         # hot=1 as `bt compare` runs by default.
-        options = runner.CompareOptions(kernels=kernels, static=STATIC, run={"hot": 1})
+        options = runner.CompareOptions(kernels=kernels, static=True, run={"hot": 1})
         return runner.run_all(options, ["compare", *kernels])
     finally:
         os.chdir(old)
@@ -61,7 +56,7 @@ def test_sample_gives_the_three_outputs(fresh, name):
     one = dataclasses.replace(fresh, kernels=(k,))
     if UPDATE:
         runner.save_runs(one, DATA)
-    assert k.modes == (("unpatched", "dynamic", "static") if STATIC else ("unpatched", "dynamic"))
+    assert k.modes == ("unpatched", "dynamic", "static")
     assert "Exits by kind" in text.render_plain(one)
     doc = documented()
     for path in paths(jsonout.to_json(one)):

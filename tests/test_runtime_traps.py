@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from runtime_guest import (
     GDT,
@@ -21,8 +19,8 @@ from runtime_guest import (
 from bt import layout
 from bt.errors import GuestStop
 from runtime.cpu import CR0, CR3, CR4, CS, SS
-from runtime.segments import VMM_CS1, Descriptor
-from runtime.vm import RunResult
+from runtime.segments import VMM_CS1, VMM_DS1, Descriptor
+from runtime.vm import RawImage, RunResult
 
 
 def _ok(result: object) -> RunResult:
@@ -174,14 +172,13 @@ def test_hlt_with_interrupts_disabled_is_a_clean_stop():
 
 
 def test_vmm_selectors_at_entry_for_a_guest_without_gdt():
-    image = kernel("")
-    code = b"\x8c\xc8\xa3\x00\x30\x02\x00" + b"\xb0\x00\xe6\xf4"   # mov eax, cs; mov [0x23000], eax; exit
-    from runtime.vm import RawImage
+    # mov eax, cs; mov [0x23000], eax; mov eax, ss; mov [0x23004], eax; mov eax, ds; mov [0x23008], eax; exit
+    code = (b"\x8c\xc8\xa3\x00\x30\x02\x00" + b"\x8c\xd0\xa3\x04\x30\x02\x00" +
+            b"\x8c\xd8\xa3\x08\x30\x02\x00" + b"\xb0\x00\xe6\xf4")
     vm, result = run(RawImage(((0x100000, code),), 0x100000))
     _ok(result)
-    assert words(vm, RESULTS, 1)[0] & 0xFFFF == VMM_CS1
-    assert image.entry == 0x100000
-    assert struct.calcsize("<I") == 4
+    cs, ss, ds = (w & 0xFFFF for w in words(vm, RESULTS, 3))
+    assert (cs, ss, ds) == (VMM_CS1, VMM_DS1, VMM_DS1)     # the VMM's flat ring-1 selectors
 
 
 def test_a_bad_segment_load_is_the_guests_gp_with_the_selector():

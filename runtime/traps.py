@@ -189,7 +189,11 @@ class Traps:
         try:
             mmu.translate(cr2, False, user)
         except PageFault as pf:
-            if pf.error_code & 1:  # present but protected for reading: a read fault
+            # Not present, or (from user mode) a supervisor page: the walk for a read fails
+            # the same way as for a write, and W tells which access it was (a user write to a
+            # supervisor page is P|W|U = 7, not 5). A fetch is a read; with 32-bit paging it
+            # sets no I/D bit (SDM §4.7: only with PAE and NX, or SMEP).
+            if self._fetch_faulted(cr2, eip, user):
                 return pf.error_code
             return pf.error_code | (PF_W if self._writes(eip) else 0)
         try:
@@ -197,6 +201,18 @@ class Traps:
         except PageFault as pf:
             return pf.error_code
         return (PF_W if self._writes(eip) else 0) | (4 if user else 0)
+
+    def _fetch_faulted(self, cr2: int, eip: int, user: bool) -> bool:
+        """The instruction's own bytes could not be fetched: CR2 lies within the 15 bytes
+        an instruction at EIP may span, and the bytes from EIP to CR2 are not readable at
+        this privilege."""
+        if not 0 <= (cr2 - eip) & 0xFFFFFFFF < 15:
+            return False
+        try:
+            self.ctx.mmu.read(eip, ((cr2 - eip) & 0xFFFFFFFF) + 1, user=user, fetch=True)
+        except PageFault:
+            return True
+        return False
 
     def _writes(self, eip: int) -> bool:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from runtime_guest import KCODE, KSTACK, RESULTS, UCODE, UDATA, USER, USTACK, kernel, run, to_user, words
 
 from bt import layout
@@ -290,7 +291,10 @@ def test_sysenter_and_sysexit_round_trip():
     assert vm.stats.by_class["sysenter"] == 1 and vm.stats.by_class["sysexit"] == 1
 
 
-def test_an_irq_waits_for_sti_and_arrives_right_after_it():
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap: STI's interrupt shadow is kept only before a HLT; QEMU and the SDM deliver "
+    "after the instruction that follows STI (tests/test_runtime_irqflags.py)"))
+def test_an_irq_waits_for_sti_and_arrives_after_the_next_instruction():
     # 1.4 M instructions = 14 ms of virtual time: past the first 10 ms tick, with IF = 0.
     handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
     src = PIC_PIT_SETUP + """
@@ -306,8 +310,8 @@ def test_an_irq_waits_for_sti_and_arrives_right_after_it():
     vm, result = run(kernel(src, handlers={0x20: (handler, 0, False)}), max_insns=5_000_000)
     _ok(result)
     (frame_eip,) = words(vm, RESULTS, 1)
-    assert vm.cpu.phys_read(frame_eip, 2) == b"\x90\xf4"   # the NOP after STI: IRQ0 waited for IF
     assert vm.vcpu.pending == 0
+    assert vm.cpu.phys_read(frame_eip, 1) == b"\xf4"   # IRQ0 waited for IF, and for the NOP in STI's shadow
 
 
 def test_icebp_is_a_debug_trap():

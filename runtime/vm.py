@@ -132,6 +132,9 @@ class Vm:
         self.stats = RunStats()
         self.now_ns = 0
         self._exits_mark = 0
+        #: STI's interrupt shadow (`_irq_shadow`): 2 armed by STI, 1 while the one guest
+        #: instruction after it runs, 0 otherwise.
+        self._shadow = 0
         self.devices: StandardDevices = build_standard_bus(
             config.serial, config.ram_size, self.clock, on_exit=self._on_exit)
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
@@ -140,7 +143,8 @@ class Vm:
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, clock=self.clock,
                        irq_waiting=lambda: self.devices.pic.pending(),
-                       irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable())
+                       irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable(),
+                       irq_shadow=self._irq_shadow)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
@@ -206,6 +210,13 @@ class Vm:
 
     def _vif_set(self, eip: int) -> int | None:
         return HANDLED if self._take_irq(eip) else None
+
+    def _irq_shadow(self) -> None:
+        """STI with an interrupt waiting: the CPU takes it only after the next instruction
+        (SDM STI, "interrupt shadow"; QEMU's HF_INHIBIT_IRQ). End this slice, run a slice of
+        one instruction, then let the run loop deliver as after any slice."""
+        self._shadow = 2
+        self.machine.uc.emu_stop()
 
     def _halt(self, next_eip: int) -> int | None:
         if not self.vcpu.vif:
@@ -273,7 +284,9 @@ class Vm:
                     break
                 self.devices.tick(self.now_ns)
                 pc = self.cpu.read(EIP)
-                if self.devices.pic.pending():
+                if self._shadow:
+                    self._shadow -= 1      # armed: the next slice is the shadowed instruction
+                if self._shadow == 0 and self.devices.pic.pending():
                     if self._in_guest(pc) and self._deliverable():
                         self._take_irq(pc)
                         pc = self.cpu.read(EIP)
@@ -311,7 +324,7 @@ class Vm:
         return self.traps.patcher.to_guest_eip(self.cpu.read(EIP))
 
     def _slice_length(self) -> int:
-        count = self.config.slice_insns
+        count = 1 if self._shadow else self.config.slice_insns
         event = self.devices.next_event_ns(self.now_ns)
         if event is not None:
             count = min(count, max(1, -(-(event - self.now_ns) // cfg.NS_PER_INSN)))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 from runtime_guest import KCODE, KSTACK, RESULTS, UCODE, UDATA, USER, USTACK, kernel, run, to_user, words
 
 from bt import layout
@@ -291,9 +290,6 @@ def test_sysenter_and_sysexit_round_trip():
     assert vm.stats.by_class["sysenter"] == 1 and vm.stats.by_class["sysexit"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: STI's interrupt shadow is kept only before a HLT; QEMU and the SDM deliver "
-    "after the instruction that follows STI (tests/test_runtime_irqflags.py)"))
 def test_an_irq_waits_for_sti_and_arrives_after_the_next_instruction():
     # 1.4 M instructions = 14 ms of virtual time: past the first 10 ms tick, with IF = 0.
     handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"

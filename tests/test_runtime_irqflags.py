@@ -105,23 +105,22 @@ wait:
 PRINT_RETURN = "mov eax, [esp]\nsub eax, 0x100000\ncall 0x1e0000\nmov al, 0x20\nout 0xf4, al\n"
 
 
-STI_SHADOW = pytest.mark.xfail(strict=True, reason=(
-    "known gap: STI's one-instruction interrupt shadow is kept only before a HLT "
-    "(runtime/emulate/irqflags.py); before any other instruction the IRQ comes right after STI"))
-
-
 @pytest.mark.parametrize("tail, after, mode", [
     # STI's shadow covers the HLT: the HLT starts, the interrupt ends it, the frame returns
     # after the HLT (SDM STI: interrupts are recognised after the next instruction).
     ("sti\nhlt\nmarker:\nnop\nhlt\n", "marker", "unpatched"),
     ("sti\nhlt\nmarker:\nnop\nhlt\n", "marker", "patched"),
     # The shadow covers one instruction, whatever it is.
-    pytest.param("sti\nnop\nmarker:\nnop\nhlt\n", "marker", "unpatched", marks=STI_SHADOW),
-    pytest.param("sti\nnop\nmarker:\nnop\nhlt\n", "marker", "patched", marks=STI_SHADOW),
+    ("sti\nnop\nmarker:\nnop\nhlt\n", "marker", "unpatched"),
+    ("sti\nnop\nmarker:\nnop\nhlt\n", "marker", "patched"),
+    # A CLI in the shadow keeps the interrupt out; the next STI's shadow lets it in after the NOP.
+    ("sti\ncli\nnop\nsti\nnop\nmarker:\nnop\nhlt\n", "marker", "unpatched"),
+    ("sti\ncli\nnop\nsti\nnop\nmarker:\nnop\nhlt\n", "marker", "patched"),
     # POPF has no shadow: the interrupt comes right after it. (Unpatched, POPF cannot set the
     # virtual IF at all: the raw-mode leak patching fixes.)
     ("push 0x202\npopfd\nmarker:\nnop\nhlt\n", "marker", "patched"),
-], ids=["sti-hlt-unpatched", "sti-hlt-patched", "sti-nop-unpatched", "sti-nop-patched", "popf-patched"])
+], ids=["sti-hlt-unpatched", "sti-hlt-patched", "sti-nop-unpatched", "sti-nop-patched", "sti-cli-unpatched",
+        "sti-cli-patched", "popf-patched"])
 def test_a_pending_irq_after_sti_or_popf_matches_qemu(tmp_path: Path, tail: str, after: str, mode: str):
     src = TICK_PENDING + tail
     elf = write_elf(kernel(src, handlers={0x20: (PRINT_RETURN, 0, False)}), tmp_path / "stihlt.elf")

@@ -108,9 +108,12 @@ class Injector:
         except DeliveryFault as first:
             self._fault_address(first)
             if soft:
-                # A fault raised by INT n itself points at the INT instruction
-                # (CD ib: 2 bytes; INT3 and INTO: 1 byte).
+                # A fault raised by INT n itself points at the INT instruction (CD ib: 2 bytes;
+                # INT3 and INTO: 1 byte), and is delivered alone: INT n is no exception, so
+                # no pair of table 6-5 makes a double fault (QEMU: no check_exception for it).
                 return_eip -= 1 if vector in (VEC_BP, 4) else 2
+                self.deliver(first.vector, return_eip, first.error_code)
+                return
             if vector == VEC_DF:
                 raise GuestStop("triple fault", return_eip,
                                 f"delivering #DF raised vector {first.vector}") from None

@@ -138,8 +138,11 @@ class Traps:
         cpu = self.cpu
         eip, cs = cpu.eip_cs()
         cpl = cs & 3
-        if vector == VEC_GP and cpl == 1 and not layout.VMM_BASE <= eip < layout.PATCH_BASE:
-            return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
+        if vector == VEC_GP and cpl == 1 and not layout.VMM_BASE <= eip < layout.PATCH_BASE \
+                and self.latch.latched() == VEC_GP:
+            # The hot path: a privileged instruction of the guest kernel. (Vector 13 with the
+            # latch clear is the guest's own INT 0x0D, a software interrupt: EIP is after it.)
+            return self._trap(eip)
         if vector == VEC_BP:
             return self._int3(eip)
         if eip in (machine.IRET_OUT, machine.RETF_OUT):
@@ -151,11 +154,11 @@ class Traps:
             # fault delivering an interrupt, i.e. a triple fault.
             raise GuestStop("triple fault", eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
-        if vector == VEC_GP and cpl == 1:
+        if vector == VEC_GP and cpl == 1 and self.latch.latched() == VEC_GP:
             return self._trap(eip)
         soft = self._is_soft(vector, eip)
         error: int | None = None
-        if vector == VEC_PF:
+        if vector == VEC_PF and not soft:
             cr2 = cpu.read(CR2)
             self.ctx.vcpu.set_cr(2, cr2)
             error = self._pf_error(cr2, eip, cpl)

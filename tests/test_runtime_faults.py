@@ -218,3 +218,44 @@ def test_invalid_opcode_through_a_gate_that_is_not_present_is_np(tmp_path: Path)
     theirs = run_reference(elf)
     assert (theirs.serial, theirs.status) == (hexlines(6 * 8 + 2), (11 << 1) | 1)
     _same(run_ring1(elf)[0], theirs)
+
+
+# -- INT n to an exception's vector: a software interrupt, not the exception --------------------
+
+#: A handler that prints the return address and CS its frame holds, and exits with `vector`.
+FRAME_REPORT = """
+    mov eax, [esp]
+    call {p}
+    mov eax, [esp + 4]
+    call {p}
+    mov al, {vector}
+    out 0xf4, al
+"""
+SOFT_VECTORS = [0x00, 0x08, 0x0A, 0x0D, 0x0E, 0x11]
+
+
+@pytest.mark.parametrize("vector", SOFT_VECTORS, ids=[f"int-{v:#04x}" for v in SOFT_VECTORS])
+def test_int_n_to_an_exception_vector_pushes_no_error_code(tmp_path: Path, vector: int):
+    # SDM §6.4.2: INT n to a vector of an exception that has an error code pushes none.
+    src = f"int {vector:#x}\nhlt\n"
+    img = kernel(src, handlers={vector: (FRAME_REPORT.format(p="0x1e0000", vector=vector), 0, False)})
+    elf = write_elf(img, tmp_path / "soft.elf")
+    theirs = run_reference(elf)
+    code = dict(img.chunks)[KERNEL]
+    after = KERNEL + code.index(bytes((0xCD, vector, 0xF4))) + 2
+    assert (theirs.serial, theirs.status) == (hexlines(after, KCODE), (vector << 1) | 1), \
+        "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)
+
+
+@pytest.mark.parametrize("vector", [v for v in SOFT_VECTORS if v != 0x0B],
+                         ids=[f"int-{v:#04x}" for v in SOFT_VECTORS if v != 0x0B])
+def test_int_n_through_a_gate_that_is_not_present_is_np_not_a_double_fault(tmp_path: Path, vector: int):
+    # INT n is no exception: a fault delivering it is delivered alone (SDM table 6-5 pairs
+    # exceptions only), #NP(vector * 8 + 2) with EXT clear.
+    img = kernel(f"int {vector:#x}\nhlt\n", handlers=REPORTERS, chunks=(_gate_bytes(vector, NOT_PRESENT),))
+    elf = write_elf(img, tmp_path / "softnp.elf")
+    theirs = run_reference(elf)
+    assert (theirs.serial, theirs.status) == (hexlines(vector * 8 + 2), (11 << 1) | 1), \
+        "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)

@@ -79,7 +79,8 @@ def run_area(name: str, scratch: Path, children: int) -> tuple[int, list[str]]:
     # through PYTHONPATH. Under another name (a link): an entry equal to mutmut's, made while
     # mutants/ is still empty, would stay cached as empty by the import system.
     (work / "mutated").symlink_to("mutants")
-    env = {**os.environ, "PYTHONPATH": str(work / "mutated"), "NO_COLOR": "1"}
+    env = {**os.environ, "PYTHONPATH": str(work / "mutated"), "NO_COLOR": "1",
+           "RING1_QEMU_CACHE": str(scratch / "qemu")}     # the reference, once (tests/refguest.py)
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=work, env=env,
                    stdout=subprocess.DEVNULL, check=False)

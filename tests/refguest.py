@@ -10,7 +10,9 @@ differs from the CPU fails against QEMU.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,13 +130,27 @@ def run_ring1(elf: Path, patch: PatchConfig | None = None, max_insns: int = 5_00
     return Outcome(out.getvalue(), result.exit_status), vm
 
 
+#: A folder where QEMU's outcomes are kept by ELF digest: the reference does not change when
+#: ring1 does, so a mutation run (tests/mutate.py) boots each guest under QEMU once.
+CACHE_ENV = "RING1_QEMU_CACHE"
+
+
 def run_reference(elf: Path) -> Outcome:
     """The ELF under QEMU (TCG, CPL 0). A triple fault resets the machine, and `-no-reboot`
     turns that into QEMU's exit with status 0: reported as the stop "triple fault"."""
     require_tool("qemu")
     from qemu import run_qemu
 
-    serial, code = run_qemu(elf, "")
+    cache = os.environ.get(CACHE_ENV)
+    kept = Path(cache) / hashlib.sha256(elf.read_bytes()).hexdigest() if cache else None
+    if kept is not None and kept.exists():
+        code_text, _, serial = kept.read_bytes().partition(b"\n")
+        code = int(code_text)
+    else:
+        serial, code = run_qemu(elf, "")
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(b"%d\n" % code + serial)
     if code == 0:
         return Outcome(serial, None, "triple fault")
     return Outcome(serial, code)

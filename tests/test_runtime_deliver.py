@@ -7,11 +7,26 @@ from __future__ import annotations
 
 import struct
 
-from runtime_guest import KCODE, KSTACK, RESULTS, UCODE, UDATA, USER, USTACK, kernel, run, to_user, words
+from runtime_guest import (
+    KCODE,
+    KERNEL,
+    KSTACK,
+    RESULTS,
+    UCODE,
+    UDATA,
+    USER,
+    USTACK,
+    asm,
+    kernel,
+    run,
+    to_user,
+    words,
+)
 
 from bt import layout
+from bt.errors import GuestStop
 from runtime.cpu import CS, SS
-from runtime.vm import RunResult
+from runtime.vm import RawImage, RunResult
 
 # A handler that saves ESP and the top 6 words of its stack to RESULTS, then exits.
 SAVE_FRAME = """
@@ -344,3 +359,31 @@ def test_an_irq_unmasked_at_the_pic_arrives_right_after_the_out():
     _ok(result)
     (frame_eip,) = words(vm, RESULTS, 1)
     assert vm.cpu.phys_read(frame_eip, 3) == b"\x90\x90\xb9"   # the first NOP after the OUT
+
+
+def test_the_exceptions_that_make_a_double_fault_are_the_sdms():
+    # SDM vol. 3 table 6-4/6-5: #DE and #TS #NP #SS #GP are contributory, #PF its own class;
+    # every other vector is benign and never combines into #DF.
+    from runtime.deliver import Injector
+
+    assert [v for v in range(32) if not Injector._benign(v)] == [0, 10, 11, 12, 13, 14]
+
+
+def test_an_interrupt_gate_from_ring3_clears_the_virtual_if_a_trap_gate_does_not():
+    for trap, want in ((True, 0x200), (False, 0)):
+        vm, result = run(kernel(to_user(), handlers={0x80: (SAVE_FRAME, 3, trap)}, user="int 0x80\nhlt\n"))
+        _ok(result)
+        _esp, (*_words, vflags) = _frame(vm)
+        assert vflags & 0x200 == want, f"trap gate {trap}"
+
+
+def test_an_interrupt_from_user_mode_without_a_tss_is_a_clean_stop():
+    # Without LTR the CPU has no stack to switch to (on hardware #TS, then a triple fault):
+    # ring1 stops and says why, at the user instruction after the INT.
+    image = kernel(to_user(), handlers={0x80: ("hlt\n", 3, False)}, user="int 0x80\nhlt\n")
+    ltr = asm("mov ax, 0x28\nltr ax\n", 0)
+    chunks = tuple((a, d.replace(ltr, b"\x90" * len(ltr)) if a == KERNEL else d) for a, d in image.chunks)
+    _vm, result = run(RawImage(chunks, image.entry))
+    assert isinstance(result, GuestStop)
+    assert result.reason == "interrupt from user mode but the guest loaded no TSS"
+    assert result.eip == USER + 2

@@ -259,3 +259,72 @@ def test_int_n_through_a_gate_that_is_not_present_is_np_not_a_double_fault(tmp_p
     assert (theirs.serial, theirs.status) == (hexlines(vector * 8 + 2), (11 << 1) | 1), \
         "QEMU disagrees with the SDM"
     _same(run_ring1(elf)[0], theirs)
+
+
+# -- from user mode: the kernel stack the TSS names -------------------------------------------------
+
+#: A #GP handler that prints its error code and the frame's EIP and CS, and exits with 13.
+GP_REPORT = """
+    mov eax, [esp]
+    call {p}
+    mov eax, [esp + 4]
+    call {p}
+    mov eax, [esp + 8]
+    call {p}
+    mov al, 13
+    out 0xf4, al
+""".format(p="0x1e0000")
+
+
+def test_sysenter_with_sysenter_cs_zero_is_gp0(tmp_path: Path):
+    # SDM SYSENTER: #GP(0) when IA32_SYSENTER_CS[15:2] is 0; the fault is at the SYSENTER.
+    img = kernel(to_user(), handlers={13: (GP_REPORT, 0, False)}, user="sysenter\nhlt\n")
+    elf = write_elf(img, tmp_path / "sysenter.elf")
+    theirs = run_reference(elf)
+    assert (theirs.serial, theirs.status) == (hexlines(0, USER, 0x1B), (13 << 1) | 1), \
+        "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)
+
+
+def _higher_half() -> tuple[tuple[int, bytes], ...]:
+    """Identity-map the first 4 MiB and map 0xC0000000 onto physical 0 with a 4 MiB page."""
+    pd, pt = bytearray(4096), bytearray(4096)
+    for i in range(1024):
+        struct.pack_into("<I", pt, i * 4, (i << 12) | 0x7)
+    struct.pack_into("<I", pd, 0, PT | 0x7)
+    struct.pack_into("<I", pd, 0x300 * 4, 0x83)      # PDE 768: 4 MiB page at physical 0, supervisor
+    return ((PD, bytes(pd)), (PT, bytes(pt)))
+
+
+def test_an_interrupt_from_user_mode_lands_on_a_higher_half_kernel_stack(tmp_path: Path):
+    # TSS.esp0 above 2 GiB (where Linux keeps its kernel stacks): the frame lands there.
+    from runtime_guest import KSTACK, TSS
+
+    esp0 = 0xC0000000 + KSTACK
+    report = "mov eax, esp\ncall 0x1e0000\nmov eax, [esp + 12]\ncall 0x1e0000\nmov al, 0x40\nout 0xf4, al\n"
+    src = ("mov eax, cr4\nor eax, 0x10\nmov cr4, eax\n" + paging() + to_user())
+    img = kernel(src, handlers={0x80: (report, 3, False)}, user="int 0x80\nhlt\n",
+                 chunks=(*_higher_half(), (TSS + 4, struct.pack("<I", esp0))))
+    elf = write_elf(img, tmp_path / "high.elf")
+    theirs = run_reference(elf)
+    assert (theirs.serial, theirs.status) == (hexlines(esp0 - 20, 0x90000), (0x40 << 1) | 1), \
+        "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)
+
+
+def test_an_interrupt_from_user_mode_with_the_tss_not_mapped_is_a_triple_fault(tmp_path: Path):
+    # The CPU reads SS0:ESP0 from the TSS; a #PF there, and again delivering #DF: shutdown.
+    from runtime_guest import GDT, TSS_SEL
+
+    from runtime.segments import segment
+
+    tss = PAGE                                       # not present in the tables below
+    tables = _tables(0x0)
+    img = kernel("mov eax, 0x7f\ncall 0x1e0000\n" + paging() + to_user(),
+                 handlers={**REPORTERS, 14: (_handler(PF_REPORT), 0, False), 0x80: ("hlt\n", 3, False)},
+                 user="int 0x80\nhlt\n",
+                 chunks=(*tables, (GDT + TSS_SEL, segment(tss, 103, 0x89, 0x0).to_bytes())))
+    elf = write_elf(img, tmp_path / "notss.elf")
+    theirs = run_reference(elf)
+    assert theirs == Outcome(hexlines(0x7F), None, "triple fault"), "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)

@@ -1,9 +1,10 @@
 """Reductions computed by hand: the report's one derived figure checked against arithmetic
 done here, not against goldens ring1 rendered itself (tests/golden/compare).
 
-A patched run that exits more than the baseline (negative), as often (zero), not at all
-(100%), and a row the baseline never exited on (no reduction) each appear in the model, in
-the JSON, in the text report and in the HTML exit map.
+A patched run that exits more than the baseline (negative reduction; the text shows the
+exits it added, "+N"), as often (zero), not at all (100%), and a row the baseline never
+exited on (no reduction) each appear in the model, in the JSON, in the text report and in
+the HTML exit map.
 """
 
 from __future__ import annotations
@@ -68,26 +69,39 @@ def test_the_model(k):  # type: ignore[no-untyped-def]
         assert _close(got, want), (key, got, want)
 
 
+def _added(key: tuple[str, str]) -> int:
+    """Exits the patched run has beyond the baseline's, by hand."""
+    counts = {("kind", "trap"): (22, 10), ("kind", "hypercall"): (0, 15), ("class", "cli"): (12, 3),
+              ("class", "sti"): (10, 10), ("class", "pushf"): (0, 12), ("total", "total"): (22, 25)}[key]
+    return max(0, counts[1] - counts[0])
+
+
 def test_the_json(k):  # type: ignore[no-untyped-def]
     doc = json.loads(jsonout.dumps(Comparison((k,), FIXED_REPRO)))["kernels"][0]["exits"]
-    got = {("kind", r["kind"]): r["reduction"]["dynamic"] for r in doc["by_kind"]}
-    got |= {("class", r["class"]): r["reduction"]["dynamic"] for r in doc["by_class"]}
-    got[("total", "total")] = doc["total"]["reduction"]["dynamic"]
-    for key, value in got.items():
-        assert _close(value, EXPECTED[key]), (key, value)
+    rows = {("kind", r["kind"]): r for r in doc["by_kind"]}
+    rows |= {("class", r["class"]): r for r in doc["by_class"]}
+    rows[("total", "total")] = doc["total"]
+    assert set(rows) == {key for key in EXPECTED if key[0] != "function"}
+    for key, row in rows.items():
+        assert _close(row["reduction"]["dynamic"], EXPECTED[key]), (key, row)
+        assert row["added"]["dynamic"] == _added(key), (key, row)
 
 
-def _percent(want: Fraction | None) -> str:
+def _shown(key: tuple[str, str]) -> str:
+    """The text report's cell: the share removed, or "+N" when the patched run added exits."""
+    if _added(key):
+        return f"+{_added(key):,}"
+    want = EXPECTED[key]
     return "-" if want is None else f"{float(want) * 100:.1f}%"
 
 
 def test_the_text_report(k):  # type: ignore[no-untyped-def]
     out = text.render_plain(Comparison((k,), FIXED_REPRO))
-    for (what, key), want in EXPECTED.items():
-        if what == "function":
+    for key in EXPECTED:
+        if key[0] == "function":
             continue
-        line = next(ln for ln in out.splitlines() if re.match(rf"\s*{key}\s", ln))
-        assert line.split()[-1] == _percent(want), line
+        line = next(ln for ln in out.splitlines() if re.match(rf"\s*{key[1]}\s", ln))
+        assert line.split()[-1] == _shown(key), line
 
 
 def test_the_html_exit_map(k, monkeypatch):  # type: ignore[no-untyped-def]

@@ -453,7 +453,7 @@ class Vm:
     def _invalid_opcode(self) -> bool:
         """Unicorn stops on opcodes it does not implement (UD2 and undefined ones
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
-        the CPU would, if the guest has a handler; False: stop with a diagnosis."""
+        the CPU would, if the guest loaded one; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
         if self.cpu.read(CS) & 3 == 1:
             # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
@@ -473,9 +473,10 @@ class Vm:
                 return True
         # A guest with an IDT gets #UD as the CPU raises it, whatever its gate holds (a gate
         # that is not present is #NP, delivered or escalated by runtime/deliver.py); a guest
-        # without one (no LIDT yet) is stopped with the opcode as the reason.
-        _base, limit = self.vcpu.table("idtr")
-        if limit < 6 * 8 + 7:
+        # without one (no LIDT yet: still the loader's real-mode IDTR, where the CPU would
+        # triple-fault) is stopped with the opcode as the reason, the more useful diagnosis.
+        idtr = self.vcpu.table("idtr")
+        if idtr == LOADER_IDTR or idtr[1] < 6 * 8 + 7:
             return False
         self.traps.inject(VEC_UD, eip, None, False)
         return True

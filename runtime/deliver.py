@@ -164,8 +164,10 @@ class Injector:
 
     def _handler_cs(self, selector: int) -> int:
         desc = self.gdt.guest_descriptor(selector)
-        if desc is None or not desc.present or not desc.is_code:
+        if desc is None or not desc.is_code:
             raise DeliveryFault(VEC_GP, selector & ~3)
+        if not desc.present:      # SDM §6.12.1.1 (and QEMU): #NP(selector), not #GP
+            raise DeliveryFault(VEC_NP, selector & ~3)
         # A guest DPL-0 handler runs at CPL 1 (compressed); RPL follows the real CPL.
         return (selector & ~3) | max(desc.dpl, 1)
 

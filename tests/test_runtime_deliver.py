@@ -395,3 +395,16 @@ def test_an_interrupt_from_user_mode_without_a_tss_is_a_clean_stop():
     assert isinstance(result, GuestStop)
     assert result.reason == "interrupt from user mode but the guest loaded no TSS"
     assert result.eip == USER + 2
+
+
+def test_a_user_far_call_to_the_vmms_call_gate_is_the_guests_gp():
+    # The VMM's DPL-3 call gate (ring 3 -> 1 deliveries) is no door for a hostile guest: a far
+    # CALL to its selector from user mode, with no delivery in flight, faults (#GP at the
+    # CALL), and the guest's own handler gets it.
+    from runtime.segments import VMM_GATE
+
+    user = f".byte 0x9a\n.long 0\n.word {VMM_GATE:#x}\nhlt\n"       # lcall VMM_GATE:0
+    vm, result = run(kernel(to_user(), handlers={13: (SAVE_FRAME, 0, False)}, user=user))
+    _ok(result)
+    _esp, (_error, eip, cs, *_rest) = _frame(vm)
+    assert (eip, cs) == (USER, UCODE)

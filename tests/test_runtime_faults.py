@@ -328,3 +328,67 @@ def test_an_interrupt_from_user_mode_with_the_tss_not_mapped_is_a_triple_fault(t
     theirs = run_reference(elf)
     assert theirs == Outcome(hexlines(0x7F), None, "triple fault"), "QEMU disagrees with the SDM"
     _same(run_ring1(elf)[0], theirs)
+
+
+# -- the handler's code segment and the flags it starts with ----------------------------------------
+
+def _gate_to(vector: int, selector: int) -> tuple[int, bytes]:
+    """A present 32-bit interrupt gate for `vector` through code selector `selector`."""
+    offset = HANDLERS + vector * 0x100
+    return (IDT + vector * 8, struct.pack("<HHBBH", offset & 0xFFFF, selector, 0, 0x8E, offset >> 16))
+
+
+def _seventh_descriptor(access: int) -> tuple[tuple[int, bytes], ...]:
+    """GDT entry 6 (selector 0x30) with `access`, and the GDTR grown to hold it."""
+    from runtime_guest import GDT, GDTR
+
+    from runtime.segments import segment
+
+    return ((GDT + 0x30, segment(0, 0xFFFFFFFF, access).to_bytes()),
+            (GDTR, struct.pack("<HI", 7 * 8 - 1, GDT)))
+
+
+@pytest.mark.parametrize("selector, extra, error, handler", [
+    (0x10, (), 0x10, 13),                              # a data segment: #GP(selector)
+    (0x00, (), 0x00, 13),                              # the null selector: #GP(0)
+    (0x30, _seventh_descriptor(0x1A), 0x30, 11),       # a code segment that is not present: #NP(selector)
+], ids=["data-segment", "null-selector", "code-not-present"])
+def test_a_gate_whose_selector_is_not_usable_code(tmp_path: Path, selector: int,
+                                                  extra: tuple[tuple[int, bytes], ...], error: int,
+                                                  handler: int):
+    img = kernel("int 0x40\nhlt\n", handlers=REPORTERS, chunks=(_gate_to(0x40, selector), *extra))
+    elf = write_elf(img, tmp_path / "gatecs.elf")
+    theirs = run_reference(elf)
+    assert (theirs.serial, theirs.status) == (hexlines(error), (handler << 1) | 1), \
+        "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)
+
+
+def test_a_handler_starts_with_the_arithmetic_flags_and_the_frame_keeps_them(tmp_path: Path):
+    # SDM §6.12.1: the frame holds EFLAGS as they were; the handler runs with TF, NT, RF and VM
+    # clear and every other flag kept (IF cleared through an interrupt gate: not printed, it
+    # is the virtual IF under ring1, which PUSHF does not show unpatched).
+    handler = ("pushfd\npop eax\nand eax, 0xcd5\ncall 0x1e0000\nmov eax, [esp + 8]\nand eax, 0xcd5\n"
+               "call 0x1e0000\nmov al, 0x40\nout 0xf4, al\n")
+    src = "mov eax, 0x7fffffff\nadd eax, 1\nstc\nstd\nint 0x40\nhlt\n"      # OF SF AF PF CF DF
+    elf = write_elf(kernel(src, handlers={0x40: (handler, 0, False)}), tmp_path / "flags.elf")
+    theirs = run_reference(elf)
+    assert (theirs.serial, theirs.status) == (hexlines(0xC95, 0xC95), (0x40 << 1) | 1), \
+        "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)
+
+
+def test_a_user_interrupt_whose_frame_does_not_fit_on_the_kernel_stack_is_a_triple_fault(tmp_path: Path):
+    # esp0 16 bytes above a page that is not present: the 20-byte frame reaches into it (#PF),
+    # and the #DF frame too: shutdown. (Under ring1 the VMM's 16-byte call frame fits; the
+    # guest's frame built after it must not.)
+    from runtime_guest import TSS
+
+    esp0 = PAGE + 0x1000 + 16
+    img = kernel("mov eax, 0x7f\ncall 0x1e0000\n" + paging() + to_user(),
+                 handlers={**REPORTERS, 14: (_handler(PF_REPORT), 0, False), 0x80: ("hlt\n", 3, False)},
+                 user="int 0x80\nhlt\n", chunks=(*_tables(0x0), (TSS + 4, struct.pack("<I", esp0))))
+    elf = write_elf(img, tmp_path / "esp0.elf")
+    theirs = run_reference(elf)
+    assert theirs == Outcome(hexlines(0x7F), None, "triple fault"), "QEMU disagrees with the SDM"
+    _same(run_ring1(elf)[0], theirs)

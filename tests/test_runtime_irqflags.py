@@ -141,3 +141,19 @@ def _label_offset(src: str, label: str) -> int:
     at = marked.index(mark)
     assert code[:at] == marked[:at]
     return at
+
+
+@pytest.mark.parametrize("mode", ["emulated", "patched"])
+def test_popf_that_leaves_if_clear_lets_no_pending_irq_in(tmp_path: Path, mode: str):
+    # IRQ 0 waits while IF = 0; a POPF whose image has IF = 0 must not let it in (through the
+    # POPF emulator from an INT3 patch, or through the inline patch).
+    popf = _alone(1, "popfd") if mode == "emulated" else "popfd\nnop\nnop\nnop\nnop\n"
+    src = TICK_PENDING + "push 0x002\n" + popf + "mov eax, 0x99\ncall 0x1e0000\nmov al, 0x21\nout 0xf4, al\n"
+    elf = write_elf(kernel(src, handlers={0x20: (PRINT_RETURN, 0, False)}), tmp_path / "popf0.elf")
+    theirs = run_reference(elf)
+    assert (theirs.serial, theirs.status) == (hexlines(0x99), (0x21 << 1) | 1), "QEMU disagrees with the SDM"
+    ours, vm = run_ring1(elf, PatchConfig(hot=1))
+    assert ours == theirs
+    assert vm.patches is not None
+    kinds = {p.kind for p in vm.patches.patches.values() if p.op.cls == "popf"}
+    assert kinds == ({"int3"} if mode == "emulated" else {"jmp"})

@@ -3,6 +3,7 @@
     python3 -m tests.mutate                   # every area below
     python3 -m tests.mutate deliver report    # some
     python3 -m tests.mutate --list            # the areas, their code and their tests
+    python3 -m tests.mutate emulate --files runtime/emulate/irqflags.py    # one file of an area
 
 Run it before resolving a change to the emulators, delivery, the patch rules or the report
 model (docs/mutation-testing.md). mutmut (`pip install -e '.[mutation]'`) changes one
@@ -64,9 +65,12 @@ def _config(code: tuple[str, ...], tests: tuple[str, ...]) -> str:
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n')
 
 
-def run_area(name: str, scratch: Path, children: int) -> tuple[int, list[str]]:
-    """Mutate one area in `scratch`; (mutants tried, survivors with their diffs)."""
+def run_area(name: str, scratch: Path, children: int, files: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+    """Mutate one area in `scratch` (only `files` of it, when given); (mutants tried,
+    survivors with their diffs)."""
     code, tests = AREAS[name]
+    if files:
+        code = tuple(f for f in files if any(f.startswith(c) for c in code))
     work = scratch / name
     for rel in _files():
         target = work / rel
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("areas", nargs="*", metavar="AREA", help=f"of {', '.join(AREAS)} (default: all)")
     parser.add_argument("--list", action="store_true", help="list the areas and exit")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once")
+    parser.add_argument("--files", nargs="+", default=(), metavar="PATH",
+                        help="mutate only these files of the areas (a quicker check of one change)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="work in DIR and keep it (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -123,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         total = 0
         for name in args.areas or list(AREAS):
+            if args.files and not any(f.startswith(c) for f in args.files for c in AREAS[name][0]):
+                continue        # none of the files asked for is in this area
             t0 = time.monotonic()
-            tried, survivors = run_area(name, scratch, args.jobs)
+            tried, survivors = run_area(name, scratch, args.jobs, tuple(args.files))
             total += len([s for s in survivors if s.startswith("#")])
             print(f"== {name}: {tried} mutants, {sum(s.startswith('#') for s in survivors)} survived "
                   f"({time.monotonic() - t0:.0f} s)")

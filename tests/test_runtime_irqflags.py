@@ -119,8 +119,10 @@ PRINT_RETURN = "mov eax, [esp]\nsub eax, 0x100000\ncall 0x1e0000\nmov al, 0x20\n
     # POPF has no shadow: the interrupt comes right after it. (Unpatched, POPF cannot set the
     # virtual IF at all: the raw-mode leak patching fixes.)
     ("push 0x202\npopfd\nmarker:\nnop\nhlt\n", "marker", "patched"),
+    # ... also through the POPF emulator (an INT3 patch: the POPF is a block of its own).
+    ("push 0x202\njmp s7\ns7:\npopfd\nmarker:\njmp e7\ne7:\nnop\nhlt\n", "marker", "patched"),
 ], ids=["sti-hlt-unpatched", "sti-hlt-patched", "sti-nop-unpatched", "sti-nop-patched", "sti-cli-unpatched",
-        "sti-cli-patched", "popf-patched"])
+        "sti-cli-patched", "popf-patched", "popf-emulated"])
 def test_a_pending_irq_after_sti_or_popf_matches_qemu(tmp_path: Path, tail: str, after: str, mode: str):
     src = TICK_PENDING + tail
     elf = write_elf(kernel(src, handlers={0x20: (PRINT_RETURN, 0, False)}), tmp_path / "stihlt.elf")

@@ -63,6 +63,8 @@ class Ctx:
     irq_waiting: Callable[[], bool]
     #: True while it has one the guest takes now (virtual IF set, or the guest in ring 3).
     irq_deliverable: Callable[[], bool]
+    #: STI's interrupt shadow: let the guest run one more instruction before an IRQ is taken.
+    irq_shadow: Callable[[], None]
 
     # -- operands --------------------------------------------------------------------------------
     def address(self, m: Mem) -> int:

@@ -78,8 +78,13 @@ def run(args: argparse.Namespace) -> int:
                 result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
-            _print_last(vm, stop.last_exits)
-            _report(args, vm, vm.stats)
+            last = stop.last_exits
+
+            def report() -> None:     # after the error line (bt/cli/__init__.py)
+                _print_last(vm, last)
+                _report(args, vm, vm.stats)
+
+            stop.report = report
             raise
         finally:
             if args.screen is not None:

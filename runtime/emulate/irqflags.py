@@ -25,14 +25,16 @@ def sti(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     # code sets the virtual IF inline and exits with STI only when an IRQ waits.
     if not ctx.irq_waiting():
         return None
-    # STI's one-instruction interrupt shadow (SDM STI): in the idiom "STI; HLT" the
-    # HLT starts and the interrupt then wakes it, so the handler returns after it.
+    # STI's one-instruction interrupt shadow (SDM STI): the interrupt comes after the next
+    # instruction. In the idiom "STI; HLT" the HLT starts and the interrupt then wakes it,
+    # so the handler returns after it; any other instruction runs first (the run loop).
     try:
         if ctx.mmu.read(next_eip, 1) == b"\xf4":
-            next_eip += 1
+            return ctx.on_vif_set(next_eip + 1)
     except PageFault:
         pass
-    return ctx.on_vif_set(next_eip)
+    ctx.irq_shadow()
+    return None
 
 
 def pushf(op: Operation, ctx: Ctx, next_eip: int) -> int | None:

@@ -51,6 +51,9 @@ class Ctx:
     #: The guest's paging changed: CR0/CR3/CR4 written (None), or INVLPG of an address:
     #: keep the shadow page directory in step, move the VMM area if need be, flush caches.
     on_paging_change: Callable[[int | None], None]
+    #: Whether the guest continuing at this address runs patch code (patch memory, or a
+    #: guest address inside a patched window).
+    in_patch: Callable[[int], bool]
     #: A trap of the guest kernel at this EIP: patches waiting for their code to be mapped
     #: where the kernel's ELF puts it may be made now (runtime/vm.py `_retry_deferred`).
     retry_deferred: Callable[[int], bool]

@@ -166,6 +166,8 @@ class Vm:
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, shadow_fault=self._shadow_fault,
                        retry_deferred=self._retry_deferred,
+                       in_patch=lambda a: (self.machine.vmm.in_patch_memory(a)
+                                           or self.traps.patcher.resume_at(a) != a),
                        clock=self.clock,
                        irq_waiting=self.intc.pending,
                        irq_deliverable=lambda: self.intc.pending() and self._deliverable(),

@@ -54,6 +54,8 @@ class Ctx:
     #: Whether the guest continuing at this address runs patch code (patch memory, or a
     #: guest address inside a patched window).
     in_patch: Callable[[int], bool]
+    #: The guest window [start, end) of the JMP patch covering this address, if any.
+    window_of: Callable[[int], tuple[int, int] | None]
     #: A trap of the guest kernel at this EIP: patches waiting for their code to be mapped
     #: where the kernel's ELF puts it may be made now (runtime/vm.py `_retry_deferred`).
     retry_deferred: Callable[[int], bool]

@@ -168,6 +168,7 @@ class Vm:
                        retry_deferred=self._retry_deferred,
                        in_patch=lambda a: (self.machine.vmm.in_patch_memory(a)
                                            or self.traps.patcher.resume_at(a) != a),
+                       window_of=lambda a: self.traps.patcher.window_of(a),
                        clock=self.clock,
                        irq_waiting=self.intc.pending,
                        irq_deliverable=lambda: self.intc.pending() and self._deliverable(),

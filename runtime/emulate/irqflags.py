@@ -25,11 +25,17 @@ def sti(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     # code sets the virtual IF inline and exits with STI only when an IRQ waits.
     if not ctx.irq_waiting():
         return None
+    window = ctx.window_of(op.address)
+    if window is not None and window[0] <= next_eip < window[1]:
+        # This trap just patched the STI and the next instruction is in the same block, whose
+        # code looks for the interrupt after STI's shadow instruction (patchmgr/block.py):
+        # tell it one waits.
+        ctx.vcpu.pending = 1
+        return None
     if ctx.in_patch(next_eip):
-        # The next instruction runs in a patch block (this is the exit of a patched STI, or
-        # the STI's own first trap just patched it): the run loop never delivers in patch
-        # code, and a CLI later in the same block would take the window away (the "sti;
-        # nop; cli" idiom). So now, one instruction before STI's shadow ends.
+        # The next instruction runs in another patch block: the run loop never delivers in
+        # patch code, and a CLI later in that block could take the window away. So now, one
+        # instruction before STI's shadow ends.
         return ctx.on_vif_set(next_eip)
     # STI's one-instruction interrupt shadow (SDM STI): the interrupt comes after the next
     # instruction. In the idiom "STI; HLT" the HLT starts and the interrupt then wakes it,

@@ -79,6 +79,12 @@ class Traps:
         self.latch = ExceptionLatch(ctx.m.uc, latch)
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
+        #: Without details, for counting instructions (runtime/vm.py `_insns_between`).
+        self.cs_lite = Cs(CS_ARCH_X86, CS_MODE_32)
+        #: The run's instruction clock (runtime/clock.py), told of every exception.
+        self.clock: Any = None
+        #: Clears Unicorn's skip-EIP-sync flag after this hook wrote EIP (runtime/pcsync.py).
+        self.pcsync: Any = None
         self._cache: dict[int, tuple[bytes, Operation]] = {}
         self._resynced_at: int | None = None
         self.error: BaseException | None = None
@@ -131,6 +137,9 @@ class Traps:
 
     # -- the interrupt hook ---------------------------------------------------------------------
     def on_intr(self, uc: Uc, vector: int, _data: Any) -> None:
+        if self.exit_status is not None:
+            uc.emu_stop()          # after the guest's isa-debug-exit: see `guest_exited`
+            return
         t0 = time.perf_counter_ns()
         kind = "interrupt"
         try:
@@ -141,6 +150,7 @@ class Traps:
             self.error = err
             uc.emu_stop()
         finally:
+            self.pcsync.after_hook()
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -148,13 +158,19 @@ class Traps:
     def _intr(self, vector: int) -> str:
         cpu = self.cpu
         eip, cs = cpu.eip_cs()
+        # A software interrupt reports the EIP after it; a fault its own EIP, and it counts as
+        # run (runtime/clock.py), as it is by emulation.
+        self.clock.fault(eip, not (vector == VEC_BP or vector == 4 or vector >= 32))
         cpl = cs & 3
         m = self.ctx.m
         area = m.vmm
         in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
-        if vector == VEC_GP and cpl == 1 and not in_vmm:
+        # A fault sets Unicorn's old_exception latch to its vector before this hook runs; INT n
+        # never does (notes #3). So vector 13 or 14 with the latch clear is the guest's own
+        # INT 0x0D or INT 0x0E, a software interrupt (EIP after it), not a fault.
+        if vector == VEC_GP and cpl == 1 and not in_vmm and self.latch.latched() == VEC_GP:
             return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
-        if vector == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
+        if vector == VEC_PF and self.latch.latched() == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
             # The shadow page directory was behind the guest's (runtime/shadowpd.py): caught
             # up; the instruction runs again and the guest sees no fault.
             self.stats.exit("paging", None, self.patcher.to_guest_eip(eip))
@@ -170,13 +186,13 @@ class Traps:
             # fault delivering an interrupt, i.e. a triple fault.
             raise GuestStop("triple fault", eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
-        if vector == VEC_GP and cpl == 1:
+        if vector == VEC_GP and cpl == 1 and self.latch.latched() == VEC_GP:
             return self._trap(eip)
         if vector == VEC_GP and cpl == 3 and self._user_rdtsc(eip):
             return "trap"
         soft = self._is_soft(vector, eip)
         error: int | None = None
-        if vector == VEC_PF:
+        if vector == VEC_PF and not soft:
             cr2 = cpu.read(CR2)
             self.ctx.vcpu.set_cr(2, cr2)
             error = self._pf_error(cr2, eip, cpl)
@@ -227,7 +243,11 @@ class Traps:
         try:
             mmu.translate(cr2, False, user)
         except PageFault as pf:
-            if pf.error_code & 1:  # present but protected for reading: a read fault
+            # Not present, or (from user mode) a supervisor page: the walk for a read fails
+            # the same way as for a write, and W tells which access it was (a user write to a
+            # supervisor page is P|W|U = 7, not 5). A fetch is a read; with 32-bit paging it
+            # sets no I/D bit (SDM §4.7: only with PAE and NX, or SMEP).
+            if self._fetch_faulted(cr2, eip, user):
                 return pf.error_code
             return pf.error_code | (PF_W if self._writes(eip) else 0)
         try:
@@ -235,6 +255,18 @@ class Traps:
         except PageFault as pf:
             return pf.error_code
         return (PF_W if self._writes(eip) else 0) | (4 if user else 0)
+
+    def _fetch_faulted(self, cr2: int, eip: int, user: bool) -> bool:
+        """The instruction's own bytes could not be fetched: CR2 lies within the 15 bytes
+        an instruction at EIP may span, and the bytes from EIP to CR2 are not readable at
+        this privilege."""
+        if not 0 <= (cr2 - eip) & 0xFFFFFFFF < 15:
+            return False
+        try:
+            self.ctx.mmu.read(eip, ((cr2 - eip) & 0xFFFFFFFF) + 1, user=user, fetch=True)
+        except PageFault:
+            return True
+        return False
 
     def _writes(self, eip: int) -> bool:
         try:
@@ -377,6 +409,8 @@ class Traps:
 
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------
     def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
+        if self.exit_status is not None:
+            return 0
         t0 = time.perf_counter_ns()
         kind = "io"
         self.in_io_hook = True
@@ -403,6 +437,8 @@ class Traps:
             self.stats.vmm_ns_by_kind[kind] += dt
 
     def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
+        if self.exit_status is not None:
+            return
         t0 = time.perf_counter_ns()
         kind = "io"
         self.in_io_hook = True
@@ -410,7 +446,8 @@ class Traps:
             if self._io_exit("out", port, size):
                 self.ctx.bus.write(port, size, value)
                 if self.exit_status is not None:
-                    self.stop_in_io(uc)
+                    self.guest_exited(uc)
+                    return
                 self._stop_for_irq(uc)
             else:
                 kind = "interrupt"
@@ -422,6 +459,15 @@ class Traps:
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
+
+    def guest_exited(self, uc: Uc) -> None:
+        """The OUT just run wrote the isa-debug-exit port: QEMU ends there. Unicorn stops at the
+        end of the translated block (with the block clock): until then every exit is inert
+        (the hooks return at once) and the clock counts the block only up to this OUT."""
+        op = self._io_op
+        if op is not None:
+            self.clock.cut(self.cpu.read(EIP) + op.length)
+        self.stop_in_io(uc)
 
     def stop_in_io(self, uc: Uc) -> None:
         """`emu_stop` from an IN/OUT hook. For a REP INS/OUTS, Unicorn 2.1.4 then stops

@@ -215,6 +215,11 @@ class BlockClock:
         st.stepped = 0
         return {}
 
+    def stop_soon(self) -> None:
+        """From a hook: end the slice at the next block boundary (the block hook then stops
+        Unicorn before that block; nothing is restarted, unlike `emu_stop` from a memory hook)."""
+        self.state.limit = self.state.insns
+
     def so_far(self) -> int:
         """Instructions the running slice has counted up to now, read from a hook in the
         middle of it: every block entered, the current one whole (after `fault`, up to the
@@ -284,6 +289,9 @@ class CountClock:
 
     def so_far(self) -> int:
         return min(self._counter.so_far(), self._budget)
+
+    def stop_soon(self) -> None:
+        pass     # no way to stop early without restarting the instruction: the slice runs out
 
     def fault(self, eip: int, at: bool) -> None:
         pass

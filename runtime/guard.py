@@ -98,6 +98,11 @@ class VmmGuard:
         #: (physical address, size, value) -> handled: stores into guest RAM pages someone
         #: else write-protected (the patch manager's code watch, runtime/patching.py).
         self.ram_writes: Callable[[int, int, int], bool] | None = None
+        #: Called after a store this hook handled: Unicorn 2.1.4 may leave its old_exception
+        #: latch at #PF for it (measured: a REP MOVSD into a monitored kernel code page under
+        #: guest paging, Linux's text_poke_early), though no exception reaches the guest; the
+        #: guest's next fault would become #DF. The run loop clears the latch here.
+        self.after_store: Callable[[], None] | None = None
         self._hook: Any = None
 
     def install(self) -> None:
@@ -112,7 +117,10 @@ class VmmGuard:
     def _on_write(self, _uc: Any, _access: int, address: int, size: int, value: int, _data: Any) -> bool:
         try:
             if not layout.VMM_BASE <= address < _VMM_END:
-                return self.ram_writes is not None and self.ram_writes(address, size, value)
+                handled = self.ram_writes is not None and self.ram_writes(address, size, value)
+                if handled and self.after_store is not None:
+                    self.after_store()
+                return handled
             if self.cpu.read(CS) & 3 == 0 or self._sets_accessed_bit(address, size, value):
                 # Unicorn drops a store whose hook handled it: make it.
                 self.cpu.phys_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))

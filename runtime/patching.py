@@ -149,6 +149,9 @@ class _VmMemory:
         self._writes: Counter[int] = Counter()
         self._fetch_fault: int | None = None
         self._revoke_later: set[int] = set()
+        self._unmonitor_later: set[int] = set()
+        #: Monitored pages without their execute permission now (written, not yet run again).
+        self._revoked: set[int] = set()
         self._fetch_hook: object | None = None
         #: Monitored pages given up on (written `MONITOR_WRITES` times without running).
         self.unmonitored = 0
@@ -206,7 +209,7 @@ class _VmMemory:
         if self.vm.traps.in_io_hook:
             self.vm.traps.stale_code = True
             return
-        if phys & ~(layout.PAGE_SIZE - 1) in self._dirty:
+        if phys & ~(layout.PAGE_SIZE - 1) in self._revoked:
             return   # nothing is translated from a page that lost its execute permission
         area = self.vm.machine.vmm
         try:
@@ -269,7 +272,7 @@ class _VmMemory:
         page = phys & ~(layout.PAGE_SIZE - 1)
         if page in self._monitored:
             self._code_written(page, address, size)
-        elif page not in self._dirty:
+        if page not in self._revoked:
             self.uc.ctl_remove_cache(address, address + size)
         return True
 
@@ -305,23 +308,18 @@ class _VmMemory:
             self._fetch_hook = self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch)
 
     def _code_written(self, page: int, address: int, size: int) -> None:
-        dirty = self._dirty.get(page)
-        if dirty is None:
-            self._dirty[page] = dirty = []
-            eip = self.vm.cpu.read(EIP)
-            mask = ~(layout.PAGE_SIZE - 1)
-            if page in {self._phys_or(eip) & mask, self._phys_or(eip + 15) & mask}:
-                # The CPU runs the page it writes: taking its execute permission now makes
-                # Unicorn 2.1.4 restart the storing instruction (measured: a read-modify-write
-                # store done twice, or forever, as the restart faults again). Done when the
-                # slice ends (`end_of_slice`) instead.
-                self._revoke_later.add(page)
-            else:
-                self._revoke(page)
+        # Nothing about the page's permissions or translations changes in here: doing so from
+        # a memory hook makes Unicorn 2.1.4 restart the storing instruction (a read-modify-
+        # write store done twice) or crash later (measured). The slice ends at the next block
+        # boundary instead and `end_of_slice` takes the page's execute permission then.
+        dirty = self._dirty.setdefault(page, [])
+        if not dirty and page not in self._revoked:
+            self._revoke_later.add(page)
+            self.vm.insn_clock.stop_soon()
         dirty.append((address, size))
         self._writes[page] += 1
         if self._writes[page] > self.MONITOR_WRITES:
-            self._unmonitor(page)
+            self._unmonitor_later.add(page)
 
     def _revoke(self, page: int) -> None:
         """Take the execute permission from written page `page`: every translation from it
@@ -330,21 +328,19 @@ class _VmMemory:
 
         self._drop_page(page)
         self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ)
+        self._revoked.add(page)
 
     def end_of_slice(self) -> None:
-        """Between slices: the written pages the CPU was running when they were written lose
-        their execute permission now (`_code_written`)."""
+        """Between slices: written monitored pages lose their execute permission, and pages
+        written too often stop being monitored (`_code_written`)."""
+        for page in self._unmonitor_later:
+            if page in self._monitored:
+                self._unmonitor(page)
+        self._unmonitor_later.clear()
         pages, self._revoke_later = self._revoke_later, set()
         for page in pages:
-            if page in self._dirty:
+            if page in self._dirty and page in self._monitored and page not in self._revoked:
                 self._revoke(page)
-
-    def _phys_or(self, linear: int) -> int:
-        """The physical address of `linear` now, or `linear` itself if it is not mapped."""
-        try:
-            return int(self.vm.mmu.translate(linear & 0xFFFFFFFF, fetch=True))
-        except PageFault:
-            return linear
 
     def _drop_page(self, page: int) -> None:
         """Drop Unicorn's translations of physical page `page`, through a linear address
@@ -367,6 +363,7 @@ class _VmMemory:
         self._monitored.discard(page)
         self._dirty.pop(page, None)
         self._revoke_later.discard(page)
+        self._revoked.discard(page)
         self._writes.pop(page, None)
         self.unmonitored += 1
         self._protected[page] -= 1
@@ -391,10 +388,11 @@ class _VmMemory:
         from unicorn import UC_PROT_EXEC, UC_PROT_READ
 
         page, self._fetch_fault = self._fetch_fault, None
-        if page is None or page not in self._dirty:
+        if page is None or page not in self._revoked:
             return False
-        ranges = self._dirty.pop(page)
+        ranges = self._dirty.pop(page, [])
         self._writes[page] = 0
+        self._revoked.discard(page)
         self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         if self.manager is not None:
             self.manager.rescan(ranges)

@@ -222,6 +222,7 @@ class Vm:
         uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
+        self.guard.after_store = self.traps.latch.clear
         self.guard.install()
         # What the firmware leaves in low memory (BDA, EBDA, MP table, text screen), then the
         # kernel, which may overwrite it as under QEMU.

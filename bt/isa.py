@@ -314,6 +314,9 @@ CLASSES: tuple[InsnClass, ...] = (
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+#: The classes that cost an exit unpatched (they fault, or Unicorn's hook fires): what
+#: `bt run --leaks-only` leaves trapping, patching only the silent leaks.
+EXITING: tuple[str, ...] = tuple(c.name for c in CLASSES if c.exits_unpatched)
 _BY_NAME: dict[str, InsnClass] = {c.name: c for c in CLASSES}
 
 # Every mnemonic spelling any row may print as: a cheap pre-filter (the scanner's

@@ -23,7 +23,8 @@ from bt.errors import GuestStop, InputError, MismatchError, UsageError
 
 #: Options forwarded to every run, as `bt run` takes them (runtime/report/adapter.py turns
 #: them into RunConfig fields). --disk-writable is not one: runs would share the writes.
-RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns", "ram", "module", "disk", "keys", "key_delay")
+RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns", "ram", "module", "disk", "keys", "key_delay", "initrd",
+               "baseline")
 
 
 def add_parser(sub: Any) -> None:
@@ -56,6 +57,12 @@ def add_parser(sub: Any) -> None:
                           "`bt run` (--disable-rule, --disable-class, --hot, --eager), side by side with the "
                           "others, e.g. --variant 'no-irqflags=--disable-rule irqflags' (repeatable)")
     devices.add_arguments(run, ram_default=None, writable=False)
+    run.add_argument("--initrd", default=None, metavar="FILE",
+                     help="a Linux kernel's initrd (QEMU's -initrd)")
+    run.add_argument("--baseline", choices=("trap", "leaks"), default=None,
+                     help="the unpatched run: pure trap-and-emulate (trap, the default), or with the "
+                          "never-faulting leaks patched (leaks: `bt run --leaks-only`), for kernels that "
+                          "cannot run with their leaks")
     rec = p.add_argument_group("recorded runs")
     rec.add_argument("--save-runs", type=Path, metavar="DIR",
                      help="also save each kernel's measured runs to DIR/NAME.runs.json")
@@ -138,6 +145,8 @@ def run_compare(args: argparse.Namespace) -> int:
             raise InputError(f"cannot replay recorded runs: {err}") from err
     else:
         devices.run_fields(args)         # bad files and values fail before any run starts
+        if args.initrd is not None and not Path(args.initrd).is_file():
+            raise InputError(f"{args.initrd}: no such file (--initrd)")
         reason = adapter.unavailable(static=args.static)
         if reason:
             print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)

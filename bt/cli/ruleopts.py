@@ -21,6 +21,20 @@ def add(group: Any) -> None:
                             "(repeatable; e.g. pushf)")
 
 
+#: `--leaks-only`, as `bt run` and `bt compare --baseline leaks` explain it.
+LEAKS_ONLY_HELP = ("patch only the sensitive instructions that never fault (PUSHF, POPF, MOV r,CS, "
+                   "SGDT...) and let every one that faults trap, as --no-patch does: the least patching "
+                   "a kernel that cannot run with its leaks (Linux: PUSHF's real IF deadlocks its "
+                   "spinlocks) runs with")
+
+
+def leaks_only(disabled_classes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """`disabled_classes` plus every class that exits unpatched (bt.isa.EXITING)."""
+    from bt import isa
+
+    return tuple(dict.fromkeys([*disabled_classes, *isa.EXITING]))
+
+
 def load(args: argparse.Namespace) -> RuleSet:
     from patchmgr import registry
 

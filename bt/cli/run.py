@@ -55,6 +55,7 @@ def add_parser(sub: Any) -> None:
                        help="patch a site once it trapped N times (default 1, as PATM)")
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
+    patch.add_argument("--leaks-only", action="store_true", help=ruleopts.LEAKS_ONLY_HELP)
     ruleopts.add(patch)
     p.set_defaults(handler=run)
 
@@ -161,8 +162,11 @@ def _patch_config(args: argparse.Namespace) -> PatchConfig:
         raise UsageError("--hot must be at least 1")
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")
+    if args.no_patch and args.leaks_only:
+        raise UsageError("--no-patch and --leaks-only contradict each other")
+    classes = ruleopts.leaks_only(args.disable_class) if args.leaks_only else tuple(args.disable_class)
     return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
-                       disabled_rules=tuple(args.disable_rule), disabled_classes=tuple(args.disable_class))
+                       disabled_rules=tuple(args.disable_rule), disabled_classes=classes)
 
 
 def _report_patches(vm: Vm, m: PatchManager, out: TextIO) -> None:

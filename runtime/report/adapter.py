@@ -141,6 +141,8 @@ def platform_fields(options: Mapping[str, Any]) -> dict[str, Any]:
         fields["keys"] = Path(options["keys"]).read_text(encoding="utf-8")
     if options.get("key_delay") is not None:
         fields["key_delay_ns"] = int(float(options["key_delay"]) * 1_000_000)
+    if options.get("initrd"):
+        fields["initrd"] = Path(options["initrd"])
     return fields
 
 
@@ -151,7 +153,9 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
     status), not an error.
     `kind` says how a run named otherwise (a `--variant`) patches: one of the three modes.
 
-    unpatched: trap-and-emulate only, no patch manager at all;
+    unpatched: trap-and-emulate only, no patch manager at all; with `baseline` "leaks"
+               (`bt compare --baseline leaks`), the never-faulting leaks patched and every
+               instruction that faults trapping (`bt run --leaks-only`);
     dynamic:   the patch manager patches sites as they trap (`bt run --hot N`);
     static:    the kernel patched by `bt patch` first, run with dynamic patching off,
                so every patch in it was made ahead of time."""
@@ -178,6 +182,11 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
         if kind == DYNAMIC:
             patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")),
                                 disabled_rules=rules[0], disabled_classes=rules[1])
+        elif kind == BASELINE and options.get("baseline") == "leaks":
+            from bt import isa
+
+            patch = PatchConfig(disabled_rules=rules[0],
+                                disabled_classes=tuple(dict.fromkeys([*rules[1], *isa.EXITING])))
         elif kind == STATIC:
             from patchmgr import registry
             from patchmgr.static import patch_file

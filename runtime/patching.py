@@ -155,6 +155,10 @@ class _VmMemory:
         self._fetch_hook: object | None = None
         #: Monitored pages given up on (written `MONITOR_WRITES` times without running).
         self.unmonitored = 0
+        #: Code ranges to monitor once guest paging is on (`monitor_when_paged`).
+        self._monitor_pending: list[tuple[int, int]] = []
+        #: A watched page was written where its translations could not be dropped at once.
+        self._flush_later = False
 
     def _phys(self, address: int) -> int:
         area = self.vm.machine.vmm
@@ -273,7 +277,22 @@ class _VmMemory:
         if page in self._monitored:
             self._code_written(page, address, size)
         if page not in self._revoked:
-            self.uc.ctl_remove_cache(address, address + size)
+            # Unicorn finds translations through a linear address, filling its TLB for it:
+            # inside this store that is safe only for an address that maps `phys` now (the
+            # store's own TLB entry). Any other one (the kernel's linked address while paging
+            # is off: a bzImage's decompressor writing over the kernel's pages) can evict the
+            # entry the store is using: Unicorn 2.1.4 then stores through a stale addend and
+            # crashes (measured, SIGSEGV in helper_le_stl_mmu). Then every translation is
+            # dropped between slices, and the slice ends at the next block boundary.
+            try:
+                here = int(self.vm.mmu.translate(address)) == phys
+            except PageFault:
+                here = False
+            if here:
+                self.uc.ctl_remove_cache(address, address + size)
+            else:
+                self._flush_later = True
+                self.vm.insn_clock.stop_soon()
         return True
 
     # -- CSAM's monitored pages (patchmgr/rescan.py) -------------------------------------------
@@ -307,6 +326,13 @@ class _VmMemory:
         if self._fetch_hook is None:
             self._fetch_hook = self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch)
 
+    def monitor_when_paged(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """`monitor` once guest paging is on: a bzImage's kernel is not in memory before its
+        decompressor has written it there (and that code runs with paging off, which the
+        kernel turns on only after). Monitoring from the start would fault on every store of
+        the decompression and give up on every page (`MONITOR_WRITES`)."""
+        self._monitor_pending = list(ranges)
+
     def _code_written(self, page: int, address: int, size: int) -> None:
         # Nothing about the page's permissions or translations changes in here: doing so from
         # a memory hook makes Unicorn 2.1.4 restart the storing instruction (a read-modify-
@@ -332,7 +358,16 @@ class _VmMemory:
 
     def end_of_slice(self) -> None:
         """Between slices: written monitored pages lose their execute permission, and pages
-        written too often stop being monitored (`_code_written`)."""
+        written too often stop being monitored (`_code_written`); monitoring starts when
+        guest paging is first on (`monitor_when_paged`)."""
+        if self._flush_later:
+            from unicorn import unicorn_const as uconst
+
+            self._flush_later = False
+            self.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
+        if self._monitor_pending and self.vm.vcpu.paging_regs()[0] & CR0_PG:
+            pending, self._monitor_pending = self._monitor_pending, []
+            self.monitor(pending)
         for page in self._unmonitor_later:
             if page in self._monitored:
                 self._unmonitor(page)
@@ -445,7 +480,11 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     if config.enabled:
         # CSAM: the kernel's code pages are monitored, so code it rewrites (Linux's
         # alternatives) is scanned again before it runs (patchmgr/rescan.py).
-        memory.monitor((s.address, s.size) for s in image.executable_sections)
+        code = [(s.address, s.size) for s in image.executable_sections]
+        if isinstance(vm.boot, LinuxImage) and vm.boot.header is not None:
+            memory.monitor_when_paged(code)      # a bzImage: decompressed first
+        else:
+            memory.monitor(code)
         vm.on_fetch_fault = memory.fetch_fault
         vm.on_slice_end.append(memory.end_of_slice)
     if record is not None:

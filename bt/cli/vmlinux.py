@@ -32,7 +32,7 @@ def cached() -> Path | None:
     return found[-1] if found else None
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> str:
+def run_tool(cmd: list[str], cwd: Path | None = None) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as err:
@@ -43,34 +43,38 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def _kernel_package() -> str:
-    """The versioned image package the metapackage depends on (e.g. linux-image-6.1.0-50-amd64)."""
+def kernel_package(metapackage: str = METAPACKAGE, flavour: str = "amd64", arch: str = "") -> str:
+    """The versioned image package a metapackage depends on (e.g. linux-image-6.1.0-50-amd64
+    for linux-image-amd64; with `arch` "i386", linux-image-6.1.0-50-686:i386 for
+    linux-image-686): the newest one apt knows, by name, as `apt-get download` takes it."""
+    qual = f":{arch}" if arch else ""
     for attempt in range(2):
         try:
-            out = _run(["apt-cache", "depends", METAPACKAGE])
+            out = run_tool(["apt-cache", "depends", metapackage + qual])
         except InputError:
             out = ""
-        m = re.search(r"Depends:\s*(linux-image-\S+-amd64)\b", out)
-        if m and _run(["apt-cache", "policy", m.group(1)]).find("Candidate: (none)") < 0:
-            return m.group(1)
+        m = re.search(rf"Depends:\s*(linux-image-\S+-{re.escape(flavour)})\b", out)
+        if m and run_tool(["apt-cache", "policy", m.group(1) + qual]).find("Candidate: (none)") < 0:
+            return m.group(1) + qual
         if attempt == 0:
-            _run(["apt-get", "update"])
-    raise InputError(f"cannot fetch a kernel: apt knows no {METAPACKAGE} package")
+            run_tool(["apt-get", "update"])
+    hint = (f" (for {arch} packages: dpkg --add-architecture {arch} && apt-get update)" if arch else "")
+    raise InputError(f"cannot fetch a kernel: apt knows no {metapackage + qual} package{hint}")
 
 
 def fetch(say: Callable[[str], None] = print) -> Path:
     """Download, extract and cache a vmlinux; returns its path."""
-    package = _kernel_package()
+    package = kernel_package()
     version = package.removeprefix("linux-image-")
     target = cache_dir() / f"vmlinux-{version}"
     with tempfile.TemporaryDirectory(prefix="ring1-kernel-") as tmp:
         work = Path(tmp)
         say(f"fetching {package} with apt-get download ...")
-        _run(["apt-get", "download", package], cwd=work)
+        run_tool(["apt-get", "download", package], cwd=work)
         debs = sorted(work.glob("*.deb"))
         if not debs:
             raise InputError(f"cannot fetch a kernel: apt-get download {package} left no .deb")
-        image = _vmlinuz_from_deb(debs[0])
+        image = vmlinuz_from_deb(debs[0])
     say(f"extracting vmlinux from the bzImage ({len(image):,} bytes) ...")
     elf_bytes = bzimage.extract_vmlinux(image, f"{package} vmlinuz")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,7 @@ def fetch(say: Callable[[str], None] = print) -> Path:
     return target
 
 
-def _vmlinuz_from_deb(deb: Path) -> bytes:
+def vmlinuz_from_deb(deb: Path) -> bytes:
     """/boot/vmlinuz-* out of a .deb, streaming dpkg-deb's tar without unpacking the modules."""
     if shutil.which("dpkg-deb") is None:
         raise InputError("cannot fetch a kernel: dpkg-deb is not installed")

@@ -225,9 +225,10 @@ def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: s
                      mem_lower=EBDA_START // KiB, mem_upper=mem_upper)
 
 
-def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT) -> BootImage:
+def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT,
+                image_name: str | None = None) -> BootImage:
     """`load_boot_image` in the positional shape the run loop calls (runtime/bootstub.py's)."""
-    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline)
+    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline, image_name=image_name)
 
 
 def _load_elf(name: str, kernel: elf.KernelImage) -> tuple[list[tuple[int, bytes]], int]:

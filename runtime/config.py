@@ -39,3 +39,7 @@ class RunConfig:
     old_exception: str = "direct"
     #: How the patch manager patches (`--hot`, `--eager`, `--no-patch`); None: unpatched VMM.
     patch: PatchConfig | None = None
+    #: The kernel's name on its multiboot command line, as QEMU shows the `-kernel` argument
+    #: as typed (None: `kernel` as given). A run from a copy of the file (a static patch, a
+    #: campaign cell on another machine) keeps the name the guest would otherwise see.
+    image_name: str | None = None

@@ -122,7 +122,7 @@ class Vm:
                  image: Bootable | None = None) -> None:
         self.config = config
         self.boot: Bootable = image if image is not None else load_kernel(
-            str(config.kernel), config.cmdline, config.ram_size)
+            str(config.kernel), config.cmdline, config.ram_size, config.image_name)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
         self.vcpu = VirtualCpu(self.cpu)

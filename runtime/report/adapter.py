@@ -115,9 +115,10 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
 
 
 def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
-    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `hot`,
-    `eager`), in this process. A guest that stops abnormally is a result (its reason
-    is compared like an exit status), not an error.
+    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `timeout`,
+    `hot`, `eager`, `disable_rule`: a list of rule names, `image_name`: the kernel's name on
+    its command line, default `kernel`), in this process. A guest that stops abnormally is
+    a result (its reason is compared like an exit status), not an error.
 
     unpatched: trap-and-emulate only, no patch manager at all;
     dynamic:   the patch manager patches sites as they trap (`bt run --hot N`);
@@ -141,19 +142,23 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
     with tempfile.TemporaryDirectory(prefix="ring1-compare-") as tmp:
         path = Path(kernel)
         patch: PatchConfig | None = None
+        disabled = tuple(options.get("disable_rule") or ())
         if mode == DYNAMIC:
-            patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")))
+            patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")),
+                                disabled_rules=disabled)
         elif mode == STATIC:
             from patchmgr import registry
             from patchmgr.static import patch_file
 
-            # Same file name: the guest sees its image name on its command line.
             path = Path(tmp) / path.name
-            patch_file(kernel, path, registry.load())
+            patch_file(kernel, path, registry.load(disabled))
             patch = PatchConfig(enabled=False)
         serial = io.BytesIO()
+        # The guest sees its image name on its command line: the static run's copy keeps the
+        # name the other runs show, so every run parses the same command line.
         config = RunConfig(kernel=path, cmdline=options.get("cmdline") or "",
-                           max_insns=options.get("max_insns"), serial=serial, patch=patch)
+                           max_insns=options.get("max_insns"), timeout=options.get("timeout"),
+                           serial=serial, patch=patch, image_name=options.get("image_name") or kernel)
         vm = Vm(config)
         stop_reason = ""
         exit_status: int | None = None

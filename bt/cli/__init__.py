@@ -14,10 +14,10 @@ import traceback
 from collections.abc import Sequence
 
 from bt import __version__
-from bt.cli import bench, compare, patch, run, scan
+from bt.cli import bench, campaign, compare, patch, run, scan
 from bt.errors import Ring1Error
 
-COMMANDS = (scan, patch, run, compare, bench)
+COMMANDS = (scan, patch, run, compare, campaign, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,13 +94,15 @@ class DaskExecutor:
     """Cells on a Dask distributed cluster, through `Client.get_executor()`. Kernels and
     inputs go to the cluster once each by content (`Client.scatter`, keyed by hash)."""
 
-    def __init__(self, address: str, timeout: float = 10) -> None:
+    def __init__(self, address: str) -> None:
         try:
             from distributed import Client
         except ImportError as err:
             raise UsageError("--dask needs Dask's distributed package: pip install 'ring1[dask]'") from err
         try:
-            self.client = Client(address, timeout=timeout, set_as_default=False)
+            # How long to try: Dask's own setting (distributed.comm.timeouts.connect, 30 s unless
+            # DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT says otherwise).
+            self.client = Client(address, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as err:
             raise UsageError(f"--dask {address}: cannot reach the scheduler: {err}") from err
         self.address = address

@@ -172,8 +172,11 @@ def _run_options(at: _Place, where: str, table: Mapping[str, Any]) -> dict[str, 
 
 
 def _expand(template: str, kernel: Path, base: Path) -> Path:
-    """A per-kernel file: `{dir}` is the kernel's folder, `{stem}` its name without suffix."""
-    text = template.replace("{dir}", str(kernel.parent)).replace("{stem}", kernel.stem)
+    """A per-kernel file: `{dir}` is the kernel's folder, `{stem}` its name without suffix;
+    without `{dir}` the path is relative to the manifest's folder."""
+    text = template.replace("{stem}", kernel.stem)
+    if "{dir}" in text:
+        return Path(text.replace("{dir}", str(kernel.parent)))
     return base / text
 
 

@@ -105,10 +105,12 @@ class Config:
         return self.mode == NONE
 
     def run(self) -> tuple[str, dict[str, Any]]:
-        """The run mode and the run options of this configuration."""
+        """The run mode and the run options of this configuration (a dimension its mode does
+        not use adds none: the run takes `bt run`'s default)."""
         options: dict[str, Any] = {}
         for d in DIMENSIONS:
-            options.update(d.options(self[d.key]))
+            if self.mode in d.modes:
+                options.update(d.options(self[d.key]))
         return MODES[self.mode][0], options
 
     def baseline(self) -> Config:

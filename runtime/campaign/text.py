@@ -35,7 +35,7 @@ def speedup(e: Entry) -> str:
         return "-"
     if len(e.runs) < 2 and e.baseline is not None and len(e.baseline.runs) < 2:
         return fmt.factor(e.speedup)
-    return f"{fmt.factor(e.speedup)} ({rng[0]:.2f}-{rng[1]:.2f})"
+    return f"{fmt.factor(e.speedup)}\n{rng[0]:.2g}-{rng[1]:.2g}"
 
 
 def status(e: Entry) -> str:
@@ -106,10 +106,10 @@ def describe(r: CampaignReport) -> Iterator[RenderableType]:
                       *(f"{removed(totals[i.id])} ({len(totals[i.id].kernels)})" for i in patched))
     yield exits
 
-    times = _table(f"Speedup (median wall time of the baseline / of the configuration; range over "
-                   f"{r.repeats} run(s) each)", "kernel")
+    times = _table(f"Speedup (median wall time of the baseline / of the configuration; below it, the "
+                   f"least and the most any pair of runs shows, {r.repeats} run(s) each)", "kernel")
     for info in patched:
-        times.add_column(info.id, justify="right")
+        times.add_column(info.id, justify="right", overflow="fold")
     for k in r.kernels:
         times.add_row(Text(k.name), *(status(k.entry(i.id)) or speedup(k.entry(i.id)) for i in patched))
     if len(r.kernels) > 1:

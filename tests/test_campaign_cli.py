@@ -221,7 +221,7 @@ repeats = 6
             time.sleep(0.1)
         workers = _children(proc.pid) or workers
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

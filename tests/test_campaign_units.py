@@ -9,16 +9,13 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from campaign_fixtures import HELLO, record, report, runs, write_manifest
 
-from runtime.campaign import cell, executors, identity, manifest, model, store
+from runtime.campaign import cell, executors, identity, manifest, store
 from runtime.campaign.cell import CellOutcome, CellSpec, InputRef
 from runtime.campaign.identity import Blob
 from runtime.campaign.plan import make_plan
-from runtime.report.record import RunRecord, Timing
-from runtime.report.repro import collect
-
-ROOT = Path(__file__).resolve().parent.parent
-HELLO = ROOT / "samples" / "hello" / "hello.elf"
+from runtime.report.record import RunRecord
 
 
 def key(**change):
@@ -61,14 +58,6 @@ def test_write_atomic_leaves_the_old_file_or_the_new_one(tmp_path: Path, monkeyp
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
 
 
-def _record(mode: str = "unpatched", serial: bytes = b"ok\n", exits: int = 100, wall: float = 1.0,
-            status: int | None = 1, stop: str = "") -> RunRecord:
-    counts = {"trap": exits} if exits else {}
-    return RunRecord(mode=mode, exit_status=status, stop_reason=stop, serial=serial, exits_by_kind=counts,
-                     exits_by_class={"cli": exits} if exits else {}, sites=(), patches=(),
-                     guest_instructions=1000, timing=Timing(wall=wall))
-
-
 def test_the_store_keeps_whole_cells_and_skips_damaged_ones(tmp_path: Path):
     s = store.ResultStore(tmp_path / "res")
     s.open()
@@ -76,11 +65,11 @@ def test_the_store_keeps_whole_cells_and_skips_damaged_ones(tmp_path: Path):
     s.open()
     assert list(s.cells.iterdir()) == []
     spec = CellSpec("k1", "hello.elf", "a" * 64, "unpatched", {"image_name": "hello.elf"}, 0, {"ring1": "1"})
-    info = make_plan(manifest.load(_manifest(tmp_path))).kernels[0].info
-    path = s.save(spec, info, CellOutcome("k1", _record()))
+    info = make_plan(manifest.load(write_manifest(tmp_path))).kernels[0].info
+    path = s.save(spec, info, CellOutcome("k1", record()))
     data = json.loads(path.read_text())
     assert set(data) == {"kernel", "runs", "cell"}  # the --save-runs form, plus the cell
-    assert s.load("k1") is not None and s.load("k1").record == _record()
+    assert s.load("k1") is not None and s.load("k1").record == record()
     (s.cells / "k2.json").write_text("{not json")
     assert s.load("k2") is None and s.unreadable == [s.cells / "k2.json"]
     assert s.load("k3") is None  # never run
@@ -108,7 +97,7 @@ def test_a_worker_runs_from_content_and_gets_inputs_as_files(monkeypatch):
         seen.update(kernel=kernel, options=options, files={o: [Path(p).read_bytes() for p in v]
                                                            for o, v in options.items() if o == "disk"})
         assert Path(kernel).read_bytes() == HELLO.read_bytes()
-        return RunRecord(**{**vars(_record()), "options": options})
+        return RunRecord(**{**vars(record()), "options": options})
 
     from runtime.report import adapter
 
@@ -142,7 +131,7 @@ class _FakeExecutor:
             self.lose[spec.key] -= 1
             f.set_exception(RuntimeError("worker died\nmore lines"))
         else:
-            f.set_result(CellOutcome(spec.key, _record()))
+            f.set_result(CellOutcome(spec.key, record()))
         return f
 
     def lost(self, spec, err):
@@ -167,47 +156,8 @@ def test_a_lost_cell_is_sent_once_more_then_failed():
     assert sorted(started) == ["a", "b", "b", "c", "c"] and ex.lost_calls == 3
 
 
-def _manifest(tmp_path: Path, expect: bytes | None = None, repeats: int = 2) -> Path:
-    lines = [f'[[kernels]]\npath = "{HELLO}"\n']
-    if expect is not None:
-        (tmp_path / "expected").write_bytes(expect)
-        lines.append('expect = "expected"\n')
-    lines.append(f'[matrix]\nmode = ["dynamic", "static"]\nrepeats = {repeats}\n')
-    path = tmp_path / "m.toml"
-    path.write_text("".join(lines))
-    return path
-
-
-def _report(tmp_path, runs, failures=(), expect=None):
-    """The model over made-up runs: `runs` maps (mode, repeat) to a RunRecord."""
-    plan = make_plan(manifest.load(_manifest(tmp_path, expect)))
-    records, failed = {}, {}
-    for slot in plan.slots:
-        mode = slot.config.mode
-        if (mode, slot.repeat) in failures:
-            failed[slot.key] = CellOutcome(slot.key, None, error="boom", exit_code=8)
-        else:
-            records[slot.key] = runs[(mode, slot.repeat)]
-    counts = model.CellCounts(len(plan.cells), 0, len(records), len(failed))
-    return model.build_report(plan, records, failed, results="r", cells=counts, executor="fake",
-                              repro=collect(["campaign"], {}))
-
-
-def _runs(**change):
-    """Two runs per mode; `dynamic_1=record` replaces the second dynamic run."""
-    base = {("none", 0): _record(wall=2.0), ("none", 1): _record(wall=4.0),
-            ("dynamic", 0): _record("dynamic", exits=10, wall=1.0),
-            ("dynamic", 1): _record("dynamic", exits=10, wall=2.0),
-            ("static", 0): _record("static", exits=150, wall=0.5),
-            ("static", 1): _record("static", exits=150, wall=1.0)}
-    for name, record in change.items():
-        mode, repeat = name.split("_")
-        base[(mode, int(repeat))] = record
-    return base
-
-
 def test_reductions_speedups_and_added_exits_are_computed_from_medians(tmp_path: Path):
-    r = _report(tmp_path, _runs())
+    r = report(tmp_path, runs())
     assert r.ok
     k = r.kernels[0]
     dynamic, static = k.entry("c2"), k.entry("c3")
@@ -223,28 +173,28 @@ def test_reductions_speedups_and_added_exits_are_computed_from_medians(tmp_path:
 
 
 def test_mismatches_are_flagged_and_never_averaged_in(tmp_path: Path):
-    r = _report(tmp_path, _runs(dynamic_1=_record("dynamic", serial=b"other\n", exits=10)))
+    r = report(tmp_path, runs(dynamic_1=record("dynamic", serial=b"other\n", exits=10)))
     dynamic = r.kernels[0].entry("c2")
     assert not dynamic.clean and {f.what for f in dynamic.flags} == {"repeats"}
     assert "the 2 runs differ in guest output" in str(dynamic.flags[0])
     assert {t.config_id: t for t in r.totals}["c2"].left_out == ("hello",)
     assert not r.ok
 
-    r = _report(tmp_path, _runs(static_0=_record("static", status=3, exits=150),
-                                static_1=_record("static", status=3, exits=150)))
+    r = report(tmp_path, runs(static_0=record("static", status=3, exits=150),
+                                static_1=record("static", status=3, exits=150)))
     static = r.kernels[0].entry("c3")
     assert [(f.what, f.against) for f in static.flags] == [("exit status", "baseline")]
     assert r.kernels[0].entry("c2").clean
 
 
 def test_expected_output_and_failed_runs_flag_an_entry_and_its_dependents(tmp_path: Path):
-    r = _report(tmp_path, _runs(), expect=b"QEMU says otherwise\n")
+    r = report(tmp_path, runs(), expect=b"QEMU says otherwise\n")
     base = r.kernels[0].entry("c1")
     assert [(f.what, f.against) for f in base.flags] == [("serial", "expected")]
     assert base.flags[0].detail == "byte 0: expected b'QEMU say', got b'ok\\n'"
     # every patched entry differs from the expected output too, and its baseline is flagged
     assert all(not e.clean for e in r.entries)
-    r = _report(tmp_path, _runs(), failures={("none", 1)})
+    r = report(tmp_path, runs(), failures={("none", 1)})
     base = r.kernels[0].entry("c1")
     assert [f.what for f in base.flags] == ["failed"] and len(base.runs) == 1
     assert r.kernels[0].entry("c2").flags[-1].what == "baseline"

@@ -108,9 +108,13 @@ class _Progress:
     def _update(self) -> None:
         if self.live:
             progress, task = self.live
+            # The cells running now, in what room the bar and the counts leave on the line.
+            room = progress.console.width - 95
             names = ", ".join(sorted(self.running.values()))
+            if len(names) > room:
+                names = names[:max(room - 3, 0)] + "..." if room > 12 else ""
             progress.update(task, description=f"running {len(self.running)}, failed {self.failed}",
-                            names=names[:70] + ("..." if len(names) > 70 else ""))
+                            names=names)
 
 
 @contextmanager
@@ -130,7 +134,7 @@ def _progress(describe: Any) -> Iterator[_Progress]:
     if not console.is_terminal:
         yield _Progress(describe)
         return
-    with Progress(SpinnerColumn(), TextColumn("cells"), BarColumn(), MofNCompleteColumn(),
+    with Progress(SpinnerColumn(), TextColumn("cells"), BarColumn(bar_width=24), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), TextColumn("[dim]{task.fields[names]}"),
                   console=console, transient=True) as progress:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -108,11 +109,17 @@ class DaskExecutor:
         self.address = address
         self.executor = self.client.get_executor(pure=False)
         self._shipped: dict[str, Any] = {}
+        self._slots, self._asked = 1, float("-inf")
         workers = len(self.client.nthreads())
         self.description = f"dask {address}, {workers} worker{'s' if workers != 1 else ''} at start"
 
     def slots(self) -> int:
-        return max(1, sum(self.client.nthreads().values()))
+        # Workers may join or leave while the campaign runs; ask the scheduler at most once a second.
+        now = time.monotonic()
+        if now - self._asked >= 1.0:
+            self._slots = max(1, sum(self.client.nthreads().values()))
+            self._asked = now
+        return self._slots
 
     def _ship(self, blob: Blob) -> Any:
         if blob.sha256 not in self._shipped:

@@ -92,24 +92,39 @@ class Stats:
     smc_removed: int = 0
     smc_refreshed: int = 0
     merged: int = 0             # sites whose own patch was folded into a later site's window
+    dropped_on_move: int = 0    # blocks that could not be re-made when the VMM area moved
 
 
 class PatchManager:
     def __init__(self, config: PatchConfig, memory: GuestMemory, code: CodeMap | None,
                  rules: RuleSet | None = None, patch_memory: PatchMemory | None = None,
-                 watch: WriteWatch | None = None, emulable: Callable[[str], bool] | None = None) -> None:
+                 watch: WriteWatch | None = None, emulable: Callable[[str], bool] | None = None,
+                 area: layout.VmmArea = layout.HOME, live: Callable[[int], bool] | None = None) -> None:
         self.config = config
         self.memory = memory
         self.code = code
         self.rules = rules if rules is not None else load(config.disabled_rules)
-        self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
-        if self.patch_memory.top == tables.BASE:     # fresh patch memory: the lookup tables first
-            self.memory.write(tables.BASE, tables.image())
-            self.patch_memory.commit(tables.BASE, tables.SIZE)
+        #: Where the VMM area (so patch memory and the state block) is in the guest's linear
+        #: space; it moves when the guest maps that slot itself (`relocate`).
+        self.area = area
+        self.patch_memory = patch_memory if patch_memory is not None else PatchMemory(area.patch_base)
+        if self.patch_memory.top == self.patch_memory.base:   # fresh: the lookup tables first
+            self.memory.write(area.linear(tables.BASE), tables.image())
+            self.patch_memory.commit(area.linear(tables.BASE), tables.SIZE)
         self.watch = watch
         #: Whether the runtime can emulate an exit of a class (its emulator table).
         self.emulable: Callable[[str], bool] = emulable or (lambda cls: True)
-        self.ctx = EmitContext()
+        #: Whether guest address `a` may be patched now: the guest runs the kernel's code
+        #: there, mapped where its ELF puts it (runtime/patching.py). Before the guest turns
+        #: paging on, a kernel linked at 0x80100000 and loaded at 1 MiB runs its first
+        #: instructions at their physical addresses: a JMP made for the virtual address would
+        #: go astray there. Sites that are not live wait in `deferred`.
+        self.live: Callable[[int], bool] = live or (lambda a: True)
+        self.deferred: set[int] = set()
+        #: Patches of a `bt patch` record not live when adopted: their guest bytes are the
+        #: original ones until `retry_deferred` puts them back.
+        self._suspended: dict[int, Patch] = {}
+        self.ctx = EmitContext(area=area)
         self.patches: dict[int, Patch] = {}          # by site
         self.refusals: dict[int, Refusal] = {}
         self.notes: dict[int, str] = {}              # why a site got INT3 rather than a JMP
@@ -166,7 +181,7 @@ class PatchManager:
         """The state block's `pending` word, where the memory has a state block (not an ELF
         being patched ahead of time)."""
         try:
-            return self.memory.read(layout.state("pending"), 4) != bytes(4)
+            return self.memory.read(self.area.state("pending"), 4) != bytes(4)
         except PatchError:
             return False
 
@@ -190,12 +205,33 @@ class PatchManager:
 
     # ---- making patches ---------------------------------------------------------------------
     def patch_all(self, sites: Iterable[int]) -> None:
-        """Patch every site now (`--eager`, `bt patch`), in address order."""
+        """Patch every site now (`--eager`, `bt patch`), in address order; a site that is not
+        live yet (`live`) is deferred until `retry_deferred` finds it live."""
         for site in sorted(set(sites)):
-            if site not in self.patches and site not in self.refusals and self._free(site, site + 1):
+            if not self.live(site):
+                self.deferred.add(site)
+            elif site not in self.patches and site not in self.refusals and self._free(site, site + 1):
                 self.patch_site(site)
 
+    def retry_deferred(self) -> None:
+        """The guest's mapping changed and it runs live code now: patch what became live.
+        The runtime calls this only while the guest executes at a live address, never from
+        code it runs at another alias (the pre-paging boot code), which a patch under its
+        feet would break."""
+        for site in sorted(s for s in self._suspended if self.live(s)):
+            patch = self._suspended.pop(site)
+            if self._free(patch.start, patch.end):
+                self.memory.write(patch.start, self._head(patch))
+                self._register(patch)
+        ready = sorted(s for s in self.deferred if self.live(s))
+        self.deferred.difference_update(ready)
+        self.patch_all(ready)
+
     def patch_site(self, site: int) -> Patch | Refusal:
+        if not self.live(site):
+            # Not recorded: the site is patched once it runs where the kernel's ELF puts it.
+            return Refusal(site, Operation(None, site, 0, "?", (), "?"),
+                           "not running where the kernel's ELF puts it (yet)")
         insn = self._decode(site)
         if insn is None:
             return self._refuse(site, None, "no instruction decodes here")
@@ -296,18 +332,31 @@ class PatchManager:
                              f"this ring1 has it at {self.patch_memory.base:#x}")
         self.memory.write(rec.patch_base, rec.code)
         self.patch_memory.commit(rec.patch_base, rec.patch_top - rec.patch_base)
-        self.ctx = EmitContext(dict(rec.rule_data))
+        self.ctx = EmitContext(dict(rec.rule_data), area=self.area)
         for patch in rec.patches:
             head = self._head(patch)
             if self.memory.read(patch.start, len(head)) != head:
                 raise PatchError(f"patch record says {patch.kind} at {patch.start:#x}, the code disagrees")
-            self._register(patch)
+            if self.live(patch.start):
+                self._register(patch)
+            else:
+                # Code the guest first runs elsewhere (at its physical address, before paging):
+                # the guest's own bytes until it is live (`retry_deferred`).
+                self.memory.write(patch.start, patch.original)
+                self._suspended[patch.site] = patch
         for refusal in rec.refusals:
             self.refusals[refusal.site] = refusal
 
     def remove(self, site: int) -> None:
         patch = self.patches.pop(site)
         self.memory.write(patch.start, patch.original)
+        self._unindex(patch)
+        handle = self._watches.pop(site, None)
+        if handle is not None and self.watch is not None:
+            self.watch.unwatch(handle)
+
+    def _unindex(self, patch: Patch) -> None:
+        """Forget `patch` in every map the exits use (its guest bytes and watch stay)."""
         for addr in [a for a, (p, _) in self._exits.items() if p is patch]:
             del self._exits[addr]
         self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
@@ -317,13 +366,15 @@ class PatchManager:
             for chunk in patch.block.chunks:
                 if self._interior.pop(chunk.guest, None) is not None:
                     self._mark_interior(chunk.guest, -1)
-        handle = self._watches.pop(site, None)
-        if handle is not None and self.watch is not None:
-            self.watch.unwatch(handle)
 
     def _register(self, patch: Patch) -> None:
         self.patches[patch.site] = patch
         self.refusals.pop(patch.site, None)
+        self._index(patch)
+        if self.watch is not None:
+            self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
+
+    def _index(self, patch: Patch) -> None:
         if patch.block is not None:
             for addr, record in patch.block.exits:
                 self._exits[addr] = (patch, record)
@@ -337,16 +388,84 @@ class PatchManager:
                     self._mark_interior(chunk.guest, +1)
         else:
             self._exits[patch.site] = (patch, ExitRecord(patch.op, patch.op.next_address))
-        if self.watch is not None:
-            self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
 
     def _mark_interior(self, guest: int, delta: int) -> None:
         """Keep the interior bitmap patch code reads (patchmgr/tables.py) in step with
         `_interior`; a bit shared by aliasing addresses clears with its last user."""
-        where, bit = tables.interior_bit(guest)
-        users = self._bit_users[(where, bit)] = self._bit_users[(where, bit)] + delta
+        home, bit = tables.interior_bit(guest)
+        where = self.area.linear(home)
+        users = self._bit_users[(home, bit)] = self._bit_users[(home, bit)] + delta
         old = self.memory.read(where, 1)[0]
         self.memory.write(where, bytes([(old | bit) if users else (old & ~bit)]))
+
+    # ---- the VMM area moved ------------------------------------------------------------------
+    def relocate(self, area: layout.VmmArea) -> dict[int, int]:
+        """The VMM area now sits at `area` (runtime/relocate.py; the runtime already maps it
+        there). Patch memory is at the same physical place, so every block is re-made at its
+        own offset from the new base, with the state-block and table addresses of the new
+        place, and every guest JMP into it is re-pointed: PATM relocated its patch memory
+        with fixup records; ring1 re-translates the window, which needs no record and gives
+        the same bytes a fresh patch would. A block keeps its length (addresses in patch code
+        are 32-bit fields, and patch memory is at least 2 MiB from any guest code, so every
+        branch between them is a rel32), hence an EIP inside an old block is the same
+        offset inside the new one.
+
+        Returns {old block address: new block address}; a block that could not be re-made at
+        the same length (never seen) is removed instead, and is absent from the map."""
+        delta = area.base - self.area.base
+        if not delta:
+            return {}
+        self.area = area
+        self.ctx.area = area
+        self.patch_memory.rebase(delta)
+        moved: dict[int, int] = {}
+        blocks = [p for _, p in self._blocks]
+        for patch in blocks:
+            self._unindex(patch)
+        for patch in blocks:
+            old = patch.block
+            assert old is not None
+            new = self._remade(patch, old.address + delta)
+            if new is None:
+                self.memory.write(patch.start, patch.original)
+                del self.patches[patch.site]
+                handle = self._watches.pop(patch.site, None)
+                if handle is not None and self.watch is not None:
+                    self.watch.unwatch(handle)
+                self.stats.dropped_on_move += 1
+                continue
+            self.memory.write(patch.start, self._head(patch))
+            self._index(patch)
+            moved[old.address] = new.address
+        # A `bt patch` record's suspended patches have blocks too: re-made, not yet applied.
+        for site, patch in list(self._suspended.items()):
+            if patch.block is not None and self._remade(patch, patch.block.address + delta) is None:
+                del self._suspended[site]
+                self.stats.dropped_on_move += 1
+        return moved
+
+    def _remade(self, patch: Patch, address: int) -> Block | None:
+        """`patch`'s block re-made at `address` and written there (and `patch.block` set), or
+        None if it cannot keep its length."""
+        old = patch.block
+        assert old is not None
+        try:
+            new = self._rebuild(patch, address)
+        except (NoWindow, CannotMove, PatchError):
+            return None
+        if len(new.code) != len(old.code):
+            return None
+        patch.block = new
+        self.memory.write(new.address, new.code)
+        return new
+
+    def _rebuild(self, patch: Patch, address: int) -> Block:
+        """`patch`'s block made again at `address` from the guest bytes it replaced."""
+        insns = list(self._cs.disasm(patch.original, patch.start))
+        if sum(i.size for i in insns) != len(patch.original):
+            raise PatchError(f"window at {patch.start:#x} no longer decodes")
+        items = [plan(i, self.rules, self.ctx, self.emulable) for i in insns]
+        return build(items, patch.start, patch.end, address, self.ctx)
 
     def _refuse(self, site: int, op: Operation | None, reason: str) -> Refusal:
         placeholder = op or Operation(None, site, 0, "?", (), "?")

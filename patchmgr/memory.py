@@ -20,6 +20,12 @@ class PatchMemory:
         self.size = size
         self.top = base
 
+    def rebase(self, delta: int) -> None:
+        """The VMM area moved by `delta` (patchmgr/manager.py `relocate`): every block keeps
+        its offset, so the allocator just follows."""
+        self.base += delta
+        self.top += delta
+
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
 

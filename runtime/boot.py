@@ -85,6 +85,14 @@ BIOS_FLASH = (0xFFFC0000, 0x40000)
 ADDRESS_LIMIT = 1 << 32
 
 
+#: The GDT QEMU's multiboot option ROM leaves (bt.layout.LOADER_GDT_BASE): CS 0x08, DS 0x10.
+LOADER_GDT = bytes.fromhex("0000000000000000" "ffff0000009acf00" "ffff00000093cf00"
+                           "ffff0000009e0000" "ffff000000920000")
+LOADER_CS, LOADER_DS = 0x08, 0x10
+#: The IDTR it leaves: the real-mode interrupt vector table.
+LOADER_IDTR = (0, 0x3FF)
+
+
 @dataclass(frozen=True)
 class MemoryRegion:
     """One entry of the multiboot memory map."""

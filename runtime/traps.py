@@ -30,7 +30,7 @@ from typing import Any
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs, CsError
 from unicorn import Uc
 
-from bt import isa, layout
+from bt import isa
 from bt.errors import GuestStop
 from bt.operation import Operation, Reg
 from runtime import machine
@@ -138,14 +138,22 @@ class Traps:
         cpu = self.cpu
         eip, cs = cpu.eip_cs()
         cpl = cs & 3
-        if vector == VEC_GP and cpl == 1 and not layout.VMM_BASE <= eip < layout.PATCH_BASE:
+        m = self.ctx.m
+        area = m.vmm
+        in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
+        if vector == VEC_GP and cpl == 1 and not in_vmm:
             return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
+        if vector == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
+            # The shadow page directory was behind the guest's (runtime/shadowpd.py): caught
+            # up; the instruction runs again and the guest sees no fault.
+            self.stats.exit("paging", None, self.patcher.to_guest_eip(eip))
+            return "paging"
         if vector == VEC_BP:
             return self._int3(eip)
-        if eip in (machine.IRET_OUT, machine.RETF_OUT):
+        if eip in (m.linear(machine.IRET_OUT), m.linear(machine.RETF_OUT)):
             raise GuestStop("the CPU refused an emulated return to ring 3", eip,
                             f"vector {vector}; the frame passed the VMM's checks")
-        if layout.VMM_BASE <= eip < layout.PATCH_BASE:
+        if in_vmm:
             # A fault in the VMM's own trampoline: the call gate could not push onto
             # the guest's kernel stack (TSS.esp0). On hardware: a fault delivering a
             # fault delivering an interrupt, i.e. a triple fault.
@@ -230,6 +238,7 @@ class Traps:
         self._resynced_at = None
         self.stats.exit("trap", op.cls, eip)
         self.last.append(("trap", op.cls or "?", eip))
+        self.ctx.retry_deferred(eip)
         self.patcher.on_trap(op)
         self.execute(op, op.next_address, emulate)
         return "trap"
@@ -253,6 +262,7 @@ class Traps:
         if emulate is None:
             assert op.cls is not None
             emulate = EMULATORS[op.cls]
+        before = self.ctx.m.vmm
         try:
             result = emulate(op, self.ctx, next_eip)
         except EmulationFault as fault:
@@ -263,6 +273,13 @@ class Traps:
             self.cpu.write(CR2, pf.linear)
             self.inject(VEC_PF, op.address, pf.error_code, False)
             return
+        if self.ctx.m.vmm != before:
+            # The instruction moved the VMM area (a CR3 load: runtime/relocate.py), so a patch
+            # address the caller chose to continue at has moved with it.
+            now = self.ctx.m.vmm
+            next_eip = before.carry(next_eip, now)
+            if result is not None and result != HANDLED:
+                result = before.carry(result, now)
         if result is None:
             self.cpu.write(EIP, self.patcher.resume_at(next_eip))
         elif result != HANDLED:
@@ -275,10 +292,11 @@ class Traps:
     # -- INT3: the VMM's stub, hypercalls, or the guest's own breakpoint ------------------------------
     def _int3(self, eip: int) -> str:
         at = eip - 1
-        if at == machine.STUB1:
+        m = self.ctx.m
+        if at == m.linear(machine.STUB1):
             self.ctx.inject.complete_inward()
             return "interrupt"
-        in_patch = layout.PATCH_BASE <= at < layout.PATCH_BASE + layout.PATCH_SIZE
+        in_patch = m.vmm.in_patch_memory(at)
         record = self.patcher.exit_at(at)
         if record is not None:
             op = record.op
@@ -394,9 +412,10 @@ class Traps:
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and self.patcher.on_trap(op):
-            # A patch now covers this IN/OUT. Unicorn finishes the instruction and would run
-            # on into the window; stop, so the run loop resumes through `resume_at`.
+        if cs & 3 == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
+            # A patch now covers this IN/OUT (or others were just made). Unicorn finishes the
+            # instruction and would run on into a window; stop, so the run loop resumes
+            # through `resume_at`.
             self.ctx.m.uc.emu_stop()
         return True
 

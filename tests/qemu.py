@@ -82,6 +82,7 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("timer", ""),
     Sample("zoo", ""),
     Sample("usermode", ""),
+    Sample("higherhalf", "iters=2000"),
 )
 
 SAMPLES_BY_NAME = {s.name: s for s in SAMPLES}

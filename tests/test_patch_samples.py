@@ -45,8 +45,13 @@ def test_statically_patched_sample_matches_qemu(sample: Sample, patched: dict[st
     assert vm.patches is not None
     record = read_record(elf.load(patched[sample.name]))
     assert record is not None and record.patches
-    # Every recorded JMP patch is served: none of those sites traps any more.
-    assert not any(vm.patches.stats.traps[p.site] for p in record.patches if p.kind == "jmp")
+    # Every recorded JMP patch is served: none of those sites traps any more. A kernel
+    # loaded where it is not linked (higherhalf) gets its recorded patches once it runs
+    # its code where its ELF says: at its first exit there, which may be one of them.
+    image = elf.load(sample.elf)
+    linked_where_loaded = all(s.vaddr == s.paddr for s in image.segments)
+    traps = [vm.patches.stats.traps[p.site] for p in record.patches if p.kind == "jmp"]
+    assert sum(traps) == 0 if linked_where_loaded else sum(traps) <= 1
 
 
 def test_patched_elf_adds_only_the_patch_segment(patched: dict[str, Path]) -> None:

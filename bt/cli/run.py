@@ -35,6 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
     p.add_argument("--stats", action="store_true", help="print exit statistics to stderr")
     p.add_argument("--json", type=Path, help="write the statistics as JSON to FILE")
+    p.add_argument("--vmm-base", type=_slot, metavar="ADDR",
+                   help="pin the VMM area at this 4 MiB-aligned linear address while guest paging is on "
+                        "(default: it moves out of the guest's way)")
     patch = p.add_argument_group("patching (PATM)")
     patch.add_argument("--hot", type=int, default=1, metavar="N",
                        help="patch a site once it trapped N times (default 1, as PATM)")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                 else sys.stdout.buffer)
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
                            max_insns=args.max_insns, timeout=args.timeout, serial=sink,
-                           patch=_patch_config(args))
+                           patch=_patch_config(args), vmm_base=args.vmm_base)
         vm = Vm(config)
         try:
             result = vm.run()
@@ -67,6 +70,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         _report(args, vm, result.stats)
         return 0 if result.exit_status is None else result.exit_status & 0xFF
+
+
+def _slot(text: str) -> int:
+    """`--vmm-base`: a 4 MiB-aligned linear address (hex or decimal), not slot 0."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address") from None
+    if value % (4 << 20) or not 0 < value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text}: the VMM area needs a 4 MiB-aligned slot above 0")
+    return value
 
 
 def _patch_config(args: argparse.Namespace) -> PatchConfig:
@@ -100,6 +114,9 @@ def _report_guard(stats: RunStats, out: TextIO) -> None:
         words = ", ".join(f"{w:#010x}" for w in stats.vflags_bad)
         print(f"virtual flags word corrupted by the guest (repaired): {stats.vflags_corrupted} ({words})",
               file=out)
+    for move in stats.vmm_moves:
+        print(f"VMM area moved {move.old:#010x} -> {move.new:#010x} at guest EIP {move.eip:#x}: {move.why}",
+              file=out)
 
 
 def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
@@ -119,7 +136,7 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     out = sys.stderr
     ex = data["exits"]
     print(f"exits: {data['total_exits']} (trap {ex['trap']}, io {ex['io']}, hypercall {ex['hypercall']}, "
-          f"interrupt {ex['interrupt']})", file=out)
+          f"interrupt {ex['interrupt']}, paging {ex['paging']})", file=out)
     print(f"guest instructions: {stats.guest_insns}   virtual time: {stats.virtual_ns / 1e6:.3f} ms "
           f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
     if vm.patches is not None:

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from runtime.report.kernel import Function, KernelInfo
-from runtime.report.record import BASELINE, EXIT_KINDS, MODES, Patch, RunRecord
+from runtime.report.record import BASELINE, MODES, Patch, RunRecord
 from runtime.report.repro import Reproducibility
+from runtime.stats import EXIT_KINDS
 
 #: Sites shown in the hot-site table unless asked otherwise.
 TOP_SITES = 10

@@ -67,7 +67,7 @@ top = 3
     ("[matrix]\nhott = [1]\n", "[matrix]: unknown key 'hott'; did you mean 'hot'?"),
     ("[campaign]\nnmae = 'x'\n", "[campaign]: unknown key 'nmae'"),
     ("colour = 'red'\n", "kernels[0]: unknown key 'colour'"),
-    ("disk = 'a.img'\n", "kernels[0]: 'disk': this ring1 cannot give a run a disk yet (`bt run --disk`"),
+    ("module = 'm.bin'\n", "'module': a campaign cannot pass it yet: a module's string is its path"),
     ("[reprot]\n", "top level: unknown key 'reprot'; did you mean 'report'?"),
     ("[matrix]\nhot = [0]\n", "[matrix]: hot: 0 is not a hot threshold"),
     ("[matrix]\nhot = [true]\n", "[matrix]: hot: True is not a hot threshold"),
@@ -128,3 +128,22 @@ def test_every_matrix_key_is_a_dimension_or_repeats():
     for d in matrix.DIMENSIONS:
         d.read(d.default if not d.list_valued else list(d.default))  # the default passes its own check
         assert d.modes <= matrix.ALL_MODES
+
+
+def test_input_files_travel_by_content_once_runs_take_them(tmp_path: Path, monkeypatch):
+    from runtime.config import RunConfig
+
+    (tmp_path / "a.img").write_bytes(b"disk a")
+    (tmp_path / "b.img").write_bytes(b"disk b")
+    body = 'disk = ["a.img", "b.img"]\n'
+    if "disks" not in RunConfig.__dataclass_fields__:
+        assert "'disk': this ring1 cannot give a run a disk file yet (`bt run --disk` does not exist)" in (
+            refused(tmp_path, body))
+        monkeypatch.setattr(manifest, "available_inputs", lambda: dict(manifest.FILE_INPUTS))
+    m = manifest.load(write(tmp_path, body))
+    assert m.kernels[0].inputs == (("disk", tmp_path / "a.img"), ("disk", tmp_path / "b.img"))
+    plan = make_plan(m)
+    refs = next(iter(plan.cells.values())).inputs
+    assert [(r.option, r.name, r.many) for r in refs] == [("disk", "a.img", True), ("disk", "b.img", True)]
+    (tmp_path / "b.img").write_bytes(b"disk b, changed")  # another disk: other cells
+    assert not set(make_plan(manifest.load(write(tmp_path, body))).cells) & set(plan.cells)

@@ -32,6 +32,7 @@ class InputRef:
     option: str  # the run option that gets the file's path, as `bt run` names it
     name: str  # the file's own name
     sha256: str
+    many: bool = True  # the option takes a list of paths (`--disk A --disk B`), else one path
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ def run_cell(spec: CellSpec, kernel: bytes, inputs: Sequence[bytes] = ()) -> Cel
                 where = folder / f"input{i}"
                 where.mkdir()
                 (where / _safe_name(ref.name)).write_bytes(blob)
-                options.setdefault(ref.option, []).append(str(where / ref.name))
+                if ref.many:
+                    options.setdefault(ref.option, []).append(str(where / ref.name))
+                else:
+                    options[ref.option] = str(where / ref.name)
             record = adapter.run_once(str(path), spec.mode, options)
         # The record keeps the options as planned, not this worker's temporary paths.
         record = dataclasses.replace(record, options=dict(spec.options))

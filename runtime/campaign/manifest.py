@@ -52,11 +52,35 @@ RUN_OPTIONS: Mapping[str, tuple[Callable[[object], Any], str]] = {
     "max_insns": (_positive_int, "stop a run after N guest instructions (deterministic)"),
     "timeout": (_positive_seconds, "stop a run after S wall-clock seconds (not deterministic)"),
 }
-#: Input files a run takes by path (run option -> what it is): they travel to the workers by
-#: content. None yet: `bt run` takes no disk image or multiboot module today.
-FILE_INPUTS: Mapping[str, str] = {}
-#: Inputs the issue names that `bt run` does not have yet: refused with a clear line.
-NOT_YET = {"disk": "bt run --disk", "module": "bt run --module"}
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """An input file a run takes by path: it travels to the workers by content."""
+
+    doc: str
+    flag: str  # the `bt run` flag
+    field: str  # the RunConfig field that takes it: the input exists when the field does
+    many: bool  # a list of files (`--disk A --disk B`) or one
+
+
+#: Input files by their run option (as `runtime.report.adapter.run_once` takes it). A guest
+#: must never see where a worker keeps the file: a disk image and the keys typed are
+#: content only. A multiboot module is not taken: the guest reads its path as the module's
+#: string (QEMU's `-initrd "FILE ARGS"`), and a worker's path is its own.
+FILE_INPUTS: Mapping[str, FileInput] = {
+    "disk": FileInput("IDE disk images, master first", "bt run --disk", "disks", many=True),
+    "keys": FileInput("a text file of keys typed on the PS/2 keyboard", "bt run --keys", "keys", many=False),
+}
+#: Inputs the issue names that a campaign cannot pass yet, and why.
+NOT_YET = {"module": "a module's string is its path, which differs from worker to worker"}
+
+
+def available_inputs() -> dict[str, FileInput]:
+    """The file inputs this ring1's runs take (their RunConfig field exists)."""
+    from runtime.config import RunConfig
+
+    return {k: f for k, f in FILE_INPUTS.items() if f.field in RunConfig.__dataclass_fields__}
 
 TOP_KEYS = ("campaign", "defaults", "kernels", "matrix", "report")
 CAMPAIGN_KEYS = ("name", "description")
@@ -109,9 +133,11 @@ class _Place:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
+                if where.startswith("kernels") and key in FILE_INPUTS:
+                    raise self.error(where, f"{key!r}: this ring1 cannot give a run a {key} file yet "
+                                            f"(`{FILE_INPUTS[key].flag}` does not exist)")
                 if where.startswith("kernels") and key in NOT_YET:
-                    raise self.error(where, f"{key!r}: this ring1 cannot give a run a {key} yet "
-                                            f"(`{NOT_YET[key]}` does not exist)")
+                    raise self.error(where, f"{key!r}: a campaign cannot pass it yet: {NOT_YET[key]}")
                 raise self.error(where, f"unknown key {key!r}{hint} (known: {', '.join(known)})")
         return table
 
@@ -140,7 +166,7 @@ def load(path: Path) -> Manifest:
         raise at.error("kernels", "no kernels: add at least one [[kernels]] table with a path")
     kernels: list[KernelSpec] = []
     for i, entry in enumerate(entries):
-        keys = ("path", "name", "expect", *RUN_OPTIONS, *FILE_INPUTS)
+        keys = ("path", "name", "expect", *RUN_OPTIONS, *available_inputs())
         kernels += _kernels(at, f"kernels[{i}]", at.keys(entry, f"kernels[{i}]", keys), base, defaults)
     seen: dict[str, Path] = {}
     for k in kernels:
@@ -205,9 +231,12 @@ def _kernels(at: _Place, where: str, entry: Mapping[str, Any], base: Path,
             if not expect.is_file():
                 raise at.error(f"{where} expect", f"{expect}: no such file")
         inputs = []
-        for option in FILE_INPUTS:
+        for option, kind in available_inputs().items():
             given = entry.get(option, [])
-            for f in given if isinstance(given, list) else [given]:
+            files = given if isinstance(given, list) else [given]
+            if not kind.many and len(files) > 1:
+                raise at.error(f"{where} {option}", "one file, not a list")
+            for f in files:
                 file = _expand(_read(at, f"{where} {option}", _text, f), p, base)
                 if not file.is_file():
                     raise at.error(f"{where} {option}", f"{file}: no such file")

@@ -17,7 +17,7 @@ from pathlib import Path
 from runtime.campaign import identity
 from runtime.campaign.cell import CellSpec, InputRef
 from runtime.campaign.identity import Blob
-from runtime.campaign.manifest import KernelSpec, Manifest
+from runtime.campaign.manifest import FILE_INPUTS, KernelSpec, Manifest
 from runtime.campaign.matrix import Config
 from runtime.report.kernel import KernelInfo, load_kernel
 
@@ -94,7 +94,7 @@ def make_plan(manifest: Manifest) -> Plan:
     cells: dict[str, CellSpec] = {}
     for repeat in range(manifest.matrix.repeats):
         for k in kernels:
-            refs = tuple(InputRef(option, blob.name, blob.sha256)
+            refs = tuple(InputRef(option, blob.name, blob.sha256, FILE_INPUTS[option].many)
                          for (option, _), blob in zip(k.spec.inputs, k.inputs, strict=True))
             for config in configs:
                 mode, options = config.run()

@@ -173,6 +173,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     assert not (tmp_path / "small.results").exists()  # nothing ran, nothing was created
     proc = bt("campaign", str(manifest(tmp_path)), "--jobs", "0", cwd=tmp_path)
     assert proc.returncode == 2 and "--jobs must be at least 1" in proc.stderr
+    proc = bt("campaign", str(manifest(tmp_path)), "--html", "nowhere/r.html", cwd=tmp_path)
+    assert proc.returncode == 2 and "the folder nowhere does not exist" in proc.stderr
+    proc = bt("campaign", str(manifest(tmp_path)), "--json", ".", cwd=tmp_path)
+    assert proc.returncode == 2 and "--json .: is a folder" in proc.stderr
 
 
 def _children(pid: int) -> list[int]:
@@ -239,3 +243,49 @@ repeats = 6
     assert workers and not any(_alive(pid) for pid in workers), "a worker outlived bt campaign"
     plan = bt("campaign", str(m), "--plan", cwd=tmp_path)
     assert f"{len(stored)} stored in small.results, {6 - len(stored)} to run" in plan.stdout
+
+
+def test_a_worker_that_dies_is_replaced_and_its_cell_sent_again(tmp_path: Path):
+    import threading
+
+    from runtime.campaign import executors, manifest as campaign_manifest
+    from runtime.campaign.plan import make_plan
+
+    m = manifest(tmp_path, f'''
+[[kernels]]
+path = "{SAMPLES}/irqsave/irqsave.elf"
+cmdline = "iters=200000"
+[matrix]
+mode = "none"
+''')  # a run of a few seconds: the worker dies in the middle of it
+    plan = make_plan(campaign_manifest.load(m))
+    spec = next(iter(plan.cells.values()))
+    owner = plan.owner(spec.key)
+    done = []
+    killed = []
+
+    def workers() -> list[int]:
+        return [pid for pid in _children(os.getpid())
+                if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+    def kill_the_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for pid in workers():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    def started(s: Any) -> None:
+        if not killed and not done:
+            threading.Thread(target=kill_the_worker).start()
+
+    local = executors.LocalExecutor(1)
+    try:
+        executors.run_cells([spec], lambda s: (owner.blob, owner.inputs), local, started,
+                            lambda s, outcome: done.append(outcome))
+    finally:
+        local.close(cancel=False)
+    assert killed, "no worker to kill"
+    assert len(done) == 1 and done[0].ok and done[0].attempts == 2, done

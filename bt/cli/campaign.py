@@ -152,8 +152,13 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 
 def _check_output(path: Path | None, what: str) -> None:
-    if path is not None and not path.parent.is_dir():
+    """Before anything runs: an output that cannot be written is one line, not a lost campaign."""
+    if path is None:
+        return
+    if not path.parent.is_dir():
         raise UsageError(f"{what} {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{what} {path}: is a folder")
 
 
 def run_campaign(args: argparse.Namespace) -> int:

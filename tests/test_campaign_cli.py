@@ -248,7 +248,8 @@ repeats = 6
 def test_a_worker_that_dies_is_replaced_and_its_cell_sent_again(tmp_path: Path):
     import threading
 
-    from runtime.campaign import executors, manifest as campaign_manifest
+    from runtime.campaign import executors
+    from runtime.campaign import manifest as campaign_manifest
     from runtime.campaign.plan import make_plan
 
     m = manifest(tmp_path, f'''

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -202,8 +203,8 @@ def _expand(template: str, kernel: Path, base: Path) -> Path:
     without `{dir}` the path is relative to the manifest's folder."""
     text = template.replace("{stem}", kernel.stem)
     if "{dir}" in text:
-        return Path(text.replace("{dir}", str(kernel.parent)))
-    return base / text
+        return Path(os.path.normpath(text.replace("{dir}", str(kernel.parent))))
+    return Path(os.path.normpath(base / text))
 
 
 def _kernels(at: _Place, where: str, entry: Mapping[str, Any], base: Path,
@@ -212,11 +213,11 @@ def _kernels(at: _Place, where: str, entry: Mapping[str, Any], base: Path,
         raise at.error(where, "no path (a kernel file, or a glob such as \"../*/*.elf\")")
     pattern = _read(at, f"{where} path", _text, entry["path"])
     if GLOB_CHARS & set(pattern):
-        paths = [Path(p) for p in sorted(glob.glob(str(base / pattern), recursive=True))]
+        paths = [Path(os.path.normpath(p)) for p in sorted(glob.glob(str(base / pattern), recursive=True))]
         if not paths:
             raise at.error(f"{where} path", f"{pattern!r} matches no file (relative to {base})")
     else:
-        paths = [base / pattern]
+        paths = [Path(os.path.normpath(base / pattern))]
         if not paths[0].is_file():
             raise at.error(f"{where} path", f"{paths[0]}: no such file")
     if "name" in entry and len(paths) > 1:

@@ -159,6 +159,13 @@ class _VmMemory:
         # Unicorn finds it through the linear address it is given, so give one that maps
         # onto these bytes now; kernel code not mapped where its ELF says (before paging)
         # may have been translated at another alias: drop every translation then (rare).
+        # Inside an IN/OUT hook Unicorn is in the middle of an instruction (a REP INS between
+        # two elements): dropping the code under it makes Unicorn restart that instruction,
+        # whose element the device has already given (measured: one element read twice).
+        # The hook ends the slice then; the run loop drops the code before the next one.
+        if self.vm.traps.in_io_hook:
+            self.vm.traps.stale_code = True
+            return
         area = self.vm.machine.vmm
         try:
             here = area.contains(address) or int(self.vm.mmu.translate(address)) == phys

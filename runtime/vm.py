@@ -331,6 +331,7 @@ class Vm:
                 # dropped but remembered in old_exception (seen when the guest's first
                 # instruction after enabling paging faults): the next one would become #DF.
                 traps.latch.clear()
+                traps.drop_stale_code()
                 try:
                     uc.emu_start(pc, self.machine.linear(STOP), count=count)
                 except UcError as err:
@@ -341,6 +342,7 @@ class Vm:
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
+                traps.finish_rep_element()
                 done = self.counter.executed(count)
                 self._advance(done)
                 self._check_state()

@@ -255,10 +255,13 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     from bt import isa, scan
     from patchmgr.codemap import ScanCodeMap
     from patchmgr.manager import PatchManager
-    from patchmgr.static import read_record, user_code
+    from patchmgr.static import original_image, read_record, user_code
 
     image = elf.load(vm.config.kernel)
-    result = scan.scan(image)
+    record = read_record(image)
+    # A kernel `bt patch` wrote is scanned as it was before: its JMPs into patch memory
+    # would hide the code after each window from the descent.
+    result = scan.scan(original_image(image, record) if record is not None else image)
     memory = _VmMemory(vm, KernelMap(image.segments))
     from runtime.emulate import EMULATORS
 
@@ -266,7 +269,6 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
                            emulable=EMULATORS.__contains__, area=vm.machine.vmm, live=memory.live)
     memory.manager = manager
     vm.vcpu.on_pending = manager.set_pending
-    record = read_record(image)
     if record is not None:
         manager.adopt(record)
     kernel_sites = [s for s in result.sites

@@ -167,12 +167,22 @@ class Vm:
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
         self._loader_state()
+        #: Why the run was asked to stop (`interrupt`), None while it runs on.
+        self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
+
+    def interrupt(self, why: str) -> None:
+        """Stop the run as soon as Unicorn returns (the end of the current translation block):
+        a clean stop with the usual report, `GuestStop("interrupted (WHY)")`. Safe to call
+        from a signal handler (bt run's Ctrl-C and SIGTERM): it only sets a flag the run loop
+        checks between slices, and `emu_stop` is harmless when nothing runs."""
+        self.interrupted = why
+        self.machine.uc.emu_stop()
 
     def _loader_state(self) -> None:
         """The machine as QEMU's multiboot loader leaves it (bt.layout.LOADER_GDT_BASE): its
@@ -321,6 +331,9 @@ class Vm:
         try:
             pc = self._enter_guest()
             while traps.exit_status is None:
+                if self.interrupted is not None:
+                    raise GuestStop(f"interrupted ({self.interrupted})", self.cpu.read(EIP),
+                                    f"{self.stats.guest_insns} instructions")
                 count = self._slice_length()
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),

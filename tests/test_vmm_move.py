@@ -18,13 +18,13 @@ import pytest
 import runtime_guest as guest
 from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM
-from patch_harness import LinearCode
 
 from bt import layout
 from bt.errors import GuestStop
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
 from runtime.patching import _VmMemory
+from runtime.ruletest import LinearCode
 from runtime.vm import RunResult, Vm
 
 PD_A, PD_B, PT0 = 0x30000, 0x31000, 0x32000

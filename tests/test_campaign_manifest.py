@@ -74,6 +74,8 @@ top = 3
     ("[matrix]\nmode = ['fast']\n", "'fast' is not a patching mode (none, dynamic, eager, static)"),
     ("[matrix]\ndisable_rule = ['irqflags']\n", "give a list of lists, one per configuration"),
     ("[matrix]\ndisable_rule = [['nosuchrule']]\n", "[matrix] disable_rule: no rule called nosuchrule"),
+    ("[matrix]\ndisable_class = [['cpuid', 'nosuch']]\n",
+     "[matrix] disable_class: unknown instruction class 'nosuch'"),
     ("[matrix]\nrepeats = 0\n", "repeats: 0 is not a number of runs per cell"),
     ("[matrix]\nhot = []\n", "hot: the list is empty"),
     ("max_insns = -5\n", "kernels[0] max_insns: -5 is not a positive integer"),
@@ -116,6 +118,10 @@ disable_rule = [[], ["irqflags"], ["irqflags", "irqflags"]]
     assert configs[0].is_baseline and all(c.baseline() == configs[0] for c in configs)
     assert configs[8].run() == ("dynamic", {"eager": True, "disable_rule": ["irqflags"]})
     assert configs[9].run() == ("static", {})
+    m = manifest.load(write(tmp_path, '[matrix]\nmode = ["eager"]\ndisable_class = [[], ["cpuid"]]\n'))
+    labels = [c.label(m.matrix.varying) for c in m.matrix.configs()]
+    assert labels == ["unpatched", "eager", "eager -class:cpuid"]
+    assert m.matrix.configs()[2].run() == ("dynamic", {"eager": True, "disable_class": ["cpuid"]})
 
 
 def test_the_baseline_runs_even_when_the_matrix_does_not_list_it(tmp_path: Path):
@@ -124,7 +130,7 @@ def test_the_baseline_runs_even_when_the_matrix_does_not_list_it(tmp_path: Path)
 
 
 def test_every_matrix_key_is_a_dimension_or_repeats():
-    assert matrix.MATRIX_KEYS == ("mode", "hot", "disable_rule", "repeats")
+    assert matrix.MATRIX_KEYS == ("mode", "hot", "disable_rule", "disable_class", "repeats")
     for d in matrix.DIMENSIONS:
         d.read(d.default if not d.list_valued else list(d.default))  # the default passes its own check
         assert d.modes <= matrix.ALL_MODES

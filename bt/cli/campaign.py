@@ -29,8 +29,8 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "campaign", help="run many kernels in many configurations and report them together",
         description="Run every kernel of a TOML manifest in every configuration of its matrix (patching "
-                    "mode, --hot, disabled rules, repeats), store each run as it finishes, and report "
-                    "exits removed, speedups and mismatches for all of them (docs/campaign.md).")
+                    "mode, --hot, disabled rules and classes, repeats), store each run as it finishes, "
+                    "and report exits removed, speedups and mismatches for all of them (docs/campaign.md).")
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the campaign manifest (TOML)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--jobs", "-j", type=int, default=None, metavar="N",

@@ -248,11 +248,18 @@ def _kernels(at: _Place, where: str, entry: Mapping[str, Any], base: Path,
 
 
 def _check_rules(at: _Place, grid: matrix.Matrix) -> None:
-    """Every rule named in `disable_rule` exists (`bt patch --list-rules`)."""
+    """Every rule named in `disable_rule` exists (`bt patch --list-rules`), and every class
+    in `disable_class` is a row of bt/isa.py."""
     from patchmgr import registry
 
-    named = {r for key, values in grid.axes if key == "disable_rule" for value in values for r in value}
+    def named(key: str) -> list[str]:
+        return sorted({n for k, values in grid.axes if k == key for value in values for n in value})
+
     try:
-        registry.load(sorted(named))
+        registry.load(named("disable_rule"))
     except UsageError as err:
         raise at.error("[matrix] disable_rule", str(err).removeprefix("--disable-rule: ")) from None
+    try:
+        registry.load(disabled_classes=named("disable_class"))
+    except UsageError as err:
+        raise at.error("[matrix] disable_class", str(err)) from None

@@ -45,10 +45,12 @@ def _hot(value: object) -> int:
     return value
 
 
-def _rules(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"{value!r} is not a list of rule names")
-    return tuple(sorted(set(value)))
+def _names(what: str) -> Callable[[object], tuple[str, ...]]:
+    def read(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{value!r} is not a list of {what}")
+        return tuple(sorted(set(value)))
+    return read
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,12 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("hot", "dynamic patching: patch a site once it trapped N times (`bt run --hot N`)", 1, _hot,
               frozenset({"dynamic"}), lambda v: f"hot={v}", lambda v: {"hot": v}),
     Dimension("disable_rule", "patch rules left out (`bt run --disable-rule NAME`), one list per "
-              "configuration", (), _rules, PATCHED, lambda v: " ".join(f"-{r}" for r in v),
+              "configuration", (), _names("rule names"), PATCHED, lambda v: " ".join(f"-{r}" for r in v),
               lambda v: {"disable_rule": list(v)} if v else {}, list_valued=True),
+    Dimension("disable_class", "instruction classes left trapping whatever rule claims them "
+              "(`bt run --disable-class CLS`), one list per configuration", (), _names("class names"),
+              PATCHED, lambda v: " ".join(f"-class:{c}" for c in v),
+              lambda v: {"disable_class": list(v)} if v else {}, list_valued=True),
 )
 BY_KEY = {d.key: d for d in DIMENSIONS}
 #: `[matrix]` keys that are not dimensions.

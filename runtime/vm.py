@@ -128,7 +128,7 @@ class Vm:
                  image: Bootable | None = None) -> None:
         self.config = config
         self.boot: Bootable = image if image is not None else load_kernel(
-            str(config.kernel), config.cmdline, config.ram_size, config.modules)
+            str(config.kernel), config.cmdline, config.ram_size, config.modules, config.image_name)
         disks = tuple(DiskImage(path, writable=config.disk_writable) for path in config.disks)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu

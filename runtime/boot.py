@@ -268,7 +268,8 @@ def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: s
 def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT,
                 modules: Sequence[BootModule] = (), image_name: str | None = None) -> BootImage:
     """`load_boot_image` in the positional shape the run loop calls (runtime/bootstub.py's)."""
-    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline, modules=modules, image_name=image_name)
+    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline, modules=modules,
+                           image_name=image_name)
 
 
 def _read_module(module: BootModule) -> bytes:

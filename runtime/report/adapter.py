@@ -147,8 +147,9 @@ def platform_fields(options: Mapping[str, Any]) -> dict[str, Any]:
 def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | None = None) -> RunRecord:
     """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `timeout`, `hot`,
     `eager`, `disable_rule`, `disable_class`, `image_name`: the kernel's name on its command
-    line, default `kernel`, and the platform's: `platform_fields`), in this process. A guest that stops abnormally is a result (its
-    reason is compared like an exit status), not an error.
+    line, default `kernel`, and the platform's: `platform_fields`), in this process. A guest
+    that stops abnormally is a result (its reason is compared like an exit status), not an
+    error.
     `kind` says how a run named otherwise (a `--variant`) patches: one of the three modes.
 
     unpatched: trap-and-emulate only, no patch manager at all;

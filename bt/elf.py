@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,13 @@ class Segment:
     filesz: int
     memsz: int
     flags: int          # PF_R | PF_W | PF_X
-    data: bytes = field(repr=False)
+    raw: bytes = field(repr=False, compare=False)    # the whole file
+
+    @property
+    def data(self) -> bytes:
+        """The segment's file bytes, sliced when asked: a hostile file's thousand program
+        headers over the same 64 MiB would otherwise be a thousand copies at load."""
+        return self.raw[self.offset:self.offset + self.filesz]
 
     @property
     def executable(self) -> bool:
@@ -149,21 +156,93 @@ def _check_header(path: str, raw: bytes) -> tuple[int, int]:
     if (bits == 32) != (machine == 3):
         kind = "x32 (ELF32 x86-64)" if bits == 32 else "ELF64 i386"
         raise ElfError(path, f"{kind} is not a kernel ring1 can load: need ELF32 i386 or ELF64 x86-64")
+    if bits == 64 and len(raw) < 64:
+        raise ElfError(path, f"truncated ELF header ({len(raw)} bytes)")
     return bits, machine
 
 
-def load(path: str | Path) -> KernelImage:
-    """Load a kernel ELF. Raises `ElfError` (one line) for anything ring1 cannot scan or run."""
+@dataclass(frozen=True)
+class Tables:
+    """Where the ELF header puts the program and section header tables (ELF32/64 alike)."""
+
+    phoff: int
+    phentsize: int
+    phnum: int
+    shoff: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+    @classmethod
+    def of(cls, raw: bytes, bits: int) -> Tables:
+        if bits == 32:
+            phoff, shoff = struct.unpack_from("<II", raw, 28)
+            rest = struct.unpack_from("<6H", raw, 40)
+        else:
+            phoff, shoff = struct.unpack_from("<QQ", raw, 32)
+            rest = struct.unpack_from("<6H", raw, 52)
+        _ehsize, phentsize, phnum, shentsize, shnum, shstrndx = rest
+        return cls(phoff, phentsize, phnum, shoff, shentsize, shnum, shstrndx)
+
+
+PHENT = {32: 32, 64: 56}    # sizeof(Elf32_Phdr), sizeof(Elf64_Phdr)
+SHENT = {32: 40, 64: 64}    # sizeof(Elf32_Shdr), sizeof(Elf64_Shdr)
+
+
+def sound_sections(t: Tables, size: int, bits: int) -> bool:
+    """A section header table ring1 reads: inside the file, entries of the standard size, a
+    name table index inside it. (Extended numbering, e_shnum 0 with the count in entry 0,
+    is not read: a kernel with 65,280 sections is not one ring1 has met.)"""
+    return (t.shentsize == SHENT[bits] and t.shoff != 0 and 0 < t.shnum and t.shstrndx < t.shnum
+            and t.shoff + t.shnum * t.shentsize <= size)
+
+
+def _check_tables(path: str, raw: bytes, bits: int) -> bytes:
+    """Check the header tables before LIEF sees the file; return the bytes LIEF should parse.
+
+    The program header table is what loads a kernel: it must lie inside the file with
+    entries of the standard size, or the file is refused. A section header table that does
+    not (or has no sound entry 0) is left out, as if the file had none: loaders ignore
+    sections, the scanner then works on the PT_LOAD segments, and LIEF never walks a
+    table that is not there (LIEF's reader reserves memory for counts it is told)."""
+    t = Tables.of(raw, bits)
+    if t.phnum:
+        if t.phentsize != PHENT[bits]:
+            raise ElfError(path, f"corrupt program header table (e_phentsize {t.phentsize}, "
+                                 f"ELF{bits} needs {PHENT[bits]})")
+        if t.phoff + t.phnum * t.phentsize > len(raw):
+            raise ElfError(path, f"truncated: {t.phnum} program headers at offset {t.phoff:#x} run past "
+                                 f"the end of the file ({len(raw):#x} bytes)")
+    if (t.shoff == 0 and t.shnum == 0) or sound_sections(t, len(raw), bits):
+        return raw
+    # e_shoff, e_shentsize, e_shnum, e_shstrndx cleared in a copy: no section header table.
+    fixed = bytearray(raw)
+    if bits == 32:
+        struct.pack_into("<I", fixed, 32, 0)
+        struct.pack_into("<3H", fixed, 46, 0, 0, 0)
+    else:
+        struct.pack_into("<Q", fixed, 40, 0)
+        struct.pack_into("<3H", fixed, 58, 0, 0, 0)
+    return bytes(fixed)
+
+
+def load(path: str | Path, data: bytes | None = None) -> KernelImage:
+    """Load a kernel ELF (`data`: its bytes, if the caller has read them already). Raises
+    `ElfError` (one line) for anything ring1 cannot scan or run."""
     import lief
 
     name = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ElfError(name, "no such file") from None
-    except OSError as err:
-        raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+    if data is not None:
+        raw = data
+    else:
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ElfError(name, "no such file") from None
+        except OSError as err:
+            raise ElfError(name, f"cannot read: {err.strerror or err}") from err
     bits, machine = _check_header(name, raw)
+    parsed = _check_tables(name, raw, bits)
 
     # LIEF logs to stderr on bad input, and its enums warn about values they do not know
     # (a corrupt p_type): both are silenced, the caller gets one ElfError line instead.
@@ -177,15 +256,15 @@ def load(path: str | Path) -> KernelImage:
             config.parse_notes = False
             config.parse_overlay = False
             config.parse_symbol_versions = False
-            binary = lief.ELF.parse(name, config)
+            binary = lief.ELF.parse(parsed, config)
         except Exception as err:  # LIEF raises assorted types on corrupt input
             raise ElfError(name, f"corrupt ELF ({err})") from err
         if binary is None:
             raise ElfError(name, "corrupt ELF (LIEF could not parse it)")
-        segments = _segments(name, binary, raw)
-        sections = _sections(name, binary, raw)
         symbols = _symbols(binary)
         entry = int(binary.entrypoint)
+    segments = _segments(name, raw, bits)
+    sections = _sections(name, raw, bits)
 
     if not any(s.executable and s.filesz for s in segments) and not any(
             s.executable and s.has_bytes for s in sections):
@@ -194,33 +273,53 @@ def load(path: str | Path) -> KernelImage:
                        sections=sections, symbols=symbols, sha256=hashlib.sha256(raw).hexdigest(), raw=raw)
 
 
-def _int(value: object) -> int:
-    """A LIEF enum or flag set as an int (LIEF hands back a bare int for values it does not know)."""
-    return int(getattr(value, "value", value))  # type: ignore[call-overload]
+def text(name: object) -> str:
+    """A symbol or section name as text. LIEF hands back `bytes` for a name that is not
+    UTF-8; such bytes are shown as \\xNN escapes (JSON and the terminal need text)."""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return str(name)
 
 
-def _segments(path: str, binary: object, raw: bytes) -> tuple[Segment, ...]:
-    import lief
+PT_LOAD = 1
 
+
+def _segments(path: str, raw: bytes, bits: int) -> tuple[Segment, ...]:
+    """The PT_LOAD entries, read from the table itself (LIEF reports a p_filesz that runs past
+    the end of the file cut to what is there, which would hide the truncation)."""
+    t = Tables.of(raw, bits)
     out = []
-    for seg in binary.segments:  # type: ignore[attr-defined]
-        if seg.type != lief.ELF.Segment.TYPE.LOAD:
+    for i in range(t.phnum):
+        at = t.phoff + i * t.phentsize
+        if bits == 32:
+            kind, off, vaddr, paddr, filesz, memsz, flags, _align = struct.unpack_from("<8I", raw, at)
+        else:
+            kind, flags, off, vaddr, paddr, filesz, memsz, _align = struct.unpack_from("<IIQQQQQQ", raw, at)
+        if kind != PT_LOAD:
             continue
-        off, filesz = int(seg.file_offset), int(seg.physical_size)
         if off + filesz > len(raw):
-            raise ElfError(path, f"truncated: segment at {int(seg.virtual_address):#x} needs file bytes "
+            raise ElfError(path, f"truncated: segment at {vaddr:#x} needs file bytes "
                                  f"{off:#x}..{off + filesz:#x}, file has {len(raw):#x}")
-        out.append(Segment(vaddr=int(seg.virtual_address), paddr=int(seg.physical_address), offset=off,
-                           filesz=filesz, memsz=int(seg.virtual_size), flags=_int(seg.flags),
-                           data=raw[off:off + filesz]))
+        out.append(Segment(vaddr=vaddr, paddr=paddr, offset=off, filesz=filesz, memsz=memsz, flags=flags,
+                           raw=raw))
     return tuple(out)
 
 
-def _sections(path: str, binary: object, raw: bytes) -> tuple[Section, ...]:
+def _sections(path: str, raw: bytes, bits: int) -> tuple[Section, ...]:
+    """The section headers, read from the table itself (`_check_tables` found it sound, or
+    there is none); names from the section name table, `\\xNN` for bytes that are not UTF-8."""
+    t = Tables.of(raw, bits)
+    if not sound_sections(t, len(raw), bits):
+        return ()
+    fmt = "<10I" if bits == 32 else "<IIQQQQIIQQ"
+    headers = [struct.unpack_from(fmt, raw, t.shoff + i * t.shentsize) for i in range(t.shnum)]
+    _n, _t, _f, _a, str_off, str_size, *_ = headers[t.shstrndx]
+    names = raw[str_off:str_off + str_size] if str_off + str_size <= len(raw) else b""
     out = []
-    for sec in binary.sections:  # type: ignore[attr-defined]
-        s = Section(name=str(sec.name), address=int(sec.virtual_address), offset=int(sec.offset),
-                    size=int(sec.size), flags=_int(sec.flags), type=_int(sec.type))
+    for name, kind, flags, addr, off, size, *_ in headers:
+        end = names.find(b"\0", name)
+        label = text(names[name:end if end >= 0 else len(names)]) if name < len(names) else ""
+        s = Section(name=label, address=addr, offset=off, size=size, flags=flags, type=kind)
         if s.has_bytes and s.flags & SHF_ALLOC and s.offset + s.size > len(raw):
             raise ElfError(path, f"truncated: section {s.name} needs file bytes up to "
                                  f"{s.offset + s.size:#x}, file has {len(raw):#x}")
@@ -240,11 +339,11 @@ def _symbols(binary: object) -> tuple[Symbol, ...]:
             kind = sym.type
             if kind not in (func, notype, obj) or not sym.name or sym.shndx in (0, SHN_ABS):
                 continue  # section/file symbols, undefined and absolute ones (not code addresses)
-            key = (sym.name, int(sym.value))
+            key = (text(sym.name), int(sym.value))
             if key in seen:
                 continue
             seen.add(key)
-            out.append(Symbol(name=sym.name, address=int(sym.value), size=int(sym.size),
+            out.append(Symbol(name=key[0], address=int(sym.value), size=int(sym.size),
                               is_function=kind == func, is_global=sym.binding != local))
     # Sort by address; at equal addresses functions and larger symbols last, so symbol_at picks them.
     out.sort(key=lambda s: (s.address, s.is_function, s.is_global, s.size))

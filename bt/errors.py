@@ -31,6 +31,18 @@ class InputError(Ring1Error):
     exit_code = 2
 
 
+class OutputError(UsageError):
+    """An output file cannot be written where asked: a directory, a device, the input
+    itself, a missing or read-only folder, a full disk (bt/outfile.py)."""
+
+
+class HostError(Ring1Error):
+    """The host cannot give ring1 what a run needs (memory under an address-space limit).
+    Even, like every code of ring1's: never mistaken for a guest's odd status."""
+
+    exit_code = 2
+
+
 class ElfError(InputError):
     """Not an ELF, not x86, or no executable code. `path` names the file."""
 

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 
 from bt import __version__
 from bt.cli import bench, compare, patch, run, scan
+from bt.cli.args import ArgumentError, Parser
 from bt.errors import Ring1Error
 
 COMMANDS = (scan, patch, run, compare, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bt",
         description="ring1: scan, patch and run 32-bit x86 kernels in ring 1 (raw-mode VMM on Unicorn).",
     )
@@ -39,7 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     want_traceback = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
     args.traceback = want_traceback
     if args.command is None:
         parser.print_help()

@@ -12,11 +12,12 @@ import argparse
 import json
 import sys
 from collections import Counter
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
+from bt.cli.args import positive_int, seconds
 from bt.errors import GuestStop, InternalError, UsageError
+from bt.outfile import Output, Outputs
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
 from runtime.stats import RunStats
@@ -28,15 +29,19 @@ def add_parser(sub: Any) -> None:
         "run", help="run a kernel in ring 1 on the VMM",
         description="Boot a 32-bit ELF (multiboot v1 or plain) kernel at CPL 1 and run it to its end.")
     p.add_argument("kernel", type=Path, help="the kernel ELF")
-    p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
-    p.add_argument("--serial", type=Path, help="write COM1 output to FILE instead of stdout")
-    p.add_argument("--max-insns", type=int, help="stop after N guest instructions")
-    p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
-    p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
+    p.add_argument("--cmdline", default="",
+                   help="multiboot command line (after the kernel path); its bytes reach the guest as "
+                        "given, UTF-8 or not, as under QEMU")
+    p.add_argument("--serial", metavar="FILE",
+                   help="write COM1 output to FILE instead of stdout (- is stdout; a device or FIFO "
+                        "such as /dev/null is written in place)")
+    p.add_argument("--max-insns", type=positive_int, metavar="N", help="stop after N guest instructions")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="stop after S wall-clock seconds")
+    p.add_argument("--ram", type=int, default=64, metavar="MIB", help="guest RAM in MiB (default 64)")
     p.add_argument("--stats", action="store_true", help="print exit statistics to stderr")
-    p.add_argument("--json", type=Path, help="write the statistics as JSON to FILE")
+    p.add_argument("--json", metavar="FILE", help="write the statistics as JSON to FILE")
     patch = p.add_argument_group("patching (PATM)")
-    patch.add_argument("--hot", type=int, default=1, metavar="N",
+    patch.add_argument("--hot", type=positive_int, default=1, metavar="N",
                        help="patch a site once it trapped N times (default 1, as PATM)")
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
@@ -48,34 +53,41 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.ram < 2 or args.ram > 3072:
         raise UsageError(f"--ram {args.ram}: between 2 and 3072 MiB")
-    if args.max_insns is not None and args.max_insns <= 0:
-        raise UsageError("--max-insns must be positive")
-    with ExitStack() as stack:
-        sink = (stack.enter_context(open(args.serial, "wb")) if args.serial
+    patch = _patch_config(args)
+    # Outputs are checked (and their temporary files made) before the kernel is read; an
+    # existing --serial/--json file is replaced only when the run has a result: the guest
+    # ended, or stopped with a diagnosis (exit 4). Bad input, a ring1 bug or Ctrl-C leave it.
+    with Outputs(inputs=[args.kernel]) as outputs:
+        # An Output has the write/flush the UART calls; a write error there is an OutputError.
+        sink = (cast(BinaryIO, outputs.stream(args.serial, "--serial")) if args.serial
                 else sys.stdout.buffer)
+        report = outputs.document(args.json, "--json") if args.json else None
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
-                           max_insns=args.max_insns, timeout=args.timeout, serial=sink,
-                           patch=_patch_config(args))
+                           max_insns=args.max_insns, timeout=args.timeout, serial=sink, patch=patch)
         vm = Vm(config)
         try:
             result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
             _print_last(vm, stop.last_exits)
-            _report(args, vm, vm.stats)
+            _report(args, vm, vm.stats, report)
+            if isinstance(stop, GuestStop):
+                outputs.commit()
             raise
         sys.stdout.flush()
-        _report(args, vm, result.stats)
+        _report(args, vm, result.stats, report)
+        outputs.commit()
         return 0 if result.exit_status is None else result.exit_status & 0xFF
 
 
 def _patch_config(args: argparse.Namespace) -> PatchConfig:
     """Always a patch manager: with --no-patch it makes no patch, but a kernel written by
     `bt patch` still needs its recorded patches served."""
-    if args.hot < 1:
-        raise UsageError("--hot must be at least 1")
+    from patchmgr import registry
+
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")
+    registry.load(args.disable_rule)        # an unknown rule name is a usage error, before any work
     return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
                        disabled_rules=tuple(args.disable_rule))
 
@@ -110,10 +122,10 @@ def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
         print(f"  {kind:9s} {what:16s} at {eip:#010x} {vm.symbolize(eip)}", file=sys.stderr)
 
 
-def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
+def _report(args: argparse.Namespace, vm: Vm, stats: RunStats, report: Output | None) -> None:
     data = stats.to_dict(vm.symbolize)
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    if report is not None:
+        report.write_text(json.dumps(data, indent=2) + "\n")
     if not args.stats:
         return
     out = sys.stderr

@@ -145,7 +145,7 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
             patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")))
         elif mode == STATIC:
             from patchmgr import registry
-            from patchmgr.static import patch_file
+            from runtime.staticpatch import patch_file
 
             # Same file name: the guest sees its image name on its command line.
             path = Path(tmp) / path.name

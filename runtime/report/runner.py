@@ -97,13 +97,26 @@ def run_all(options: CompareOptions, command: Sequence[str], progress: Progress 
 # Recorded runs: one JSON file per kernel, {"kernel": KernelInfo, "runs": [RunRecord...]}.
 # `bt compare --save-runs DIR` writes them; `bt compare --replay FILE...` renders from them.
 
+def runs_file_name(kernel: str | Path) -> str:
+    """The file `--save-runs DIR` writes a kernel's runs to, inside DIR."""
+    return f"{Path(kernel).stem}.runs.json"
+
+
+def runs_documents(comparison: Comparison) -> dict[str, str]:
+    """File name -> contents, for each kernel's recorded runs."""
+    out = {}
+    for k in comparison.kernels:
+        data = {"kernel": k.kernel.to_json(), "runs": [k.runs[m].to_json() for m in k.modes]}
+        out[runs_file_name(k.kernel.path)] = json.dumps(data, indent=1) + "\n"
+    return out
+
+
 def save_runs(comparison: Comparison, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for k in comparison.kernels:
-        path = directory / f"{k.name}.runs.json"
-        data = {"kernel": k.kernel.to_json(), "runs": [k.runs[m].to_json() for m in k.modes]}
-        path.write_text(json.dumps(data, indent=1) + "\n")
+    for name, text in runs_documents(comparison).items():
+        path = directory / name
+        path.write_text(text)
         written.append(path)
     return written
 

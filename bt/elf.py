@@ -1,14 +1,17 @@
-"""Loading x86 kernel ELF files (ELF32 i386 and ELF64 x86-64) with LIEF.
+"""Loading x86 kernel ELF files (ELF32 i386 and ELF64 x86-64).
 
 `load(path)` returns a `KernelImage`: header facts, loadable segments with their
-bytes, sections, symbols and a `symbolize` helper. LIEF reads the headers and the
-symbol table; segment and section bytes are sliced from the file read once, so a
-truncated file is noticed (a segment whose bytes lie past the end of the file) and
-no LIEF buffer copies are made for a large vmlinux.
+bytes, sections, symbols and a `symbolize` helper. The file is read once; headers,
+sections and symbols are read from it here, after each table was checked to lie
+inside the file (System V gABI, "Object Files"), and segment and section bytes are
+slices of it. A general ELF library was used before and was dropped for this: on a
+hostile file it trusted the tables' sizes (a symbol table of sh_entsize 1 over 60 MB
+made it allocate 7 GB) or reported a segment cut to the file where the header says
+more (issue 12). What is read here is bounded by the file's size: at most
+`MAX_SYMBOLS` symbols are kept.
 
 Every failure is an `ElfError` with a one-line reason: missing file, not an ELF,
-truncated or corrupt, not x86, no executable code. LIEF's own logging (it prints
-to stderr on bad input) is silenced while it parses.
+truncated or corrupt, not x86, no executable code.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import struct
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from bt.errors import ElfError
 
@@ -138,7 +142,7 @@ class KernelImage:
 
 
 def _check_header(path: str, raw: bytes) -> tuple[int, int]:
-    """Bits and e_machine from the raw identification bytes, before LIEF sees the file."""
+    """Bits and e_machine from the raw identification bytes."""
     if len(raw) < 4 or raw[:4] != ELF_MAGIC:
         raise ElfError(path, "not an ELF file (no \\x7fELF magic)")
     if len(raw) < 52:
@@ -197,14 +201,10 @@ def sound_sections(t: Tables, size: int, bits: int) -> bool:
             and t.shoff + t.shnum * t.shentsize <= size)
 
 
-def _check_tables(path: str, raw: bytes, bits: int) -> bytes:
-    """Check the header tables before LIEF sees the file; return the bytes LIEF should parse.
-
-    The program header table is what loads a kernel: it must lie inside the file with
-    entries of the standard size, or the file is refused. A section header table that does
-    not (or has no sound entry 0) is left out, as if the file had none: loaders ignore
-    sections, the scanner then works on the PT_LOAD segments, and LIEF never walks a
-    table that is not there (LIEF's reader reserves memory for counts it is told)."""
+def _check_tables(path: str, raw: bytes, bits: int) -> None:
+    """The program header table is what loads a kernel: it must lie inside the file with
+    entries of the standard size, or the file is refused. (A section header table that does
+    not is ignored, `sound_sections`: loaders never read sections.)"""
     t = Tables.of(raw, bits)
     if t.phnum:
         if t.phentsize != PHENT[bits]:
@@ -213,24 +213,11 @@ def _check_tables(path: str, raw: bytes, bits: int) -> bytes:
         if t.phoff + t.phnum * t.phentsize > len(raw):
             raise ElfError(path, f"truncated: {t.phnum} program headers at offset {t.phoff:#x} run past "
                                  f"the end of the file ({len(raw):#x} bytes)")
-    if (t.shoff == 0 and t.shnum == 0) or sound_sections(t, len(raw), bits):
-        return raw
-    # e_shoff, e_shentsize, e_shnum, e_shstrndx cleared in a copy: no section header table.
-    fixed = bytearray(raw)
-    if bits == 32:
-        struct.pack_into("<I", fixed, 32, 0)
-        struct.pack_into("<3H", fixed, 46, 0, 0, 0)
-    else:
-        struct.pack_into("<Q", fixed, 40, 0)
-        struct.pack_into("<3H", fixed, 58, 0, 0, 0)
-    return bytes(fixed)
 
 
 def load(path: str | Path, data: bytes | None = None) -> KernelImage:
     """Load a kernel ELF (`data`: its bytes, if the caller has read them already). Raises
     `ElfError` (one line) for anything ring1 cannot scan or run."""
-    import lief
-
     name = str(path)
     if data is not None:
         raw = data
@@ -242,29 +229,12 @@ def load(path: str | Path, data: bytes | None = None) -> KernelImage:
         except OSError as err:
             raise ElfError(name, f"cannot read: {err.strerror or err}") from err
     bits, machine = _check_header(name, raw)
-    parsed = _check_tables(name, raw, bits)
-
-    # LIEF logs to stderr on bad input, and its enums warn about values they do not know
-    # (a corrupt p_type): both are silenced, the caller gets one ElfError line instead.
-    with lief.logging.level_scope(lief.logging.LEVEL.OFF), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        try:
-            # Only headers and symbols are needed: relocations, notes and the overlay of a
-            # 60 MB vmlinux would double LIEF's memory for nothing.
-            config = lief.ELF.ParserConfig()
-            config.parse_relocations = False
-            config.parse_notes = False
-            config.parse_overlay = False
-            config.parse_symbol_versions = False
-            binary = lief.ELF.parse(parsed, config)
-        except Exception as err:  # LIEF raises assorted types on corrupt input
-            raise ElfError(name, f"corrupt ELF ({err})") from err
-        if binary is None:
-            raise ElfError(name, "corrupt ELF (LIEF could not parse it)")
-        symbols = _symbols(binary)
-        entry = int(binary.entrypoint)
+    _check_tables(name, raw, bits)
+    entry = struct.unpack_from("<I" if bits == 32 else "<Q", raw, 24)[0]
     segments = _segments(name, raw, bits)
-    sections = _sections(name, raw, bits)
+    headers = _section_headers(raw, bits)
+    sections = _sections(name, raw, headers, Tables.of(raw, bits).shstrndx)
+    symbols = _symbols(name, raw, bits, headers)
 
     if not any(s.executable and s.filesz for s in segments) and not any(
             s.executable and s.has_bytes for s in sections):
@@ -273,20 +243,26 @@ def load(path: str | Path, data: bytes | None = None) -> KernelImage:
                        sections=sections, symbols=symbols, sha256=hashlib.sha256(raw).hexdigest(), raw=raw)
 
 
-def text(name: object) -> str:
-    """A symbol or section name as text. LIEF hands back `bytes` for a name that is not
-    UTF-8; such bytes are shown as \\xNN escapes (JSON and the terminal need text)."""
-    if isinstance(name, bytes):
-        return name.decode("utf-8", "backslashreplace")
-    return str(name)
+def text(name: bytes) -> str:
+    """A symbol or section name as text: bytes that are not UTF-8 are shown as \\xNN
+    escapes (JSON and the terminal need text)."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _name(table: bytes, at: int) -> str:
+    """The NUL-terminated name at `at` in a string table ("" outside it)."""
+    if at >= len(table):
+        return ""
+    end = table.find(b"\0", at)
+    return text(table[at:end if end >= 0 else len(table)])
 
 
 PT_LOAD = 1
 
 
 def _segments(path: str, raw: bytes, bits: int) -> tuple[Segment, ...]:
-    """The PT_LOAD entries, read from the table itself (LIEF reports a p_filesz that runs past
-    the end of the file cut to what is there, which would hide the truncation)."""
+    """The PT_LOAD entries. A segment whose file bytes run past the end of the file is a
+    truncated file, not a shorter segment."""
     t = Tables.of(raw, bits)
     out = []
     for i in range(t.phnum):
@@ -305,21 +281,46 @@ def _segments(path: str, raw: bytes, bits: int) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def _sections(path: str, raw: bytes, bits: int) -> tuple[Section, ...]:
-    """The section headers, read from the table itself (`_check_tables` found it sound, or
-    there is none); names from the section name table, `\\xNN` for bytes that are not UTF-8."""
+@dataclass(frozen=True)
+class _Shdr:
+    name: int
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
+
+
+def _section_headers(raw: bytes, bits: int) -> list[_Shdr]:
     t = Tables.of(raw, bits)
     if not sound_sections(t, len(raw), bits):
-        return ()
+        return []
     fmt = "<10I" if bits == 32 else "<IIQQQQIIQQ"
-    headers = [struct.unpack_from(fmt, raw, t.shoff + i * t.shentsize) for i in range(t.shnum)]
-    _n, _t, _f, _a, str_off, str_size, *_ = headers[t.shstrndx]
-    names = raw[str_off:str_off + str_size] if str_off + str_size <= len(raw) else b""
     out = []
-    for name, kind, flags, addr, off, size, *_ in headers:
-        end = names.find(b"\0", name)
-        label = text(names[name:end if end >= 0 else len(names)]) if name < len(names) else ""
-        s = Section(name=label, address=addr, offset=off, size=size, flags=flags, type=kind)
+    for i in range(t.shnum):
+        name, kind, flags, addr, off, size, link, _info, _align, entsize = struct.unpack_from(
+            fmt, raw, t.shoff + i * t.shentsize)
+        out.append(_Shdr(name, kind, flags, addr, off, size, link, entsize))
+    return out
+
+
+def _table(raw: bytes, h: _Shdr) -> bytes:
+    """A section's bytes, or b"" for one that does not lie inside the file."""
+    return raw[h.offset:h.offset + h.size] if h.type != SHT_NOBITS and h.offset + h.size <= len(raw) else b""
+
+
+def _sections(path: str, raw: bytes, headers: list[_Shdr], shstrndx: int) -> tuple[Section, ...]:
+    """The section headers (`sound_sections` found the table sound, or there is none); names
+    from the section name table."""
+    if not headers:
+        return ()
+    names = _table(raw, headers[shstrndx])
+    out = []
+    for h in headers:
+        s = Section(name=_name(names, h.name), address=h.addr, offset=h.offset, size=h.size, flags=h.flags,
+                    type=h.type)
         if s.has_bytes and s.flags & SHF_ALLOC and s.offset + s.size > len(raw):
             raise ElfError(path, f"truncated: section {s.name} needs file bytes up to "
                                  f"{s.offset + s.size:#x}, file has {len(raw):#x}")
@@ -327,24 +328,51 @@ def _sections(path: str, raw: bytes, bits: int) -> tuple[Section, ...]:
     return tuple(out)
 
 
-def _symbols(binary: object) -> tuple[Symbol, ...]:
-    import lief
+SHT_SYMTAB, SHT_DYNSYM = 2, 11
+STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
+STB_LOCAL = 0
+#: The most symbols `load` keeps: a 64 MiB file could hold 4 million entries, each a Python
+#: object of about 270 bytes. Linux kernels have a few hundred thousand.
+MAX_SYMBOLS = 1 << 20
+_SYM = {
+    32: np.dtype([("name", "<u4"), ("value", "<u4"), ("size", "<u4"), ("info", "u1"), ("other", "u1"),
+                  ("shndx", "<u2")]),
+    64: np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"),
+                  ("size", "<u8")]),
+}
 
-    func, notype, obj = lief.ELF.Symbol.TYPE.FUNC, lief.ELF.Symbol.TYPE.NOTYPE, lief.ELF.Symbol.TYPE.OBJECT
-    local = lief.ELF.Symbol.BINDING.LOCAL
+
+def _symbols(path: str, raw: bytes, bits: int, headers: list[_Shdr]) -> tuple[Symbol, ...]:
+    """Functions, objects and untyped labels with a name and a section, from the symbol
+    tables (.symtab, then .dynsym). A table whose entry size, extent or string table is not
+    sound is skipped, as a table that is not there."""
+    dtype = _SYM[bits]
     seen: set[tuple[str, int]] = set()
     out = []
-    for table in (binary.symtab_symbols, binary.dynamic_symbols):  # type: ignore[attr-defined]
-        for sym in table:
-            kind = sym.type
-            if kind not in (func, notype, obj) or not sym.name or sym.shndx in (0, SHN_ABS):
-                continue  # section/file symbols, undefined and absolute ones (not code addresses)
-            key = (text(sym.name), int(sym.value))
-            if key in seen:
+    for kind in (SHT_SYMTAB, SHT_DYNSYM):
+        for h in headers:
+            if h.type != kind or h.entsize != dtype.itemsize or h.size % dtype.itemsize:
                 continue
-            seen.add(key)
-            out.append(Symbol(name=key[0], address=int(sym.value), size=int(sym.size),
-                              is_function=kind == func, is_global=sym.binding != local))
+            table = _table(raw, h)
+            strings = _table(raw, headers[h.link]) if h.link < len(headers) else b""
+            if not table or not strings:
+                continue
+            syms = np.frombuffer(table, dtype=dtype)
+            typ = syms["info"] & 0xF
+            keep = (((typ == STT_NOTYPE) | (typ == STT_OBJECT) | (typ == STT_FUNC)) & (syms["name"] != 0)
+                    & (syms["name"] < len(strings)) & (syms["shndx"] != 0) & (syms["shndx"] != SHN_ABS))
+            for i in np.flatnonzero(keep).tolist():
+                sym = syms[i]
+                name = _name(strings, int(sym["name"]))
+                key = (name, int(sym["value"]))
+                if not name or key in seen:
+                    continue        # section/file symbols, undefined and absolute ones: not code addresses
+                if len(out) >= MAX_SYMBOLS:
+                    raise ElfError(path, f"more than {MAX_SYMBOLS:,} symbols: ring1 reads at most that many")
+                seen.add(key)
+                out.append(Symbol(name=name, address=key[1], size=int(sym["size"]),
+                                  is_function=int(sym["info"]) & 0xF == STT_FUNC,
+                                  is_global=int(sym["info"]) >> 4 != STB_LOCAL))
     # Sort by address; at equal addresses functions and larger symbols last, so symbol_at picks them.
     out.sort(key=lambda s: (s.address, s.is_function, s.is_global, s.size))
     return tuple(out)

@@ -1,7 +1,7 @@
 """One error tree for all of ring1.
 
 Every error ring1 raises on purpose derives from `Ring1Error`. Errors of the
-libraries underneath (Capstone, Keystone, Unicorn, LIEF) are wrapped where they
+libraries underneath (Capstone, Keystone, Unicorn) are wrapped where they
 enter ring1 (`raise SomeError(...) from err`), so the CLI can map classes to exit
 codes and print one line.
 

@@ -179,7 +179,8 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     from patchmgr.manager import PatchManager
     from patchmgr.static import read_record, user_code
 
-    image = elf.load(vm.config.kernel)
+    # The loader's ELF when it has one (a second load of a 64 MiB kernel costs its size twice).
+    image = getattr(vm.boot, "kernel", None) or elf.load(vm.config.kernel)
     result = scan.scan(image)
     memory = _VmMemory(vm)
     from runtime.emulate import EMULATORS

@@ -40,6 +40,17 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         #: option -> the value a bare occurrence stands for (see the module docstring).
         self.equals_only: dict[str, str] = {}
+        # The deepest (sub)command parsed names itself, so that an unknown word after
+        # `bt run KERNEL` is reported by `bt run`, not by `bt`.
+        self.set_defaults(prog_=self.prog)
+
+    def parse_args(self, args: Sequence[str] | None = None,     # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            raise ArgumentError(getattr(ns, "prog_", self.prog), f"unrecognized arguments: {' '.join(extra)} "
+                                f"(see {getattr(ns, 'prog_', self.prog)} --help)")
+        return ns
 
     def error(self, message: str) -> NoReturn:
         raise ArgumentError(self.prog, f"{message} (see {self.prog} --help)")

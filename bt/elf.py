@@ -348,7 +348,7 @@ def _symbols(path: str, raw: bytes, bits: int, headers: list[_Shdr]) -> tuple[Sy
     sound is skipped, as a table that is not there."""
     dtype = _SYM[bits]
     seen: set[tuple[str, int]] = set()
-    out = []
+    out: list[Symbol] = []
     for kind in (SHT_SYMTAB, SHT_DYNSYM):
         for h in headers:
             if h.type != kind or h.entsize != dtype.itemsize or h.size % dtype.itemsize:

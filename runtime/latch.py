@@ -24,6 +24,7 @@ context method would write is written.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import struct
@@ -90,10 +91,14 @@ def live_field_address(uc: Uc, offset: int) -> int | None:
         start = bytes(uc.context_save()).find(pattern)   # where the CPU state's regs[] sit
         if start < 0:
             return None
-        ranges = _readable_ranges()
+        ranges = sorted(_readable_ranges())
+        starts = [lo for lo, _ in ranges]
 
         def readable(addr: int, size: int) -> bool:
-            return any(lo <= addr and addr + size <= hi for lo, hi in ranges)
+            # Bisect: a process that made many engines (a test run, the fuzzer) has thousands
+            # of mappings, and this is asked up to 8,000 times per engine.
+            i = bisect.bisect_right(starts, addr) - 1
+            return i >= 0 and addr + size <= ranges[i][1]
 
         handle = int(uc._uch.value or 0)  # type: ignore[union-attr]
         found: set[int] = set()

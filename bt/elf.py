@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bt.errors import ElfError
+from bt.infile import Unreadable, read_input
 
 ELF_MAGIC = b"\x7fELF"
 _MACHINES = {3: "i386", 62: "x86-64"}            # e_machine: EM_386, EM_X86_64
@@ -223,11 +224,9 @@ def load(path: str | Path, data: bytes | None = None) -> KernelImage:
         raw = data
     else:
         try:
-            raw = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise ElfError(name, "no such file") from None
-        except OSError as err:
-            raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+            raw = read_input(path)
+        except Unreadable as err:
+            raise ElfError(name, str(err)) from None
     bits, machine = _check_header(name, raw)
     _check_tables(name, raw, bits)
     entry = struct.unpack_from("<I" if bits == 32 else "<Q", raw, 24)[0]

@@ -102,7 +102,8 @@ class Output:
 
     def _fail(self, err: OSError) -> OutputError:
         self._failed = True
-        return OutputError(f"{self.option} {self.path}: cannot write: {err.strerror or err}")
+        where = "standard output" if str(self.path) == STDOUT else f"{self.option} {self.path}"
+        return OutputError(f"{where}: cannot write: {err.strerror or err}")
 
     def write_bytes(self, data: bytes) -> None:
         if self._direct is not None:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from bt import elf
 from bt.errors import ElfError, InputError, UsageError
+from bt.infile import Unreadable, read_input
 from bt.layout import MULTIBOOT_INFO, MULTIBOOT_MMAP, PAGE_SIZE, RAM_DEFAULT, VMM_BASE, KiB, MiB
 from patchmgr.static import patch_segment
 
@@ -212,11 +213,9 @@ def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: s
 
 def _read(name: str, path: str | Path) -> bytes:
     try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ElfError(name, "no such file") from None
-    except OSError as err:
-        raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+        return read_input(path)
+    except Unreadable as err:
+        raise ElfError(name, str(err)) from None
 
 
 def _check_header(name: str, raw: bytes) -> MultibootHeader | None:

@@ -39,7 +39,7 @@ import mmap
 import resource
 import struct
 
-from unicorn import UC_PROT_ALL, UcError
+from unicorn import UC_ERR_NOMEM, UC_PROT_ALL, UcError
 from unicorn import x86_const as ux
 
 from bt import layout
@@ -143,6 +143,8 @@ class Machine:
                 addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
                 self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, addr)
         except UcError as err:
+            if err.errno == UC_ERR_NOMEM:
+                raise HostError(f"Unicorn ran out of memory setting up the engine: {err}") from err
             raise InternalError(f"cannot set up the Unicorn engine: {err}") from err
         self.ram_size = ram_size
         self.cpu = Cpu(self.uc)

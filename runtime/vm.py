@@ -48,7 +48,7 @@ from unicorn import unicorn_const as uconst
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 
 from bt import layout
-from bt.errors import GuestStop, InternalError, Ring1Error
+from bt.errors import GuestStop, HostError, InternalError, Ring1Error
 from runtime import config as cfg
 from runtime.boot import load_kernel
 from runtime.context import HANDLED, Ctx
@@ -294,6 +294,9 @@ class Vm:
         except Ring1Error:
             raise
         except Exception as err:
+            if isinstance(err, UcError) and err.errno == uconst.UC_ERR_NOMEM:
+                # Unicorn could not allocate (a host memory limit): not the guest, not a bug.
+                raise HostError(f"Unicorn ran out of memory: {err}") from err
             # A bug in ring1 (possibly raised inside a Unicorn hook and re-raised here):
             # stop cleanly with where the guest was and what it did last.
             internal = InternalError(f"{type(err).__name__}: {err} (guest EIP {self._guest_eip():#010x})")

@@ -161,3 +161,33 @@ def test_compare_outputs_are_all_or_nothing(capsys: pytest.CaptureFixture[str], 
     code, err = _bt(capsys, "compare", HELLO, "--save-runs", existing)
     assert code == 2 and "not a folder" in err
     _no_temporaries(tmp_path)
+
+
+# ---- inputs that never end, readers that go away --------------------------------------------------
+
+DEVICE_INPUTS = [["scan", "/dev/zero"], ["run", "/dev/urandom"], ["patch", "/dev/zero", "-o", "X"],
+                 ["compare", HELLO, "--expect", "/dev/zero"]]
+
+
+@pytest.mark.parametrize("argv", DEVICE_INPUTS)
+def test_a_device_as_input_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      argv: list[object]) -> None:
+    """Reading /dev/zero whole never ends: refused, one line, before anything is read."""
+    code, err = _bt(capsys, *[str(tmp_path / "out.elf") if a == "X" else a for a in argv])
+    assert code == 2 and "device" in err
+    _one_error_line(err, str(argv[0]))
+
+
+@pytest.mark.parametrize("argv", [["run", str(HELLO)], ["scan", str(ROOT / "samples/usermode/usermode.elf"),
+                                                        "--all-sites", "--json"]])
+def test_a_closed_stdout_is_exit_2_and_one_line(argv: list[str]) -> None:
+    """`bt ... | head -1`: the pipe closes under the guest's output or the JSON."""
+    proc = subprocess.run(f"{sys.executable} -m bt {' '.join(argv)} | head -c 1 >/dev/null; "
+                          "echo ${PIPESTATUS[0]} >&2", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    *lines, status = proc.stderr.strip().splitlines()
+    assert status in ("0", "2"), proc.stderr       # 0 when everything fitted in the pipe before it closed
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    if status == "2":
+        assert lines == [f"bt {argv[0]}: error: standard output: cannot write: Broken pipe"] or \
+            lines == [f"bt {argv[0]}: error: standard output was closed (broken pipe)"], lines

@@ -9,6 +9,7 @@ Each subcommand lives in its own module with `add_parser(subparsers)`; the modul
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -55,14 +56,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Ring1Error as err:
         if args.traceback:
             traceback.print_exc()
+        if isinstance(err.__cause__, BrokenPipeError):
+            _drop_stdout()
         print(f"bt {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(f"bt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`bt scan K | head`): not ring1's bug, not the guest's
+        # status.
+        _drop_stdout()
+        print(f"bt {args.command}: error: standard output was closed (broken pipe)", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.traceback:
+            traceback.print_exc()
+        print(f"bt {args.command}: error: out of memory (the host's limit, ulimit -v, or its RAM)",
+              file=sys.stderr)
+        return 2
     except Exception as err:  # a bug: one line unless asked, never silent
         if args.traceback:
             traceback.print_exc()
         print(f"bt {args.command}: internal error: {type(err).__name__}: {err} "
               "(rerun with --traceback and report it)", file=sys.stderr)
         return 8
+
+
+def _drop_stdout() -> None:
+    """Send what is left for a closed stdout to /dev/null: the interpreter flushes stdout at
+    exit, and would report the broken pipe a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass

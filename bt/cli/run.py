@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     # existing --serial/--json file is replaced only when the run has a result: the guest
     # ended, or stopped with a diagnosis (exit 4). Bad input, a ring1 bug or Ctrl-C leave it.
     with Outputs(inputs=[args.kernel]) as outputs:
-        # An Output has the write/flush the UART calls; a write error there is an OutputError.
-        sink = (cast(BinaryIO, outputs.stream(args.serial, "--serial")) if args.serial
-                else sys.stdout.buffer)
+        # An Output has the write/flush the UART calls; a write error there (a full disk, a
+        # closed pipe) is an OutputError, exit 2, whether to a file or to stdout.
+        sink = cast(BinaryIO, outputs.stream(args.serial or "-", "--serial"))
         report = outputs.document(args.json, "--json") if args.json else None
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
                            max_insns=args.max_insns, timeout=args.timeout, serial=sink, patch=patch)

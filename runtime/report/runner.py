@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bt.errors import InputError
+from bt.infile import Unreadable, read_input
 from runtime.report import adapter
 from runtime.report.kernel import KernelInfo, load_kernel
 from runtime.report.model import TOP_SITES, Comparison, KernelComparison, compare_kernel
@@ -122,15 +123,18 @@ def save_runs(comparison: Comparison, directory: Path) -> list[Path]:
 
 
 def load_runs(path: str | Path) -> tuple[KernelInfo, dict[str, RunRecord]]:
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(read_input(path).decode("utf-8"))
+    except Unreadable as err:
+        raise InputError(f"{path}: {err}") from None
     return KernelInfo.from_json(data["kernel"]), {r["mode"]: RunRecord.from_json(r) for r in data["runs"]}
 
 
 def read_reference(path: str) -> tuple[str, bytes]:
     try:
-        return path, Path(path).read_bytes()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the expected output: {err.strerror}") from err
+        return path, read_input(path)
+    except Unreadable as err:
+        raise InputError(f"{path}: cannot read the expected output: {err}") from None
 
 
 def replay(paths: Sequence[str], command: Sequence[str], top: int = TOP_SITES,

@@ -78,6 +78,8 @@ _UNMAPPED = {
     uconst.UC_ERR_INSN_INVALID: "unknown opcode",
     uconst.UC_ERR_EXCEPTION: "unhandled CPU exception",
 }
+#: Timer events a halted guest may sleep through without an interrupt before the run stops.
+HALT_EVENTS = 64
 #: Initial ESP at multiboot entry (the spec leaves it undefined; below the info).
 ENTRY_ESP = 0x7000
 
@@ -211,6 +213,7 @@ class Vm:
         if not self.vcpu.vif:
             raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
         stalled = 0
+        slept = 0
         while True:
             now = self.clock()
             self.devices.tick(now)
@@ -220,6 +223,12 @@ class Vm:
             if event is None:
                 raise GuestStop("guest halted and no interrupt source is enabled", next_eip - 1)
             if event > now:
+                # Timer events that raise no interrupt (the line masked at the PIC) would be
+                # slept through for ever: only the halted guest could unmask it.
+                slept += 1
+                if slept > HALT_EVENTS:
+                    raise GuestStop("guest halted and no interrupt arrives (its timer's line is masked?)",
+                                    next_eip - 1, f"{HALT_EVENTS} timer events slept through")
                 self.stats.idle_ns += event - now
                 self.now_ns += event - now
                 stalled = 0

@@ -96,3 +96,17 @@ def test_an_internal_error_in_a_hook_is_a_clean_stop(tmp_path: Path, capsys: pyt
     code, err = _bt_run(capsys, str(elf), "--no-patch")
     assert code == 8
     assert "ZeroDivisionError: a bug (guest EIP 0x00100001)" in err and "last exits" in err
+
+
+def test_a_halt_no_interrupt_can_end_stops():
+    """IRQ0 taken once and never acknowledged (no EOI), the PIT still running, the guest
+    halts again with IF = 1: the VMM slept from timer event to timer event for ever (found
+    by tests/fuzz.py). On hardware the machine would hang; the run stops with a diagnosis."""
+    from runtime_guest import kernel, run
+    from test_runtime_deliver import PIC_PIT_SETUP
+
+    from bt.errors import GuestStop
+
+    vm, result = run(kernel(PIC_PIT_SETUP + "sti\nspin:\nhlt\njmp spin\n",
+                            handlers={0x20: ("iretd\n", 0, False)}))
+    assert isinstance(result, GuestStop) and "no interrupt arrives" in str(result)

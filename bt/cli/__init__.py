@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.traceback = want_traceback
     if args.command is None:
         parser.print_help()
+        print("bt: error: no command given (see bt --help)", file=sys.stderr)
         return 2
     try:
         code: int = args.handler(args)

@@ -107,6 +107,6 @@ def test_a_halt_no_interrupt_can_end_stops():
 
     from bt.errors import GuestStop
 
-    vm, result = run(kernel(PIC_PIT_SETUP + "sti\nspin:\nhlt\njmp spin\n",
-                            handlers={0x20: ("iretd\n", 0, False)}))
+    _, result = run(kernel(PIC_PIT_SETUP + "sti\nspin:\nhlt\njmp spin\n",
+                           handlers={0x20: ("iretd\n", 0, False)}))
     assert isinstance(result, GuestStop) and "no interrupt arrives" in str(result)

@@ -67,10 +67,15 @@ def test_bad_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: 
 
 def test_a_command_line_that_is_not_utf8_reaches_the_guest_as_bytes(tmp_path: Path) -> None:
     """QEMU passes -append's bytes through; so does --cmdline (argv arrives as surrogates)."""
+    from qemu import qemu_binary, run_qemu
+
     serial = tmp_path / "serial"
-    arg = os.fsdecode(b"k=\xff\xfe")
+    arg = os.fsdecode(b"k=\xff\xfe mode=\xc3")
     assert main(["run", str(HELLO), "--cmdline", arg, "--serial", str(serial)]) == 1
     assert b"k=\xff\xfe" in serial.read_bytes()
+    if qemu_binary() is None:
+        pytest.skip("qemu-system-i386 not installed (Debian: qemu-system-x86)")
+    assert run_qemu(HELLO, arg) == (serial.read_bytes(), 1)
 
 
 # ---- outputs: checked before any work ------------------------------------------------------------
@@ -191,3 +196,12 @@ def test_a_closed_stdout_is_exit_2_and_one_line(argv: list[str]) -> None:
     if status == "2":
         assert lines == [f"bt {argv[0]}: error: standard output: cannot write: Broken pipe"] or \
             lines == [f"bt {argv[0]}: error: standard output was closed (broken pipe)"], lines
+
+
+def test_file_names_that_are_not_utf8(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Such a name arrives as surrogate escapes; echoing it printed a UnicodeEncodeError (exit 8)."""
+    out = tmp_path / os.fsdecode(b"w\xff.elf")
+    code, _ = _bt(capsys, "patch", HELLO, "-o", out)
+    assert code == 0 and out.exists()
+    code, err = _bt(capsys, "run", out, "--serial", tmp_path / os.fsdecode(b"\xfe"), "--json", tmp_path)
+    assert code == 2 and "is a directory" in err

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A file name or command line that is not UTF-8 arrives as surrogate escapes; printing it
+    # gives its bytes back rather than a UnicodeEncodeError (stderr already escapes them).
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
     # --traceback is accepted anywhere on the line, before or after the subcommand.
     want_traceback = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]

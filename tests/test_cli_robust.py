@@ -202,7 +202,8 @@ def test_file_names_that_are_not_utf8(tmp_path: Path) -> None:
     """Such a name arrives as surrogate escapes; echoing it was a UnicodeEncodeError (exit 8)
     under a UTF-8 locale. Now its bytes are printed back."""
     out = tmp_path / os.fsdecode(b"w\xff.elf")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    # strict, as under a UTF-8 locale such as en_US.UTF-8 (C.UTF-8 escapes already)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8:strict")
     proc = subprocess.run([sys.executable, "-m", "bt", "patch", str(HELLO), "-o", str(out)],
                           capture_output=True, env=env)
     assert proc.returncode == 0 and out.exists(), proc.stderr

@@ -208,7 +208,11 @@ class Outputs:
 
     def document(self, path: str | Path, option: str, *, dash: bool = False) -> Output:
         """A file written whole at the end. `dash`: `-` means standard output."""
-        if dash and str(path) == STDOUT:
+        if str(path) == STDOUT:
+            if not dash:
+                # Not a file called "-" either: that is never what was meant.
+                raise OutputError(f"{option} -: this output cannot go to standard output; "
+                                  "give a file name")
             return self._add(Output(Path(STDOUT), option, None, None, 0, sys.stdout.buffer))
         return self._declare(Path(path), option, stream=False)
 

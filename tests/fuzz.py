@@ -57,6 +57,7 @@ def worker(seed: int, first: int, count: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with tempfile.TemporaryDirectory(prefix="ring1-fuzz-") as tmp:
         work = Path(tmp)
+        os.chdir(work)          # a relative output name lands in the scratch folder, not the repository
         for number in range(first, first + count):
             print(json.dumps({"begin": number}), flush=True)
             r = run_one(seed, number, work)

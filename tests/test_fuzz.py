@@ -1,7 +1,8 @@
 """The input fuzzer as a property test (tests/fuzz.py says what must hold and how).
 
-CI runs `CI_CASES` cases of seed 1 (docs/robustness.md has the time it takes). `pytest tests/test_fuzz.py --fuzz 5000 --fuzz-seed 7` runs more; every
-finding names its case, and `python -m tests.fuzz --seed S --case N` replays it alone.
+CI runs `CI_CASES` cases of seed 1 (docs/robustness.md has the time it takes).
+`pytest tests/test_fuzz.py --fuzz 5000 --fuzz-seed 7` runs more; every finding names its
+case, and `python -m tests.fuzz --seed S --case N` replays it alone.
 """
 
 from __future__ import annotations

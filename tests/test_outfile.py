@@ -53,6 +53,7 @@ def test_refusals(tmp_path: Path) -> None:
         tmp_path / "missing" / "x.json": "no folder",
         Path("/dev/null"): "not a regular file",
         Path("/proc/self/status"): "cannot write in",
+        Path("-"): "cannot go to standard output",
     }
     for path, why in cases.items():
         with pytest.raises(OutputError, match=why), Outputs(inputs=[kernel]) as outs:

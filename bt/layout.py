@@ -13,19 +13,27 @@ nothing of the VMM's may sit in low memory.
 
 The VMM area
 ------------
-The top 4 MiB of the 32-bit address space, 0xFFC00000-0xFFFFFFFF, belongs to the
-VMM, as VMware kept its monitor in the top 4 MiB of every guest address space and
-VirtualBox kept its hypervisor area at a fixed guest-virtual address. It is mapped
-identically (linear == physical). When the guest turns paging on, the VMM puts one
-page-directory entry (index 1023) pointing at its own page table (`VMM_PT`) into the
-guest's page directory, with U/S = 0: guest ring 1 can reach the area (patch code
-must run and the state block must be written without exiting), guest ring 3
-cannot. The one exception is `VMM_USER_PAGE`, mapped U/S = 1 read-only, because a
-transition from guest ring 3 to ring 1 goes through a call gate whose far CALL
-instruction has to be fetched at CPL 3 (see runtime/ for the mechanism).
+The VMM's own 4 MiB: the real GDT, IDT, TSS and LDT, VMM code, the state block, the
+shadow page directory, the VMM page table and patch memory. It lives in host memory
+mapped at its *home*, the top 4 MiB of the physical address space (0xFFC00000-4 GiB,
+above any guest RAM: VMware kept its monitor in the top 4 MiB too). The constants below
+are home addresses: physical addresses, and linear ones while the area is at home.
 
-A guest that maps something of its own in the top 4 MiB conflicts with the VMM; the
-runtime stops it with a clear diagnosis rather than silently corrupting either.
+Where the area sits in the guest's *linear* space can change. While guest paging is off,
+linear == physical and the area is at home. Once the guest turns paging on, the CPU runs
+on a shadow page directory (`VMM_SHADOW_PD`, runtime/shadowpd.py): the guest's own
+entries, plus one entry, in a 4 MiB slot the guest does not use, that points at the VMM's
+page table (`VMM_PT`). When the guest maps that slot itself (xv6 maps 0xFE000000-4 GiB
+for its LAPIC and I/O APIC, Linux puts its fixmap there), the VMM moves to a free slot
+and carries on, as VirtualBox's PGM relocated its hypervisor area on a mapping conflict:
+`VmmArea` says where the area is now, and everything that holds a linear VMM address
+(GDTR/IDTR/TR/LDTR bases, the TSS, the call gate, patch code) is rewritten
+(runtime/relocate.py). Physical addresses never change.
+
+In the area, guest ring 1 can reach what it must (patch code runs there and reads the
+state block without exiting) and guest ring 3 nothing but `VMM_USER_PAGE`, read-only,
+because a transition from guest ring 3 to ring 1 goes through a call gate whose far CALL
+has to be fetched at CPL 3 (runtime/machine.py).
 
 Reachable from ring 1 is not writable from ring 1: the runtime write-protects every
 page of the area in Unicorn except `PATCH_STATE_BASE` (runtime/guard.py), so a guest
@@ -57,11 +65,23 @@ KERNEL_LOAD_MIN = 1 * MiB
 #: name go after the kernel image (page-aligned end), also as QEMU does: runtime/boot.py.
 MULTIBOOT_MMAP = 0x9000
 MULTIBOOT_INFO = 0x9500
+#: What QEMU's multiboot loader (its option ROM) leaves the kernel at entry, measured
+#: with a probe kernel under qemu-system-i386 7.2: the loader's GDT (5 descriptors: null,
+#: flat 32-bit code 0x08, flat data 0x10, 16-bit code 0x18 and data 0x20) at this address
+#: with limit 0x27, the real-mode IDTR (base 0, limit 0x3FF), ESP and EFLAGS (PF set).
+#: ring1 leaves the same (runtime/boot.py `LOADER_GDT`), so a kernel that reloads CS 0x08
+#: or DS 0x10 before its own LGDT, or prints what it finds, sees what it sees under QEMU.
+LOADER_GDT_BASE = 0xCB2B8
+ENTRY_ESP = 0x6F08
+ENTRY_EFLAGS = 0x6
 
-#: The VMM area: top 4 MiB, one page-directory slot (index 1023).
+#: The VMM area's home: the top 4 MiB of the physical address space, one page-directory
+#: slot (index 1023) of the linear space while the area is at home.
 VMM_BASE = 0xFFC00000
 VMM_SIZE = 4 * MiB
 VMM_PDE_INDEX = VMM_BASE >> 22
+#: Linear slots are 4 MiB (one page-directory entry of 32-bit paging).
+SLOT_SIZE = 4 * MiB
 
 #: The real GDT the CPU uses: a shadow of the guest's GDT (same indexes, DPL 0
 #: descriptors compressed to DPL 1) followed by the VMM's own descriptors. 64 KiB
@@ -100,7 +120,8 @@ VMM_STACK1_TOP = VMM_BASE + 0x1A000
 #: One page each: the state block sits right below stack 0, so two pages would overlap it.
 VMM_STACK_SIZE = PAGE_SIZE
 
-#: The page table that maps the VMM area when the guest enables paging.
+#: The page table that maps the VMM area when the guest enables paging: page i of the
+#: slot -> home + i * 4 KiB, wherever the slot is (so it never changes on a move).
 VMM_PT = VMM_BASE + 0x1A000
 
 #: The state block's patch-writable page: the fields patch code stores to (virtual IF/
@@ -108,6 +129,10 @@ VMM_PT = VMM_BASE + 0x1A000
 #: guest can write; in its own page so that protecting the rest costs patch code nothing.
 PATCH_STATE_BASE = VMM_BASE + 0x1B000
 PATCH_STATE_SIZE = PAGE_SIZE
+
+#: The shadow page directory the CPU walks while guest paging is on (real CR3): the guest's
+#: entries copied, the VMM's slot pointing at `VMM_PT` (runtime/shadowpd.py).
+VMM_SHADOW_PD = VMM_BASE + 0x1C000
 
 #: The shadow LDT: the guest's LDT with DPL 0 compressed to 1 like the GDT (a guest
 #: LLDT loads the real LDTR with a VMM descriptor pointing here). 64 KiB: any LDT fits.
@@ -207,17 +232,78 @@ VMM_REGIONS: tuple[Region, ...] = (
     Region("stack1", VMM_STACK1_TOP - VMM_STACK_SIZE, VMM_STACK_SIZE),
     Region("page table", VMM_PT, PAGE_SIZE),
     Region("patch state", PATCH_STATE_BASE, PATCH_STATE_SIZE),
+    Region("shadow page directory", VMM_SHADOW_PD, PAGE_SIZE),
     Region("ldt", VMM_LDT, VMM_LDT_SIZE),
     Region("patch memory", PATCH_BASE, PATCH_SIZE),
 )
 
 
 def region_at(address: int) -> str:
-    """The name of the VMM region holding `address` ("unused" between regions)."""
+    """The name of the VMM region holding home address `address` ("unused" between regions)."""
     for r in VMM_REGIONS:
         if r.start <= address < r.end:
             return r.name
     return "unused"
+
+
+@dataclass(frozen=True)
+class VmmArea:
+    """Where the VMM area is in the guest's linear space: `base`, a 4 MiB-aligned slot.
+
+    The module's constants are home addresses; `linear(home)` gives where one of them is
+    now, `home(linear)` the way back (for a linear address inside the area). Physical
+    addresses are always the home ones.
+    """
+
+    base: int = VMM_BASE
+
+    def __post_init__(self) -> None:
+        if self.base % SLOT_SIZE or not 0 <= self.base <= 0x100000000 - SLOT_SIZE:
+            raise ValueError(f"VMM area base {self.base:#x} is not a 4 MiB slot")
+
+    @property
+    def delta(self) -> int:
+        """How far the area is from home (linear - home)."""
+        return self.base - VMM_BASE
+
+    @property
+    def end(self) -> int:
+        return self.base + VMM_SIZE
+
+    @property
+    def pde_index(self) -> int:
+        return self.base >> 22
+
+    def contains(self, linear: int) -> bool:
+        return self.base <= linear < self.base + VMM_SIZE
+
+    def linear(self, home: int) -> int:
+        """The linear address of home address `home` now."""
+        return home + self.base - VMM_BASE
+
+    def home(self, linear: int) -> int:
+        """The home (and physical) address of a linear address in the area."""
+        return linear - self.base + VMM_BASE
+
+    def carry(self, linear: int, to: VmmArea) -> int:
+        """`linear`, an address in this area, where it is when the area sits at `to`
+        (other addresses are returned as they are)."""
+        return to.linear(self.home(linear)) if self.contains(linear) else linear
+
+    def state(self, name: str) -> int:
+        """Linear address of a state-block field now."""
+        return self.linear(_FIELDS[name].address)
+
+    @property
+    def patch_base(self) -> int:
+        return self.linear(PATCH_BASE)
+
+    def in_patch_memory(self, linear: int) -> bool:
+        return self.linear(PATCH_BASE) <= linear < self.linear(PATCH_BASE) + PATCH_SIZE
+
+
+#: The area at home, where it starts every run.
+HOME = VmmArea()
 
 
 def _check() -> None:

@@ -45,8 +45,8 @@ from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
 from patchmgr.record import Record
 from patchmgr.registry import RuleSet, load
 from patchmgr.relocate import CannotMove
-from patchmgr.rule import EmitContext
-from patchmgr.window import CodeMap, NoWindow, choose
+from patchmgr.rule import EmitContext, PatchRule
+from patchmgr.window import CodeMap, LearningCodeMap, NoWindow, choose
 
 if TYPE_CHECKING:
     from capstone import CsInsn
@@ -81,12 +81,14 @@ class WriteWatch(Protocol):
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME`."""
+    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME /
+    --disable-class CLASS`."""
 
     hot: int = 1
     eager: bool = False
     enabled: bool = True
     disabled_rules: tuple[str, ...] = ()
+    disabled_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hot < 1:
@@ -100,24 +102,63 @@ class Stats:
     smc_removed: int = 0
     smc_refreshed: int = 0
     merged: int = 0             # sites whose own patch was folded into a later site's window
+    dropped_on_move: int = 0    # blocks that could not be re-made when the VMM area moved
+    #: Sites the guest ran (a trap, a first execution) that the static scan never reached:
+    #: the first MAX_UNSCANNED of them, and how many there were in all.
+    unscanned: set[int] = field(default_factory=set)
+    unscanned_total: int = 0
+
+
+#: Unscanned sites remembered by address (a guest generating code cannot grow the set without end).
+MAX_UNSCANNED = 4096
+LEARNED = "the scan never reached it: code learned at run time"
+NEVER_REACHED = "the scan never reached it, and this run patches nothing itself"
+
+
+@dataclass(frozen=True)
+class Unscanned:
+    """A site the guest ran that the static scan never reached, and what became of it."""
+
+    site: int
+    text: str
+    status: str          # "patched", "refused" or "unpatched"
+    reason: str
 
 
 class PatchManager:
     def __init__(self, config: PatchConfig, memory: GuestMemory, code: CodeMap | None,
                  rules: RuleSet | None = None, patch_memory: PatchMemory | None = None,
-                 watch: WriteWatch | None = None, emulable: Callable[[str], bool] | None = None) -> None:
+                 watch: WriteWatch | None = None, emulable: Callable[[str], bool] | None = None,
+                 area: layout.VmmArea = layout.HOME, live: Callable[[int], bool] | None = None) -> None:
         self.config = config
         self.memory = memory
         self.code = code
-        self.rules = rules if rules is not None else load(config.disabled_rules)
-        self.patch_memory = patch_memory if patch_memory is not None else PatchMemory()
-        if self.patch_memory.top == tables.BASE:     # fresh patch memory: the lookup tables first
-            self.memory.write(tables.BASE, tables.image())
-            self.patch_memory.commit(tables.BASE, tables.SIZE)
+        #: The code map can learn code the scan never reached (checked once: a Protocol
+        #: isinstance check costs tens of microseconds, too much for every trap).
+        self._learning: LearningCodeMap | None = code if isinstance(code, LearningCodeMap) else None
+        self.rules = rules if rules is not None else load(config.disabled_rules,
+                                                          disabled_classes=config.disabled_classes)
+        #: Where the VMM area (so patch memory and the state block) is in the guest's linear
+        #: space; it moves when the guest maps that slot itself (`relocate`).
+        self.area = area
+        self.patch_memory = patch_memory if patch_memory is not None else PatchMemory(area.patch_base)
+        if self.patch_memory.top == self.patch_memory.base:   # fresh: the lookup tables first
+            self.memory.write(area.linear(tables.BASE), tables.image())
+            self.patch_memory.commit(area.linear(tables.BASE), tables.SIZE)
         self.watch = watch
         #: Whether the runtime can emulate an exit of a class (its emulator table).
         self.emulable: Callable[[str], bool] = emulable or (lambda cls: True)
-        self.ctx = EmitContext()
+        #: Whether guest address `a` may be patched now: the guest runs the kernel's code
+        #: there, mapped where its ELF puts it (runtime/patching.py). Before the guest turns
+        #: paging on, a kernel linked at 0x80100000 and loaded at 1 MiB runs its first
+        #: instructions at their physical addresses: a JMP made for the virtual address would
+        #: go astray there. Sites that are not live wait in `deferred`.
+        self.live: Callable[[int], bool] = live or (lambda a: True)
+        self.deferred: set[int] = set()
+        #: Patches of a `bt patch` record not live when adopted: their guest bytes are the
+        #: original ones until `retry_deferred` puts them back.
+        self._suspended: dict[int, Patch] = {}
+        self.ctx = EmitContext(area=area)
         self.patches: dict[int, Patch] = {}          # by site
         self.refusals: dict[int, Refusal] = {}
         self.notes: dict[int, str] = {}              # why a site got INT3 rather than a JMP
@@ -137,12 +178,53 @@ class PatchManager:
         through `resume_at`, since the window may cover the instruction after `op`)."""
         if self.patch_memory.contains(op.address):
             return False    # a displaced instruction trapped inside a block: never patch patch code
+        self.patch_memory.settle()      # the CPU is at a guest instruction: freed blocks are idle
         self.stats.traps[op.address] += 1
+        if op.cls is not None and self.rules.handles(op.cls):
+            self._note_unscanned(op.address)
         if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
             return False
         if self.stats.traps[op.address] >= self.config.hot:
+            self._learn(op.address)
             return isinstance(self.patch_site(op.address), Patch)
         return False
+
+    def _note_unscanned(self, site: int) -> None:
+        code = self._learning
+        if code is not None and site not in self.stats.unscanned and not code.scanned(site):
+            self.stats.unscanned_total += 1
+            if len(self.stats.unscanned) < MAX_UNSCANNED:
+                self.stats.unscanned.add(site)
+
+    def _learn(self, site: int) -> None:
+        """The guest runs `site`: if the scan never reached it, learn its code now (CSAM
+        scanned a page when it first ran), so that it gets a window like scanned code."""
+        if self._learning is not None and self.live(site):
+            self._learning.learn(site, self.original)
+
+    def unscanned_sites(self) -> list[Unscanned]:
+        """The sites the guest ran that the static scan never reached, by address, and what
+        became of each: patched (its code learned at run time), refused (why), or left
+        unpatched (this run patches nothing itself: a kernel `bt patch` wrote, whose patches
+        were all made ahead of time from what the scan reached, or `--no-patch`)."""
+        out = []
+        for site in sorted(self.stats.unscanned):
+            insn = self._decode(site)
+            text = f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "?"
+            covering = list(self._patches_covering_range(site, site + 1))
+            if covering:
+                p = covering[0]
+                reason = (LEARNED if p.site == site
+                          else f"inside the {p.kind} window of {p.site:#x}, learned at run time")
+                out.append(Unscanned(site, text, "patched", reason))
+            elif site in self.refusals:
+                out.append(Unscanned(site, text, "refused", self.refusals[site].reason))
+            elif not self.config.enabled:
+                out.append(Unscanned(site, text, "unpatched", NEVER_REACHED))
+            else:
+                out.append(Unscanned(site, text, "unpatched",
+                                     f"trapped fewer than --hot {self.config.hot} times"))
+        return out
 
     def exit_at(self, address: int) -> ExitRecord | None:
         hit = self._exits.get(address)
@@ -174,7 +256,7 @@ class PatchManager:
         """The state block's `pending` word, where the memory has a state block (not an ELF
         being patched ahead of time)."""
         try:
-            return self.memory.read(layout.state("pending"), 4) != bytes(4)
+            return self.memory.read(self.area.state("pending"), 4) != bytes(4)
         except PatchError:
             return False
 
@@ -192,18 +274,42 @@ class PatchManager:
         """The guest is about to run `site`, a sensitive instruction that never traps
         (PUSHF, SGDT, MOV r,CS...: CSAM marked them for PATM before they ran). Patch it
         now; the runtime continues at the returned address instead of running the site."""
+        self.patch_memory.settle()
+        self._note_unscanned(site)
         if self.config.enabled and self.is_unpatched(site):
+            self._learn(site)
             self.patch_site(site)
         return self.resume_at(site)
 
     # ---- making patches ---------------------------------------------------------------------
     def patch_all(self, sites: Iterable[int]) -> None:
-        """Patch every site now (`--eager`, `bt patch`), in address order."""
+        """Patch every site now (`--eager`, `bt patch`), in address order; a site that is not
+        live yet (`live`) is deferred until `retry_deferred` finds it live."""
         for site in sorted(set(sites)):
-            if site not in self.patches and site not in self.refusals and self._free(site, site + 1):
+            if not self.live(site):
+                self.deferred.add(site)
+            elif site not in self.patches and site not in self.refusals and self._free(site, site + 1):
                 self.patch_site(site)
 
+    def retry_deferred(self) -> None:
+        """The guest's mapping changed and it runs live code now: patch what became live.
+        The runtime calls this only while the guest executes at a live address, never from
+        code it runs at another alias (the pre-paging boot code), which a patch under its
+        feet would break."""
+        for site in sorted(s for s in self._suspended if self.live(s)):
+            patch = self._suspended.pop(site)
+            if self._free(patch.start, patch.end):
+                self.memory.write(patch.start, self._head(patch))
+                self._register(patch)
+        ready = sorted(s for s in self.deferred if self.live(s))
+        self.deferred.difference_update(ready)
+        self.patch_all(ready)
+
     def patch_site(self, site: int) -> Patch | Refusal:
+        if not self.live(site):
+            # Not recorded: the site is patched once it runs where the kernel's ELF puts it.
+            return Refusal(site, Operation(None, site, 0, "?", (), "?"),
+                           "not running where the kernel's ELF puts it (yet)")
         insn = self._decode(site)
         if insn is None:
             return self._refuse(site, None, "no instruction decodes here")
@@ -216,6 +322,9 @@ class PatchManager:
         rule = self.rules.rule_for(op)
         if rule is None:
             return self._refuse(site, op, f"no enabled rule for class {op.cls} (table: {row.handling.value})")
+        if not row.exit_adds_fidelity and self._emits_exits(rule, op):
+            return self._refuse(site, op, f"rule {rule.name} would add exits to {op.cls}, which runs "
+                                          f"without one unpatched (table: {row.handling.value})")
         why = "the table asks for the INT3 replacement"
         if row.handling is not isa.Handling.INT3:
             try:
@@ -227,8 +336,18 @@ class PatchManager:
                 return merged
         if not self.emulable(op.cls):
             return self._refuse(site, op, f"{why}; and no INT3 either: the runtime does not emulate {op.cls}")
+        if not row.exit_adds_fidelity:
+            return self._refuse(site, op, f"{why}; and no INT3 either: it would add exits to {op.cls}, "
+                                          "which runs without one unpatched")
         self.notes[site] = why
         return self._install_int3(op)
+
+    def _emits_exits(self, rule: PatchRule, op: Operation) -> bool:
+        """Whether `rule`'s translation of `op` exits (a hypercall, or the INT3 replacement).
+        Asked before patching a class that never exits unpatched: such a patch would cost
+        more exits than the instruction (the general guard; bt.isa `exit_adds_fidelity`)."""
+        code = rule.emit(op, EmitContext(self.ctx.data_slots()))
+        return code is None or bool(code.exits)
 
     def _merge(self, site: int, op: Operation) -> Patch | None:
         """One window for this site and the patched sites just before it in its basic
@@ -242,7 +361,7 @@ class PatchManager:
         if not victims:
             return None
         for v in victims:
-            self.remove(v.site)
+            self.remove(v.site, free=False)
         try:
             patch = self._install_jmp(site, op)
         except (NoWindow, CannotMove):
@@ -250,6 +369,8 @@ class PatchManager:
                 self.memory.write(v.start, self._head(v))
                 self._register(v)
             return None
+        for v in victims:
+            self._free_block(v)
         for v in victims:
             if patch.covers(v.site):
                 self.stats.merged += 1
@@ -266,6 +387,8 @@ class PatchManager:
             raise NoWindow("no code map (scanner) for this guest")
         bounds = self.code.block_of(site)
         if bounds is None:
+            if self._learning is not None and not self._learning.scanned(site):
+                raise NoWindow("the scan never reached this site and its code could not be learned")
             raise NoWindow("site is outside every scanned basic block")
         bstart, bend = bounds
         raw = self.original(bstart, bend - bstart)
@@ -302,18 +425,39 @@ class PatchManager:
                              f"this ring1 has it at {self.patch_memory.base:#x}")
         self.memory.write(rec.patch_base, rec.code)
         self.patch_memory.commit(rec.patch_base, rec.patch_top - rec.patch_base)
-        self.ctx = EmitContext(dict(rec.rule_data))
+        self.ctx = EmitContext(dict(rec.rule_data), area=self.area)
         for patch in rec.patches:
             head = self._head(patch)
             if self.memory.read(patch.start, len(head)) != head:
                 raise InputError(f"patch record says {patch.kind} at {patch.start:#x}, the code disagrees")
-            self._register(patch)
+            if self.live(patch.start):
+                self._register(patch)
+            else:
+                # Code the guest first runs elsewhere (at its physical address, before paging):
+                # the guest's own bytes until it is live (`retry_deferred`).
+                self.memory.write(patch.start, patch.original)
+                self._suspended[patch.site] = patch
         for refusal in rec.refusals:
             self.refusals[refusal.site] = refusal
 
-    def remove(self, site: int) -> None:
+    def _free_block(self, patch: Patch) -> None:
+        if patch.block is not None:
+            self.patch_memory.free(patch.block.address, len(patch.block.code))
+
+    def remove(self, site: int, free: bool = True) -> None:
+        """Take the patch at `site` out; its block's bytes go back to patch memory unless
+        `free` is false (a merge that may put the patch back)."""
         patch = self.patches.pop(site)
+        if free:
+            self._free_block(patch)
         self.memory.write(patch.start, patch.original)
+        self._unindex(patch)
+        handle = self._watches.pop(site, None)
+        if handle is not None and self.watch is not None:
+            self.watch.unwatch(handle)
+
+    def _unindex(self, patch: Patch) -> None:
+        """Forget `patch` in every map the exits use (its guest bytes and watch stay)."""
         for addr in [a for a, (p, _) in self._exits.items() if p is patch]:
             del self._exits[addr]
         self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
@@ -323,13 +467,15 @@ class PatchManager:
             for chunk in patch.block.chunks:
                 if self._interior.pop(chunk.guest, None) is not None:
                     self._mark_interior(chunk.guest, -1)
-        handle = self._watches.pop(site, None)
-        if handle is not None and self.watch is not None:
-            self.watch.unwatch(handle)
 
     def _register(self, patch: Patch) -> None:
         self.patches[patch.site] = patch
         self.refusals.pop(patch.site, None)
+        self._index(patch)
+        if self.watch is not None:
+            self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
+
+    def _index(self, patch: Patch) -> None:
         if patch.block is not None:
             for addr, record in patch.block.exits:
                 self._exits[addr] = (patch, record)
@@ -343,16 +489,84 @@ class PatchManager:
                     self._mark_interior(chunk.guest, +1)
         else:
             self._exits[patch.site] = (patch, ExitRecord(patch.op, patch.op.next_address))
-        if self.watch is not None:
-            self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
 
     def _mark_interior(self, guest: int, delta: int) -> None:
         """Keep the interior bitmap patch code reads (patchmgr/tables.py) in step with
         `_interior`; a bit shared by aliasing addresses clears with its last user."""
-        where, bit = tables.interior_bit(guest)
-        users = self._bit_users[(where, bit)] = self._bit_users[(where, bit)] + delta
+        home, bit = tables.interior_bit(guest)
+        where = self.area.linear(home)
+        users = self._bit_users[(home, bit)] = self._bit_users[(home, bit)] + delta
         old = self.memory.read(where, 1)[0]
         self.memory.write(where, bytes([(old | bit) if users else (old & ~bit)]))
+
+    # ---- the VMM area moved ------------------------------------------------------------------
+    def relocate(self, area: layout.VmmArea) -> dict[int, int]:
+        """The VMM area now sits at `area` (runtime/relocate.py; the runtime already maps it
+        there). Patch memory is at the same physical place, so every block is re-made at its
+        own offset from the new base, with the state-block and table addresses of the new
+        place, and every guest JMP into it is re-pointed: PATM relocated its patch memory
+        with fixup records; ring1 re-translates the window, which needs no record and gives
+        the same bytes a fresh patch would. A block keeps its length (addresses in patch code
+        are 32-bit fields, and patch memory is at least 2 MiB from any guest code, so every
+        branch between them is a rel32), hence an EIP inside an old block is the same
+        offset inside the new one.
+
+        Returns {old block address: new block address}; a block that could not be re-made at
+        the same length (never seen) is removed instead, and is absent from the map."""
+        delta = area.base - self.area.base
+        if not delta:
+            return {}
+        self.area = area
+        self.ctx.area = area
+        self.patch_memory.rebase(delta)
+        moved: dict[int, int] = {}
+        blocks = [p for _, p in self._blocks]
+        for patch in blocks:
+            self._unindex(patch)
+        for patch in blocks:
+            old = patch.block
+            assert old is not None
+            new = self._remade(patch, old.address + delta)
+            if new is None:
+                self.memory.write(patch.start, patch.original)
+                del self.patches[patch.site]
+                handle = self._watches.pop(patch.site, None)
+                if handle is not None and self.watch is not None:
+                    self.watch.unwatch(handle)
+                self.stats.dropped_on_move += 1
+                continue
+            self.memory.write(patch.start, self._head(patch))
+            self._index(patch)
+            moved[old.address] = new.address
+        # A `bt patch` record's suspended patches have blocks too: re-made, not yet applied.
+        for site, patch in list(self._suspended.items()):
+            if patch.block is not None and self._remade(patch, patch.block.address + delta) is None:
+                del self._suspended[site]
+                self.stats.dropped_on_move += 1
+        return moved
+
+    def _remade(self, patch: Patch, address: int) -> Block | None:
+        """`patch`'s block re-made at `address` and written there (and `patch.block` set), or
+        None if it cannot keep its length."""
+        old = patch.block
+        assert old is not None
+        try:
+            new = self._rebuild(patch, address)
+        except (NoWindow, CannotMove, PatchError):
+            return None
+        if len(new.code) != len(old.code):
+            return None
+        patch.block = new
+        self.memory.write(new.address, new.code)
+        return new
+
+    def _rebuild(self, patch: Patch, address: int) -> Block:
+        """`patch`'s block made again at `address` from the guest bytes it replaced."""
+        insns = list(self._cs.disasm(patch.original, patch.start))
+        if sum(i.size for i in insns) != len(patch.original):
+            raise PatchError(f"window at {patch.start:#x} no longer decodes")
+        items = [plan(i, self.rules, self.ctx, self.emulable) for i in insns]
+        return build(items, patch.start, patch.end, address, self.ctx)
 
     def _refuse(self, site: int, op: Operation | None, reason: str) -> Refusal:
         placeholder = op or Operation(None, site, 0, "?", (), "?")

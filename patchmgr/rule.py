@@ -74,9 +74,11 @@ class EmitContext:
     """What a rule may ask for while it emits code: state-block addresses, unique
     labels, scratch registers, memory-operand text and the flags-preserving bracket."""
 
-    def __init__(self, data_slots: dict[str, int] | None = None) -> None:
+    def __init__(self, data_slots: dict[str, int] | None = None, area: layout.VmmArea = layout.HOME) -> None:
         self._data = data_slots if data_slots is not None else {}
         self._labels = itertools.count()
+        #: Where the VMM area is: every address handed out below is linear, in it.
+        self.area = area
 
     def new_chunk(self) -> None:
         """Labels need only be unique within one instruction's code (it is assembled on
@@ -85,19 +87,17 @@ class EmitContext:
         self._labels = itertools.count()
 
     # -- the state block ---------------------------------------------------------------------
-    @staticmethod
-    def state(name: str) -> int:
+    def state(self, name: str) -> int:
         """Guest address of a state-block field (bt.layout.STATE_FIELDS). Patch code may
         store only to fields with `patch_writes` (the writable page); the others are
         write-protected and a store there is dropped by the runtime."""
-        return layout.state(name)
+        return self.area.state(name)
 
-    @staticmethod
-    def scratch(index: int) -> int:
+    def scratch(self, index: int) -> int:
         """Guest address of scratch word `index` (0-3): registers saved by patch code."""
         if not 0 <= index < layout.state_field("scratch").size // 4:
             raise PatchError(f"scratch word {index} does not exist")
-        return layout.state("scratch") + 4 * index
+        return self.area.state("scratch") + 4 * index
 
     def data(self, key: str, size: int) -> int:
         """Guest address of `size` bytes in the state block's rule-data area (in its
@@ -113,16 +113,16 @@ class EmitContext:
         offset = 0
         for k, n in self._data.items():
             if k == key:
-                return field.address + offset
+                return self.area.linear(field.address) + offset
             offset += n
         raise PatchError(f"rule data {key!r} lost")  # pragma: no cover - dict order is stable
 
-    @staticmethod
-    def table(name: str) -> int:
-        """Guest address of a flag-free lookup table (patchmgr/tables.py)."""
+    def table(self, name: str) -> int:
+        """Guest address of a flag-free lookup table or of the interior bitmap
+        ("interior"; patchmgr/tables.py)."""
         from patchmgr import tables
 
-        return tables.address(name)
+        return self.area.linear(tables.address(name))
 
     def data_slots(self) -> dict[str, int]:
         """Rule-data keys and sizes handed out so far, in order (recorded by `bt patch`)."""
@@ -133,20 +133,19 @@ class EmitContext:
         """A label no other emitted code uses."""
         return f"L{next(self._labels)}_{stem}"
 
-    @staticmethod
-    def flags_saved(body: str) -> str:
+    def flags_saved(self, body: str) -> str:
         """`body` wrapped so that EFLAGS are what they were before it: PUSHFD/POPFD on the
         state block's private stack, never below the guest's ESP (PATM saved flags in its
         own state page too). POPFD at CPL 1 / IOPL 0 restores every arithmetic flag and
         cannot change the real IF or IOPL (SDM POPF operation), which is what we want.
         `body` must not use ESP."""
-        top = layout.state("pstack") + layout.state_field("pstack").size
-        return (f"mov dword ptr [{layout.state('saved_esp'):#x}], esp\n"
+        top = self.state("pstack") + layout.state_field("pstack").size
+        return (f"mov dword ptr [{self.state('saved_esp'):#x}], esp\n"
                 f"mov esp, {top:#x}\n"
                 "pushfd\n"
                 f"{body}\n"
                 "popfd\n"
-                f"mov esp, dword ptr [{layout.state('saved_esp'):#x}]")
+                f"mov esp, dword ptr [{self.state('saved_esp'):#x}]")
 
     @staticmethod
     def registers_of(operands: Iterable[Operand]) -> set[str]:

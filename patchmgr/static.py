@@ -30,8 +30,9 @@ file's size plus the patches.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,7 +40,7 @@ from bt import elf, layout, scan
 from bt.errors import InputError, PatchError
 from patchmgr import record
 from patchmgr.codemap import ScanCodeMap
-from patchmgr.manager import PatchConfig, PatchManager
+from patchmgr.manager import PatchConfig, PatchManager, head
 from patchmgr.patch import Patch, Refusal
 from patchmgr.registry import RuleSet
 
@@ -68,24 +69,29 @@ class Loaded(Protocol):
 
 class ImageMemory:
     """Guest memory as `bt run` has it when it adopts the patches, over the output's bytes:
-    the pieces of the file at their load addresses, zeros elsewhere (RAM is zero-filled),
-    and the patch memory being filled. A write must land on bytes of the file."""
+    a kernel address goes to the physical address `to_phys` gives (where the ELF's program
+    headers put it: runtime.patching.KernelMap, the run's own rule), the pieces of the file
+    sit at their load addresses, zeros elsewhere (RAM is zero-filled), and the patch memory
+    is being filled. A write must land on bytes of the file."""
 
-    def __init__(self, places: Sequence[Loaded], out: bytearray) -> None:
+    def __init__(self, places: Sequence[Loaded], out: bytearray,
+                 to_phys: Callable[[int], int] = lambda address: address) -> None:
         self.places = sorted(places, key=lambda p: p.address)
         self.out = out
+        self.to_phys = to_phys
         self.patch = bytearray()
 
-    def _piece(self, address: int) -> Loaded | None:
+    def _piece(self, phys: int) -> Loaded | None:
         for p in self.places:
-            if p.address <= address < p.address + p.size:
+            if p.address <= phys < p.address + p.size:
                 return p
         return None
 
     def stored(self, start: int, end: int) -> bool:
         """Whether [start, end) is file bytes of one piece (a patch there can be written)."""
-        p = self._piece(start)
-        return p is not None and end <= p.address + p.filesz
+        phys = self.to_phys(start)
+        p = self._piece(phys)
+        return p is not None and phys + end - start <= p.address + p.filesz
 
     def read(self, address: int, size: int) -> bytes:
         if layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE:
@@ -93,12 +99,15 @@ class ImageMemory:
             return bytes(self.patch[off:off + size]).ljust(size, b"\0")
         if address >= layout.VMM_BASE:
             raise PatchError(f"{address:#x}: the VMM area has no image here")   # the state block
+        # Physically contiguous from the translated start, as the run reads it (a decode of 16
+        # bytes at a segment's last instruction reads what follows it in RAM).
+        phys = self.to_phys(address)
         out = bytearray(size)
         for p in self.places:
-            lo, hi = max(address, p.address), min(address + size, p.address + p.filesz)
+            lo, hi = max(phys, p.address), min(phys + size, p.address + p.filesz)
             if lo < hi:
                 at = p.offset + lo - p.address
-                out[lo - address:hi - address] = self.out[at:at + hi - lo]
+                out[lo - phys:hi - phys] = self.out[at:at + hi - lo]
         return bytes(out)
 
     def write(self, address: int, data: bytes) -> None:
@@ -108,10 +117,11 @@ class ImageMemory:
                 self.patch.extend(bytes(off + len(data) - len(self.patch)))
             self.patch[off:off + len(data)] = data
             return
-        p = self._piece(address)
-        if p is None or address + len(data) > p.address + p.filesz:
+        phys = self.to_phys(address)
+        p = self._piece(phys)
+        if p is None or phys + len(data) > p.address + p.filesz:
             raise PatchError(f"{address:#x}+{len(data)}: not file bytes of a loaded segment")
-        at = p.offset + address - p.address
+        at = p.offset + phys - p.address
         self.out[at:at + len(data)] = data
 
 
@@ -140,12 +150,14 @@ def check_input(image: elf.KernelImage) -> None:
         raise InputError(f"{image.path}: already patched by bt patch ({record.SECTION} is there)")
 
 
-def patch_image(image: elf.KernelImage, rules: RuleSet, places: Sequence[Loaded]) -> StaticOutput:
-    """The patched ELF's bytes. `places`: where `bt run` loads the file (runtime/boot.py)."""
+def patch_image(image: elf.KernelImage, rules: RuleSet, places: Sequence[Loaded],
+                to_phys: Callable[[int], int] = lambda address: address) -> StaticOutput:
+    """The patched ELF's bytes. `places`: where `bt run` loads the file (runtime/boot.py);
+    `to_phys`: where it reads a kernel address when it adopts the patches."""
     check_input(image)
     result = scan.scan(image)
     out = bytearray(image.raw)
-    memory = ImageMemory(places, out)
+    memory = ImageMemory(places, out, to_phys)
     code = ScanCodeMap(result)
     manager = PatchManager(PatchConfig(eager=True), memory, code, rules)
     wanted = [s.address for s in result.sites
@@ -267,6 +279,25 @@ def patch_segment(image: elf.KernelImage) -> elf.Segment | None:
     if code is None or not any(s.name == record.SECTION for s in image.sections):
         return None
     return next((g for g in image.segments if g.vaddr == layout.PATCH_BASE and g.offset == code.offset), None)
+
+
+def original_image(image: elf.KernelImage, rec: record.Record) -> elf.KernelImage:
+    """The kernel as it was before `bt patch`: every recorded window's original bytes put
+    back. The patch manager scans this, not the patched file, whose JMPs into patch memory
+    would hide from the descent the code that follows each window."""
+    raw = bytearray(image.raw)
+    for patch in rec.patches:
+        want = head(patch)
+        for seg in image.segments:
+            at = seg.offset + patch.start - seg.vaddr
+            # The segment whose bytes hold the patch (a record is input: it may point anywhere).
+            if (seg.vaddr <= patch.start and patch.end <= seg.vaddr + seg.filesz
+                    and raw[at:at + len(want)] == want):
+                raw[at:at + len(patch.original)] = patch.original
+                break
+    data = bytes(raw)
+    return dataclasses.replace(image, raw=data,
+                               segments=tuple(dataclasses.replace(g, raw=data) for g in image.segments))
 
 
 def read_record(image: elf.KernelImage) -> record.Record | None:

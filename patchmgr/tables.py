@@ -45,6 +45,8 @@ _WIDE = {
                                 for row in range(8) for b in range(256))),
 }
 
+#: Home addresses (bt/layout.py): patch code asks `EmitContext.table`, which gives the
+#: linear address where the VMM area is now.
 BASE = layout.PATCH_BASE
 
 #: One bit per guest address modulo 1 MiB: set where a patched window holds the start of
@@ -64,7 +66,9 @@ SIZE = _WIDE_BASE + sum(size for size, _ in _WIDE.values()) - BASE
 
 
 def address(name: str) -> int:
-    """Guest address of table `name`."""
+    """Home address of table `name` ("interior": the interior bitmap)."""
+    if name == "interior":
+        return INTERIOR
     if name in _WIDE:
         names = list(_WIDE)
         return _WIDE_BASE + sum(_WIDE[n][0] for n in names[:names.index(name)])
@@ -72,7 +76,7 @@ def address(name: str) -> int:
 
 
 def interior_bit(guest: int) -> tuple[int, int]:
-    """(byte address, bit mask) of `guest`'s bit in the interior bitmap."""
+    """(home byte address, bit mask) of `guest`'s bit in the interior bitmap."""
     index = guest % INTERIOR_SPAN
     return INTERIOR + index // 8, 1 << (index % 8)
 

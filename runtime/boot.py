@@ -92,6 +92,14 @@ ADDRESS_LIMIT = 1 << 32
 RAM_MAX = 3072 * MiB
 
 
+#: The GDT QEMU's multiboot option ROM leaves (bt.layout.LOADER_GDT_BASE): CS 0x08, DS 0x10.
+LOADER_GDT = bytes.fromhex("0000000000000000" "ffff0000009acf00" "ffff00000093cf00"
+                           "ffff0000009e0000" "ffff000000920000")
+LOADER_CS, LOADER_DS = 0x08, 0x10
+#: The IDTR it leaves: the real-mode interrupt vector table.
+LOADER_IDTR = (0, 0x3FF)
+
+
 @dataclass(frozen=True)
 class MemoryRegion:
     """One entry of the multiboot memory map."""
@@ -144,7 +152,8 @@ class BootImage:
         return self.header is not None
 
     def symbolize(self, addr: int) -> str:
-        return self.kernel.symbolize(addr) if self.kernel is not None else f"{addr:#x}"
+        """`function+0xoff` as `bt compare` names it too (bt/symbols.py), or the hex address."""
+        return self.kernel.describe(addr) if self.kernel is not None else f"{addr:#x}"
 
 
 def memory_map(ram_size: int) -> tuple[MemoryRegion, ...]:

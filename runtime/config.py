@@ -39,3 +39,6 @@ class RunConfig:
     old_exception: str = "direct"
     #: How the patch manager patches (`--hot`, `--eager`, `--no-patch`); None: unpatched VMM.
     patch: PatchConfig | None = None
+    #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
+    #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
+    vmm_base: int | None = None

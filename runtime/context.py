@@ -48,8 +48,15 @@ class Ctx:
     #: The virtual IF just became 1 with the guest about to continue at `eip`:
     #: deliver a pending IRQ now if there is one (returns HANDLED), else None.
     on_vif_set: Callable[[int], int | None]
-    #: The guest's paging registers changed (CR0/CR3/CR4 or INVLPG): flush caches.
-    on_paging_change: Callable[[], None]
+    #: The guest's paging changed: CR0/CR3/CR4 written (None), or INVLPG of an address:
+    #: keep the shadow page directory in step, move the VMM area if need be, flush caches.
+    on_paging_change: Callable[[int | None], None]
+    #: A trap of the guest kernel at this EIP: patches waiting for their code to be mapped
+    #: where the kernel's ELF puts it may be made now (runtime/vm.py `_retry_deferred`).
+    retry_deferred: Callable[[int], bool]
+    #: A #PF at this linear address: True if it came from the shadow page directory being
+    #: behind the guest's, which is now fixed (the instruction is to run again).
+    shadow_fault: Callable[[int], bool]
     #: Virtual time now, in ns (runtime/vm.py): the virtual TSC counts it.
     clock: Callable[[], int]
     #: True while the PIC has an interrupt for the CPU.

@@ -16,7 +16,8 @@ Two paths, by the CPL the event arrives at:
 * CPL 3 (guest user): the CPU must really change privilege. The hook points EIP
   at the user trampoline (a far CALL through the VMM's DPL-3 call gate, see
   runtime/machine.py), having first copied the guest TSS's ss0:esp0 into the
-  real TSS's ss1:esp1. The CPU switches to the guest's kernel stack at CPL 1;
+  real TSS's ss1:esp1 and opened the VMM's GDT slots (they are beyond the real GDT's
+  limit, the guest's, at every other time). The CPU switches to the guest's kernel stack at CPL 1;
   the INT3 at the gate's target calls `complete_inward`, which replaces the
   16-byte call frame with the interrupt frame (SS, ESP, EFLAGS, CS, EIP[, error]
   of the user context, RPL 3 as the guest expects) and jumps to the handler.
@@ -195,8 +196,9 @@ class Injector:
         self.inward = Inward(vector, error_code, return_eip, cs, eflags, cpu.read(ESP), cpu.read(SS),
                              handler_cs, gate.offset, clear_if)
         cpu.write(EFLAGS, eflags & ~CLEARED_ON_ENTRY)
+        self.m.open_vmm_slots()         # for TRAMP's CS and gate; shut again at STUB1
         cpu.write(CS, VMM_CS3)
-        cpu.write(EIP, machine.TRAMP)
+        cpu.write(EIP, self.m.linear(machine.TRAMP))
 
     def sysenter(self, eip: int) -> None:
         """SYSENTER from ring 3 (SDM SYSENTER): to SYSENTER_CS:SYSENTER_EIP on
@@ -213,8 +215,9 @@ class Injector:
         self.inward = Inward(0, None, eip, cpu.read(CS), eflags, cpu.read(ESP), cpu.read(SS),
                              cs | 1, msr[MSR_SYSENTER_EIP] & 0xFFFFFFFF, True, sysenter=True)
         cpu.write(EFLAGS, eflags & ~CLEARED_ON_ENTRY)
+        self.m.open_vmm_slots()         # for TRAMP's CS and gate; shut again at STUB1
         cpu.write(CS, VMM_CS3)
-        cpu.write(EIP, machine.TRAMP)
+        cpu.write(EIP, self.m.linear(machine.TRAMP))
 
     def _guest_ring0_stack(self) -> tuple[int, int]:
         tr = self.vcpu.tr
@@ -230,6 +233,7 @@ class Injector:
     def complete_inward(self) -> None:
         """At STUB1, CPL 1 on the guest's kernel stack: build the guest's frame."""
         pending, self.inward = self.inward, None
+        self.m.close_vmm_slots()
         if pending is None:
             raise GuestStop("VMM call gate used without a delivery in flight", self.cpu.read(EIP))
         cpu = self.cpu

@@ -117,7 +117,7 @@ class VmmGuard:
                 # Unicorn drops a store whose hook handled it: make it.
                 self.cpu.phys_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
                 return True
-            self._dropped(address, size)
+            self.dropped(address, size)
             return True
         except BaseException as err:   # stored and re-raised by the run loop, never swallowed
             self._fail(err)
@@ -131,7 +131,9 @@ class VmmGuard:
         return (value == old | _DESC_A and value != old
                 and old & (_DESC_S | _DESC_P) == _DESC_S | _DESC_P)
 
-    def _dropped(self, address: int, size: int) -> None:
+    def dropped(self, address: int, size: int) -> None:
+        """Count a guest store into the VMM area at physical `address` that was not made
+        (by this hook, or by the VMM emulating a guest instruction: runtime/paging.py)."""
         eip = self.cpu.read(EIP)
         stats = self.stats
         stats.vmm_writes += 1

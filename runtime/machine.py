@@ -11,9 +11,10 @@ Memory map (physical; linear == physical until the guest enables paging):
                               (runtime/guard.py, installed by runtime/vm.py)
 
 VMM code (at `bt.layout.VMM_CODE`, hand-encoded so that nothing needs an
-assembler at run time):
+assembler at run time; the constants below are home addresses, `Machine.linear` gives
+where each is now that the VMM area can move, bt/layout.py):
 
-    BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1
+    BOOT      ring 0:  LTR [TSS_SEL_WORD]; IRETD      the first entry into ring 1 (run alone)
     STUB1     ring 1:  INT3                          where the call gate lands
     IRET_OUT  ring 1:  IRETD                         emulated IRET back to ring 3
     RETF_OUT  ring 1:  RETF                          emulated far RET back to ring 3
@@ -150,18 +151,60 @@ class Machine:
         self.cpu = Cpu(self.uc)
         self.cpu.add_region(0, memoryview(self._ram))
         self.cpu.add_region(layout.VMM_BASE, memoryview(self._vmm))
+        #: Where the VMM area is in the guest's linear space now (it starts at home).
+        self.vmm = layout.HOME
+        #: The guest's GDT limit, which the real GDTR's limit is but for a few VMM instructions.
+        self.guest_gdt_limit = 0
         self._install_vmm()
+
+    @property
+    def ram(self) -> memoryview:
+        return memoryview(self._ram)
+
+    @property
+    def vmm_memory(self) -> memoryview:
+        return memoryview(self._vmm)
+
+    def linear(self, home: int) -> int:
+        """Where home address `home` of the VMM area (a constant of this module or of
+        bt.layout) is in the guest's linear space now."""
+        return self.vmm.linear(home)
 
     def _install_vmm(self) -> None:
         cpu = self.cpu
-        for sel, desc in segments.vmm_descriptors().items():
-            if sel == segments.VMM_GATE & ~3:
-                desc = segments.call_gate(segments.VMM_CS1 & ~3, STUB1, 3)
-            cpu.phys_write(layout.VMM_GDT + (sel & ~7), desc.to_bytes())
+        self._write_descriptors()
         cpu.phys_write(layout.VMM_TSS, _tss())
         cpu.phys_write(layout.VMM_CODE, _vmm_code())
         cpu.phys_write(TRAMP, _tramp())
         cpu.phys_write(layout.VMM_PT, paging.vmm_page_table())
+
+    def _write_descriptors(self) -> None:
+        """The VMM's own GDT slots for the area where it is now; the TSS descriptor keeps
+        the busy bit the CPU set on LTR."""
+        cpu = self.cpu
+        for sel, desc in segments.vmm_descriptors(self.vmm).items():
+            if sel == segments.VMM_GATE & ~3:
+                desc = segments.call_gate(segments.VMM_CS1 & ~3, self.linear(STUB1), 3)
+            at = layout.VMM_GDT + (sel & ~7)
+            if sel == segments.VMM_TSS:
+                busy = segments.Descriptor.from_bytes(cpu.phys_read(at, 8)).type == segments.TYPE_TSS_BUSY
+                if busy:
+                    desc = desc.with_access((desc.access & ~0xF) | segments.TYPE_TSS_BUSY)
+            cpu.phys_write(at, desc.to_bytes())
+
+    def move_to(self, area: layout.VmmArea) -> None:
+        """Point the CPU's view of the VMM's structures at `area`: the descriptor-table
+        registers, the TSS (register, descriptor and the stacks it names), the call gate.
+        The page tables are the caller's (runtime/relocate.py)."""
+        self.vmm = area
+        self._write_descriptors()
+        uc = self.uc
+        for reg, home in ((ux.UC_X86_REG_GDTR, layout.VMM_GDT), (ux.UC_X86_REG_IDTR, layout.VMM_IDT)):
+            sel, _base, limit, flags = uc.reg_read(reg)
+            uc.reg_write(reg, (sel, area.linear(home), limit, flags))
+        sel, _base, limit, flags = uc.reg_read(ux.UC_X86_REG_TR)
+        uc.reg_write(ux.UC_X86_REG_TR, (sel, area.linear(layout.VMM_TSS), limit, flags))
+        self.cpu.phys_write(layout.VMM_TSS + TSS_ESP0, struct.pack("<I", area.linear(layout.VMM_STACK0_TOP)))
 
     def load_ldtr(self, selector: int, base: int, limit: int) -> None:
         """The real LDTR (hidden part included: base, limit, present LDT type)."""
@@ -171,9 +214,34 @@ class Machine:
     def write_tss_ring1(self, ss1: int, esp1: int) -> None:
         self.cpu.phys_write(layout.VMM_TSS + TSS_ESP1, struct.pack("<II", esp1, ss1))
 
-    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int) -> None:
-        """CPU state for the first slice: ring 0 at BOOT, about to IRETD to
-        `entry` in ring 1 with IF = 1, IOPL = 0 (the guest's virtual IF is 0)."""
+    # -- the real GDT's limit ---------------------------------------------------------------------
+    # The real GDTR's limit is the guest's own (runtime/segments.py `ShadowGdt`): a selector
+    # beyond the guest's table faults as the guest's table says, and the VMM's own slots at the
+    # end of the real GDT (`VMM_GDT_FIRST_SLOT`) are out of the guest's reach. The VMM opens
+    # them only while its own code needs them, with no guest instruction in between: BOOT's
+    # LTR and IRETD, and a ring 3 -> 1 delivery (TRAMP's far CALL through the VMM gate, to
+    # STUB1's INT3: runtime/deliver.py).
+    def set_guest_gdt_limit(self, limit: int) -> None:
+        self.guest_gdt_limit = limit
+        self._gdt_limit(limit)
+
+    def open_vmm_slots(self) -> None:
+        self._gdt_limit(layout.VMM_GDT_SIZE - 1)
+
+    def close_vmm_slots(self) -> None:
+        self._gdt_limit(self.guest_gdt_limit)
+
+    def _gdt_limit(self, limit: int) -> None:
+        sel, base, _limit, flags = self.uc.reg_read(ux.UC_X86_REG_GDTR)
+        self.uc.reg_write(ux.UC_X86_REG_GDTR, (sel, base, limit, flags))
+
+    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int, cs: int, ds: int, eflags: int) -> None:
+        """CPU state for BOOT, the VMM's two ring-0 instructions (LTR, IRETD) that enter the
+        guest at `entry` in ring 1 with real IF = 1 and IOPL = 0, the arithmetic flags of
+        `eflags`, CS and SS `cs`|1 and `ds`|1, DS/ES/FS/GS `ds` (guest selectors: the shadow
+        GDT must hold them already; RPL 0 where the CPU allows it, as the guest loads its own:
+        a DPL-1 data segment with RPL 0 is valid at CPL 1, CS and SS need RPL == CPL). The
+        VMM slots stay open for BOOT; `close_vmm_slots` after."""
         uc, cpu = self.uc, self.cpu
         uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.VMM_GDT, layout.VMM_GDT_SIZE - 1, 0))
         uc.reg_write(ux.UC_X86_REG_IDTR, (0, layout.VMM_IDT, layout.VMM_IDT_SIZE - 1, 0))
@@ -183,11 +251,11 @@ class Machine:
         # DPL-1 data selectors survive the IRETD to ring 1 (SDM IRET: outer-level
         # returns null data segments whose DPL < new CPL).
         for reg in (DS, ES, FS, GS):
-            cpu.write(reg, segments.VMM_DS1)
-        frame = struct.pack("<5I", entry, segments.VMM_CS1, 0x202, esp, segments.VMM_DS1)
+            cpu.write(reg, ds)
+        frame = struct.pack("<5I", entry, cs | 1, (eflags & ~0x3200) | 0x202, esp, ds | 1)
         top = layout.VMM_STACK0_TOP - len(frame)
         cpu.phys_write(top, frame)
-        cpu.write(ESP, top)
+        cpu.write(ESP, self.linear(top))
         cpu.write(EFLAGS, 0x2)
         cpu.write(EAX, eax)
         cpu.write(EBX, ebx)

@@ -11,8 +11,12 @@ A failed walk raises `PageFault` with the error code the CPU would push (§4.7):
 P (bit 0) set if the page was present and a protection check failed, W/R (bit 1)
 for writes, U/S (bit 2) for accesses at CPL 3, I/D (bit 4) for fetches.
 
-The VMM area (bt/layout.py) stays reachable under the guest's paging through one
-page-directory entry the VMM puts into the guest's directory (`install_vmm_pde`).
+The CPU itself walks a shadow of the guest's page directory (runtime/shadowpd.py) in
+which one 4 MiB slot maps the VMM area (bt/layout.py). The walks here follow the guest's
+own directory and see that slot the same way the CPU does: the VMM's pages, supervisor
+only but for the user trampoline page, read-only. An emulated guest store that lands on
+a VMM page (through that slot, or through a guest mapping of a VMM physical page) is
+dropped and reported, as the VMM guard does for the CPU's own stores (runtime/guard.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bt import layout
-from bt.errors import GuestStop
 from runtime.cpu import Cpu
 
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_PS = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80
@@ -28,6 +31,7 @@ CR0_PG, CR0_WP = 1 << 31, 1 << 16
 CR4_PSE = 1 << 4
 
 PF_P, PF_W, PF_U, PF_I = 0x1, 0x2, 0x4, 0x10
+_PATCH_STATE_END = layout.PATCH_STATE_BASE + layout.PATCH_STATE_SIZE
 
 
 class PageFault(Exception):
@@ -40,11 +44,17 @@ class PageFault(Exception):
 
 
 class Mmu:
-    """Walks the guest's page tables; `regs()` returns the virtual (CR0, CR3, CR4)."""
+    """Walks the guest's page tables; `regs()` returns the virtual (CR0, CR3, CR4),
+    `area()` where the VMM area is, `vmm_store(phys, size)` is told of an emulated guest
+    store into it (which is not made)."""
 
-    def __init__(self, cpu: Cpu, regs: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(self, cpu: Cpu, regs: Callable[[], tuple[int, int, int]],
+                 area: Callable[[], layout.VmmArea] = lambda: layout.HOME,
+                 vmm_store: Callable[[int, int], None] | None = None) -> None:
         self.cpu = cpu
         self.regs = regs
+        self.area = area
+        self.vmm_store = vmm_store
 
     def translate(self, linear: int, write: bool = False, user: bool = False,
                   fetch: bool = False) -> int:
@@ -53,6 +63,13 @@ class Mmu:
         if not cr0 & CR0_PG:
             return linear
         code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch else 0)
+        area = self.area()
+        if area.contains(linear):
+            # The VMM's slot of the shadow directory (runtime/shadowpd.py), as `VMM_PT` maps it.
+            home = area.home(linear)
+            if user and (write or home & ~0xFFF != layout.VMM_USER_PAGE):
+                raise PageFault(linear, code | PF_P)
+            return home
         pde = self.cpu.phys_u32((cr3 & 0xFFFFF000) + ((linear >> 22) << 2))
         if not pde & PTE_P:
             raise PageFault(linear, code)
@@ -94,29 +111,21 @@ class Mmu:
             parts.append((self.translate(linear + pos, True, user), data[pos:pos + chunk]))
             pos += chunk
         for phys, piece in parts:
+            if layout.VMM_BASE <= phys and not layout.PATCH_STATE_BASE <= phys < _PATCH_STATE_END:
+                # The guard's rule for the CPU's stores, applied to the VMM's emulation of the
+                # guest's: the one page patch code writes stays writable, nothing else.
+                if self.vmm_store is not None:
+                    self.vmm_store(phys, len(piece))
+                continue
             self.cpu.phys_write(phys, piece)
 
     def read_u32(self, linear: int, user: bool = False) -> int:
         return int.from_bytes(self.read(linear, 4, user), "little")
 
-    def install_vmm_pde(self, cr3: int) -> None:
-        """Point PDE 1023 of the guest's directory at the VMM's page table.
-
-        U/S = 1 at the PDE so that the one user page (the ring 3 -> 1 trampoline)
-        is reachable; every other VMM page is U/S = 0 in `VMM_PT`. A guest that
-        mapped the top 4 MiB itself is stopped: both cannot own it."""
-        slot = (cr3 & 0xFFFFF000) + layout.VMM_PDE_INDEX * 4
-        want = layout.VMM_PT | PTE_P | PTE_W | PTE_U
-        have = self.cpu.phys_u32(slot)
-        if have & PTE_P and have != want:
-            raise GuestStop("guest maps the VMM's top 4 MiB itself",
-                            detail=f"PDE {layout.VMM_PDE_INDEX} = {have:#010x} in directory {cr3:#x}")
-        self.cpu.phys_write_u32(slot, want)
-
 
 def vmm_page_table() -> bytes:
-    """The contents of `VMM_PT`: the VMM area mapped linear == physical, supervisor
-    only, except the user trampoline page (user, read-only).
+    """The contents of `VMM_PT`: page i of the VMM's slot -> home page i (wherever the
+    slot is), supervisor only, except the user trampoline page (user, read-only).
 
     Accessed and dirty are set from the start: the CPU's page walker then never writes
     the table, which the VMM guard keeps write-protected (runtime/guard.py; measured with

@@ -18,7 +18,9 @@
     stands for (in frames pushed to the guest and in stop reports);
 (d) calls `resume_at(eip)` before it continues the guest at an EIP it chose (after
     an emulated instruction, an IRET, at the start of a slice): a guest address inside
-    a patched window no longer holds guest code, the patch block does.
+    a patched window no longer holds guest code, the patch block does;
+(e) calls `relocate(area)` when the VMM area moved in the guest's linear space
+    (runtime/relocate.py): patch code at the same offsets, re-made for the new addresses.
 
 The runtime never delivers an interrupt while EIP is in patch memory: it sets the
 state block's `pending` word, and the patch block exits at its guest return address
@@ -33,12 +35,15 @@ non-zero or zero (`VirtualCpu.on_pending` -> `PatchManager.set_pending`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bt import layout
+from bt import elf, layout
+from bt.errors import InputError, PatchError
 from bt.operation import Operation
-from runtime.cpu import EIP
+from runtime.cpu import EIP, UnmappedPhys
+from runtime.paging import PageFault
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchConfig, PatchManager
@@ -61,6 +66,8 @@ class Patcher(Protocol):
 
     def resume_at(self, eip: int) -> int: ...
 
+    def relocate(self, area: layout.VmmArea) -> object: ...
+
 
 class NoPatcher:
     """The unpatched VMM: traps are only emulated, no INT3 belongs to a patch."""
@@ -77,28 +84,99 @@ class NoPatcher:
     def resume_at(self, eip: int) -> int:
         return eip
 
+    def relocate(self, area: layout.VmmArea) -> None:
+        return None
+
+
+class KernelMap:
+    """Where the kernel's ELF puts its loadable segments: virtual <-> physical (the
+    program headers' p_vaddr and p_paddr; they differ for a kernel linked high and loaded
+    low, like xv6 at 0x80100000 -> 1 MiB)."""
+
+    def __init__(self, segments: Iterable[elf.Segment] = ()) -> None:
+        self._segs = [(s.vaddr, s.paddr, s.memsz) for s in segments if s.memsz]
+
+    def paddr(self, vaddr: int) -> int | None:
+        for v, p, n in self._segs:
+            if v <= vaddr < v + n:
+                return p + vaddr - v
+        return None
+
+    def holds_phys(self, phys: int) -> bool:
+        return any(p <= phys < p + n for _v, p, n in self._segs)
+
 
 class _VmMemory:
-    """patchmgr's GuestMemory and WriteWatch over the VM: guest-virtual addresses
-    through the guest's page tables, the VMM area as it is (linear == physical)."""
+    """patchmgr's GuestMemory and WriteWatch over the VM. Kernel code is read and written
+    where its ELF loaded it (physical, through the program headers): the patch manager
+    works on the kernel's virtual addresses, and the kernel's bytes do not move when the
+    guest turns paging on. Other guest addresses go through the guest's page tables, the
+    VMM area to where it is now."""
 
-    def __init__(self, vm: Any) -> None:
+    def __init__(self, vm: Any, kernel: KernelMap | None = None) -> None:
         self.vm = vm
         self.uc = vm.machine.uc
+        self.kernel = kernel or KernelMap()
         self.manager: PatchManager | None = None
         self._protected: Counter[int] = Counter()     # physical page -> patches on it
         self._linear: dict[int, int] = {}             # watched physical page -> its linear page
 
     def _phys(self, address: int) -> int:
-        return address if address >= layout.VMM_BASE else int(self.vm.mmu.translate(address))
+        area = self.vm.machine.vmm
+        if area.contains(address):
+            return area.home(address)
+        phys = self.kernel.paddr(address)
+        if phys is not None:
+            return phys
+        try:
+            return int(self.vm.mmu.translate(address))
+        except PageFault as pf:
+            raise PatchError(f"guest address {address:#x} is not mapped") from pf
+
+    def live(self, address: int) -> bool:
+        """The guest runs `address` as the kernel's ELF means it: mapped (paging on or not)
+        onto guest RAM, at the physical address the program headers give for it if it is
+        kernel code, and not an alias of kernel code at another linear address (xv6 runs
+        its entry code at 0x10000c before paging; its ELF says 0x8010000c)."""
+        try:
+            phys = int(self.vm.mmu.translate(address, fetch=True))
+        except PageFault:
+            return False
+        if phys >= self.vm.machine.ram_size:
+            return False
+        want = self.kernel.paddr(address)
+        if want is not None:
+            return want == phys
+        return not self.kernel.holds_phys(phys)
 
     def read(self, address: int, size: int) -> bytes:
         return bytes(self.vm.cpu.phys_read(self._phys(address), size))
 
     def write(self, address: int, data: bytes) -> None:
-        self.vm.cpu.phys_write(self._phys(address), data)
+        phys = self._phys(address)
+        self.vm.cpu.phys_write(phys, data)
         # Code Unicorn already translated must be translated again (unicorn-ring1.md #7).
-        self.uc.ctl_remove_cache(address, address + len(data))
+        # Unicorn finds it through the linear address it is given, so give one that maps
+        # onto these bytes now; kernel code not mapped where its ELF says (before paging)
+        # may have been translated at another alias: drop every translation then (rare).
+        # Inside an IN/OUT hook Unicorn is in the middle of an instruction (a REP INS between
+        # two elements): dropping the code under it makes Unicorn restart that instruction,
+        # whose element the device has already given (measured: one element read twice).
+        # The hook ends the slice then; the run loop drops the code before the next one.
+        if self.vm.traps.in_io_hook:
+            self.vm.traps.stale_code = True
+            return
+        area = self.vm.machine.vmm
+        try:
+            here = area.contains(address) or int(self.vm.mmu.translate(address)) == phys
+        except PageFault:
+            here = False
+        if here:
+            self.uc.ctl_remove_cache(address, address + len(data))
+        else:
+            from unicorn import unicorn_const as uconst
+
+            self.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
 
     def watch(self, start: int, end: int) -> object:
         # Patched pages are write-protected in Unicorn (physical pages: every alias is
@@ -174,24 +252,30 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     """The patch manager of one run: the kernel scanned (CSAM) for branch targets and
     blocks, a statically patched kernel's record adopted, every site patched up front
     with `eager`."""
-    from bt import elf, isa, scan
+    from bt import isa, scan
     from patchmgr.codemap import ScanCodeMap
     from patchmgr.manager import PatchManager
-    from patchmgr.static import read_record, user_code
+    from patchmgr.static import original_image, read_record, user_code
 
     # The loader's ELF when it has one (a second load of a 64 MiB kernel costs its size twice).
     image = getattr(vm.boot, "kernel", None) or elf.load(vm.config.kernel)
-    result = scan.scan(image)
-    memory = _VmMemory(vm)
+    record = read_record(image)
+    # A kernel `bt patch` wrote is scanned as it was before: its JMPs into patch memory
+    # would hide the code after each window from the descent.
+    result = scan.scan(original_image(image, record) if record is not None else image)
+    memory = _VmMemory(vm, KernelMap(image.segments))
     from runtime.emulate import EMULATORS
 
     manager = PatchManager(config, memory, ScanCodeMap(result), watch=memory,
-                           emulable=EMULATORS.__contains__)
+                           emulable=EMULATORS.__contains__, area=vm.machine.vmm, live=memory.live)
     memory.manager = manager
     vm.vcpu.on_pending = manager.set_pending
-    record = read_record(image)
     if record is not None:
-        manager.adopt(record)
+        try:
+            manager.adopt(record)
+        except (PatchError, UnmappedPhys) as err:
+            # The record names guest memory this run does not have: the file's fault (exit 2).
+            raise InputError(f"{vm.config.kernel}: patch record: {err}") from err
     kernel_sites = [s for s in result.sites
                     if manager.rules.handles(s.cls.name) and not user_code(image, s.address)]
     if config.enabled:

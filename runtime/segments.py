@@ -14,7 +14,9 @@ selectors work unchanged; what differs (Intel SDM vol. 3 §3.4.5, §5.5):
 - gates keep their fields (their target selectors name shadowed segments).
 
 The VMM's own descriptors live in the last 16 slots (guests almost never reach them;
-one that does is refused by `ShadowGdt.sync`).
+one that does is refused by `ShadowGdt.sync`). The real GDTR's limit is the guest's, so
+those slots are beyond it: no guest selector, gate or far transfer can name them. The VMM
+opens them only for its own few instructions (runtime/machine.py `open_vmm_slots`).
 """
 
 from __future__ import annotations
@@ -129,8 +131,8 @@ def compress(d: Descriptor) -> Descriptor:
     return d.with_dpl(1) if d.dpl == 0 else d
 
 
-def vmm_descriptors() -> dict[int, Descriptor]:
-    """The VMM's own slots (selector -> descriptor)."""
+def vmm_descriptors(area: layout.VmmArea = layout.HOME) -> dict[int, Descriptor]:
+    """The VMM's own slots (selector -> descriptor), for the VMM area at `area`."""
     flat = 0xFFFFFFFF
     return {
         VMM_CS0: segment(0, flat, 0x9A),
@@ -138,7 +140,7 @@ def vmm_descriptors() -> dict[int, Descriptor]:
         VMM_CS1 & ~3: segment(0, flat, 0xBA),
         VMM_DS1 & ~3: segment(0, flat, 0xB2),
         VMM_CS3 & ~3: segment(0, flat, 0xFA),
-        VMM_TSS: segment(layout.VMM_TSS, layout.VMM_TSS_SIZE - 1, 0x80 | TYPE_TSS_AVAIL, 0x0),
+        VMM_TSS: segment(area.linear(layout.VMM_TSS), layout.VMM_TSS_SIZE - 1, 0x80 | TYPE_TSS_AVAIL, 0x0),
         VMM_GATE & ~3: call_gate(VMM_CS1 & ~3, 0, 3),  # offset patched in by the machine
     }
 
@@ -152,8 +154,12 @@ class ShadowGdt:
 
     def __init__(self, write_phys: Callable[[int, bytes], None],
                  read_linear: Callable[[int, int], bytes],
-                 load_ldtr: Callable[[int, int, int], None]) -> None:
+                 load_ldtr: Callable[[int, int, int], None],
+                 area: Callable[[], layout.VmmArea] = lambda: layout.HOME,
+                 set_limit: Callable[[int], None] = lambda limit: None) -> None:
         self._write = write_phys   # (phys, bytes) -> None
+        self._area = area          # where the VMM area (so the shadow LDT) is now
+        self._set_limit = set_limit  # the real GDTR's limit: the guest's (runtime/machine.py)
         self._read = read_linear   # (linear, size) -> bytes
         self._load_ldtr = load_ldtr  # (selector, base, limit) -> None: the real LDTR
         self.guest_base = 0
@@ -163,8 +169,12 @@ class ShadowGdt:
         self.ldt_synced = 0
 
     def load(self, base: int, limit: int) -> None:
+        """LGDT: shadow the guest's table; the real GDTR gets the guest's limit, so that a
+        selector beyond it faults as the guest's table says and the VMM's slots stay out of
+        reach (runtime/machine.py)."""
         self.guest_base, self.guest_limit = base, limit
         self.sync()
+        self._set_limit(limit)
 
     def guest_descriptor(self, selector: int) -> Descriptor | None:
         """The guest's own descriptor for `selector` (GDT or LDT), or None if outside."""
@@ -210,9 +220,18 @@ class ShadowGdt:
             out += bytes(8 * (self.ldt_synced - count))
         self._write(layout.VMM_LDT, bytes(out))
         self.ldt_synced = count
-        limit = count * 8 - 1
-        self._write(layout.VMM_GDT + VMM_LDT, segment(layout.VMM_LDT, limit, 0x80 | TYPE_LDT, 0x0).to_bytes())
-        self._load_ldtr(VMM_LDT, layout.VMM_LDT, limit)
+        self._point_ldtr(count * 8 - 1)
+
+    def _point_ldtr(self, limit: int) -> None:
+        """The real LDTR and its descriptor at the shadow LDT, wherever the VMM area is."""
+        base = self._area().linear(layout.VMM_LDT)
+        self._write(layout.VMM_GDT + VMM_LDT, segment(base, limit, 0x80 | TYPE_LDT, 0x0).to_bytes())
+        self._load_ldtr(VMM_LDT, base, limit)
+
+    def moved(self) -> None:
+        """The VMM area moved (runtime/relocate.py): the shadow LDT's linear base with it."""
+        if self.ldt_selector and self.ldt_synced:
+            self._point_ldtr(self.ldt_synced * 8 - 1)
 
     def sync(self) -> None:
         count = (self.guest_limit + 1) // 8

@@ -12,14 +12,17 @@ two checks made with the run's own loader (runtime/boot.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from bt import elf
 from bt.errors import ElfError, InputError, InternalError
 from bt.outfile import Outputs
 from patchmgr.manager import head
 from patchmgr.registry import RuleSet
 from patchmgr.static import StaticOutput, StaticResult, patch_image, read_record
 from runtime.boot import RAM_MAX, plan_boot
+from runtime.patching import KernelMap
 
 
 def patch_kernel(src: str | Path, rules: RuleSet, dst: str | Path = "OUT") -> StaticOutput:
@@ -27,9 +30,20 @@ def patch_kernel(src: str | Path, rules: RuleSet, dst: str | Path = "OUT") -> St
     plan = plan_boot(src, RAM_MAX)
     if plan.kernel is None:
         raise ElfError(str(src), "not an ELF (an a.out-kludge image): bt patch needs ELF sections")
-    output = patch_image(plan.kernel, rules, plan.places)
+    output = patch_image(plan.kernel, rules, plan.places, kernel_phys(plan.kernel))
     verify(dst, output.data)
     return output
+
+
+def kernel_phys(image: elf.KernelImage) -> Callable[[int], int]:
+    """Where `bt run` reads a kernel address while it adopts the patches (paging is off):
+    through the program headers (runtime.patching.KernelMap), else the address itself."""
+    kernel = KernelMap(image.segments)
+
+    def phys(address: int) -> int:
+        found = kernel.paddr(address)
+        return address if found is None else found
+    return phys
 
 
 def verify(name: str | Path, data: bytes) -> None:
@@ -41,9 +55,11 @@ def verify(name: str | Path, data: bytes) -> None:
         raise InternalError(f"bt patch wrote a kernel bt run would refuse: {err}") from err
     if record is None:
         raise InternalError(f"bt patch wrote {name} without its patch record")
+    assert plan.kernel is not None
+    phys = kernel_phys(plan.kernel)
     for patch in record.patches:
         want = head(patch)
-        if plan.read(patch.start, len(want)) != want:
+        if plan.read(phys(patch.start), len(want)) != want:
             raise InternalError(f"bt patch wrote {name} with its {patch.kind} at {patch.start:#x} missing "
                                 "where bt run looks for it")
 

@@ -14,8 +14,21 @@ from typing import Any
 
 #: Exit kinds. `trap`: a fault the VMM emulated; `io`: an IN/OUT/INS/OUTS (a #GP exit
 #: on hardware with IOPL 0, a hook call in Unicorn); `hypercall`: an INT3 exit from
-#: patch code or an int3 patch; `interrupt`: an exception or IRQ injected into the guest.
-EXIT_KINDS = ("trap", "io", "hypercall", "interrupt")
+#: patch code or an int3 patch; `interrupt`: an exception or IRQ injected into the guest;
+#: `paging`: a page fault the guest never sees, taken because the shadow page directory
+#: was behind the guest's (runtime/shadowpd.py).
+EXIT_KINDS = ("trap", "io", "hypercall", "interrupt", "paging")
+
+
+@dataclass(frozen=True)
+class VmmMove:
+    """The VMM area moved in the guest's linear space (runtime/relocate.py)."""
+
+    old: int
+    new: int
+    why: str
+    #: The guest EIP when it moved.
+    eip: int
 
 
 @dataclass
@@ -43,6 +56,8 @@ class RunStats:
     #: guest wrote the patch-writable state page), and the first such words.
     vflags_corrupted: int = 0
     vflags_bad: list[int] = field(default_factory=list)
+    #: Every move of the VMM area, in order.
+    vmm_moves: list[VmmMove] = field(default_factory=list)
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -109,6 +124,8 @@ class RunStats:
                             for e, a, n, r in self.vmm_writers],
             "vflags_corrupted": self.vflags_corrupted,
             "vflags_bad": [f"{w:#010x}" for w in self.vflags_bad],
+            "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": m.eip,
+                           "symbol": sym(m.eip)} for m in self.vmm_moves],
         }
 
     def counts(self) -> dict[str, Any]:

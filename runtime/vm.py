@@ -50,18 +50,20 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 from bt import layout
 from bt.errors import GuestStop, HostError, InternalError, Ring1Error
 from runtime import config as cfg
-from runtime.boot import load_kernel
+from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
 from runtime.context import HANDLED, Ctx
-from runtime.cpu import CS, EIP, UnmappedPhys
+from runtime.cpu import CR3, CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.emulate import EMULATORS
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
-from runtime.paging import Mmu, PageFault
+from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
+from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
+from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
 from runtime.stats import RunStats
 from runtime.traps import Traps
 from runtime.vcpu import VirtualCpu
@@ -78,10 +80,10 @@ _UNMAPPED = {
     uconst.UC_ERR_INSN_INVALID: "unknown opcode",
     uconst.UC_ERR_EXCEPTION: "unhandled CPU exception",
 }
-#: Timer events a halted guest may sleep through without an interrupt before the run stops.
+#: A halted guest that sleeps through more timer events than this, and longer than
+#: `HALT_NS` of virtual time, without an interrupt arriving stops the run (`Vm._halt`).
 HALT_EVENTS = 64
-#: Initial ESP at multiboot entry (the spec leaves it undefined; below the info).
-ENTRY_ESP = 0x7000
+HALT_NS = 60 * 10**9
 
 
 @dataclass
@@ -123,15 +125,24 @@ class Vm:
     def __init__(self, config: cfg.RunConfig, patcher: Patcher | None = None,
                  image: Bootable | None = None) -> None:
         self.config = config
+        #: perf_counter() time at which --timeout ends the run (set by `run`).
+        self._deadline: float | None = None
         self.boot: Bootable = image if image is not None else load_kernel(
             str(config.kernel), config.cmdline, config.ram_size)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
         self.vcpu = VirtualCpu(self.cpu)
         self.vcpu.reset()
-        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs)
-        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr)
         self.stats = RunStats()
+        #: The guest's mapping changed since deferred patches were last tried.
+        self._mapping_changed = True
+        area = self._area
+        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area, vmm_store=lambda phys, size: self.guard.dropped(
+            phys, size))
+        self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
+                             self.machine.set_guest_gdt_limit)
+        self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area,
+                               wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
         self._exits_mark = 0
         self.devices: StandardDevices = build_standard_bus(
@@ -140,10 +151,14 @@ class Vm:
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
-                       on_paging_change=self._paging_changed, clock=self.clock,
+                       on_paging_change=self._paging_changed, shadow_fault=self._shadow_fault,
+                       retry_deferred=self._retry_deferred,
+                       clock=self.clock,
                        irq_waiting=lambda: self.devices.pic.pending(),
                        irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable())
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
+        self.relocator = Relocator(self.machine, self.shadow, self.gdt, self.stats,
+                                   lambda: self.traps.patcher, pinned=config.vmm_base)
         self.counter = SliceCounter(self.machine.uc)
         uc = self.machine.uc
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
@@ -157,13 +172,35 @@ class Vm:
                 raise GuestStop("kernel does not fit in guest RAM", None,
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
-        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, ENTRY_ESP)
+        self._loader_state()
+        #: Why the run was asked to stop (`interrupt`), None while it runs on.
+        self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
+
+    def interrupt(self, why: str) -> None:
+        """Stop the run as soon as Unicorn returns (the end of the current translation block):
+        a clean stop with the usual report, `GuestStop("interrupted (WHY)")`. Safe to call
+        from a signal handler (bt run's Ctrl-C and SIGTERM): it only sets a flag the run loop
+        checks between slices, and `emu_stop` is harmless when nothing runs."""
+        self.interrupted = why
+        self.machine.uc.emu_stop()
+
+    def _loader_state(self) -> None:
+        """The machine as QEMU's multiboot loader leaves it (bt.layout.LOADER_GDT_BASE): its
+        GDT in guest memory and shadowed, CS 0x08 and the data segments 0x10, the real-mode
+        IDTR, ESP and the arithmetic flags; then BOOT enters the guest in ring 1 (`run`)."""
+        base, limit = layout.LOADER_GDT_BASE, len(LOADER_GDT) - 1
+        self.cpu.phys_write(base, LOADER_GDT)
+        self.vcpu.set_table("gdtr", base, limit)
+        self.vcpu.set_table("idtr", *LOADER_IDTR)
+        self.gdt.load(base, limit)
+        self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, layout.ENTRY_ESP,
+                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS)
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
@@ -214,6 +251,7 @@ class Vm:
             raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
         stalled = 0
         slept = 0
+        start = self.clock()
         while True:
             now = self.clock()
             self.devices.tick(now)
@@ -223,12 +261,17 @@ class Vm:
             if event is None:
                 raise GuestStop("guest halted and no interrupt source is enabled", next_eip - 1)
             if event > now:
-                # Timer events that raise no interrupt (the line masked at the PIC) would be
-                # slept through for ever: only the halted guest could unmask it.
+                # Timer events that raise no interrupt (the line masked or left in service at
+                # the PIC) would be slept through for ever: only the halted guest could change
+                # that. Another source may still wake it, so both bounds must be passed.
                 slept += 1
-                if slept > HALT_EVENTS:
+                if slept > HALT_EVENTS and now - start > HALT_NS:
                     raise GuestStop("guest halted and no interrupt arrives (its timer's line is masked?)",
-                                    next_eip - 1, f"{HALT_EVENTS} timer events slept through")
+                                    next_eip - 1, f"{slept} timer events in {(now - start) / 1e9:.0f} s "
+                                                  "of virtual time")
+                if (self._deadline is not None and slept % 1024 == 0
+                        and time.perf_counter() > self._deadline):
+                    raise GuestStop("wall-clock timeout (--timeout)", next_eip - 1, "halted")
                 self.stats.idle_ns += event - now
                 self.now_ns += event - now
                 stalled = 0
@@ -238,12 +281,64 @@ class Vm:
                 if stalled > 2:
                     raise GuestStop("guest halted and its timer event raises no interrupt", next_eip - 1)
 
-    def _paging_changed(self) -> None:
+    def _area(self) -> layout.VmmArea:
+        return self.machine.vmm
+
+    def _paging_changed(self, linear: int | None = None) -> None:
+        """CR0/CR3/CR4 written (`linear` None) or INVLPG `linear`: the shadow page directory
+        follows the guest's (runtime/shadowpd.py), the VMM area moves if the guest now maps
+        its slot (runtime/relocate.py), and Unicorn's caches are flushed."""
         self.traps.forget_code()
+        self._mapping_changed = True
+        cr0, cr3, _cr4 = self.vcpu.paging_regs()
+        if not cr0 & CR0_PG:
+            self.shadow.unload()
+        elif linear is None:
+            self.shadow.load(cr3)
+            self.cpu.write(CR3, layout.VMM_SHADOW_PD)
+        else:
+            self.shadow.sync(linear)
+        self.relocator.check("INVLPG" if linear is not None else
+                             f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
+        self._flush_tlb()
+
+    def _flush_tlb(self) -> None:
         try:
             self.machine.uc.ctl(uconst.UC_CTL_TLB_FLUSH, uconst.UC_CTL_IO_WRITE)
         except UcError as err:
             raise InternalError(f"TLB flush failed: {err}") from err
+
+    def _shadow_fault(self, linear: int) -> bool:
+        """A #PF at `linear`: True if the shadow page directory was behind the guest's and
+        now is not, or the guest touched its own mapping of the VMM's slot and the area
+        moved out of its way; the instruction then runs again."""
+        if self.shadow.guest_pd is None:
+            return False
+        if self.machine.vmm.contains(linear) and self.shadow.conflict():
+            self.relocator.check(f"#PF at {linear:#x}")
+            return True
+        done = self.shadow.fault(linear)
+        if done == REPLACED:
+            self._flush_tlb()
+        if done != UNCHANGED:
+            self._mapping_changed = True
+        return done != UNCHANGED
+
+    def _retry_deferred(self, eip: int | None = None) -> bool:
+        """Patch the sites that waited for the guest to map them where its ELF says
+        (`PatchManager.deferred`), once the mapping changed and the guest runs such code
+        itself (`eip`, or where the CPU is): never while it runs code at another alias (boot
+        code before paging). At the end of a slice, and at a trap (runtime/traps.py)."""
+        patches = self.patches
+        if patches is None or not self._mapping_changed:
+            return False
+        if eip is None:
+            eip = self.cpu.read(EIP)
+        if self.machine.vmm.contains(eip) or not patches.live(eip):
+            return False
+        self._mapping_changed = False
+        patches.retry_deferred()
+        return True
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -251,17 +346,27 @@ class Vm:
         uc = self.machine.uc
         t_start = time.perf_counter()
         deadline = None if config.timeout is None else t_start + config.timeout
-        pc = BOOT
+        self._deadline = deadline
         traps = self.traps
         try:
+            pc = self._enter_guest()
             while traps.exit_status is None:
+                if self.interrupted is not None:
+                    raise GuestStop(f"interrupted ({self.interrupted})", self.cpu.read(EIP),
+                                    f"{self.stats.guest_insns} instructions")
                 count = self._slice_length()
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
                                     f"{self.stats.guest_insns} instructions")
                 pc = traps.patcher.resume_at(pc)
+                # Between slices no exception is in flight. A slice ended by emu_stop in a hook
+                # may still have tried to fetch the next instruction and raised a fault Unicorn
+                # dropped but remembered in old_exception (seen when the guest's first
+                # instruction after enabling paging faults): the next one would become #DF.
+                traps.latch.clear()
+                traps.drop_stale_code()
                 try:
-                    uc.emu_start(pc, STOP, count=count)
+                    uc.emu_start(pc, self.machine.linear(STOP), count=count)
                 except UcError as err:
                     self._advance(self.counter.executed(count))
                     if traps.error is not None:
@@ -270,11 +375,16 @@ class Vm:
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
+                traps.finish_rep_element()
                 done = self.counter.executed(count)
                 self._advance(done)
                 self._check_state()
                 if traps.error is not None:
                     raise traps.error
+                # The guest may have mapped the VMM's slot by writing its page directory,
+                # with no CR3 load or INVLPG to tell: looked at once per slice.
+                self.relocator.check("slice end")
+                self._retry_deferred()
                 # A user-mode I/O instruction the guest's IOPL and TSS bitmap deny was
                 # stopped in its hook: undo it and deliver its #GP(0) before anything else.
                 traps.reflect_io_fault()
@@ -319,6 +429,19 @@ class Vm:
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
         return RunResult(traps.exit_status, self.stats, list(traps.last))
 
+    def _enter_guest(self) -> int:
+        """Run BOOT (LTR, IRETD into ring 1) on its own, then shut the VMM's GDT slots; the
+        guest's entry point, where the run loop starts."""
+        try:
+            self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
+        except UcError as err:
+            raise InternalError(f"BOOT could not enter ring 1: {err}") from err
+        eip, cs = self.cpu.eip_cs()
+        if cs & 3 != 1 or eip != self.boot.entry:
+            raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")
+        self.machine.close_vmm_slots()
+        return eip
+
     def _guest_eip(self) -> int:
         return self.traps.patcher.to_guest_eip(self.cpu.read(EIP))
 
@@ -331,12 +454,11 @@ class Vm:
             count = min(count, self.config.max_insns - self.stats.guest_insns)
         return count
 
-    @staticmethod
-    def _in_guest(eip: int) -> bool:
+    def _in_guest(self, eip: int) -> bool:
         # Not inside the VMM's own stubs (a ring 3 -> 1 delivery may be in flight), nor in
         # patch code, whose address a frame must not show: the patch block exits at its
         # guest return address while `pending` is set (runtime/patching.py).
-        return not layout.VMM_BASE <= eip
+        return not self.machine.vmm.contains(eip)
 
     def _invalid_opcode(self) -> bool:
         """Unicorn stops on opcodes it does not implement (UD2 and undefined ones

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bt.cli import ruleopts
 from bt.cli.args import positive_int
 from bt.errors import GuestStop, InputError, MismatchError, UsageError
 from bt.outfile import Output, Outputs
@@ -53,6 +54,11 @@ def add_parser(sub: Any) -> None:
                      help="dynamic run: patch every scanned site before the guest runs")
     run.add_argument("--max-insns", type=positive_int, default=None, metavar="N",
                      help="stop a run after N guest instructions")
+    ruleopts.add(run)
+    run.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                     help="one more dynamic run, called NAME, with its own patch options written as for "
+                          "`bt run` (--disable-rule, --disable-class, --hot, --eager), side by side with the "
+                          "others, e.g. --variant 'no-irqflags=--disable-rule irqflags' (repeatable)")
     rec = p.add_argument_group("recorded runs")
     rec.add_argument("--save-runs", metavar="DIR",
                      help="also save each kernel's measured runs to DIR/NAME.runs.json")
@@ -73,6 +79,9 @@ def _command(args: argparse.Namespace) -> list[str]:
             out += [f"--{name.replace('_', '-')}", str(value)]
     for ref in args.expect or ():
         out += ["--expect", ref]
+    for flag in ("disable_rule", "disable_class", "variant"):
+        for value in getattr(args, flag):
+            out += [f"--{flag.replace('_', '-')}", value]
     return out
 
 
@@ -122,11 +131,12 @@ def run_compare(args: argparse.Namespace) -> int:
     # Every output is checked (its temporary file made) before the first run, and all of
     # them are renamed into place together at the end (bt/outfile.py): a bad --html never
     # leaves a fresh --json beside an old report.
+    run_options, variants = _run_options(args)      # usage errors before any output or run
     with Outputs(inputs=[*args.kernels, *(args.expect or ())]) as outputs:
         json_out = outputs.document(args.json, "--json") if args.json else None
         html_out = outputs.document(args.html, "--html") if args.html else None
         runs_out = _runs_outputs(outputs, args) if args.save_runs and not args.replay else {}
-        comparison = _compare(args, command)
+        comparison = _compare(args, command, run_options, variants)
         if runs_out:
             for name, content in runs_documents(comparison).items():
                 runs_out[name].write_text(content)
@@ -173,7 +183,18 @@ def _runs_outputs(outputs: Outputs, args: argparse.Namespace) -> dict[str, Outpu
     return out
 
 
-def _compare(args: argparse.Namespace, command: list[str]) -> Comparison:
+def _run_options(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The options every run gets, and the --variant runs (checked: a bad rule name or a
+    variant named twice is a usage error now)."""
+    if args.replay:
+        return {}, ()
+    run_options = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    run_options.update({k: v for k in ("disable_rule", "disable_class") if (v := getattr(args, k))})
+    return run_options, _variants(args.variant, run_options)
+
+
+def _compare(args: argparse.Namespace, command: list[str], run_options: dict[str, Any],
+             variants: tuple[Any, ...]) -> Comparison:
     from runtime.report import adapter, runner
 
     expect = dict(zip(args.kernels, args.expect or (), strict=False))
@@ -187,6 +208,23 @@ def _compare(args: argparse.Namespace, command: list[str]) -> Comparison:
         raise UsageError(f"cannot compare unpatched and patched runs: {reason}")
     options = runner.CompareOptions(
         kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top, expect=expect,
-        run={k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None})
+        run=run_options, variants=variants)
     with _progress(len(options.kernels) * len(options.modes)) as progress:
         return runner.run_all(options, command, progress)
+
+
+def _variants(specs: list[str], base: dict[str, Any]) -> tuple[Any, ...]:
+    """Parse every --variant and check its rule names before any run starts; print what
+    loading the rules warned about once (the runs load them again, silently)."""
+    from patchmgr import registry
+    from runtime.report import variant
+
+    parsed = tuple(variant.parse(s) for s in specs)
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--variant: a name given twice ({', '.join(sorted(names))})")
+    for options in [base, *(v.run_options(base) for v in parsed)]:
+        rules = registry.load(options.get("disable_rule", ()),
+                              disabled_classes=options.get("disable_class", ()))
+    ruleopts.warn("compare", rules)
+    return parsed

@@ -6,6 +6,7 @@ import argparse
 from collections import Counter
 from typing import Any
 
+from bt.cli import ruleopts
 from bt.errors import UsageError
 from bt.outfile import Outputs
 
@@ -20,23 +21,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("kernel", metavar="IN", nargs="?", help="the kernel ELF file")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="the patched ELF to write (a new name or a regular file other than IN)")
-    p.add_argument("--list-rules", action="store_true", help="list the patch rules (built-in and plugins)")
-    p.add_argument("--disable-rule", action="append", default=[], metavar="NAME",
-                   help="do not use this rule (repeatable); its sites keep trapping")
+    p.add_argument("--list-rules", action="store_true",
+                   help="list the patch rules (built-in and plugins) and the classes each gets")
+    ruleopts.add(p)
     p.add_argument("-v", "--verbose", action="store_true", help="list every patch and refusal")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchmgr import registry
-
-    rules = registry.load(args.disable_rule)
+    rules = ruleopts.load(args)
+    ruleopts.warn("patch", rules)
     if args.list_rules:
-        for info in rules.infos:
-            state = "" if info.enabled else "  (disabled)"
-            classes = ", ".join(sorted(info.rule.classes()))
-            print(f"{info.rule.name:18s} {info.origin:10s} {info.rule.description}{state}")
-            print(f"{'':18s} {'':10s} classes: {classes}")
+        print("\n".join(ruleopts.describe(rules)))
         if args.kernel is None:
             return 0
     if args.kernel is None or args.output is None:
@@ -54,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
           f"{kinds['int3']} with an INT3, {len(result.refusals)} refused; "
           f"{result.patch_bytes} bytes of patch memory (lookup tables and interior bitmap included)")
     if result.elsewhere:
-        print(f"{result.elsewhere} more sites left to run-time patching: not file bytes at their own "
-              "address when bt run loads the kernel (p_vaddr != p_paddr, or outside a segment)")
+        print(f"{result.elsewhere} more sites left to run-time patching: not the file's bytes where bt "
+              "run loads the kernel (code outside every segment, or not what the scan decoded)")
     if args.verbose:
         for p in result.patches:
             note = f"  ({result.notes[p.site]})" if p.site in result.notes else ""

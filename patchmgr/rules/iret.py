@@ -50,7 +50,7 @@ class Iret(PatchRule):
             f"mov dword ptr [{s0:#x}], eax\n"
             "mov eax, dword ptr [esp]\n"              # the return EIP: inside a patched window?
             f"and eax, {tables.INTERIOR_SPAN - 1:#x}\n"
-            f"bt dword ptr [{tables.INTERIOR:#x}], eax\n"
+            f"bt dword ptr [{ctx.table('interior'):#x}], eax\n"
             f"mov eax, dword ptr [{s0:#x}]\n"
             f"jc {out}\n"                            # then the runtime resumes it in the block
             f"mov dword ptr [{s0:#x}], eax\n"

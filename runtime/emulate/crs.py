@@ -1,16 +1,16 @@
 """Control and debug registers: MOV CRn/DRn both ways, LMSW, CLTS, SMSW (SDM vol. 3 §2.5).
 
 Reads return the virtual copies. Writes update the virtual copy and, for the
-bits that change how the CPU translates (CR0.PG/WP, CR3, CR4.PSE/PGE), the real
-register, because Unicorn walks the guest's own page tables; before paging goes
-on the VMM's PDE goes into the guest's directory (runtime/paging.py)."""
+bits that change how the CPU translates (CR0.PG/WP, CR4.PSE/PGE), the real
+register. The real CR3 always points at the shadow page directory, which a guest CR3
+load re-copies from the guest's (runtime/shadowpd.py)."""
 
 from __future__ import annotations
 
 from bt.errors import GuestStop
 from bt.operation import Operation, Reg
 from runtime.context import Ctx, EmulationFault
-from runtime.cpu import CR0, CR3, CR4
+from runtime.cpu import CR0, CR4
 from runtime.paging import CR0_PG
 from runtime.vcpu import DR6_FIXED, DR7_FIXED
 
@@ -32,22 +32,17 @@ def write_cr(ctx: Ctx, n: int, value: int) -> None:
         if not value & CR0_PE:
             raise GuestStop("guest left protected mode (CR0.PE = 0)", cpu.read_name("eip"))
         vcpu.set_cr(0, value | CR0_ET)
-        if value & CR0_PG:
-            ctx.mmu.install_vmm_pde(vcpu.cr(3))
+        ctx.on_paging_change(None)     # the shadow directory first: real CR3 must point at it
         cpu.write(CR0, (value & CR0_REAL) | CR0_PE | CR0_ET)
-        ctx.on_paging_change()
     elif n == 2:
         vcpu.set_cr(2, value)
     elif n == 3:
         vcpu.set_cr(3, value)
-        if vcpu.cr(0) & CR0_PG:
-            ctx.mmu.install_vmm_pde(value)
-        cpu.write(CR3, value)
-        ctx.on_paging_change()
+        ctx.on_paging_change(None)     # re-copies the shadow directory; real CR3 stays on it
     elif n == 4:
         vcpu.set_cr(4, value)
         cpu.write(CR4, value & CR4_REAL)
-        ctx.on_paging_change()
+        ctx.on_paging_change(None)
     else:
         raise EmulationFault(6, None)  # CR1, CR5-7: #UD
 

@@ -13,7 +13,7 @@ import functools
 from unicorn import x86_const as ux
 
 from bt import layout
-from bt.operation import Operation
+from bt.operation import Mem, Operation
 from runtime.context import Ctx, EmulationFault
 from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 from runtime.segments import Descriptor
@@ -30,7 +30,8 @@ def nop(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 
 def invlpg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
-    ctx.on_paging_change()
+    (target,) = op.operands
+    ctx.on_paging_change(ctx.address(target) if isinstance(target, Mem) else None)
     return None
 
 
@@ -149,7 +150,7 @@ def stac_clac(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 
 def invpcid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
-    ctx.on_paging_change()
+    ctx.on_paging_change(None)
     return None
 
 

@@ -74,7 +74,7 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
         # The virtual IF/IOPL follow the frame; in ring 3 the real ones rule.
         _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 16, 4), "little") & 0xFFFF)
         vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
-        return machine.IRET_OUT
+        return ctx.m.linear(machine.IRET_OUT)
     real_cs = _kernel_cs(ctx, cs)
     cpu.write_name("esp", esp + 12)
     real = cpu.read(EFLAGS)
@@ -98,7 +98,7 @@ def far_ret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
         if op.operands:   # RETF imm16 to ring 3: not used by 32-bit kernels
             raise EmulationFault(13, cs & ~3)
         _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 12, 4), "little") & 0xFFFF)
-        return machine.RETF_OUT
+        return ctx.m.linear(machine.RETF_OUT)
     real_cs = _kernel_cs(ctx, cs)
     extra = op.operands[0].value if op.operands and isinstance(op.operands[0], Imm) else 0
     cpu.write_name("esp", esp + 8 + extra)
@@ -163,9 +163,9 @@ def sysexit(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     _check_user_frame(ctx, cs, ss)
     frame = struct.pack("<5I", cpu.read_name("edx"), cs, cpu.read(EFLAGS) | IF, cpu.read_name("ecx"), ss)
     top = layout.VMM_STACK1_TOP - len(frame)
-    cpu.phys_write(top, frame)           # the VMM area: linear == physical, supervisor only
-    cpu.write_name("esp", top)
-    return machine.IRET_OUT
+    cpu.phys_write(top, frame)           # the VMM's stack: home address, supervisor only
+    cpu.write_name("esp", ctx.m.linear(top))
+    return ctx.m.linear(machine.IRET_OUT)
 
 
 EMULATORS = {"iret": iret, "sysexit": sysexit, "far_ret": far_ret, "mov_to_sreg": mov_to_sreg,

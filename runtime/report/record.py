@@ -22,12 +22,7 @@ DYNAMIC = "dynamic"
 STATIC = "static"
 MODES = (BASELINE, DYNAMIC, STATIC)
 
-#: Exit kinds, in display order. An exit is one return from guest code to the VMM.
-#: `trap`: a privileged instruction faulted (#GP) or an INT3 patch fired;
-#: `io`: an IN/OUT/INS/OUTS (Unicorn never faults them, but hardware at IOPL 0 would);
-#: `hypercall`: patch code called the VMM on purpose (e.g. STI with an IRQ pending);
-#: `interrupt`: the VMM delivered an external interrupt (timer, UART) to the guest.
-EXIT_KINDS = ("trap", "io", "hypercall", "interrupt")
+#: Exit kinds, in display order: `runtime.stats.EXIT_KINDS`, which says what each one is.
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class Patch:
     rule: str  # the patch rule's name
     kind: str  # how the site is rewritten: "jump" (5-byte JMP to patch code), "int3", ...
     size: int  # guest bytes the patch covers (0 when refused)
-    status: str  # "active", "refused", "removed", ...
+    status: str  # "active", "refused", or "unpatched" (run, never reached by the scan, not patched)
     reason: str = ""  # why a patch was refused or removed
     text: str = ""  # the instruction at `address`
     start: int | None = None  # first guest byte the patch rewrites, when not `address` (a JMP window)

@@ -185,8 +185,8 @@ def test_a_disagreement_is_ring1s_bug_and_writes_nothing(capsys: pytest.CaptureF
     from patchmgr import static
     from runtime import staticpatch
 
-    def lost_record(image, rules, places):            # type: ignore[no-untyped-def]
-        good = static.patch_image(image, rules, places)
+    def lost_record(image, rules, places, to_phys):            # type: ignore[no-untyped-def]
+        good = static.patch_image(image, rules, places, to_phys)
         return static.StaticOutput(image.raw, good.result)
 
     monkeypatch.setattr(staticpatch, "patch_image", lost_record)

@@ -2,12 +2,12 @@
 time; the static form makes the patched kernel an artefact one can inspect with objdump).
 
 The patcher sees the kernel as `bt run` finds it in memory when it adopts the patches:
-paging off, every piece of the file at its physical load address (`Loaded`, what
-runtime/boot.py plans). A site is patched only where the guest-virtual address the
-scanner gives equals that physical place, and the whole basic block around it is bytes
-of the file (they are what the patch rewrites). Sites elsewhere (a higher-half kernel's
-code above its load address, code in a segment loaded somewhere else) are left to
-run-time patching and counted.
+every piece of the file at its physical load address (`Loaded`, what runtime/boot.py
+plans), a kernel address taken there through the program headers as the run does
+(`to_phys`, runtime.patching.KernelMap). A site is patched only where the whole basic
+block around it is bytes of the file, the very bytes the scanner decoded (they are what
+the patch rewrites); sites elsewhere (code outside every segment) are left to run-time
+patching and counted. runtime/staticpatch.py supplies the plan and checks the output.
 
 The output is the input's bytes, with
 

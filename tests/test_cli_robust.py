@@ -208,3 +208,28 @@ def test_file_names_that_are_not_utf8(tmp_path: Path) -> None:
                           capture_output=True, env=env)
     assert proc.returncode == 0 and out.exists(), proc.stderr
     assert proc.stdout.startswith(os.fsencode(out) + b": ")
+
+
+def test_sigterm_leaves_no_temporary_file_and_the_old_output(tmp_path: Path) -> None:
+    """SIGTERM ends `bt compare` as Ctrl-C does (exit 130): its outputs' temporary files go,
+    the existing report stays (`bt run` stops the guest cleanly instead: test_runtime_stops)."""
+    import signal
+    import time
+
+    from runtime_guest import asm
+    from test_runtime_stops import LOAD, _running, tiny_elf
+
+    spin = tiny_elf(asm("spin:\ninc eax\njmp spin\n", LOAD), tmp_path / "spin.elf")
+    report = tmp_path / "r.json"
+    report.write_bytes(OLD)
+    proc = subprocess.Popen([sys.executable, "-m", "bt", "compare", str(spin), "--jobs", "1", "--json",
+                             str(report), "--max-insns", "2000000000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 60
+    while not _running(proc) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert report.read_bytes() == OLD
+    _no_temporaries(tmp_path)

@@ -9,10 +9,13 @@ Each subcommand lives in its own module with `add_parser(subparsers)`; the modul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from bt import __version__
 from bt.cli import bench, compare, patch, run, scan
@@ -57,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bt: error: no command given (see bt --help)", file=sys.stderr)
         return 2
     try:
-        code: int = args.handler(args)
+        with _sigterm_as_interrupt():
+            code: int = args.handler(args)
         return code
     except Ring1Error as err:
         if args.traceback:
@@ -97,3 +101,22 @@ def _drop_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a command as Ctrl-C does (exit 130), through the same cleanup: the
+    temporary files of its outputs go (bt/outfile.py). `bt run` catches both signals
+    itself while the guest runs, to stop it cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

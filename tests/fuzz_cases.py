@@ -202,7 +202,12 @@ def make_invocation(seed: int, number: int, work: Path) -> tuple[list[str], list
         argv = ["run", kernel, *_draw(rng, {"--cmdline": "cmdline", "--serial": "path",
                                             "--timeout": "num", "--ram": "num", "--stats": "flag",
                                             "--json": "path", "--hot": "num", "--eager": "flag",
-                                            "--no-patch": "flag", "--disable-rule": "word"}, work)]
+                                            "--no-patch": "flag", "--disable-rule": "word",
+                                            "--screen": "path", "--keys": "path", "--module": "path",
+                                            "--disk": "path", "--disk-writable": "flag",
+                                            "--key-delay": "num"}, work)]
+        inputs += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--keys", "--module", "--disk")
+                   and "--disk-writable" not in argv]
         if "--max-insns" not in argv:
             argv += ["--max-insns", rng.choice((str(MAX_INSNS), "0", "-5", "x"))]
     elif command == "patch":

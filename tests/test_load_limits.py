@@ -120,3 +120,15 @@ def test_the_translation_buffer_is_sized() -> None:
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
     grown = int(proc.stdout)
     assert grown < 256 * MiB, f"{grown >> 20} MiB of address space for one engine"
+
+
+def test_every_engine_is_made_with_a_sized_buffer() -> None:
+    """Unicorn's default buffer is 1 GiB per engine: an engine made anywhere but
+    runtime/engine.py (two scratch engines of a new module did) breaks the ceiling above."""
+    import re
+
+    made = re.compile(r"\bUc\(\s*UC_ARCH")
+    offenders = [str(p.relative_to(ROOT)) for folder in ("bt", "patchmgr", "runtime")
+                 for p in (ROOT / folder).rglob("*.py")
+                 if p.name != "engine.py" and made.search(p.read_text())]
+    assert not offenders, f"make engines with runtime.engine.new_engine: {offenders}"

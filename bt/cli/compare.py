@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bt.cli import ruleopts
+from bt.cli import devices, ruleopts
 from bt.cli.args import positive_int
 from bt.errors import GuestStop, InputError, MismatchError, UsageError
 from bt.outfile import Output, Outputs
@@ -26,8 +26,9 @@ from bt.outfile import Output, Outputs
 if TYPE_CHECKING:
     from runtime.report.model import Comparison
 
-#: Options forwarded to every run, as `bt run` takes them (name in argparse -> RunConfig field).
-RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns")
+#: Options forwarded to every run, as `bt run` takes them (runtime/report/adapter.py turns
+#: them into RunConfig fields). --disk-writable is not one: runs would share the writes.
+RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns", "ram", "module", "disk", "keys", "key_delay")
 
 
 def add_parser(sub: Any) -> None:
@@ -59,6 +60,7 @@ def add_parser(sub: Any) -> None:
                      help="one more dynamic run, called NAME, with its own patch options written as for "
                           "`bt run` (--disable-rule, --disable-class, --hot, --eager), side by side with the "
                           "others, e.g. --variant 'no-irqflags=--disable-rule irqflags' (repeatable)")
+    devices.add_arguments(run, ram_default=None, writable=False)
     rec = p.add_argument_group("recorded runs")
     rec.add_argument("--save-runs", metavar="DIR",
                      help="also save each kernel's measured runs to DIR/NAME.runs.json")
@@ -75,7 +77,10 @@ def _command(args: argparse.Namespace) -> list[str]:
             out.append(f"--{flag}")
     for name in ("jobs", "top", *RUN_OPTIONS, "json", "html", "save_runs"):
         value = getattr(args, name)
-        if value is not None and not isinstance(value, bool):
+        if isinstance(value, list):
+            for item in value:
+                out += [f"--{name.replace('_', '-')}", str(item)]
+        elif value is not None and not isinstance(value, bool):
             out += [f"--{name.replace('_', '-')}", str(value)]
     for ref in args.expect or ():
         out += ["--expect", ref]
@@ -132,7 +137,9 @@ def run_compare(args: argparse.Namespace) -> int:
     # them are renamed into place together at the end (bt/outfile.py): a bad --html never
     # leaves a fresh --json beside an old report.
     run_options, variants = _run_options(args)      # usage errors before any output or run
-    with Outputs(inputs=[*args.kernels, *(args.expect or ())]) as outputs:
+    inputs = [*args.kernels, *(args.expect or ()), args.keys, *(args.disk or ()),
+              *(spec.split(",", 1)[0] for spec in args.module or ())]
+    with Outputs(inputs=inputs) as outputs:
         json_out = outputs.document(args.json, "--json") if args.json else None
         html_out = outputs.document(args.html, "--html") if args.html else None
         runs_out = _runs_outputs(outputs, args) if args.save_runs and not args.replay else {}
@@ -188,6 +195,7 @@ def _run_options(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[Any, .
     variant named twice is a usage error now)."""
     if args.replay:
         return {}, ()
+    devices.run_fields(args)         # bad files and values fail before any run starts
     run_options = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
     run_options.update({k: v for k in ("disable_rule", "disable_class") if (v := getattr(args, k))})
     return run_options, _variants(args.variant, run_options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,13 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, cast
 
-from bt.cli import ruleopts
+from bt.cli import devices, ruleopts
 from bt.cli.args import positive_int, seconds
 from bt.errors import GuestStop, InternalError, UsageError
 from bt.outfile import Output, Outputs
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
 from runtime.stats import RunStats
+from runtime.terminal import Terminal
 from runtime.vm import Vm
 
 
@@ -42,9 +44,12 @@ def add_parser(sub: Any) -> None:
                         "such as /dev/null is written in place)")
     p.add_argument("--max-insns", type=positive_int, metavar="N", help="stop after N guest instructions")
     p.add_argument("--timeout", type=seconds, metavar="S", help="stop after S wall-clock seconds")
-    p.add_argument("--ram", type=int, default=64, metavar="MIB", help="guest RAM in MiB (default 64)")
-    p.add_argument("--stats", action="store_true", help="print exit statistics to stderr")
+    p.add_argument("--stats", action="store_true", help="print exit statistics and device counters to stderr")
     p.add_argument("--json", metavar="FILE", help="write the statistics as JSON to FILE")
+    p.add_argument("--screen", metavar="FILE",
+                   help="write the 80x25 text screen to FILE when the run ends, however it ends")
+    machine = p.add_argument_group("the PC (QEMU's pc machine)")
+    devices.add_arguments(machine)
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR",
                    help="pin the VMM area at this 4 MiB-aligned linear address while guest paging is on "
                         "(default: it moves out of the guest's way)")
@@ -58,20 +63,25 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.ram < 2 or args.ram > 3072:
-        raise UsageError(f"--ram {args.ram}: between 2 and 3072 MiB")
+    platform = devices.run_fields(args)
+    # The terminal is the keyboard when stdin is one and no --keys script types instead.
+    terminal = "keys" not in platform and Terminal.available()
     patch = _patch_config(args)
-    # Outputs are checked (and their temporary files made) before the kernel is read; an
-    # existing --serial/--json file is replaced only when the run has a result: the guest
-    # ended, or stopped with a diagnosis (exit 4). Bad input, a ring1 bug or Ctrl-C leave it.
-    with Outputs(inputs=[args.kernel]) as outputs:
+    # Outputs are checked (and their temporary files made) before the kernel is read. They are
+    # written when the guest has run, however the run ended (its result, a stop, even a ring1
+    # bug: they are what it did); bad input, a failed write or a second Ctrl-C leave the old files.
+    inputs = [args.kernel, args.keys, *(args.disk or ()), *(m.path for m in platform["modules"])]
+    if platform["disk_writable"]:
+        _check_writable_disks(platform["disks"], inputs)
+    with Outputs(inputs=inputs) as outputs:
         # An Output has the write/flush the UART calls; a write error there (a full disk, a
         # closed pipe) is an OutputError, exit 2, whether to a file or to stdout.
         sink = cast(BinaryIO, outputs.stream(args.serial or "-", "--serial"))
         report = outputs.document(args.json, "--json") if args.json else None
-        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
-                           max_insns=args.max_insns, timeout=args.timeout, serial=sink, patch=patch,
-                           vmm_base=args.vmm_base)
+        screen = outputs.document(args.screen, "--screen") if args.screen else None
+        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.max_insns,
+                           timeout=args.timeout, serial=sink, patch=patch, terminal=terminal,
+                           vmm_base=args.vmm_base, **platform)
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("run", vm.patches.rules)
@@ -82,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             _print_last(vm, stop.last_exits)
             _report(args, vm, vm.stats, report)
-            if isinstance(stop, GuestStop):
-                outputs.commit()
+            if screen is not None:
+                screen.write_text(vm.screen_text())
+            outputs.commit()
             raise
         sys.stdout.flush()
         _report(args, vm, result.stats, report)
+        if screen is not None:
+            screen.write_text(vm.screen_text())
         outputs.commit()
         code = 0 if result.exit_status is None else result.exit_status & 0xFF
         print(f"bt run: {_explain(result.exit_status, code)}", file=sys.stderr)
@@ -124,6 +137,23 @@ def _interruptible(vm: Vm) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _check_writable_disks(disks: tuple[Path, ...], inputs: list[Any]) -> None:
+    """A disk the guest may write must not be the kernel, a module, the --keys file or the
+    other disk: the guest would rewrite them under the run (bt/outfile.py's rule for outputs)."""
+
+    def identity(path: Any) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    files = [identity(p) for p in inputs if p is not None]
+    for disk in disks:
+        if files.count(identity(disk)) > 1:          # the disk itself is one of the inputs
+            raise UsageError(f"--disk {disk} --disk-writable: the same file as another input of this run")
 
 
 def _slot(text: str) -> int:
@@ -209,6 +239,8 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats, report: Output | 
     if data["unknown_ports"]:
         print("unassigned ports: " + ", ".join(f"{p} x{n}" for p, n in data["unknown_ports"].items()),
               file=out)
+    counters = vm.devices.counters()
+    print("devices: " + ", ".join(f"{k} {n}" for k, n in counters.items() if n), file=out)
     print("by class:", file=out)
     for cls, n in data["by_class"].items():
         print(f"  {cls:16s} {n:10d}", file=out)

@@ -123,10 +123,32 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
     )
 
 
+def platform_fields(options: Mapping[str, Any]) -> dict[str, Any]:
+    """RunConfig fields of the PC platform options (`--ram`, `--module`, `--disk`, `--keys`,
+    `--key-delay`, as `bt compare` forwards them; already checked by bt/cli/devices.py)."""
+    from pathlib import Path
+
+    from runtime.boot import BootModule
+
+    fields: dict[str, Any] = {}
+    if options.get("ram"):
+        fields["ram_size"] = int(options["ram"]) << 20
+    if options.get("module"):
+        fields["modules"] = tuple(BootModule.parse(m) for m in options["module"])
+    if options.get("disk"):
+        fields["disks"] = tuple(Path(d) for d in options["disk"])
+    if options.get("keys"):
+        fields["keys"] = Path(options["keys"]).read_text(encoding="utf-8")
+    if options.get("key_delay") is not None:
+        fields["key_delay_ns"] = int(float(options["key_delay"]) * 1_000_000)
+    return fields
+
+
 def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | None = None) -> RunRecord:
     """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `hot`,
-    `eager`, `disable_rule`, `disable_class`), in this process. A guest that stops
-    abnormally is a result (its reason is compared like an exit status), not an error.
+    `eager`, `disable_rule`, `disable_class`, and the platform's: `platform_fields`), in this
+    process. A guest that stops abnormally is a result (its reason is compared like an exit
+    status), not an error.
     `kind` says how a run named otherwise (a `--variant`) patches: one of the three modes.
 
     unpatched: trap-and-emulate only, no patch manager at all;
@@ -166,7 +188,8 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
             patch = PatchConfig(enabled=False)
         serial = io.BytesIO()
         config = RunConfig(kernel=path, cmdline=options.get("cmdline") or "",
-                           max_insns=options.get("max_insns"), serial=serial, patch=patch)
+                           max_insns=options.get("max_insns"), serial=serial, patch=patch,
+                           **platform_fields(options))
         vm = Vm(config)
         stop_reason = ""
         exit_status: int | None = None

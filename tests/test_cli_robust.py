@@ -57,7 +57,8 @@ def test_argparse_errors_are_one_line(argv: list[str]) -> None:
     ["compare", HELLO, "--max-insns", "0"], ["compare", HELLO, "--jobs", "0"],
     ["compare", HELLO, "--top", "-1"], ["bench", "scan", HELLO, "--runs", "0"],
     ["bench", "patch", "--runs", "0"], ["bench", "trap", "--runs", "0"],
-    ["scan", HELLO, "--limit", "-1"], ["run", HELLO, "--ram", "1"],
+    ["scan", HELLO, "--limit", "-1"], ["run", HELLO, "--ram", "1"], ["run", HELLO, "--key-delay", "1e400"],
+    ["run", HELLO, "--key-delay", "nan"], ["compare", HELLO, "--key-delay", "inf"],
 ])
 def test_bad_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[object]) -> None:
     code, err = _bt(capsys, *argv)

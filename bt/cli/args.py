@@ -93,6 +93,17 @@ def count(text: str) -> int:
     return value
 
 
+def finite(text: str) -> float:
+    """A finite number (`--key-delay`: inf overflowed into exit 8, nan into a ValueError)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """A finite number of seconds > 0 (`--timeout`): 0, negative, nan and inf are refused
     (nan compared false with every deadline, so it meant no timeout at all)."""

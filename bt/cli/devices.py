@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bt.cli.args import finite
 from bt.errors import InputError, UsageError
 from bt.infile import Unreadable, read_input
 from runtime.boot import BootModule
@@ -35,7 +36,7 @@ def add_arguments(group: Any, *, ram_default: int | None = 64, writable: bool = 
     group.add_argument("--keys", metavar="FILE",
                        help="type the text of FILE on the PS/2 keyboard (one key per character, \"\\n\" is "
                             "Enter), starting --key-delay virtual ms after the guest enabled the keyboard")
-    group.add_argument("--key-delay", type=float, default=None, metavar="MS",
+    group.add_argument("--key-delay", type=finite, default=None, metavar="MS",
                        help=f"virtual ms before the first key (default {KEY_DELAY_NS // 1_000_000})")
 
 

@@ -282,9 +282,10 @@ def _elf(name: str, path: str | Path, raw: bytes, header: MultibootHeader | None
 
 
 def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT,
-                modules: Sequence[BootModule] = ()) -> BootImage:
+                modules: Sequence[BootModule] = (), image_name: str | None = None) -> BootImage:
     """`load_boot_image` in the positional shape the run loop calls (runtime/bootstub.py's)."""
-    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline, modules=modules)
+    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline, modules=modules,
+                           image_name=image_name)
 
 
 def _read_module(module: BootModule) -> bytes:

@@ -73,6 +73,7 @@ class _State(ctypes.Structure):
         ("exact_size", ctypes.c_uint32), ("pad", ctypes.c_uint32),
         ("cs_handle", ctypes.c_uint64), ("disasm", ctypes.c_void_p), ("cs_free", ctypes.c_void_p),
         ("io_ids", ctypes.c_uint32 * 8),
+        ("stepping", ctypes.c_uint32), ("step_left", ctypes.c_uint32), ("stepped", ctypes.c_uint64),
     ]
 
 
@@ -186,7 +187,8 @@ class BlockClock:
         handle = ctypes.c_size_t()
         err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle),
                                 uconst.UC_HOOK_CODE, ctypes.c_void_p(_blockclock.exact_hook_address()),
-                                None, ctypes.c_uint64(at), ctypes.c_uint64(at + size - 1))
+                                ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(at),
+                                ctypes.c_uint64(at + size - 1))
         if err != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_CODE) failed: {err}")
         self.uc.ctl_remove_cache(at, at + size)
@@ -206,6 +208,11 @@ class BlockClock:
         st.limit = st.insns + budget
         st.stopped = 0
         st.block = _NONE
+        # A budget of one is run exactly (an interrupt shadow: runtime/vm.py), through the
+        # code hook of an exact block.
+        st.stepping = 1 if budget == 1 else 0
+        st.step_left = 1
+        st.stepped = 0
         return {}
 
     def fault(self, eip: int, at: bool) -> None:
@@ -213,7 +220,7 @@ class BlockClock:
         EIP is the instruction's own, which counts as run, as Unicorn's count does; else a
         software interrupt, EIP is after it): the rest of the block did not run."""
         st = self.state
-        if st.block == _NONE:
+        if st.block == _NONE or st.stepping:
             return
         start, n = st.block, st.block_insns
         st.block = _NONE
@@ -228,6 +235,11 @@ class BlockClock:
     def end(self, eip: int, error: bool) -> int:
         """The slice is over, the CPU at `eip`: the instructions it ran (module docstring)."""
         st = self.state
+        if st.stepping:
+            st.stepping = 0
+            st.block = _NONE
+            st.insns = self._mark + st.stepped
+            return int(st.stepped)
         cut, self._cut = self._cut, None
         if cut is not None and st.block != _NONE and st.block < cut <= st.block + st.block_size:
             st.insns -= st.block_insns - self._insns_between(st.block, cut)

@@ -59,6 +59,10 @@ class RunConfig:
     key_delay_ns: int = KEY_DELAY_NS
     #: Use the host terminal (stdin) as the keyboard too (interactive, not reproducible).
     terminal: bool = False
+    #: The kernel's name on its multiboot command line, as QEMU shows the `-kernel` argument
+    #: as typed (None: `kernel` as given). A run from a copy of the file (a static patch, a
+    #: campaign cell on another machine) keeps the name the guest would otherwise see.
+    image_name: str | None = None
     #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
     #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
     vmm_base: int | None = None

@@ -51,10 +51,12 @@ GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK = 0xE, 0xF, 0x6, 0x7
 class DeliveryFault(Exception):
     """The CPU could not deliver: raise `vector` with `error_code` instead."""
 
-    def __init__(self, vector: int, error_code: int) -> None:
+    def __init__(self, vector: int, error_code: int, linear: int | None = None) -> None:
         super().__init__(f"vector {vector} error {error_code:#x}")
         self.vector = vector
         self.error_code = error_code
+        #: For #PF: the linear address that faulted (CR2 gets it when the fault is detected).
+        self.linear = linear
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,14 @@ class Injector:
         try:
             self._deliver(vector, return_eip, error_code, soft)
         except DeliveryFault as first:
+            self._fault_address(first)
             if soft:
-                # A fault raised by INT n itself points at the INT instruction
-                # (CD ib: 2 bytes; INT3 and INTO: 1 byte).
+                # A fault raised by INT n itself points at the INT instruction (CD ib: 2 bytes;
+                # INT3 and INTO: 1 byte), and is delivered alone: INT n is no exception, so
+                # no pair of table 6-5 makes a double fault (QEMU: no check_exception for it).
                 return_eip -= 1 if vector in (VEC_BP, 4) else 2
+                self.deliver(first.vector, return_eip, first.error_code)
+                return
             if vector == VEC_DF:
                 raise GuestStop("triple fault", return_eip,
                                 f"delivering #DF raised vector {first.vector}") from None
@@ -118,9 +124,16 @@ class Injector:
             try:
                 self._deliver(VEC_DF, return_eip, 0, False)
             except DeliveryFault as second:
+                self._fault_address(second)
                 raise GuestStop("triple fault", return_eip,
                                 f"vector {vector}, then {first.vector} delivering it, "
                                 f"then {second.vector} delivering #DF") from None
+
+    def _fault_address(self, fault: DeliveryFault) -> None:
+        """A #PF while delivering loads CR2 like any other #PF (SDM §4.7), also when it
+        turns into #DF."""
+        if fault.linear is not None:
+            self.vcpu.set_cr(2, fault.linear)
 
     @staticmethod
     def _benign(vector: int) -> bool:
@@ -136,7 +149,7 @@ class Injector:
         try:
             gate = Gate.from_bytes(self.mmu.read(base + vector * 8, 8))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code) from None
+            raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
         if gate.type not in (GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK):
             raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
         if soft and gate.dpl < (0 if cpl == 1 else cpl):
@@ -151,8 +164,10 @@ class Injector:
 
     def _handler_cs(self, selector: int) -> int:
         desc = self.gdt.guest_descriptor(selector)
-        if desc is None or not desc.present or not desc.is_code:
+        if desc is None or not desc.is_code:
             raise DeliveryFault(VEC_GP, selector & ~3)
+        if not desc.present:      # SDM §6.12.1.1 (and QEMU): #NP(selector), not #GP
+            raise DeliveryFault(VEC_NP, selector & ~3)
         # A guest DPL-0 handler runs at CPL 1 (compressed); RPL follows the real CPL.
         return (selector & ~3) | max(desc.dpl, 1)
 
@@ -175,7 +190,7 @@ class Injector:
         try:
             self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code) from None
+            raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
         cpu.write(ESP, new_esp)
         self._enter(handler_cs, gate.offset, eflags, clear_if)
 
@@ -227,7 +242,7 @@ class Injector:
         try:
             esp0, ss0 = struct.unpack("<II", self.mmu.read(desc.base + machine.TSS_ESP0, 8))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code) from None
+            raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
         return ss0 & 0xFFFF, esp0
 
     def complete_inward(self) -> None:

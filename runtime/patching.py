@@ -68,6 +68,8 @@ class Patcher(Protocol):
 
     def relocate(self, area: layout.VmmArea) -> object: ...
 
+    def window_of(self, address: int) -> tuple[int, int] | None: ...
+
 
 class NoPatcher:
     """The unpatched VMM: traps are only emulated, no INT3 belongs to a patch."""
@@ -85,6 +87,9 @@ class NoPatcher:
         return eip
 
     def relocate(self, area: layout.VmmArea) -> None:
+        return None
+
+    def window_of(self, address: int) -> tuple[int, int] | None:
         return None
 
 

@@ -165,9 +165,12 @@ class Traps:
         m = self.ctx.m
         area = m.vmm
         in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
-        if vector == VEC_GP and cpl == 1 and not in_vmm:
+        # A fault sets Unicorn's old_exception latch to its vector before this hook runs; INT n
+        # never does (notes #3). So vector 13 or 14 with the latch clear is the guest's own
+        # INT 0x0D or INT 0x0E, a software interrupt (EIP after it), not a fault.
+        if vector == VEC_GP and cpl == 1 and not in_vmm and self.latch.latched() == VEC_GP:
             return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
-        if vector == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
+        if vector == VEC_PF and self.latch.latched() == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
             # The shadow page directory was behind the guest's (runtime/shadowpd.py): caught
             # up; the instruction runs again and the guest sees no fault.
             self.stats.exit("paging", None, self.patcher.to_guest_eip(eip))
@@ -183,11 +186,11 @@ class Traps:
             # fault delivering an interrupt, i.e. a triple fault.
             raise GuestStop("triple fault", eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
-        if vector == VEC_GP and cpl == 1:
+        if vector == VEC_GP and cpl == 1 and self.latch.latched() == VEC_GP:
             return self._trap(eip)
         soft = self._is_soft(vector, eip)
         error: int | None = None
-        if vector == VEC_PF:
+        if vector == VEC_PF and not soft:
             cr2 = cpu.read(CR2)
             self.ctx.vcpu.set_cr(2, cr2)
             error = self._pf_error(cr2, eip, cpl)
@@ -221,7 +224,11 @@ class Traps:
         try:
             mmu.translate(cr2, False, user)
         except PageFault as pf:
-            if pf.error_code & 1:  # present but protected for reading: a read fault
+            # Not present, or (from user mode) a supervisor page: the walk for a read fails
+            # the same way as for a write, and W tells which access it was (a user write to a
+            # supervisor page is P|W|U = 7, not 5). A fetch is a read; with 32-bit paging it
+            # sets no I/D bit (SDM §4.7: only with PAE and NX, or SMEP).
+            if self._fetch_faulted(cr2, eip, user):
                 return pf.error_code
             return pf.error_code | (PF_W if self._writes(eip) else 0)
         try:
@@ -229,6 +236,18 @@ class Traps:
         except PageFault as pf:
             return pf.error_code
         return (PF_W if self._writes(eip) else 0) | (4 if user else 0)
+
+    def _fetch_faulted(self, cr2: int, eip: int, user: bool) -> bool:
+        """The instruction's own bytes could not be fetched: CR2 lies within the 15 bytes
+        an instruction at EIP may span, and the bytes from EIP to CR2 are not readable at
+        this privilege."""
+        if not 0 <= (cr2 - eip) & 0xFFFFFFFF < 15:
+            return False
+        try:
+            self.ctx.mmu.read(eip, ((cr2 - eip) & 0xFFFFFFFF) + 1, user=user, fetch=True)
+        except PageFault:
+            return True
+        return False
 
     def _writes(self, eip: int) -> bool:
         try:

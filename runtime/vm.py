@@ -132,7 +132,7 @@ class Vm:
                  image: Bootable | None = None) -> None:
         self.config = config
         self.boot: Bootable = image if image is not None else load_kernel(
-            str(config.kernel), config.cmdline, config.ram_size, config.modules)
+            str(config.kernel), config.cmdline, config.ram_size, config.modules, config.image_name)
         disks = tuple(DiskImage(path, writable=config.disk_writable) for path in config.disks)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
@@ -150,6 +150,9 @@ class Vm:
                                wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
         self._exits_mark = 0
+        #: STI's interrupt shadow (`_irq_shadow`): 2 armed by STI, 1 while the one guest
+        #: instruction after it runs, 0 otherwise.
+        self._shadow = 0
         self.devices: StandardDevices = build_standard_bus(
             config.serial, config.ram_size, self.clock, on_exit=self._on_exit, disks=disks,
             key_delay_ns=config.key_delay_ns, on_reset=self._on_reset)
@@ -167,9 +170,13 @@ class Vm:
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, shadow_fault=self._shadow_fault,
                        retry_deferred=self._retry_deferred,
+                       in_patch=lambda a: (self.machine.vmm.in_patch_memory(a)
+                                           or self.traps.patcher.resume_at(a) != a),
+                       window_of=lambda a: self.traps.patcher.window_of(a),
                        clock=self.clock,
                        irq_waiting=self.intc.pending,
-                       irq_deliverable=lambda: self.intc.pending() and self._deliverable())
+                       irq_deliverable=lambda: self.intc.pending() and self._deliverable(),
+                       irq_shadow=self._irq_shadow)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
         self.mmio = MmioExits(self.ctx, self.traps, self.devices.mmio)
         self.mmio.attach(self.machine.uc)
@@ -293,6 +300,13 @@ class Vm:
 
     def _vif_set(self, eip: int) -> int | None:
         return HANDLED if self._take_irq(eip) else None
+
+    def _irq_shadow(self) -> None:
+        """STI with an interrupt waiting: the CPU takes it only after the next instruction
+        (SDM STI, "interrupt shadow"; QEMU's HF_INHIBIT_IRQ). End this slice, run a slice of
+        one instruction, then let the run loop deliver as after any slice."""
+        self._shadow = 2
+        self.machine.uc.emu_stop()
 
     def _halt(self, next_eip: int) -> int | None:
         if not self.vcpu.vif:
@@ -457,7 +471,8 @@ class Vm:
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
-                self._advance(self.insn_clock.end(self.cpu.read(EIP), False))
+                ran = self.insn_clock.end(self.cpu.read(EIP), False)
+                self._advance(ran)
                 traps.finish_rep_element()
                 resume = self.mmio.take_resume()
                 if resume is not None:            # an MMIO store that ended the slice (runtime/mmio.py)
@@ -480,7 +495,9 @@ class Vm:
                 self._poll_terminal()
                 self.devices.tick(self.now_ns)
                 pc = self.cpu.read(EIP)
-                if self.intc.pending():
+                if self._shadow and (self._shadow == 2 or ran):
+                    self._shadow -= 1      # armed: the next slice is the shadowed instruction
+                if self._shadow == 0 and self.intc.pending():
                     if self._in_guest(pc) and self._deliverable():
                         self._take_irq(pc)
                         pc = self.cpu.read(EIP)
@@ -543,7 +560,7 @@ class Vm:
         return self.traps.patcher.to_guest_eip(self.cpu.read(EIP))
 
     def _slice_length(self) -> int:
-        count = self.config.slice_insns
+        count = 1 if self._shadow else self.config.slice_insns
         event = self.devices.next_event_ns(self.now_ns)
         if event is not None:
             count = min(count, max(1, -(-(event - self.now_ns) // cfg.NS_PER_INSN)))
@@ -560,7 +577,7 @@ class Vm:
     def _invalid_opcode(self) -> bool:
         """Unicorn stops on opcodes it does not implement (UD2 and undefined ones
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
-        the CPU would, if the guest has a handler; False: stop with a diagnosis."""
+        the CPU would, if the guest loaded one; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
         if self.cpu.read(CS) & 3 == 1:
             # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
@@ -578,14 +595,12 @@ class Vm:
                 self.traps.last.append(("trap", op.cls, eip))
                 self.traps.execute(op, op.next_address)
                 return True
-        base, limit = self.vcpu.table("idtr")
-        if limit < 6 * 8 + 7:
-            return False
-        try:
-            gate = self.mmu.read(base + 6 * 8, 8)
-        except PageFault:
-            return False
-        if not gate[5] & 0x80:
+        # A guest with an IDT gets #UD as the CPU raises it, whatever its gate holds (a gate
+        # that is not present is #NP, delivered or escalated by runtime/deliver.py); a guest
+        # without one (no LIDT yet: still the loader's real-mode IDTR, where the CPU would
+        # triple-fault) is stopped with the opcode as the reason, the more useful diagnosis.
+        idtr = self.vcpu.table("idtr")
+        if idtr == LOADER_IDTR or idtr[1] < 6 * 8 + 7:
             return False
         self.traps.inject(VEC_UD, eip, None, False)
         return True

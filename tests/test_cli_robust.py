@@ -68,14 +68,14 @@ def test_bad_numbers_are_usage_errors(capsys: pytest.CaptureFixture[str], argv: 
 
 def test_a_command_line_that_is_not_utf8_reaches_the_guest_as_bytes(tmp_path: Path) -> None:
     """QEMU passes -append's bytes through; so does --cmdline (argv arrives as surrogates)."""
-    from qemu import qemu_binary, run_qemu
+    from qemu import run_qemu
+    from requires import require_tool
 
     serial = tmp_path / "serial"
     arg = os.fsdecode(b"k=\xff\xfe mode=\xc3")
     assert main(["run", str(HELLO), "--cmdline", arg, "--serial", str(serial)]) == 1
     assert b"k=\xff\xfe" in serial.read_bytes()
-    if qemu_binary() is None:
-        pytest.skip("qemu-system-i386 not installed (Debian: qemu-system-x86)")
+    require_tool("qemu")
     assert run_qemu(HELLO, arg) == (serial.read_bytes(), 1)
 
 

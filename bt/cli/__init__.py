@@ -18,11 +18,11 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from bt import __version__
-from bt.cli import bench, compare, patch, run, scan
+from bt.cli import bench, campaign, compare, patch, run, scan
 from bt.cli.args import ArgumentError, Parser
 from bt.errors import Ring1Error
 
-COMMANDS = (scan, patch, run, compare, bench)
+COMMANDS = (scan, patch, run, compare, campaign, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(err.__cause__, BrokenPipeError):
             _drop_stdout()
         print(f"bt {args.command}: error: {err}", file=sys.stderr)
+        if err.report is not None:
+            err.report()
         return err.exit_code
     except KeyboardInterrupt:
         print(f"bt {args.command}: interrupted", file=sys.stderr)

@@ -90,17 +90,20 @@ def run(args: argparse.Namespace) -> int:
                 result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
-            _print_last(vm, stop.last_exits)
-            _report(args, vm, vm.stats, report)
-            if screen is not None:
-                screen.write_text(vm.screen_text())
+            last = stop.last_exits
+            _write(vm, vm.stats, report, screen)
             outputs.commit()
+
+            def show() -> None:     # after the error line (bt/cli/__init__.py)
+                _print_last(vm, last)
+                _report(args, vm, vm.stats)
+
+            stop.report = show
             raise
         sys.stdout.flush()
-        _report(args, vm, result.stats, report)
-        if screen is not None:
-            screen.write_text(vm.screen_text())
+        _write(vm, result.stats, report, screen)
         outputs.commit()
+        _report(args, vm, result.stats)
         code = 0 if result.exit_status is None else result.exit_status & 0xFF
         print(f"bt run: {_explain(result.exit_status, code)}", file=sys.stderr)
         return code
@@ -218,10 +221,16 @@ def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
         print(f"  {kind:9s} {what:16s} at {eip:#010x} {vm.symbolize(eip)}", file=sys.stderr)
 
 
-def _report(args: argparse.Namespace, vm: Vm, stats: RunStats, report: Output | None) -> None:
-    data = stats.to_dict(vm.symbolize)
+def _write(vm: Vm, stats: RunStats, report: Output | None, screen: Output | None) -> None:
+    """--json and --screen into their temporary files (bt/outfile.py), before the commit."""
     if report is not None:
-        report.write_text(json.dumps(data, indent=2) + "\n")
+        report.write_text(json.dumps(stats.to_dict(vm.symbolize), indent=2) + "\n")
+    if screen is not None:
+        screen.write_text(vm.screen_text())
+
+
+def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
+    data = stats.to_dict(vm.symbolize)
     if not args.stats:
         return
     out = sys.stderr

@@ -66,6 +66,9 @@ typedef struct {
     cs_disasm_fn disasm;
     cs_free_fn cs_free;
     uint32_t io_ids[8];    /* Capstone ids of IN, OUT, INSB/W/D, OUTSB/W/D */
+    uint32_t stepping;     /* 1: this slice runs `step_left` instructions exactly */
+    uint32_t step_left;
+    uint64_t stepped;      /* instructions run while stepping */
 } block_clock;
 
 static inline uint32_t slot_of(uint64_t key, uint32_t mask)
@@ -153,6 +156,22 @@ static void block_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
         return;
     }
     uint32_t n = look_up(c, uc, address, size, &slot);
+    if (c->stepping) {
+        /* Exact instructions only: a block that is not exact yet is made so first; an exact
+         * one is counted instruction by instruction by its code hook. */
+        c->block_insns = 0;
+        if (slot == UINT32_MAX || !(c->flags[slot] & EXACT) || c->step_left == 0) {
+            if (slot != UINT32_MAX && !(c->flags[slot] & EXACT)) {
+                c->exact_at = address;
+                c->exact_size = size;
+            }
+            if (!c->stopped) {
+                c->stopped = 1;
+                c->stop(uc);
+            }
+        }
+        return;
+    }
     if (slot != UINT32_MAX && !(c->flags[slot] & EXACT)) {
         if (!(c->flags[slot] & CHECKED))
             c->flags[slot] |= CHECKED | (does_io(c, uc, address, size) ? HAS_IO : 0);
@@ -176,14 +195,25 @@ static void block_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     c->block_insns = n;
 }
 
-/* A code hook that does nothing: its presence makes Unicorn sync EIP and check for a
- * stop after every instruction of the range it covers. */
+/* The code hook of an exact block: its presence makes Unicorn sync EIP and check for a stop
+ * after it, before every instruction of its range. While stepping it also lets just
+ * `step_left` instructions run. */
 static void exact_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
-    (void)uc;
+    block_clock *c = (block_clock *)user_data;
     (void)address;
     (void)size;
-    (void)user_data;
+    if (!c->stepping)
+        return;
+    if (c->step_left == 0) {
+        if (!c->stopped) {
+            c->stopped = 1;
+            c->stop(uc);
+        }
+        return;
+    }
+    c->step_left--;
+    c->stepped++;
 }
 
 static PyObject *hook_address(PyObject *self, PyObject *args)

@@ -81,7 +81,8 @@ def judge(result: CaseResult, o: Outcome) -> None:
         result.findings.append(f"bt {where}: exit {o.code}: {last}")
     if ("Traceback" in o.stderr and "--traceback" not in o.argv) or "internal error" in o.stderr:
         result.findings.append(f"bt {where}: {last}")
-    if o.code == 2 and not (last.startswith("bt") and ": error: " in last):
+    bare = [a for a in o.argv if a != "--traceback"] in ([], ["bench"])     # prints its help
+    if o.code == 2 and not bare and not (last.startswith("bt") and ": error: " in last):
         result.findings.append(f"bt {where}: exit 2 without an error line: {o.stderr.strip()[:200]!r}")
 
 

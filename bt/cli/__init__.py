@@ -57,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.traceback = want_traceback
     if args.command is None:
         parser.print_help()
-        print("bt: error: no command given (see bt --help)", file=sys.stderr)
         return 2
     try:
         with _sigterm_as_interrupt():

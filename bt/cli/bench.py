@@ -8,7 +8,6 @@ side by side in one run; they never fail on a missed target, they say so.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from bt.cli import bench_patch, bench_scan, bench_trap
@@ -28,5 +27,4 @@ def add_parser(sub: Any) -> None:
 
 def _usage(p: argparse.ArgumentParser) -> int:
     p.print_help()
-    print("bt bench: error: no benchmark given (see bt bench --help)", file=sys.stderr)
     return 2

@@ -136,6 +136,13 @@ def run_compare(args: argparse.Namespace) -> int:
     # Every output is checked (its temporary file made) before the first run, and all of
     # them are renamed into place together at the end (bt/outfile.py): a bad --html never
     # leaves a fresh --json beside an old report.
+    if not args.replay:
+        from runtime.report import adapter
+
+        reason = adapter.unavailable(static=args.static)
+        if reason:
+            print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)
+            return 2
     run_options, variants = _run_options(args)      # usage errors before any output or run
     inputs = [*args.kernels, *(args.expect or ()), args.keys, *(args.disk or ()),
               *(spec.split(",", 1)[0] for spec in args.module or ())]
@@ -203,7 +210,7 @@ def _run_options(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[Any, .
 
 def _compare(args: argparse.Namespace, command: list[str], run_options: dict[str, Any],
              variants: tuple[Any, ...]) -> Comparison:
-    from runtime.report import adapter, runner
+    from runtime.report import runner
 
     expect = dict(zip(args.kernels, args.expect or (), strict=False))
     if args.replay:
@@ -211,9 +218,6 @@ def _compare(args: argparse.Namespace, command: list[str], run_options: dict[str
             return runner.replay(args.kernels, command, top=args.top, expect=expect)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise InputError(f"cannot replay recorded runs: {type(err).__name__}: {err}") from err
-    reason = adapter.unavailable(static=args.static)
-    if reason:
-        raise UsageError(f"cannot compare unpatched and patched runs: {reason}")
     options = runner.CompareOptions(
         kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top, expect=expect,
         run=run_options, variants=variants)

@@ -31,11 +31,12 @@ import ctypes
 import functools
 import struct
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
+from unicorn import UC_HOOK_INTR, Uc, UcError
 from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import InternalError
+from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 
 #: Vectors after which `old_exception` holds a value (SDM table 6-4 classes).
 POISONING = frozenset({0, 8, 10, 11, 12, 13, 14})
@@ -43,7 +44,7 @@ _MINUS_ONE = b"\xff\xff\xff\xff"  # -1 as the 32-bit int old_exception is
 
 
 def _context_after(code: bytes) -> tuple[bytes, bytes]:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc = new_engine(SCRATCH_TCG_BUFFER)
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, code + b"\xf4")
     uc.hook_add(UC_HOOK_INTR, lambda u, v, d: u.emu_stop())

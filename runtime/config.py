@@ -61,6 +61,10 @@ class RunConfig:
     terminal: bool = False
     #: The initrd of a Linux kernel (`--initrd FILE`, QEMU's -initrd): runtime/linuxboot.py.
     initrd: Path | None = None
+    #: The kernel's name on its multiboot command line, as QEMU shows the `-kernel` argument
+    #: as typed (None: `kernel` as given). A run from a copy of the file (a static patch, a
+    #: campaign cell on another machine) keeps the name the guest would otherwise see.
+    image_name: str | None = None
     #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
     #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
     vmm_base: int | None = None

@@ -41,6 +41,7 @@ from pathlib import Path
 from bt import bzimage, elf, layout
 from bt.bzimage import CAN_USE_HEAP, LOADED_HIGH, SetupHeader
 from bt.errors import ElfError, InputError, UsageError
+from bt.infile import Unreadable, read_input
 from bt.layout import KiB, MiB
 from runtime.boot import (
     BIOS_AREA,
@@ -228,17 +229,16 @@ def _vmlinux_header() -> bytes:
 
 
 def load_linux(path: str | Path, *, ram_size: int, cmdline: str = "",
-               initrd: str | Path | None = None) -> LinuxImage:
+               initrd: str | Path | None = None, data: bytes | None = None) -> LinuxImage:
     """Load the bzImage or vmlinux at `path` for a guest with `ram_size` bytes of RAM, with
     the kernel command line `cmdline` (what QEMU's -append passes) and an optional initrd.
-    Raises `InputError` (one line) for an image or initrd that cannot be booted here."""
+    Raises `InputError` (one line) for an image or initrd that cannot be booted here
+    (`data`: the image's bytes, if the caller has read them already)."""
     name = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ElfError(name, "no such file") from None
-    except OSError as err:
-        raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+        raw = data if data is not None else read_input(path)
+    except Unreadable as err:
+        raise ElfError(name, str(err)) from None
     if bzimage.is_bzimage(raw):
         header: SetupHeader | None = SetupHeader.parse(raw, name)
         assert header is not None
@@ -249,7 +249,7 @@ def load_linux(path: str | Path, *, ram_size: int, cmdline: str = "",
             kernel = None   # a payload Python cannot unpack: the guest still can; no symbols, no patching
     else:
         header = None
-        kernel = elf.load(path)
+        kernel = elf.load(path, raw)
         chunks, entry, kernel_end = _vmlinux(name, kernel)
         hdr_raw = _vmlinux_header()
     cmdline_size = header.cmdline_size if header is not None else 2047
@@ -327,11 +327,9 @@ def _initrd(name: str, initrd: str | Path, ram_size: int, kernel_end: int,
     of the memory int 15h/E801 reports (linuxboot_dma.c: unless it already ends on the
     header's initrd_addr_max page), which is the RAM top."""
     try:
-        data = Path(initrd).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{initrd}: no such file (--initrd)") from None
-    except OSError as err:
-        raise InputError(f"{initrd}: cannot read (--initrd): {err.strerror or err}") from err
+        data = read_input(initrd)
+    except Unreadable as err:
+        raise InputError(f"{initrd}: {err} (--initrd)") from None
     addr_max = h.initrd_addr_max if h is not None else 0x7FFFFFFF
     if h is not None and h.version >= 0x20C and h.xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G:
         addr_max = 0xFFFFFFFF

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bt import elf, layout
-from bt.errors import PatchError
+from bt.errors import InputError, PatchError
 from bt.operation import Operation
-from runtime.cpu import EIP
+from runtime.cpu import EIP, UnmappedPhys
 from runtime.paging import CR0_PG, PageFault
 
 if TYPE_CHECKING:
@@ -464,8 +464,8 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     from patchmgr.static import original_image, read_record, user_code
     from runtime.linuxboot import LinuxImage
 
-    loaded = vm.boot.kernel if isinstance(vm.boot, LinuxImage) else None
-    image = loaded if loaded is not None else elf.load(vm.config.kernel)
+    # The loader's ELF when it has one (a second load of a 64 MiB kernel costs its size twice).
+    image = getattr(vm.boot, "kernel", None) or elf.load(vm.config.kernel)
     record = read_record(image)
     # A kernel `bt patch` wrote is scanned as it was before: its JMPs into patch memory
     # would hide the code after each window from the descent.
@@ -488,7 +488,11 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
         vm.on_fetch_fault = memory.fetch_fault
         vm.on_slice_end.append(memory.end_of_slice)
     if record is not None:
-        manager.adopt(record)
+        try:
+            manager.adopt(record)
+        except (PatchError, UnmappedPhys) as err:
+            # The record names guest memory this run does not have: the file's fault (exit 2).
+            raise InputError(f"{vm.config.kernel}: patch record: {err}") from err
     kernel_sites = [s for s in result.sites
                     if manager.rules.handles(s.cls.name) and not user_code(image, s.address)]
     if config.enabled:

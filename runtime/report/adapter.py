@@ -147,10 +147,11 @@ def platform_fields(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | None = None) -> RunRecord:
-    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `hot`,
-    `eager`, `disable_rule`, `disable_class`, and the platform's: `platform_fields`), in this
-    process. A guest that stops abnormally is a result (its reason is compared like an exit
-    status), not an error.
+    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `timeout`, `hot`,
+    `eager`, `disable_rule`, `disable_class`, `image_name`: the kernel's name on its command
+    line, default `kernel`, and the platform's: `platform_fields`), in this process. A guest
+    that stops abnormally is a result (its reason is compared like an exit status), not an
+    error.
     `kind` says how a run named otherwise (a `--variant`) patches: one of the three modes.
 
     unpatched: trap-and-emulate only, no patch manager at all; with `baseline` "leaks"
@@ -189,15 +190,17 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
                                 disabled_classes=tuple(dict.fromkeys([*rules[1], *isa.EXITING])))
         elif kind == STATIC:
             from patchmgr import registry
-            from patchmgr.static import patch_file
+            from runtime.staticpatch import patch_file
 
-            # Same file name: the guest sees its image name on its command line.
             path = Path(tmp) / path.name
             patch_file(kernel, path, registry.load(rules[0], disabled_classes=rules[1]))
             patch = PatchConfig(enabled=False)
         serial = io.BytesIO()
+        # The guest sees its image name on its command line: the static run's copy keeps the
+        # name the other runs show, so every run parses the same command line.
         config = RunConfig(kernel=path, cmdline=options.get("cmdline") or "",
-                           max_insns=options.get("max_insns"), serial=serial, patch=patch,
+                           max_insns=options.get("max_insns"), timeout=options.get("timeout"),
+                           serial=serial, patch=patch, image_name=options.get("image_name") or kernel,
                            **platform_fields(options))
         vm = Vm(config)
         stop_reason = ""

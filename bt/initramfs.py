@@ -51,3 +51,9 @@ def build(init: bytes) -> bytes:
 def write(init: Path, target: Path) -> Path:
     target.write_bytes(build(init.read_bytes()))
     return target
+
+
+if __name__ == "__main__":      # the samples' Makefile: python3 -m bt.initramfs INIT TARGET
+    import sys
+
+    write(Path(sys.argv[1]), Path(sys.argv[2]))

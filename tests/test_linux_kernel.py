@@ -107,3 +107,16 @@ def test_milestone1_rootfs_panic_unpatched_and_patched(debian_kernel: Path, tmp_
         log = serial.read_bytes()
         assert ROOTFS_PANIC in log, f"{name}: {log[-1500:]!r}"
         assert b"Run /init" not in log
+
+
+def test_bench_linux_runs_the_same_machine_under_qemu(tmp_path: Path) -> None:
+    from bt.cli import bench_linux
+
+    k, serial = tmp_path / "bzImage", tmp_path / "serial"
+    qemu = bench_linux._command(k, 2, "qemu", serial)
+    assert qemu[0] == "qemu-system-i386" and "pc,acpi=off" in qemu and "-no-reboot" in qemu
+    assert qemu[qemu.index("-append") + 1] == bench_linux.CMDLINE
+    assert qemu[qemu.index("-initrd") + 1] == str(bench_linux.INITRAMFS)
+    ring1 = bench_linux._command(k, 1, "unpatched", serial)
+    assert ring1[1:4] == ["-m", "bt", "run"] and "--leaks-only" in ring1 and "--initrd" not in ring1
+    assert ring1[ring1.index("--cmdline") + 1] == bench_linux.CMDLINE

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bt.cli import bench_patch, bench_scan, bench_trap
+from bt.cli import bench_linux, bench_patch, bench_scan, bench_trap
 
-BENCHMARKS = (bench_scan, bench_trap, bench_patch)
+BENCHMARKS = (bench_scan, bench_trap, bench_patch, bench_linux)
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "bench", help="benchmarks (scanner, trap cost, patch speedup)",
+        "bench", help="benchmarks (scanner, trap cost, patch speedup, Linux boot)",
         description="Benchmarks: each measures ring1 against a reference in the same run.")
     benches = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for module in BENCHMARKS:

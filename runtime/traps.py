@@ -73,6 +73,7 @@ class Traps:
     def __init__(self, ctx: Ctx, patcher: Patcher | None = None, history: int = 16,
                  latch: str = "direct") -> None:
         self.ctx = ctx
+        self.uc = ctx.m.uc
         self.cpu = ctx.cpu
         self.stats = ctx.stats
         self.patcher: Patcher = patcher or NoPatcher()
@@ -136,7 +137,10 @@ class Traps:
         self._cache.clear()
 
     # -- the interrupt hook ---------------------------------------------------------------------
-    def on_intr(self, uc: Uc, vector: int, _data: Any) -> None:
+    # The three hooks below are called straight from C (runtime/engine.py `hook_raw`):
+    # the first argument is the engine's handle, and every exception is caught here.
+    def on_intr(self, _handle: int, vector: int, _data: Any) -> None:
+        uc = self.uc
         if self.exit_status is not None:
             uc.emu_stop()          # after the guest's isa-debug-exit: see `guest_exited`
             return
@@ -316,7 +320,7 @@ class Traps:
             self.cpu.write(CR2, pf.linear)
             self.inject(VEC_PF, op.address, pf.error_code, False)
             return
-        if self.ctx.m.vmm != before:
+        if self.ctx.m.vmm is not before:    # a move makes a new VmmArea
             # The instruction moved the VMM area (a CR3 load: runtime/relocate.py), so a patch
             # address the caller chose to continue at has moved with it.
             now = self.ctx.m.vmm
@@ -389,7 +393,8 @@ class Traps:
         self.stats.vmm_ns_by_kind["trap"] += dt
 
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------
-    def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
+    def on_in(self, _handle: int, port: int, size: int, _data: Any) -> int:
+        uc = self.uc
         if self.exit_status is not None:
             return 0
         t0 = time.perf_counter_ns()
@@ -417,7 +422,8 @@ class Traps:
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
 
-    def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
+    def on_out(self, _handle: int, port: int, size: int, value: int, _data: Any) -> None:
+        uc = self.uc
         if self.exit_status is not None:
             return
         t0 = time.perf_counter_ns()

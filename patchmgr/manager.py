@@ -611,7 +611,12 @@ class PatchManager:
         return bytes(data)
 
     def _decode(self, site: int) -> CsInsn | None:
-        return next(self._cs.disasm(self.original(site, 16), site), None)
+        """The instruction at `site`, or None if its page is no longer mapped (code the guest
+        ran before it changed its mapping, like a bzImage's decompressor)."""
+        try:
+            return next(self._cs.disasm(self.original(site, 16), site), None)
+        except PatchError:
+            return None
 
     def _free(self, start: int, end: int) -> bool:
         return not any(True for _ in self._patches_covering_range(start, end))

@@ -99,6 +99,9 @@ class Traps:
         #: (runtime/patching.py, `drop_stale_code`).
         self.in_io_hook = False
         self.stale_code = False
+        #: Page protections asked for inside an IN/OUT hook, applied between slices:
+        #: (physical page, Unicorn permissions), in order (`drop_stale_code`).
+        self.pending_protect: list[tuple[int, int]] = []
         #: A REP INS/OUTS element whose hook stopped the slice: (EIP, ECX, size, INS?).
         self._rep_element: tuple[int, int, int, bool] | None = None
         #: The instruction of the IN/OUT hook being handled (for `stop_in_io`).
@@ -490,12 +493,17 @@ class Traps:
 
     def drop_stale_code(self) -> None:
         """Between slices: drop Unicorn's translations if guest code was patched inside an
-        IN/OUT hook (runtime/patching.py: the invalidation had to wait)."""
+        IN/OUT hook (runtime/patching.py: the invalidation had to wait), after giving the
+        patched pages the protection they were to get then."""
         if self.stale_code:
             self.stale_code = False
+            uc = self.ctx.m.uc
+            for page, perms in self.pending_protect:
+                uc.mem_protect(page, 0x1000, perms)
+            self.pending_protect.clear()
             from unicorn import unicorn_const as uconst
 
-            self.ctx.m.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
+            uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
 
     def _stop_for_irq(self, uc: Uc) -> None:
         """End the slice when the I/O just done left an interrupt the guest takes now (it

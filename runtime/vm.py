@@ -313,6 +313,9 @@ class Vm:
     def _halt(self, next_eip: int) -> int | None:
         if not self.vcpu.vif:
             raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
+        # The guest waits: what it wrote without a newline (a shell's prompt) is shown now,
+        # as a terminal on a real UART would show it (the UART flushes only at newlines).
+        self.devices.flush()
         stalled = 0
         slept = 0
         start = self.clock()

@@ -57,9 +57,9 @@ def hook_raw(uc: Uc, htype: int, prototype: Any, fn: Callable[..., Any], *extra:
     fptr = prototype(fn)
     handle = uc_hook_h()
     args = [ctypes.c_int(x) for x in extra]
-    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, fptr, None,  # type: ignore[attr-defined]
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, fptr, None,
                                ctypes.c_uint64(1), ctypes.c_uint64(0), *args)
     if status != UC_ERR_OK:
         raise UcError(status)
-    uc._callbacks[handle.value] = fptr    # type: ignore[attr-defined]  # kept alive with the engine
+    uc._callbacks[handle.value] = fptr    # kept alive with the engine
     return int(handle.value)

@@ -51,13 +51,14 @@ def _opt(value: str) -> str:
 
 def qemu_command(elf: Path, cmdline: str, serial_path: Path, *,
                  modules: Sequence[tuple[Path, str]] = (), disk: Path | None = None,
-                 qmp: Path | None = None, ram_mib: int = RAM_MIB) -> list[str]:
+                 disks: Sequence[Path] = (), qmp: Path | None = None, ram_mib: int = RAM_MIB) -> list[str]:
     """The reference command line.
 
     `modules` are multiboot modules (file, arguments): QEMU passes each one the string
     "<file> <arguments>", and takes the file name up to the first space, so a module's
-    path must not contain one. `disk` is the primary IDE master, never written
-    (snapshot=on). `qmp` is the path of a QMP socket to create.
+    path must not contain one. `disk` is the primary IDE master, `disks` the master then
+    the slave (`bt run --disk` order); neither is ever written (snapshot=on). `qmp` is the
+    path of a QMP socket to create.
     """
     cmd = [
         qemu_binary() or "qemu-system-i386",
@@ -68,8 +69,8 @@ def qemu_command(elf: Path, cmdline: str, serial_path: Path, *,
         if any(" " in str(path) for path, _ in modules):
             raise ValueError("a multiboot module's path must not contain a space")
         cmd += ["-initrd", ",".join(_opt(f"{path} {args}".rstrip()) for path, args in modules)]
-    if disk is not None:
-        cmd += ["-drive", f"file={_opt(str(disk))},format=raw,if=ide,index=0,snapshot=on"]
+    for index, image in enumerate([disk] if disk is not None else list(disks)):
+        cmd += ["-drive", f"file={_opt(str(image))},format=raw,if=ide,index={index},snapshot=on"]
     if qmp is not None:
         cmd += ["-qmp", f"unix:{_opt(str(qmp))},server=on,wait=off"]
     return [*cmd,

@@ -38,7 +38,6 @@ flags word in the writable page (`VirtualCpu.check_vflags`, `RunStats.vflags_cor
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -443,10 +442,6 @@ class Vm:
         deadline = None if config.timeout is None else t_start + config.timeout
         self._deadline = deadline
         traps = self.traps
-        # Everything built so far (the kernel, the scan, the rules, the machine) lives as long
-        # as the run: out of the collector's sight, its passes stop walking it on every exit
-        # (gc_collect_main was ~10% of an unpatched run's profile).
-        gc.freeze()
         try:
             if self.terminal is not None:
                 self.terminal.open()
@@ -537,7 +532,6 @@ class Vm:
             internal.last_exits = list(traps.last)
             raise internal from err
         finally:
-            gc.unfreeze()
             if self.terminal is not None:
                 self.terminal.close()
             self._check_state()

@@ -157,8 +157,8 @@ class _VmMemory:
         self.unmonitored = 0
         #: Code ranges to monitor once guest paging is on (`monitor_when_paged`).
         self._monitor_pending: list[tuple[int, int]] = []
-        #: A watched page was written where its translations could not be dropped at once.
-        self._flush_later = False
+        #: True while the patch manager handles a guest store (`_on_write`): `write` defers.
+        self._in_write_hook = False
 
     def _phys(self, address: int) -> int:
         area = self.vm.machine.vmm
@@ -220,7 +220,9 @@ class _VmMemory:
             here = area.contains(address) or int(self.vm.mmu.translate(address)) == phys
         except PageFault:
             here = False
-        if here:
+        if self._in_write_hook:
+            self._drop_later(address, len(data), here)   # inside a store: see `_on_write`
+        elif here:
             self.uc.ctl_remove_cache(address, address + len(data))
         else:
             from unicorn import unicorn_const as uconst
@@ -281,7 +283,11 @@ class _VmMemory:
         if linear is None:        # not one of ours (another write-protected page)
             return False
         address = linear | (phys & (layout.PAGE_SIZE - 1))
-        self.manager.on_guest_write(address, size)
+        self._in_write_hook = True
+        try:
+            self.manager.on_guest_write(address, size)
+        finally:
+            self._in_write_hook = False
         # Unicorn drops the faulting store when the hook handles it: make it, then drop
         # whatever Unicorn translated from those bytes.
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
@@ -290,23 +296,29 @@ class _VmMemory:
         if page in self._monitored:
             self._code_written(page, address, size)
         if page not in self._revoked:
-            # Unicorn finds translations through a linear address, filling its TLB for it:
-            # inside this store that is safe only for an address that maps `phys` now (the
-            # store's own TLB entry). Any other one (the kernel's linked address while paging
-            # is off: a bzImage's decompressor writing over the kernel's pages) can evict the
-            # entry the store is using: Unicorn 2.1.4 then stores through a stale addend and
-            # crashes (measured, SIGSEGV in helper_le_stl_mmu). Then every translation is
-            # dropped between slices, and the slice ends at the next block boundary.
             try:
                 here = int(self.vm.mmu.translate(address)) == phys
             except PageFault:
                 here = False
-            if here:
-                self.uc.ctl_remove_cache(address, address + size)
-            else:
-                self._flush_later = True
-                self.vm.insn_clock.stop_soon()
+            self._drop_later(address, size, here)
         return True
+
+    def _drop_later(self, address: int, size: int, here: bool) -> None:
+        # Unicorn finds translations through a linear address and fills its TLB for it.
+        # Inside a store's hook that can evict the TLB entry the store is using (another
+        # linear page of the same TLB index: the kernel's address of a page the guest writes
+        # through an alias, Linux's text_poke, or while paging is off, a bzImage's
+        # decompressor): Unicorn 2.1.4 then stores through a stale addend and crashes
+        # (measured: SIGSEGV in helper_le_stl_mmu). So the translations are dropped before
+        # the next slice (runtime/traps.py `drop_stale_code`: through `address` if it maps the
+        # bytes, else all of them), and the slice ends at the next block boundary; the rest of
+        # the running block may still run the old bytes, as on a CPU without SMC snooping.
+        traps = self.vm.traps
+        if here:
+            traps.drop_later.append((address, address + size))
+        else:
+            traps.stale_code = True
+        self.vm.insn_clock.stop_soon()
 
     # -- CSAM's monitored pages (patchmgr/rescan.py) -------------------------------------------
     #: A monitored page written this often without running in between stops being monitored:
@@ -373,11 +385,6 @@ class _VmMemory:
         """Between slices: written monitored pages lose their execute permission, and pages
         written too often stop being monitored (`_code_written`); monitoring starts when
         guest paging is first on (`monitor_when_paged`)."""
-        if self._flush_later:
-            from unicorn import unicorn_const as uconst
-
-            self._flush_later = False
-            self.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
         if self._monitor_pending and self.vm.vcpu.paging_regs()[0] & CR0_PG:
             pending, self._monitor_pending = self._monitor_pending, []
             self.monitor(pending)

@@ -102,6 +102,9 @@ class Traps:
         #: Page protections asked for inside an IN/OUT hook, applied between slices:
         #: (physical page, Unicorn permissions), in order (`drop_stale_code`).
         self.pending_protect: list[tuple[int, int]] = []
+        #: Linear ranges [start, end) of guest code written inside a memory hook, whose
+        #: translations are dropped before the next slice (runtime/patching.py `_on_write`).
+        self.drop_later: list[tuple[int, int]] = []
         #: A REP INS/OUTS element whose hook stopped the slice: (EIP, ECX, size, INS?).
         self._rep_element: tuple[int, int, int, bool] | None = None
         #: The instruction of the IN/OUT hook being handled (for `stop_in_io`).
@@ -513,7 +516,13 @@ class Traps:
     def drop_stale_code(self) -> None:
         """Between slices: drop Unicorn's translations if guest code was patched inside an
         IN/OUT hook (runtime/patching.py: the invalidation had to wait), after giving the
-        patched pages the protection they were to get then."""
+        patched pages the protection they were to get then; and the code written inside a
+        memory hook (`drop_later`)."""
+        if self.drop_later:
+            ranges, self.drop_later = self.drop_later, []
+            if not self.stale_code:
+                for start, end in ranges:
+                    self.ctx.m.uc.ctl_remove_cache(start, end)
         if self.stale_code:
             self.stale_code = False
             uc = self.ctx.m.uc

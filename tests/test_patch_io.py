@@ -143,6 +143,9 @@ def test_code_pages_are_protected_between_slices_not_inside_an_io_hook() -> None
     assert vm.patches is not None
     io_sites = [s for s, p in vm.patches.patches.items() if p.op.cls in ("in", "out")]
     assert io_sites, "hello's IN/OUT sites are patched at their first exit"
-    assert calls and not any(in_hook for _, in_hook in calls)
-    assert {s & ~0xFFF for s in io_sites} <= {a for a, _ in calls}
+    assert not any(in_hook for _, in_hook in calls)
+    # Protected between slices, or before the run: the kernel's code pages are monitored
+    # from the start (CSAM, runtime/patching.py `monitor`), so a patch there changes nothing.
+    monitored = set(vm.patches.memory._monitored)  # type: ignore[attr-defined]
+    assert {s & ~0xFFF for s in io_sites} <= {a for a, _ in calls} | monitored
     assert vm.traps.pending_protect == []

@@ -168,6 +168,25 @@ class PatchManager:
     def resume_at(self, eip: int) -> int:
         return self._interior.get(eip, eip)
 
+    def window_at(self, address: int) -> tuple[int, int] | None:
+        """[start, end) of the patch whose guest window holds `address`, or None."""
+        for patch in self._patches_covering_range(address, address + 1):
+            return patch.start, patch.end
+        return None
+
+    def lift(self, address: int) -> None:
+        """Put the guest's own bytes back over the window holding `address`, the patch kept:
+        guest user code reached it, and ring 3 must run what the guest wrote there, not the
+        guest kernel's patch (runtime/userstep.py). `relay` puts the patch back."""
+        for patch in self._patches_covering_range(address, address + 1):
+            self.memory.write(patch.start, patch.original)
+
+    def relay(self, address: int) -> None:
+        """The patch of the window holding `address` back in place after `lift` (nothing if
+        the guest's write removed it meanwhile)."""
+        for patch in self._patches_covering_range(address, address + 1):
+            self.memory.write(patch.start, self._head(patch))
+
     def set_pending(self, on: bool) -> None:
         """The runtime set (`on`) or cleared the state block's `pending` word: switch every
         block's gate to its check code, or back (patchmgr/block.py)."""

@@ -87,6 +87,9 @@ class Inward:
     clear_if: bool
     #: SYSENTER: no frame, the kernel stack is SYSENTER_ESP (SDM SYSENTER).
     sysenter: bool = False
+    #: A far CALL through a guest call gate (runtime/gates.py): these words pushed, in
+    #: push order (SS, ESP, parameters, CS, EIP), EFLAGS and the virtual IF left alone.
+    call_frame: tuple[int, ...] | None = None
 
 
 class Injector:
@@ -219,6 +222,24 @@ class Injector:
         cpu.write(CS, VMM_CS3)
         cpu.write(EIP, self.m.linear(machine.TRAMP))
 
+    def call_inward(self, handler_cs: int, handler_eip: int, frame: tuple[int, ...], ss0: int,
+                    esp0: int) -> None:
+        """A far CALL from ring 3 through a guest call gate to guest ring-0 code (SDM vol. 3
+        §5.8.5): through the VMM gate like an interrupt, onto the guest's ss0:esp0, where
+        `complete_inward` pushes `frame`."""
+        cpu = self.cpu
+        self.m.write_tss_ring1((ss0 & ~3) | 1, esp0)
+        eflags = cpu.read(EFLAGS)
+        self.inward = Inward(0, None, cpu.read(EIP), cpu.read(CS), eflags, cpu.read(ESP), cpu.read(SS),
+                             handler_cs, handler_eip, False, call_frame=frame)
+        self.m.open_vmm_slots()         # for TRAMP's CS and gate; shut again at STUB1
+        cpu.write(CS, VMM_CS3)
+        cpu.write(EIP, self.m.linear(machine.TRAMP))
+
+    def guest_ring0_stack(self) -> tuple[int, int]:
+        """The guest TSS's (ss0, esp0)."""
+        return self._guest_ring0_stack()
+
     def _guest_ring0_stack(self) -> tuple[int, int]:
         tr = self.vcpu.tr
         desc = self.gdt.guest_descriptor(tr) if tr else None
@@ -238,6 +259,19 @@ class Injector:
             raise GuestStop("VMM call gate used without a delivery in flight", self.cpu.read(EIP))
         cpu = self.cpu
         esp = (cpu.read(ESP) + 16) & 0xFFFFFFFF   # drop the call gate's SS, ESP, CS, EIP
+        if pending.call_frame is not None:
+            words = pending.call_frame
+            new_esp = (esp - 4 * len(words)) & 0xFFFFFFFF
+            try:
+                self.mmu.write(new_esp, struct.pack(f"<{len(words)}I", *reversed(words)))
+            except PageFault:
+                raise GuestStop("triple fault", pending.eip, "guest kernel stack (TSS esp0) not writable") \
+                    from None
+            cpu.write(ESP, new_esp)
+            cpu.write(EFLAGS, pending.eflags)
+            cpu.write(CS, pending.handler_cs)
+            cpu.write(EIP, pending.handler_eip)
+            return
         if pending.sysenter:
             cpu.write(ESP, esp)
             self.vcpu.set_vif(False)

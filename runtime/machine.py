@@ -78,7 +78,11 @@ def _vmm_code() -> bytes:
 
 
 def _tramp() -> bytes:
-    return b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)           # lcall gate:0
+    """The user page: the far CALL, then INT3s. Guest user code that jumps anywhere into the
+    page (the guest maps nothing there) stops at once, with no side effect, and gets the #PF
+    it would get on hardware (runtime/traps.py)."""
+    code = b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)          # lcall gate:0
+    return code + b"\xcc" * (layout.PAGE_SIZE - len(code))
 
 
 def _tss() -> bytes:

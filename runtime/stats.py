@@ -58,6 +58,12 @@ class RunStats:
     vflags_bad: list[int] = field(default_factory=list)
     #: Every move of the VMM area, in order.
     vmm_moves: list[VmmMove] = field(default_factory=list)
+    #: Guest stores into a page of its GDT or LDT after it loaded them, each followed by a
+    #: re-shadow of the descriptors it touched (runtime/tablewatch.py).
+    table_writes: int = 0
+    #: Instructions guest user code ran at a patched window, from the guest's own bytes
+    #: (runtime/userstep.py).
+    user_patch_steps: int = 0
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -124,6 +130,8 @@ class RunStats:
                             for e, a, n, r in self.vmm_writers],
             "vflags_corrupted": self.vflags_corrupted,
             "vflags_bad": [f"{w:#010x}" for w in self.vflags_bad],
+            "table_writes": self.table_writes,
+            "user_patch_steps": self.user_patch_steps,
             "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": m.eip,
                            "symbol": sym(m.eip)} for m in self.vmm_moves],
         }

@@ -32,21 +32,19 @@ from unicorn import Uc
 
 from bt import isa
 from bt.errors import GuestStop
-from bt.operation import Operation, Reg
+from bt.operation import Operation
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
 from runtime.cpu import CR2, EAX, ECX, EDI, EIP, ESI
-from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR, DeliveryFault
+from runtime.deliver import VEC_BP, VEC_GP, VEC_NP, VEC_PF, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
-from runtime.latch import POISONING, ExceptionLatch
-from runtime.paging import CR0_PG, PF_W, PageFault
+from runtime.gates import Gates
+from runtime.latch import POISONING, ExceptionInfo, ExceptionLatch
+from runtime.paging import CR0_PG, PF_P, PF_U, PageFault
 from runtime.patching import NoPatcher, Patcher
+from runtime.userstep import UserSteps
 from runtime.vcpu import IOPL_MASK
 
-#: Mnemonics whose #GP may come from a stale shadow GDT (resync and re-execute once).
-_SEGMENT_LOADS = frozenset({"mov", "pop", "lds", "les", "lfs", "lgs", "ljmp", "lcall", "jmp", "call"})
-#: Mnemonics that write memory without naming it as an operand (for #PF error codes).
-_IMPLICIT_WRITES = ("push", "call", "stos", "movs", "enter", "pushal", "pushfd", "pushf")
 #: 32-bit TSS descriptor types (available, busy) and where a TSS holds its I/O map base.
 TSS32, TSS32_BUSY, IOMAP_BASE = 0x9, 0xB, 0x66
 #: What a denied I/O instruction may have changed by the time the hook stops it.
@@ -75,10 +73,12 @@ class Traps:
         self.stats = ctx.stats
         self.patcher: Patcher = patcher or NoPatcher()
         self.latch = ExceptionLatch(ctx.m.uc, latch)
+        self.exc = ExceptionInfo(self.latch)
+        self.steps = UserSteps(ctx, lambda: self.patcher)
+        self.gates = Gates(ctx, self.decode)
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
         self._cache: dict[int, tuple[bytes, Operation]] = {}
-        self._resynced_at: int | None = None
         self.error: BaseException | None = None
         self.exit_status: int | None = None
         #: A user-mode I/O the guest's IOPL and TSS deny, stopped in its hook (`_io_permitted`).
@@ -138,48 +138,59 @@ class Traps:
         cpu = self.cpu
         eip, cs = cpu.eip_cs()
         cpl = cs & 3
+        # What the CPU knew and the hook is not told (runtime/latch.py): the error code it
+        # would push, and whether INT n raised the vector rather than a fault (a guest's
+        # `int $13` at CPL 1 is no #GP to emulate, SDM vol. 3 §6.4.2).
+        error, soft = self.exc.read()
         m = self.ctx.m
         area = m.vmm
         in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
-        if vector == VEC_GP and cpl == 1 and not in_vmm:
-            return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
-        if vector == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
+        if not soft and vector == VEC_GP and cpl == 1 and not in_vmm:
+            return self._trap(eip, error)   # the hot path: a privileged instruction of the guest kernel
+        if not soft and vector == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
             # The shadow page directory was behind the guest's (runtime/shadowpd.py): caught
             # up; the instruction runs again and the guest sees no fault.
             self.stats.exit("paging", None, self.patcher.to_guest_eip(eip))
             return "paging"
-        if vector == VEC_BP:
-            return self._int3(eip)
+        if soft and vector == VEC_BP:
+            return self._int3(eip, cpl)
         if eip in (m.linear(machine.IRET_OUT), m.linear(machine.RETF_OUT)):
             raise GuestStop("the CPU refused an emulated return to ring 3", eip,
                             f"vector {vector}; the frame passed the VMM's checks")
         if in_vmm:
+            if cpl == 3 and self.ctx.inject.inward is None:
+                # Guest user code jumped into the VMM's one user-readable page (the
+                # trampoline). The guest maps nothing there: its #PF, as on hardware.
+                return self._user_fetch_fault(eip if not soft else eip - 1)
             # A fault in the VMM's own trampoline: the call gate could not push onto
             # the guest's kernel stack (TSS.esp0). On hardware: a fault delivering a
             # fault delivering an interrupt, i.e. a triple fault.
             raise GuestStop("triple fault", eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
-        if vector == VEC_GP and cpl == 1:
-            return self._trap(eip)
-        soft = self._is_soft(vector, eip)
-        error: int | None = None
+        if cpl == 3 and self.steps.user_at_patch(eip, vector, soft):
+            return "interrupt"          # ring 3 runs the guest's own bytes there (runtime/userstep.py)
+        if not soft and vector == VEC_GP and cpl == 1:
+            return self._trap(eip, error)
+        if not soft and vector == VEC_NP and self.gates.through_gate(eip, error):
+            return "trap"               # a guest call gate, emulated (runtime/gates.py)
+        if soft:
+            self.inject(vector, eip, None, True)
+            return "interrupt"
         if vector == VEC_PF:
             cr2 = cpu.read(CR2)
             self.ctx.vcpu.set_cr(2, cr2)
-            error = self._pf_error(cr2, eip, cpl)
-        elif vector in WITH_ERROR and not soft:
-            error = 0  # Unicorn does not expose error codes; the guest's own #GP is almost always 0
-        self.inject(vector, eip, error, soft)
+            if area.contains(cr2):
+                # The VMM's slot is one the guest's directory leaves empty (else the area
+                # would have moved): not present, whatever the VMM's own page table says.
+                error &= ~PF_P
+        self.inject(vector, eip, error if vector in WITH_ERROR else None, False)
         return "interrupt"
 
-    def _is_soft(self, vector: int, eip: int) -> bool:
-        if vector >= 32:
-            return True
-        try:
-            before = self.ctx.mmu.read(eip - 2, 2)
-        except PageFault:
-            return False
-        return before == bytes((0xCD, vector)) or (vector == 4 and before[1] == 0xCE)
+    def _user_fetch_fault(self, eip: int) -> str:
+        self.ctx.vcpu.set_cr(2, eip)
+        self.cpu.write(CR2, eip)
+        self.inject(VEC_PF, eip, PF_U, False)
+        return "interrupt"
 
     def inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
         """Deliver `vector` to the guest (counted as an injected-interrupt exit)."""
@@ -189,36 +200,8 @@ class Traps:
         self.last.append(("interrupt", f"vector {vector}", eip))
         self.ctx.inject.deliver(vector, eip, error, soft)
 
-    def _pf_error(self, cr2: int, eip: int, cpl: int) -> int:
-        """Rebuild the #PF error code Unicorn does not expose (SDM §4.7), by walking
-        the guest's tables for the access the faulting instruction made."""
-        user = cpl == 3
-        mmu = self.ctx.mmu
-        try:
-            mmu.translate(cr2, False, user)
-        except PageFault as pf:
-            if pf.error_code & 1:  # present but protected for reading: a read fault
-                return pf.error_code
-            return pf.error_code | (PF_W if self._writes(eip) else 0)
-        try:
-            mmu.translate(cr2, True, user)
-        except PageFault as pf:
-            return pf.error_code
-        return (PF_W if self._writes(eip) else 0) | (4 if user else 0)
-
-    def _writes(self, eip: int) -> bool:
-        try:
-            insn = next(self._cs.disasm(self.ctx.mmu.read(eip, 16), eip, 1))
-        except (StopIteration, CsError, PageFault):
-            return False
-        if insn.mnemonic.startswith(_IMPLICIT_WRITES):
-            return True
-        from capstone import CS_AC_WRITE
-        from capstone.x86 import X86_OP_MEM
-        return any(o.type == X86_OP_MEM and o.access & CS_AC_WRITE for o in insn.operands)
-
     # -- #GP at CPL 1: trap and emulate ---------------------------------------------------------
-    def _trap(self, eip: int) -> str:
+    def _trap(self, eip: int, error: int) -> str:
         try:
             op = self.decode(eip)
         except PageFault as pf:
@@ -227,33 +210,15 @@ class Traps:
             return "interrupt"
         emulate = EMULATORS.get(op.cls) if op.cls is not None else None
         if emulate is None or op.cls is None:
-            if op.mnemonic in _SEGMENT_LOADS and self._resynced_at != eip:
-                # Maybe the guest changed its GDT after LGDT: resync and re-execute once.
-                self._resynced_at = eip
-                self.ctx.gdt.sync()
-                return "trap"
-            self._resynced_at = None
-            self.inject(VEC_GP, eip, self._gp_error(op), False)
+            # Not ring compression's doing: the guest's own #GP, with the CPU's error code.
+            self.gates.refuse_task_switch(op, error)
+            self.inject(VEC_GP, eip, error, False)
             return "interrupt"
-        self._resynced_at = None
         self.stats.exit("trap", op.cls, eip)
         self.last.append(("trap", op.cls or "?", eip))
         self.patcher.on_trap(op)
         self.execute(op, op.next_address, emulate)
         return "trap"
-
-    def _gp_error(self, op: Operation) -> int:
-        """The #GP error code of a segment load the CPU refused: the selector
-        (SDM §6.13), which Unicorn does not report; 0 for everything else."""
-        if op.mnemonic in ("mov", "pop") and op.operands and isinstance(op.operands[0], Reg) \
-                and op.operands[0].name in ("ds", "es", "fs", "gs", "ss"):
-            try:
-                value = self.ctx.read(op.operands[1]) if op.mnemonic == "mov" else self.ctx.mmu.read_u32(
-                    self.cpu.read_name("esp"))
-            except PageFault:
-                return 0
-            return value & 0xFFFC
-        return 0
 
     def execute(self, op: Operation, next_eip: int, emulate: Emulator | None = None) -> None:
         """Run `op`'s emulator; continue at `next_eip` unless it transferred control.
@@ -289,11 +254,19 @@ class Traps:
                 self.cpu.write(EIP, to)
 
     # -- INT3: the VMM's stub, hypercalls, or the guest's own breakpoint ------------------------------
-    def _int3(self, eip: int) -> str:
+    def _int3(self, eip: int, cpl: int) -> str:
         at = eip - 1
         m = self.ctx.m
-        if at == m.linear(machine.STUB1):
+        if at == m.linear(machine.STUB1) and cpl == 1 and self.ctx.inject.inward is not None:
             self.ctx.inject.complete_inward()
+            return "interrupt"
+        if cpl == 3:
+            # Patch exits are the guest kernel's: from ring 3 an INT3 replacement is the guest's
+            # own instruction run by its user (runtime/userstep.py), anything else its #BP.
+            if m.vmm.contains(at):
+                return self._user_fetch_fault(at)      # the trampoline page's INT3 filler
+            if not self.steps.user_at_patch(eip, VEC_BP, True):
+                self.inject(VEC_BP, eip, None, True)
             return "interrupt"
         in_patch = m.vmm.in_patch_memory(at)
         record = self.patcher.exit_at(at)
@@ -315,8 +288,8 @@ class Traps:
             if op.cls in _IO_CLASSES:
                 self._stop_for_irq(self.ctx.m.uc)
             return "hypercall"
-        if in_patch:
-            raise GuestStop("INT3 in patch memory that the patch manager does not know", at)
+        if in_patch or m.vmm.contains(at):
+            raise GuestStop("INT3 in VMM memory the VMM does not know (the guest kernel ran VMM code)", at)
         self.inject(VEC_BP, eip, None, True)
         return "interrupt"
 

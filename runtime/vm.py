@@ -65,6 +65,7 @@ from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
 from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
 from runtime.stats import RunStats
+from runtime.tablewatch import TableWatch
 from runtime.traps import Traps
 from runtime.vcpu import VirtualCpu
 
@@ -131,8 +132,10 @@ class Vm:
         #: The guest's mapping changed since deferred patches were last tried.
         self._mapping_changed = True
         area = self._area
-        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area, vmm_store=lambda phys, size: self.guard.dropped(
-            phys, size))
+        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area,
+                       vmm_store=lambda phys, size: self.guard.dropped(phys, size),
+                       watched=lambda phys: self.guard.watched(phys),
+                       ram_store=lambda phys, data: self.guard.store(phys, data))
         self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
                              self.machine.set_guest_gdt_limit)
         self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area)
@@ -159,6 +162,7 @@ class Vm:
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
+        self.tables = TableWatch(self.guard, self.gdt, self.mmu, self.stats, config.ram_size)
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,
@@ -270,6 +274,15 @@ class Vm:
         self.relocator.check("INVLPG" if linear is not None else
                              f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
+        flat = not cr0 & CR0_PG
+        if flat != self.gdt.flat:
+            # Ring-3 segments end below the VMM area only while paging is off (segments.py).
+            self.gdt.flat = flat
+            try:
+                self.gdt.sync()
+            except PageFault:
+                pass        # the guest's GDT is not mapped now: it is shadowed when next written or loaded
+        self.tables.refresh()
 
     def _flush_tlb(self) -> None:
         try:
@@ -320,10 +333,14 @@ class Vm:
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
                                     f"{self.stats.guest_insns} instructions")
-                pc = traps.patcher.resume_at(pc)
+                if traps.steps.begin(pc, self.cpu.read(CS) & 3):
+                    count = 1       # ring 3 at a patched window: one instruction, the guest's bytes
+                else:
+                    pc = traps.patcher.resume_at(pc)
                 try:
                     uc.emu_start(pc, self.machine.linear(STOP), count=count)
                 except UcError as err:
+                    traps.steps.end()
                     self._advance(self.counter.executed(count))
                     if traps.error is not None:
                         raise traps.error from None
@@ -331,6 +348,7 @@ class Vm:
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
+                traps.steps.end()
                 done = self.counter.executed(count)
                 self._advance(done)
                 self._check_state()

@@ -187,7 +187,7 @@ class Injector:
         cpu.write(EFLAGS, (eflags & ~CLEARED_ON_ENTRY) | IF)
         if clear_if:
             self.vcpu.set_vif(False)
-        cpu.write(CS, handler_cs)
+        self.m.load_cs(handler_cs)
         cpu.write(EIP, handler_eip)
 
     # -- ring 3 -> ring 1 -----------------------------------------------------------------------
@@ -269,7 +269,7 @@ class Injector:
                     from None
             cpu.write(ESP, new_esp)
             cpu.write(EFLAGS, pending.eflags)
-            cpu.write(CS, pending.handler_cs)
+            self.m.load_cs(pending.handler_cs)
             cpu.write(EIP, pending.handler_eip)
             return
         if pending.sysenter:

@@ -40,6 +40,8 @@ from runtime.paging import PageFault
 from runtime.segments import TYPE_CALL_GATE, TYPE_CALL_GATE16, Descriptor
 
 VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = 10, 11, 12, 13, 14
+#: Legacy prefix bytes (SDM vol. 2 §2.1.1).
+_PREFIXES = frozenset({0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF0, 0xF2, 0xF3})
 #: TSS (16/32-bit, available/busy) and task-gate descriptor types.
 _TASK_TYPES = frozenset({0x1, 0x3, 0x5, 0x9, 0xB})
 
@@ -105,9 +107,18 @@ class Gates:
         if len(ops) == 2 and isinstance(ops[0], Imm):
             return ops[0].value & 0xFFFF
         if len(ops) == 1 and isinstance(ops[0], Mem):
-            width = 2 if ops[0].size == 4 else 4       # m16:16 or m16:32
+            # m16:32, or m16:16 with an operand-size prefix (Capstone's operand size for
+            # FF /3 is not reliable: it says 4 for m16:32).
+            user = self.ctx.user()
+            raw = self.ctx.mmu.read(op.address, min(op.length, 4), user=user, fetch=True)
+            width = 4
+            for b in raw:
+                if b == 0x66:
+                    width = 2
+                elif b not in _PREFIXES:
+                    break
             addr = self.ctx.address(ops[0])
-            return int.from_bytes(self.ctx.mmu.read(addr + width, 2, user=self.ctx.user()), "little")
+            return int.from_bytes(self.ctx.mmu.read(addr + width, 2, user=user), "little")
         raise EmulationFault(VEC_GP, 0)
 
     def _transfer(self, op: Operation, sel: int, gate: Descriptor) -> None:
@@ -153,7 +164,7 @@ class Gates:
             esp = (cpu.read(ESP) - 8) & 0xFFFFFFFF
             ctx.mmu.write(esp, struct.pack("<II", back, shown), user=real_cpl == 3)
             cpu.write(ESP, esp)
-        cpu.write(CS, new_cs)
+        ctx.m.load_cs(new_cs)
         cpu.write(EIP, offset)
 
     def _call_inward(self, user_cs: int, back: int, target: int, offset: int, params: int) -> None:

@@ -8,8 +8,7 @@ selectors work unchanged; what differs (Intel SDM vol. 3 §3.4.5, §5.5):
   and must be able to load its own segments (a data load needs max(CPL, RPL) <=
   DPL; a far JMP to non-conforming code needs DPL == CPL);
   (present or not: the CPU checks DPL before P, and a not-present one must give #NP);
-- DPL 3 (guest user) descriptors stay DPL 3; while guest paging is off, the segments
-  ring 3 can use end below the VMM area (`_below_vmm`);
+- DPL 3 (guest user) descriptors stay DPL 3;
 - TSS, LDT descriptors and task gates are not shadowed (null): the VMM's own TSS stays
   loaded, the guest's TSS is virtual (`VirtualCpu.tr`), read only for its ss0:esp0 on
   user -> kernel transitions; no hardware task switch ever runs on a guest descriptor;
@@ -102,15 +101,6 @@ class Descriptor:
     def with_dpl(self, dpl: int) -> Descriptor:
         return Descriptor((self.raw & ~(3 << 45)) | (dpl << 45))
 
-    def with_limit(self, limit: int) -> Descriptor:
-        """The same descriptor with a limit of at most `limit` bytes (G set past 1 MiB:
-        the largest 4 KiB-granular limit that does not exceed it)."""
-        raw = self.raw & ~((0xFFFF) | (0xF << 48) | (1 << 55))
-        if limit > 0xFFFFF:
-            units = ((limit + 1) >> 12) - 1
-            return Descriptor(raw | (units & 0xFFFF) | (((units >> 16) & 0xF) << 48) | (1 << 55))
-        return Descriptor(raw | (limit & 0xFFFF) | (((limit >> 16) & 0xF) << 48))
-
     def with_access(self, access: int) -> Descriptor:
         return Descriptor((self.raw & ~(0xFF << 40)) | (access << 40))
 
@@ -134,9 +124,8 @@ def call_gate(selector: int, offset: int, dpl: int) -> Descriptor:
     return Descriptor.from_bytes(raw)
 
 
-def compress(d: Descriptor, flat: bool = False) -> Descriptor:
-    """The shadow of one guest descriptor (module docstring). `flat`: guest paging is off,
-    so nothing but segment limits keeps ring 3 out of the VMM area (`_below_vmm`)."""
+def compress(d: Descriptor) -> Descriptor:
+    """The shadow of one guest descriptor (module docstring)."""
     if d.is_system:
         if d.type in (0x1, 0x3, 0x9, 0xB, 0x2, 0x5):  # TSS (16/32-bit), LDT, task gate
             return Descriptor(0)
@@ -148,31 +137,7 @@ def compress(d: Descriptor, flat: bool = False) -> Descriptor:
             return d.with_dpl(1) if d.dpl == 0 else d
         return d
     # Not-present ones too: the CPU checks DPL before P, and the guest must get #NP.
-    out = d.with_dpl(1) if d.dpl == 0 else d
-    if flat and (out.dpl == 3 or (out.is_code and out.type & 0x4)):
-        out = _below_vmm(out)
-    return out
-
-
-def _below_vmm(d: Descriptor) -> Descriptor:
-    """A segment ring 3 can use (DPL 3, or conforming code), cut so that it ends below the VMM
-    area while guest paging is off: with paging off there are no page permissions, and the
-    VMM area (physical == linear, at home) holds patch code and the patch-writable state
-    page, which guest user code must neither run nor write (issue 11, item 2). VMware cut
-    guest segments below its area the same way. An offset beyond the cut faults as one
-    beyond the guest's limit would (#GP(0), #SS(0) for the stack), where hardware would
-    reach what lies at the top of the physical space (the BIOS flash). Expand-down data
-    segments reach the top by definition: they are left as they are (rare; documented in
-    docs/threat-model.md)."""
-    if not d.is_code and d.type & 0x4:
-        return d
-    base = d.base
-    if base >= layout.VMM_BASE:
-        return d.with_access(d.access & ~ACCESS_PRESENT)
-    room = layout.VMM_BASE - 1 - base
-    if d.limit <= room:
-        return d
-    return d.with_limit(room)
+    return d.with_dpl(1) if d.dpl == 0 else d
 
 
 def vmm_descriptors(area: layout.VmmArea = layout.HOME) -> dict[int, Descriptor]:
@@ -215,8 +180,6 @@ class ShadowGdt:
         self.ldt_synced = 0
         self.ldt_base = 0           #: the guest LDT's base and limit when it was shadowed
         self.ldt_limit = 0
-        #: Guest paging is off: ring-3 segments are cut below the VMM area (`compress`).
-        self.flat = True
         #: Told after LGDT, LLDT or a change of the LDT's descriptor (runtime/tablewatch.py).
         self.on_tables: Callable[[], None] = lambda: None
 
@@ -273,7 +236,7 @@ class ShadowGdt:
         raw = self._read(ldt.base, count * 8) if count else b""
         out = bytearray()
         for i in range(count):
-            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8]), self.flat).to_bytes()
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
         if self.ldt_synced > count:
             out += bytes(8 * (self.ldt_synced - count))
         self._write(layout.VMM_LDT, bytes(out))
@@ -301,7 +264,7 @@ class ShadowGdt:
         self._check_vmm_slots(raw[shadowed * 8:])
         out = bytearray(8)  # slot 0 stays null
         for i in range(1, shadowed):
-            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8]), self.flat).to_bytes()
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
         # Slots the previous guest GDT used and this one does not become null.
         if self.synced > shadowed:
             out += bytes(8 * (self.synced - shadowed))
@@ -331,7 +294,7 @@ class ShadowGdt:
             if first > last:
                 return
             raw = self._read(self.ldt_base + first * 8, (last - first + 1) * 8)
-            out = b"".join(compress(Descriptor.from_bytes(raw[i:i + 8]), self.flat).to_bytes()
+            out = b"".join(compress(Descriptor.from_bytes(raw[i:i + 8])).to_bytes()
                            for i in range(0, len(raw), 8))
             self._write(layout.VMM_LDT + first * 8, out)
             return
@@ -346,7 +309,7 @@ class ShadowGdt:
             if i == 0:
                 continue
             d = Descriptor.from_bytes(raw[(i - first) * 8:(i - first) * 8 + 8])
-            self._write(layout.VMM_GDT + i * 8, compress(d, self.flat).to_bytes())
+            self._write(layout.VMM_GDT + i * 8, compress(d).to_bytes())
         if self.ldt_selector and first <= self.ldt_selector >> 3 <= last:
             # The descriptor of the loaded LDT changed: LLDT's cached copy would keep the old
             # one on hardware, but a guest that does this reloads LDTR next; follow the table.

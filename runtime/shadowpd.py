@@ -23,6 +23,13 @@ level only):
 A guest that maps the VMM's slot itself conflicts with the VMM: `conflict` says so, and
 the runtime moves the VMM area to a free slot (runtime/relocate.py).
 
+While the guest's paging is off the CPU still pages, on this same directory filled with an
+identity map of 4 MiB pages, user and writable, but for the VMM's slot (`load_flat`). The
+guest sees no difference (linear == physical, no protection), but the VMM's page table keeps
+its rule there too: guest ring 3 can reach no VMM page but the trampoline, so it can neither
+run patch code nor write the patch-writable state page (issue 11, item 2). Segment limits
+could not do that: QEMU's TCG, hence Unicorn, checks none on data accesses.
+
 Accessed and dirty bits: the shadow's entries are installed with A set (and D for 4 MiB
 pages), because the CPU's page walker cannot write the write-protected shadow (measured
 with unicorn 2.1.4: such an update is dropped, and retried on every TLB fill). So the
@@ -82,9 +89,11 @@ class ShadowPd:
         self._shadow[:] = np.where(guest & PTE_P, guest | self._preset(guest), guest)
         self._install_vmm()
 
-    def unload(self) -> None:
-        """Guest paging went off: nothing walks the shadow until the next `load`."""
+    def load_flat(self) -> None:
+        """Guest paging is off: the identity map (module docstring), the VMM's slot aside."""
         self.guest_pd = None
+        self._shadow[:] = _FLAT
+        self._install_vmm()
 
     @staticmethod
     def _preset(entries: np.ndarray) -> np.ndarray:
@@ -120,6 +129,8 @@ class ShadowPd:
         """The VMM area moved from slot `old` to `new` (runtime/relocate.py): give the old
         slot back to the guest's entry and put the VMM's into the new one."""
         if self.guest_pd is None:
+            self._shadow[old.pde_index] = _FLAT[old.pde_index]
+            self._shadow[new.pde_index] = vmm_pde()
             return
         entry = self.guest_entry(old.pde_index)
         if entry & PTE_P:
@@ -133,6 +144,12 @@ class ShadowPd:
         assert self.guest_pd is not None
         free = np.flatnonzero((self._guest(self.guest_pd) & PTE_P) == 0)
         return [int(i) for i in free[::-1] if i != 0]
+
+
+#: The identity map of 4 MiB pages for a guest with paging off (CR4.PSE is on in the real
+#: CR4 then: runtime/emulate/crs.py `real_paging`).
+_FLAT = ((np.arange(ENTRIES, dtype=np.uint32) << 22)
+         | np.uint32(PTE_P | PTE_W | PTE_U | PTE_A | PTE_D | PTE_PS)).astype(np.uint32)
 
 
 def vmm_pde() -> int:

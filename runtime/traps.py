@@ -178,6 +178,12 @@ class Traps:
             return "interrupt"
         if vector == VEC_PF:
             cr2 = cpu.read(CR2)
+            if not self.ctx.vcpu.paging_regs()[0] & CR0_PG:
+                # The guest does not page: only the VMM's page table refused this (ring 3 in
+                # the VMM's top 4 MiB, runtime/shadowpd.py). Hardware would reach what lies at
+                # those physical addresses; the guest gets #GP(0), never a #PF it cannot expect.
+                self.inject(VEC_GP, eip, 0, False)
+                return "interrupt"
             self.ctx.vcpu.set_cr(2, cr2)
             if area.contains(cr2):
                 # The VMM's slot is one the guest's directory leaves empty (else the area
@@ -187,6 +193,9 @@ class Traps:
         return "interrupt"
 
     def _user_fetch_fault(self, eip: int) -> str:
+        if not self.ctx.vcpu.paging_regs()[0] & CR0_PG:
+            self.inject(VEC_GP, eip, 0, False)      # as above: a guest that does not page
+            return "interrupt"
         self.ctx.vcpu.set_cr(2, eip)
         self.cpu.write(CR2, eip)
         self.inject(VEC_PF, eip, PF_U, False)

@@ -56,6 +56,7 @@ from runtime.cpu import CR3, CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.emulate import EMULATORS
+from runtime.emulate.crs import real_paging
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
@@ -187,6 +188,7 @@ class Vm:
         self.gdt.load(base, limit)
         self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, layout.ENTRY_ESP,
                                    LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS)
+        self._paging_changed()      # the CPU pages from the start, on the identity shadow
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
@@ -263,25 +265,19 @@ class Vm:
         its slot (runtime/relocate.py), and Unicorn's caches are flushed."""
         self.traps.forget_code()
         self._mapping_changed = True
-        cr0, cr3, _cr4 = self.vcpu.paging_regs()
-        if not cr0 & CR0_PG:
-            self.shadow.unload()
-        elif linear is None:
-            self.shadow.load(cr3)
-            self.cpu.write(CR3, layout.VMM_SHADOW_PD)
-        else:
+        cr0, cr3, cr4 = self.vcpu.paging_regs()
+        if linear is not None:
             self.shadow.sync(linear)
+        else:
+            if cr0 & CR0_PG:
+                self.shadow.load(cr3)
+            else:
+                self.shadow.load_flat()
+            self.cpu.write(CR3, layout.VMM_SHADOW_PD)
+            real_paging(self.cpu, cr0, cr4)
         self.relocator.check("INVLPG" if linear is not None else
                              f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
-        flat = not cr0 & CR0_PG
-        if flat != self.gdt.flat:
-            # Ring-3 segments end below the VMM area only while paging is off (segments.py).
-            self.gdt.flat = flat
-            try:
-                self.gdt.sync()
-            except PageFault:
-                pass        # the guest's GDT is not mapped now: it is shadowed when next written or loaded
         self.tables.refresh()
 
     def _flush_tlb(self) -> None:

@@ -34,9 +34,17 @@ IRET_MASK = 0x00257FD5
 
 
 def _kernel_cs(ctx: Ctx, sel: int) -> int:
+    """The real CS for a return to the guest's ring 0 (SDM IRET/RET "return to same privilege
+    level" at CPL 0): #GP(0) for a null selector, #GP(selector) for one that is not code of DPL
+    0 (conforming: DPL <= 0), #NP(selector) if not present. RPL 1 passes as 0, as for SS
+    (`load_ss`)."""
+    if not sel & 0xFFFC:
+        raise EmulationFault(13, 0)
     desc = ctx.gdt.guest_descriptor(sel)
-    if desc is None or not desc.present or not desc.is_code:
-        raise EmulationFault(13, sel & ~3)
+    if desc is None or not desc.is_code or desc.dpl != 0:
+        raise EmulationFault(13, sel & 0xFFFC)
+    if not desc.present:
+        raise EmulationFault(11, sel & 0xFFFC)
     return (sel & ~3) | 1
 
 
@@ -53,12 +61,19 @@ def _check_user_frame(ctx: Ctx, cs: int, ss: int) -> None:
 
 
 def load_ss(ctx: Ctx, sel: int) -> None:
+    """MOV/POP/LSS to SS at the guest's CPL 0 (SDM vol. 2 MOV "IF SS is loaded"): a null
+    selector #GP(0); outside the table, not a writable data segment, RPL or DPL not the
+    CPL #GP(selector); not present #SS(selector). RPL 1 passes as RPL 0: the guest may have
+    read its SS back (MOV r,SS shows RPL 1 unpatched) and load that value again."""
+    if not sel & 0xFFFC:
+        raise EmulationFault(13, 0)
     desc = ctx.gdt.guest_descriptor(sel)
-    if desc is None or not desc.present or desc.is_code or desc.is_system:
-        raise EmulationFault(13, sel & ~3)
-    if desc.dpl != (sel & 3) and not (desc.dpl == 0 and sel & 3 in (0, 1)):
-        raise EmulationFault(13, sel & ~3)
-    ctx.cpu.write(SS, (sel & ~3) | (1 if desc.dpl == 0 else desc.dpl))
+    if desc is None or desc.is_code or desc.is_system or not desc.type & 2 \
+            or sel & 3 not in (0, 1) or desc.dpl != 0:
+        raise EmulationFault(13, sel & 0xFFFC)
+    if not desc.present:
+        raise EmulationFault(12, sel & 0xFFFC)
+    ctx.cpu.write(SS, (sel & ~3) | 1)
 
 
 def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
@@ -80,7 +95,7 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     real = cpu.read(EFLAGS)
     cpu.write(EFLAGS, ((real & ~IRET_MASK) | (flags & IRET_MASK) & ~VIRTUAL_FLAGS) | IF | 0x2)
     vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
-    cpu.write(CS, real_cs)
+    ctx.m.load_cs(real_cs)
     if flags & IF:
         cpu.write_name("eip", eip)
         if ctx.on_vif_set(eip) is not None:
@@ -102,7 +117,7 @@ def far_ret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     real_cs = _kernel_cs(ctx, cs)
     extra = op.operands[0].value if op.operands and isinstance(op.operands[0], Imm) else 0
     cpu.write_name("esp", esp + 8 + extra)
-    cpu.write(CS, real_cs)
+    ctx.m.load_cs(real_cs)
     return eip
 
 

@@ -341,10 +341,15 @@ class Vm:
                     if traps.error is not None:
                         raise traps.error from None
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
+                        traps.latch.clear()
                         pc = self.cpu.read(EIP)
                         continue
                     raise self._unicorn_stop(err) from err
                 traps.steps.end()
+                # A hook that stopped the slice while it handled a fault (a move of the VMM area
+                # on a #PF, ring 3 at a patch) leaves Unicorn's old_exception set again after the
+                # hook cleared it (runtime/latch.py): nothing is in flight between slices.
+                traps.latch.clear()
                 done = self.counter.executed(count)
                 self._advance(done)
                 self._check_state()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from bt.errors import GuestStop
 from runtime import machine
-from runtime.cpu import CS, EFLAGS, EIP, ESP, SS
+from runtime.cpu import CR2, CS, EFLAGS, EIP, ESP, SS
 from runtime.paging import Mmu, PageFault
 from runtime.segments import VMM_CS3, ShadowGdt
 from runtime.vcpu import IF, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, VirtualCpu
@@ -49,12 +49,22 @@ GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK = 0xE, 0xF, 0x6, 0x7
 
 
 class DeliveryFault(Exception):
-    """The CPU could not deliver: raise `vector` with `error_code` instead."""
+    """The CPU could not deliver: raise `vector` with `error_code` instead (`linear`: the
+    address of a #PF, for CR2)."""
 
-    def __init__(self, vector: int, error_code: int) -> None:
+    def __init__(self, vector: int, error_code: int, linear: int | None = None) -> None:
         super().__init__(f"vector {vector} error {error_code:#x}")
         self.vector = vector
         self.error_code = error_code
+        self.linear = linear
+
+
+def _page_fault(pf: PageFault) -> DeliveryFault:
+    return DeliveryFault(VEC_PF, pf.error_code, pf.linear)
+
+
+#: SDM vol. 3 table 6-4: the contributory exceptions.
+CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,9 @@ class Injector:
             if vector == VEC_DF:
                 raise GuestStop("triple fault", return_eip,
                                 f"delivering #DF raised vector {first.vector}") from None
-            if self._benign(vector) or self._benign(first.vector):
+            if first.vector == VEC_PF and first.linear is not None:
+                self._set_cr2(first.linear)
+            if soft or not self._double(vector, first.vector):
                 self.deliver(first.vector, return_eip, first.error_code)
                 return
             try:
@@ -126,59 +138,89 @@ class Injector:
                                 f"then {second.vector} delivering #DF") from None
 
     @staticmethod
-    def _benign(vector: int) -> bool:
-        # SDM table 6-5: only contributory (0, 10-13) and page faults combine into #DF.
-        return vector not in (0, 10, 11, 12, 13, 14)
+    def _double(first: int, second: int) -> bool:
+        """SDM vol. 3 table 6-5: a contributory exception during a contributory one, or a
+        contributory one or a #PF during a #PF, is a #DF; everything else (benign first, or a
+        #PF during a contributory exception) is handled serially. A software interrupt is no
+        exception class at all: a fault while delivering it is delivered on its own."""
+        if first in CONTRIBUTORY:
+            return second in CONTRIBUTORY
+        return first == VEC_PF and (second in CONTRIBUTORY or second == VEC_PF)
+
+    def _set_cr2(self, linear: int) -> None:
+        self.vcpu.set_cr(2, linear)
+        self.cpu.write(CR2, linear)
 
     # -- the gate -------------------------------------------------------------------------------
+    # Error codes as QEMU, the reference, raises them (target/i386 do_interrupt_protected): the
+    # IDT index with the IDT bit for a bad gate, the handler's selector for a bad handler
+    # segment, and no EXT bit in either.
     def _gate(self, vector: int, soft: bool, cpl: int) -> Gate:
         base, limit = self.vcpu.table("idtr")
-        ext = 0 if soft else 1
         if vector * 8 + 7 > limit:
-            raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
+            raise DeliveryFault(VEC_GP, vector * 8 + 2)
         try:
             gate = Gate.from_bytes(self.mmu.read(base + vector * 8, 8))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code) from None
+            raise _page_fault(pf) from None
         if gate.type not in (GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK):
-            raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
+            raise DeliveryFault(VEC_GP, vector * 8 + 2)
         if soft and gate.dpl < (0 if cpl == 1 else cpl):
             # SDM §6.12.1.1: INT n checks the gate's DPL against CPL, the guest's
             # CPL: ring 1 is the guest's ring 0.
             raise DeliveryFault(VEC_GP, vector * 8 + 2)
         if not gate.present:
-            raise DeliveryFault(VEC_NP, vector * 8 + 2 + ext)
+            raise DeliveryFault(VEC_NP, vector * 8 + 2)
         if gate.type == GATE_TASK:
             raise GuestStop("task gates are not supported", self.cpu.read(EIP), f"vector {vector}")
         return gate
 
-    def _handler_cs(self, selector: int) -> int:
-        desc = self.gdt.guest_descriptor(selector)
-        if desc is None or not desc.present or not desc.is_code:
-            raise DeliveryFault(VEC_GP, selector & ~3)
-        # A guest DPL-0 handler runs at CPL 1 (compressed); RPL follows the real CPL.
-        return (selector & ~3) | max(desc.dpl, 1)
+    def _handler_cs(self, selector: int, cpl: int) -> int:
+        """The handler's code segment, checked as the CPU does (SDM §6.12.1.1): #GP(0) if
+        null, #GP(selector) if outside the table, not code, or of a DPL above the CPL,
+        #NP(selector) if not present. The guest's CPL is 0 at real CPL 1. The result carries
+        the real CPL the handler runs at: the guest's ring 0 is real ring 1; a conforming
+        segment or a DPL-3 one reached from ring 3 keeps the CPL."""
+        if not selector & 0xFFFC:
+            raise DeliveryFault(VEC_GP, 0)
+        try:
+            desc = self.gdt.guest_descriptor(selector)
+        except PageFault as pf:
+            raise _page_fault(pf) from None
+        guest_cpl = 0 if cpl == 1 else cpl
+        if desc is None or not desc.is_code or desc.dpl > guest_cpl:
+            raise DeliveryFault(VEC_GP, selector & 0xFFFC)
+        if not desc.present:
+            raise DeliveryFault(VEC_NP, selector & 0xFFFC)
+        if desc.type & 0x4:      # conforming: the handler runs at the current CPL
+            return (selector & ~3) | cpl
+        if desc.dpl not in (0, 3):
+            raise GuestStop("an interrupt handler in guest ring 1 or 2 (ring1 runs only guest rings 0 and 3)",
+                            self.cpu.read(EIP), f"selector {selector:#x}")
+        return (selector & ~3) | (1 if desc.dpl == 0 else 3)
 
     def _deliver(self, vector: int, return_eip: int, error_code: int | None, soft: bool) -> None:
         cpu, vcpu = self.cpu, self.vcpu
         cs = cpu.read(CS)
         cpl = cs & 3
         gate = self._gate(vector, soft, cpl)
-        handler_cs = self._handler_cs(gate.selector)
+        handler_cs = self._handler_cs(gate.selector, cpl)
         clear_if = gate.type in (GATE_INT32, GATE_INT16)
         eflags = cpu.read(EFLAGS)
-        if cpl == 3:
+        if cpl == 3 and handler_cs & 3 == 1:
             self._start_inward(vector, error_code, return_eip, cs, eflags, handler_cs, gate, clear_if)
             return
+        # No privilege change: EFLAGS, CS, EIP[, error] on the current stack, at the current
+        # CPL's rights (the guest kernel's frames show CS with RPL 0, module docstring).
         frame = [vcpu.guest_eflags(eflags), cs & ~3 if cs & 3 == 1 else cs, return_eip]
         if error_code is not None:
             frame.append(error_code)
         esp = cpu.read(ESP)
         new_esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
         try:
-            self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
+            self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)), user=cpl == 3)
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code) from None
+            raise _page_fault(pf) from None
         cpu.write(ESP, new_esp)
         self._enter(handler_cs, gate.offset, eflags, clear_if)
 
@@ -248,7 +290,7 @@ class Injector:
         try:
             esp0, ss0 = struct.unpack("<II", self.mmu.read(desc.base + machine.TSS_ESP0, 8))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code) from None
+            raise _page_fault(pf) from None
         return ss0 & 0xFFFF, esp0
 
     def complete_inward(self) -> None:

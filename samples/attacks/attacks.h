@@ -87,6 +87,7 @@ void test_smc(void);
 /* paging.c: identity map of the first 16 MiB with 4 KiB pages, U/S as asked. */
 void paging_identity(u32 user);
 void paging_on(void);
+void paging_off(void);                       /* CR0.PG and CR0.WP off */
 extern u32 pd[1024];
 extern u32 pt[4][1024];
 void set_pte(u32 linear, u32 pte);

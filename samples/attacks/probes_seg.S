@@ -235,6 +235,14 @@ PROBE(p_ud2)
 AT(p_ud2)
     ud2
     ret
+    .globl p_ud2_probe
+p_ud2_probe:
+    ud2
+    ret
+PROBE(p_int3)
+    int3
+AT(p_int3)
+    ret
 
 /* Read-modify-write and plain accesses of the address in sel_arg (#PF error codes). */
 PROBE(p_rmw)

@@ -37,6 +37,7 @@ static void kernel_sel(const char *what, void (*probe)(void), const char *at, u3
 }
 
 void tls_rewrite(void);
+void test_exceptions_paged(void);
 void tls_rewrite(void)
 {
     gdt_write(SEL_TLS, seg_desc((u32)&tls_b, 0xFFFFF, 0x92, 0xC));
@@ -195,4 +196,5 @@ void test_exceptions(void)
     printf("int $8: vector %u, frame starts with the return eip: %s\n", r - 1,
            last_trap.err == (u32)p_int8_at ? "yes" : "no");
     report("ud2", try_kernel(p_ud2), p_ud2_at);
+    test_exceptions_paged();
 }

@@ -245,15 +245,28 @@ class Injector:
         cpu.write(CS, VMM_CS3)
         cpu.write(EIP, self.m.linear(machine.TRAMP))
 
+    def _sysenter_cs(self) -> int:
+        """SYSENTER_CS, checked: #GP(0) if null (SDM SYSENTER). The CPU itself loads fixed flat
+        ring-0 segments whatever the GDT holds there; ring1 loads the guest's descriptors, so
+        they must be what the guest's SYSEXIT/SYSENTER convention says: ring-0 code at CS, data
+        at CS+8 (else a clean stop: ring1 cannot load hidden state the GDT does not hold)."""
+        cs = self.vcpu.msr[MSR_SYSENTER_CS] & 0xFFFC
+        if not cs:
+            raise DeliveryFault(VEC_GP, 0)
+        code, data = self.gdt.guest_descriptor(cs), self.gdt.guest_descriptor(cs + 8)
+        if code is None or not code.present or not code.is_code or code.dpl != 0 or data is None \
+                or not data.present or data.is_code or data.is_system or not data.type & 2 or data.dpl != 0:
+            raise GuestStop("SYSENTER_CS names no ring-0 code segment followed by ring-0 data",
+                            self.cpu.read(EIP), f"SYSENTER_CS {cs:#x}")
+        return cs
+
     def sysenter(self, eip: int) -> None:
         """SYSENTER from ring 3 (SDM SYSENTER): to SYSENTER_CS:SYSENTER_EIP on
         SYSENTER_CS+8:SYSENTER_ESP, IF cleared, nothing pushed. The CPL change goes
         through the same call gate as interrupts, with the real TSS's ss1:esp1 set
         to the SYSENTER stack."""
         msr = self.vcpu.msr
-        cs = msr[MSR_SYSENTER_CS] & 0xFFFC
-        if not cs:
-            raise DeliveryFault(VEC_GP, 0)
+        cs = self._sysenter_cs()
         cpu = self.cpu
         self.m.write_tss_ring1((cs + 8) | 1, msr[MSR_SYSENTER_ESP] & 0xFFFFFFFF)
         eflags = cpu.read(EFLAGS)
@@ -263,6 +276,16 @@ class Injector:
         self.m.open_vmm_slots()         # for TRAMP's CS and gate; shut again at STUB1
         cpu.write(CS, VMM_CS3)
         cpu.write(EIP, self.m.linear(machine.TRAMP))
+
+    def sysenter_kernel(self) -> None:
+        """SYSENTER from the guest kernel (legal at CPL 0): the same transfer without a
+        change of privilege."""
+        msr = self.vcpu.msr
+        cs = self._sysenter_cs()
+        cpu = self.cpu
+        cpu.write(SS, (cs + 8) | 1)
+        cpu.write(ESP, msr[MSR_SYSENTER_ESP] & 0xFFFFFFFF)
+        self._enter(cs | 1, msr[MSR_SYSENTER_EIP] & 0xFFFFFFFF, cpu.read(EFLAGS), True)
 
     def call_inward(self, handler_cs: int, handler_eip: int, frame: tuple[int, ...], ss0: int,
                     esp0: int) -> None:

@@ -36,14 +36,17 @@ from bt.operation import Operation
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
 from runtime.cpu import CR2, EAX, ECX, EDI, EIP, ESI
-from runtime.deliver import VEC_BP, VEC_GP, VEC_NP, VEC_PF, WITH_ERROR, DeliveryFault
+from runtime.deliver import VEC_BP, VEC_GP, VEC_NP, VEC_PF, VEC_UD, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
 from runtime.gates import Gates
 from runtime.latch import POISONING, ExceptionInfo, ExceptionLatch
 from runtime.paging import CR0_PG, PF_P, PF_U, PageFault
 from runtime.patching import NoPatcher, Patcher
 from runtime.userstep import UserSteps
-from runtime.vcpu import IOPL_MASK
+from runtime.vcpu import IOPL_MASK, MSR_EFER
+
+#: EFER.SCE: SYSCALL enabled.
+EFER_SCE = 1
 
 #: 32-bit TSS descriptor types (available, busy) and where a TSS holds its I/O map base.
 TSS32, TSS32_BUSY, IOMAP_BASE = 0x9, 0xB, 0x66
@@ -304,20 +307,35 @@ class Traps:
 
     # -- SYSENTER: Unicorn never faults it, it calls this hook ---------------------------------------
     def on_sysenter(self, uc: Uc, _data: Any) -> None:
-        """SYSENTER from guest user mode, emulated on the guest's virtual MSRs (the
-        real ones stay 0: a real SYSENTER would enter ring 0). Unicorn adds the
+        """SYSENTER, emulated on the guest's virtual MSRs (the real ones stay 0: a real
+        SYSENTER would enter ring 0). From ring 3 through the VMM's gate, from the guest
+        kernel (legal at CPL 0) directly (runtime/deliver.py). Unicorn adds the
         instruction's 2 bytes to EIP after this hook, hence the -2."""
+        self._fast_call(uc, "sysenter")
+
+    def on_syscall(self, uc: Uc, _data: Any) -> None:
+        """SYSCALL: Unicorn runs it as a no-op. Outside 64-bit mode it is #UD while
+        EFER.SCE = 0 (SDM SYSCALL; QEMU's helper_syscall), which ring1's guests always have:
+        QEMU's 32-bit CPU models cannot set SCE."""
+        self._fast_call(uc, "syscall")
+
+    def _fast_call(self, uc: Uc, cls: str) -> None:
         t0 = time.perf_counter_ns()
         try:
             eip, cs = self.cpu.eip_cs()
-            self.stats.exit("trap", "sysenter", eip)
-            self.last.append(("trap", "sysenter", eip))
-            if cs & 3 != 3:
-                raise GuestStop("SYSENTER from kernel mode is not supported", eip)
+            self.stats.exit("trap", cls, eip)
+            self.last.append(("trap", cls, eip))
             try:
-                self.ctx.inject.sysenter(eip + 2)
+                if cls == "syscall":
+                    if self.ctx.vcpu.msr[MSR_EFER] & EFER_SCE:
+                        raise GuestStop("SYSCALL with EFER.SCE = 1 outside 64-bit mode is not supported", eip)
+                    raise DeliveryFault(VEC_UD, 0)
+                if cs & 3 == 3:
+                    self.ctx.inject.sysenter(eip + 2)
+                else:
+                    self.ctx.inject.sysenter_kernel()
             except DeliveryFault as fault:
-                self.inject(fault.vector, eip, fault.error_code, False)
+                self.inject(fault.vector, eip, fault.error_code if fault.vector in WITH_ERROR else None, False)
             self.cpu.write(EIP, self.cpu.read(EIP) - 2)
         except BaseException as err:  # stored and re-raised by the run loop
             self.error = err

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import unicorn_const as uconst
-from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_INS_SYSENTER
 
 from bt import layout
 from bt.errors import GuestStop, InternalError, Ring1Error
@@ -161,6 +161,7 @@ class Vm:
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
+        uc.hook_add(UC_HOOK_INSN, self.traps.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
         self.tables = TableWatch(self.guard, self.gdt, self.mmu, self.stats, config.ram_size)

@@ -14,6 +14,7 @@ static const struct group groups[] = {
     {"selectors", test_selectors},
     {"gates", test_gates},
     {"exceptions", test_exceptions},
+    {"instructions", test_instructions},
 };
 
 static int same(const char *a, const char *b)

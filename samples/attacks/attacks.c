@@ -15,6 +15,8 @@ static const struct group groups[] = {
     {"gates", test_gates},
     {"exceptions", test_exceptions},
     {"instructions", test_instructions},
+    {"user_patch", user_patch_flat},
+    {"user_patch_paged", user_patch_paged},
 };
 
 static int same(const char *a, const char *b)
@@ -54,8 +56,6 @@ u32 kmain(u32 magic, const struct multiboot_info *mbi)
     char name[32];
     u32 i;
 
-    (void)user_patch_flat;
-    (void)user_patch_paged;
     serial_init();
     if (magic != MULTIBOOT_BOOTLOADER_MAGIC)
         return EXIT_FAIL;

@@ -264,5 +264,15 @@ PROBE(p_user_read)
 AT(p_user_read)
     movl (%eax), %ecx
     ret
+    .globl p_user_read_probe, p_user_write_probe
+p_user_read_probe:
+    movl (%eax), %eax
+    ret
+p_user_write_probe:
+    movl $0x5a5a5a5a, (%eax)
+    ret
+PROBE(p_user_jump)
+AT(p_user_jump)
+    jmp *%eax
 
     .section .note.GNU-stack, "", @progbits

@@ -1,4 +1,5 @@
-"""Write monitoring of the guest's GDT and LDT (VirtualBox SELM's write handlers).
+"""Write monitoring of the guest's GDT and LDT (VirtualBox SELM's write handlers), and of
+its page directory (`DirectoryWatch`).
 
 The CPU runs on shadows of the guest's descriptor tables (runtime/segments.py). A guest
 may rewrite a descriptor it already loaded and reload the segment: Linux i386 writes its
@@ -22,6 +23,7 @@ other data that shares a page with the table. `RunStats.table_writes` counts the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bt import layout
@@ -88,3 +90,49 @@ class TableWatch:
             if end <= 0 or offset >= limit:
                 continue
             self.gdt.write_seen(ldt, max(offset, 0), min(end, limit) - max(offset, 0))
+
+
+class DirectoryWatch:
+    """Write monitoring of the guest's current page directory (VirtualBox PGM monitored the
+    guest's paging structures the same way).
+
+    The CPU walks a shadow of the directory (runtime/shadowpd.py), copied on CR3 loads and
+    INVLPG. On hardware a directory entry the guest makes present takes effect at once
+    (nothing not-present is cached), and the entry for the 4 MiB slot the VMM area occupies
+    is the guest's to use: so a store into the directory is made, then each entry it touched
+    is copied into the shadow (`on_entry`), and a present entry in the VMM's slot moves the
+    VMM area away before the guest's next instruction (runtime/relocate.py) instead of at the
+    next #PF, INVLPG or slice end (issue 11, item 3). Cost: one hook call per store into the
+    directory's page; kernels write their directory when they map a new page table, rarely
+    next to hot data (a directory is a page of its own)."""
+
+    def __init__(self, guard: VmmGuard, on_entry: Callable[[int], None]) -> None:
+        self.guard = guard
+        self.on_entry = on_entry
+        self.page: int | None = None
+        #: Stores into the directory seen.
+        self.writes = 0
+
+    def follow(self, pd: int | None, ram_size: int) -> None:
+        """The guest's directory is at physical `pd` now (None: paging off)."""
+        if pd is not None and pd + _PAGE > ram_size:
+            pd = None              # not guest RAM: nothing the guest could write there anyway
+        if pd == self.page:
+            return
+        if self.page is not None:
+            self.guard.unwatch(self.page, self)
+        self.page = pd
+        if pd is not None:
+            self.guard.watch(pd, self)
+
+    def before_store(self, phys: int, size: int) -> None:
+        return None
+
+    def after_store(self, phys: int, size: int) -> None:
+        if self.page is None or phys & _MASK != self.page:
+            return
+        self.writes += 1
+        first = (phys & (_PAGE - 1)) >> 2
+        last = min(((phys & (_PAGE - 1)) + size - 1) >> 2, 1023)
+        for index in range(first, last + 1):
+            self.on_entry(index)

@@ -66,7 +66,7 @@ from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
 from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
 from runtime.stats import RunStats
-from runtime.tablewatch import TableWatch
+from runtime.tablewatch import DirectoryWatch, TableWatch
 from runtime.traps import Traps
 from runtime.vcpu import VirtualCpu
 
@@ -165,6 +165,7 @@ class Vm:
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
         self.tables = TableWatch(self.guard, self.gdt, self.mmu, self.stats, config.ram_size)
+        self.directory = DirectoryWatch(self.guard, self._pde_written)
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,
@@ -279,7 +280,20 @@ class Vm:
         self.relocator.check("INVLPG" if linear is not None else
                              f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
+        self.directory.follow(self.shadow.guest_pd, self.config.ram_size)
         self.tables.refresh()
+
+    def _pde_written(self, index: int) -> None:
+        """The guest stored into entry `index` of its current page directory
+        (runtime/tablewatch.py `DirectoryWatch`): the shadow follows at once."""
+        if index == self.machine.vmm.pde_index:
+            self.relocator.check(f"store into page-directory entry {index}")
+            return
+        done = self.shadow.sync(index << 22)
+        if done == REPLACED:
+            self._flush_tlb()
+        if done != UNCHANGED:
+            self._mapping_changed = True
 
     def _flush_tlb(self) -> None:
         try:

@@ -17,6 +17,7 @@ static const struct group groups[] = {
     {"instructions", test_instructions},
     {"user_patch", user_patch_flat},
     {"user_patch_paged", user_patch_paged},
+    {"pde", test_pde},
 };
 
 static int same(const char *a, const char *b)

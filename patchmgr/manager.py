@@ -40,6 +40,7 @@ from bt.errors import PatchError
 from bt.operation import Operation
 from patchmgr import tables
 from patchmgr.block import build, plan
+from patchmgr.borrow import Borrowed, borrowed
 from patchmgr.memory import PatchMemory
 from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
 from patchmgr.record import Record
@@ -167,6 +168,25 @@ class PatchManager:
 
     def resume_at(self, eip: int) -> int:
         return self._interior.get(eip, eip)
+
+    def borrowed_at(self, eip: int) -> Borrowed | None:
+        """What the patch code holding `eip` has borrowed from the guest just before that
+        instruction (patchmgr/borrow.py), None outside patch blocks."""
+        patch = self._patch_holding(eip)
+        if patch is None or patch.block is None:
+            return None
+        block = patch.block
+        start = block.address
+        if eip >= block.tail:
+            stubs = [c.entry for c in block.chunks if c.entry and c.entry <= eip]
+            start = stubs[-1] if stubs else block.tail
+        else:
+            for chunk in block.chunks:
+                if chunk.patch <= eip:
+                    start = chunk.patch
+        code = block.code[start - block.address:eip - block.address]
+        words = {self.ctx.scratch(i) for i in range(layout.state_field("scratch").size // 4)}
+        return borrowed(code, start, eip, words, self.ctx.state("saved_esp"))
 
     def window_at(self, address: int) -> tuple[int, int] | None:
         """[start, end) of the patch whose guest window holds `address`, or None."""

@@ -21,7 +21,10 @@
     a patched window no longer holds guest code, the patch block does;
 (e) calls `relocate(area)` when the VMM area moved in the guest's linear space
     (runtime/relocate.py): patch code at the same offsets, re-made for the new addresses;
-(f) asks `window_at(address)` whether guest user code (ring 3) reached a patched window,
+(f) asks `borrowed_at(eip)` what patch code has borrowed (registers in scratch words, ESP,
+    EFLAGS) when one of its instructions faults, and gives it back before it delivers the
+    fault at the guest instruction (patchmgr/borrow.py);
+(g) asks `window_at(address)` whether guest user code (ring 3) reached a patched window,
     and then `lift`s it (the guest's own bytes back, the patch kept) for the one instruction
     ring 3 runs there, and `relay`s the patch after (runtime/userstep.py): patch code and
     patch exits are the guest kernel's, never work done for its user (issue 11, item 2).
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bt import elf, layout
 from bt.errors import PatchError
 from bt.operation import Operation
+from patchmgr.borrow import Borrowed
 from runtime.cpu import EIP
 from runtime.paging import PageFault
 
@@ -74,6 +78,8 @@ class Patcher(Protocol):
 
     def window_at(self, address: int) -> tuple[int, int] | None: ...
 
+    def borrowed_at(self, eip: int) -> Borrowed | None: ...
+
     def lift(self, address: int) -> None: ...
 
     def relay(self, address: int) -> None: ...
@@ -98,6 +104,9 @@ class NoPatcher:
         return None
 
     def window_at(self, address: int) -> tuple[int, int] | None:
+        return None
+
+    def borrowed_at(self, eip: int) -> Borrowed | None:
         return None
 
     def lift(self, address: int) -> None:

@@ -35,7 +35,7 @@ from bt.errors import GuestStop
 from bt.operation import Operation
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
-from runtime.cpu import CR2, EAX, ECX, EDI, EIP, ESI
+from runtime.cpu import CR2, EAX, ECX, EDI, EFLAGS, EIP, ESI
 from runtime.deliver import VEC_BP, VEC_GP, VEC_NP, VEC_PF, VEC_UD, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
 from runtime.gates import Gates
@@ -65,6 +65,8 @@ class IoFault:
     string_in: bool
 
 
+#: EFLAGS bits patch code may have changed and gives back: CF PF AF ZF SF TF DF OF.
+_ARITH = 0xDD5
 #: Instruction classes whose hypercall may change what the PIC has pending.
 _IO_CLASSES = frozenset({"in", "out", "ins", "outs"})
 
@@ -195,6 +197,21 @@ class Traps:
         self.inject(vector, eip, error if vector in WITH_ERROR else None, False)
         return "interrupt"
 
+    def _give_back(self, eip: int) -> None:
+        """A fault inside patch code: put back what it borrowed from the guest, so that the
+        fault is the guest instruction's, with the guest's registers (patchmgr/borrow.py)."""
+        held = self.patcher.borrowed_at(eip)
+        if held is None:
+            return
+        cpu, mmu = self.cpu, self.ctx.mmu
+        for reg, where in held.saved.items():
+            cpu.write_name(reg, mmu.read_u32(where))
+        if held.eflags_at is not None:
+            image = mmu.read_u32(held.eflags_at)
+            cpu.write(EFLAGS, (cpu.read(EFLAGS) & ~_ARITH) | (image & _ARITH))
+        if held.pushed:
+            cpu.write_name("esp", (cpu.read_name("esp") + held.pushed) & 0xFFFFFFFF)
+
     def _user_fetch_fault(self, eip: int) -> str:
         if not self.ctx.vcpu.paging_regs()[0] & CR0_PG:
             self.inject(VEC_GP, eip, 0, False)      # as above: a guest that does not page
@@ -206,6 +223,8 @@ class Traps:
 
     def inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
         """Deliver `vector` to the guest (counted as an injected-interrupt exit)."""
+        if not soft and self.ctx.m.vmm.in_patch_memory(eip):
+            self._give_back(eip)
         eip = self.patcher.to_guest_eip(eip)   # the guest never sees a patch address in a frame
         self.stats.exit("interrupt", None, eip)
         self.stats.vectors[vector] += 1
@@ -335,7 +354,8 @@ class Traps:
                 else:
                     self.ctx.inject.sysenter_kernel()
             except DeliveryFault as fault:
-                self.inject(fault.vector, eip, fault.error_code if fault.vector in WITH_ERROR else None, False)
+                error = fault.error_code if fault.vector in WITH_ERROR else None
+                self.inject(fault.vector, eip, error, False)
             self.cpu.write(EIP, self.cpu.read(EIP) - 2)
         except BaseException as err:  # stored and re-raised by the run loop
             self.error = err

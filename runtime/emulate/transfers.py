@@ -26,7 +26,7 @@ from bt import layout
 from bt.operation import Imm, Mem, Operation, Reg
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
-from runtime.cpu import CS, EFLAGS, SS
+from runtime.cpu import EFLAGS, SS
 from runtime.vcpu import IF, MSR_SYSENTER_CS, VIRTUAL_FLAGS
 
 #: EFLAGS bits an IRET at CPL 0 restores (SDM IRET: all but VIP, VIF, VM from a 32-bit frame).

@@ -18,6 +18,7 @@ static const struct group groups[] = {
     {"user_patch", user_patch_flat},
     {"user_patch_paged", user_patch_paged},
     {"pde", test_pde},
+    {"smc", test_smc},
 };
 
 static int same(const char *a, const char *b)

@@ -334,15 +334,19 @@ class Injector:
                     from None
             cpu.write(ESP, new_esp)
             cpu.write(EFLAGS, pending.eflags)
+            self.vcpu.set_vif(self.vcpu.user_if())     # a call gate keeps IF: the user's
+            self.vcpu.user_flags = False
             self.m.load_cs(pending.handler_cs)
             cpu.write(EIP, pending.handler_eip)
             return
         if pending.sysenter:
             cpu.write(ESP, esp)
             self.vcpu.set_vif(False)
+            self.vcpu.user_flags = False
             self._enter(pending.handler_cs, pending.handler_eip, pending.eflags, True)
             return
-        frame = [pending.ss, pending.esp, pending.eflags, pending.cs, pending.eip]
+        shown = self.vcpu.user_eflags(pending.eflags)
+        frame = [pending.ss, pending.esp, shown, pending.cs, pending.eip]
         if pending.error_code is not None:
             frame.append(pending.error_code)
         new_esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
@@ -352,6 +356,8 @@ class Injector:
             raise GuestStop("triple fault", pending.eip, "guest kernel stack (TSS esp0) not writable") \
                 from None
         cpu.write(ESP, new_esp)
-        # In user mode the guest's IF is the real one (1): a trap gate leaves it set.
-        self.vcpu.set_vif(bool(pending.eflags & IF))
+        # The handler starts with the user's IF (a trap gate leaves it, an interrupt gate
+        # clears it below), and from now on the virtual flags are the kernel's.
+        self.vcpu.set_vif(bool(shown & IF))
+        self.vcpu.user_flags = False
         self._enter(pending.handler_cs, pending.handler_eip, pending.eflags, pending.clear_if)

@@ -295,7 +295,10 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
         # them before they ran. Reached ones now; the scanner's unreached ones when they
         # first run (then they are known to be code). A code hook stays costly in Unicorn
         # even when it never fires, so only those few get one.
-        silent = [s for s in kernel_sites if s.cls.unicorn is isa.Unicorn.SILENT]
+        # IRET too: an IRET to ring 3 at CPL 1 is legal, runs silently and drops the frame's
+        # IF and IOPL; only its patch (an exit on returns to user mode) tells the VMM the
+        # user's flags (issue 11, item 5).
+        silent = [s for s in kernel_sites if s.cls.unicorn is isa.Unicorn.SILENT or s.cls.name == "iret"]
         manager.patch_all(s.address for s in (kernel_sites if config.eager else silent) if s.reached)
         for s in silent:
             if not s.reached and manager.is_unpatched(s.address):

@@ -172,6 +172,8 @@ class Traps:
             # fault delivering an interrupt, i.e. a triple fault.
             raise GuestStop("triple fault", eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
+        if cpl == 3 and not soft and vector == VEC_GP and error == 0 and self._user_iopl(eip):
+            return "trap"
         if cpl == 3 and self.steps.user_at_patch(eip, vector, soft):
             return "interrupt"          # ring 3 runs the guest's own bytes there (runtime/userstep.py)
         if not soft and vector == VEC_GP and cpl == 1:
@@ -196,6 +198,27 @@ class Traps:
                 error &= ~PF_P
         self.inject(vector, eip, error if vector in WITH_ERROR else None, False)
         return "interrupt"
+
+    def _user_iopl(self, eip: int) -> bool:
+        """CLI/STI in guest user mode with the guest's IOPL 3: legal on hardware (CPL <=
+        IOPL), a #GP here because the real IOPL is 0. Emulated on the virtual IF, which from
+        now on is the user's (`VirtualCpu.user_flags`): interrupts wait while it is clear."""
+        vcpu = self.ctx.vcpu
+        if (vcpu.vflags & IOPL_MASK) >> 12 != 3:
+            return False
+        try:
+            op = self.decode(eip)
+        except PageFault:
+            return False
+        if op.cls not in ("cli", "sti"):
+            return False
+        if not vcpu.user_flags:
+            vcpu.set_vif(True)      # what user mode ran with until now (the real IF)
+            vcpu.user_flags = True
+        self.stats.exit("trap", op.cls, eip)
+        self.last.append(("trap", op.cls, eip))
+        self.execute(op, op.next_address)
+        return True
 
     def _give_back(self, eip: int) -> None:
         """A fault inside patch code: put back what it borrowed from the guest, so that the

@@ -221,7 +221,7 @@ class Vm:
 
     # -- callbacks for emulators ------------------------------------------------------------------
     def _deliverable(self) -> bool:
-        return (self.cpu.read(CS) & 3) == 3 or self.vcpu.vif
+        return self.vcpu.user_if() if self.cpu.read(CS) & 3 == 3 else self.vcpu.vif
 
     def _take_irq(self, return_eip: int) -> bool:
         pic = self.devices.pic

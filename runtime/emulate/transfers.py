@@ -89,6 +89,7 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
         # The virtual IF/IOPL follow the frame; in ring 3 the real ones rule.
         _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 16, 4), "little") & 0xFFFF)
         vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
+        vcpu.user_flags = True
         return ctx.m.linear(machine.IRET_OUT)
     real_cs = _kernel_cs(ctx, cs)
     cpu.write_name("esp", esp + 12)
@@ -113,6 +114,7 @@ def far_ret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
         if op.operands:   # RETF imm16 to ring 3: not used by 32-bit kernels
             raise EmulationFault(13, cs & ~3)
         _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 12, 4), "little") & 0xFFFF)
+        ctx.vcpu.user_flags = True          # RETF keeps EFLAGS: user mode has the kernel's
         return ctx.m.linear(machine.RETF_OUT)
     real_cs = _kernel_cs(ctx, cs)
     extra = op.operands[0].value if op.operands and isinstance(op.operands[0], Imm) else 0
@@ -180,6 +182,7 @@ def sysexit(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     top = layout.VMM_STACK1_TOP - len(frame)
     cpu.phys_write(top, frame)           # the VMM's stack: home address, supervisor only
     cpu.write_name("esp", ctx.m.linear(top))
+    ctx.vcpu.user_flags = True           # SYSEXIT keeps EFLAGS: user mode has the kernel's
     return ctx.m.linear(machine.IRET_OUT)
 
 

@@ -19,6 +19,7 @@ static const struct group groups[] = {
     {"user_patch_paged", user_patch_paged},
     {"pde", test_pde},
     {"smc", test_smc},
+    {"iopl", test_iopl},
 };
 
 static int same(const char *a, const char *b)

@@ -188,6 +188,18 @@ class PatchManager:
         words = {self.ctx.scratch(i) for i in range(layout.state_field("scratch").size // 4)}
         return borrowed(code, start, eip, words, self.ctx.state("saved_esp"))
 
+    def code_seen(self, sites: Iterable[int]) -> None:
+        """Sensitive instructions in code the scanner never saw, found as the guest first runs
+        it (runtime/codewatch.py, CSAM's scan on first execution): patched now, as the
+        scanner's silent sites are before they run."""
+        if not self.config.enabled:
+            return
+        for site in sites:
+            insn = self._decode(site) if self.is_unpatched(site) else None
+            cls = isa.decode(insn).cls if insn is not None else None
+            if cls is not None and self.rules.handles(cls):
+                self.patch_site(site)
+
     def window_at(self, address: int) -> tuple[int, int] | None:
         """[start, end) of the patch whose guest window holds `address`, or None."""
         for patch in self._patches_covering_range(address, address + 1):

@@ -72,7 +72,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc
+from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
 
 from bt import layout
 from runtime.cpu import CS, EIP, Cpu
@@ -107,6 +107,17 @@ class PageWatcher(Protocol):
 _PAGE_MASK = ~(layout.PAGE_SIZE - 1)
 
 
+def _runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Sorted page addresses as [start, end) runs of consecutive pages."""
+    out: list[tuple[int, int]] = []
+    for p in pages:
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + layout.PAGE_SIZE)
+        else:
+            out.append((p, p + layout.PAGE_SIZE))
+    return out
+
+
 class VmmGuard:
     """Owner of the engine's one UC_HOOK_MEM_WRITE_PROT hook (module docstring)."""
 
@@ -119,6 +130,8 @@ class VmmGuard:
         self._fail = fail               # store an exception for the run loop to re-raise
         #: Watched guest RAM pages: physical page -> watcher -> how many times it asked.
         self._watchers: dict[int, dict[PageWatcher, int]] = {}
+        #: Guest RAM pages the CPU may not fetch from (runtime/codewatch.py): physical pages.
+        self._noexec: set[int] = set()
         self._hook: Any = None
 
     def install(self) -> None:
@@ -151,7 +164,7 @@ class VmmGuard:
         owners = self._watchers.setdefault(page, {})
         owners[watcher] = owners.get(watcher, 0) + 1
         if len(owners) == 1 and owners[watcher] == 1:
-            self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+            self._apply(page)
 
     def unwatch(self, page: int, watcher: PageWatcher) -> None:
         owners = self._watchers.get(page)
@@ -162,7 +175,34 @@ class VmmGuard:
             del owners[watcher]
         if not owners:
             del self._watchers[page]
-            self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
+            self._apply(page)
+
+    # -- pages the CPU may not fetch from (runtime/codewatch.py) -------------------------------
+    def forbid_exec(self, start: int, end: int) -> None:
+        """No fetch from guest RAM pages [start, end) (page-aligned), until `allow_exec`."""
+        pages = set(range(start, end, layout.PAGE_SIZE))
+        self._noexec |= pages
+        plain = [p for p in pages if p not in self._watchers]
+        for run_start, run_end in _runs(sorted(plain)):
+            self.uc.mem_protect(run_start, run_end - run_start, UC_PROT_READ | UC_PROT_WRITE)
+        for page in pages - set(plain):
+            self._apply(page)
+
+    def allow_exec(self, page: int) -> bool:
+        """Fetches from `page` allowed again; False if they were not forbidden."""
+        if page not in self._noexec:
+            return False
+        self._noexec.discard(page)
+        self._apply(page)
+        return True
+
+    def _apply(self, page: int) -> None:
+        prot = UC_PROT_READ
+        if page not in self._watchers:
+            prot |= UC_PROT_WRITE
+        if page not in self._noexec:
+            prot |= UC_PROT_EXEC
+        self.uc.mem_protect(page, layout.PAGE_SIZE, prot)
 
     def watched(self, phys: int) -> bool:
         return (phys & _PAGE_MASK) in self._watchers

@@ -24,7 +24,9 @@
 (f) asks `borrowed_at(eip)` what patch code has borrowed (registers in scratch words, ESP,
     EFLAGS) when one of its instructions faults, and gives it back before it delivers the
     fault at the guest instruction (patchmgr/borrow.py);
-(g) asks `window_at(address)` whether guest user code (ring 3) reached a patched window,
+(g) hands `code_seen(sites)` the sensitive instructions found in guest code the scanner
+    never saw, when the guest first runs it (runtime/codewatch.py);
+(h) asks `window_at(address)` whether guest user code (ring 3) reached a patched window,
     and then `lift`s it (the guest's own bytes back, the patch kept) for the one instruction
     ring 3 runs there, and `relay`s the patch after (runtime/userstep.py): patch code and
     patch exits are the guest kernel's, never work done for its user (issue 11, item 2).
@@ -80,6 +82,8 @@ class Patcher(Protocol):
 
     def borrowed_at(self, eip: int) -> Borrowed | None: ...
 
+    def code_seen(self, sites: list[int]) -> None: ...
+
     def lift(self, address: int) -> None: ...
 
     def relay(self, address: int) -> None: ...
@@ -107,6 +111,9 @@ class NoPatcher:
         return None
 
     def borrowed_at(self, eip: int) -> Borrowed | None:
+        return None
+
+    def code_seen(self, sites: list[int]) -> None:
         return None
 
     def lift(self, address: int) -> None:
@@ -303,4 +310,7 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
         for s in silent:
             if not s.reached and manager.is_unpatched(s.address):
                 memory.on_first_execution(s.address)
+        # Code outside the ELF's executable segments is scanned when it first runs (CSAM).
+        vm.code.install(vm.config.ram_size, [(seg.paddr, seg.paddr + seg.memsz) for seg in image.segments
+                                             if seg.executable])
     return manager

@@ -64,6 +64,9 @@ class RunStats:
     #: Instructions guest user code ran at a patched window, from the guest's own bytes
     #: (runtime/userstep.py).
     user_patch_steps: int = 0
+    #: Guest RAM pages outside the kernel ELF's code first run (and scanned at CPL 1) while
+    #: patching is on (runtime/codewatch.py).
+    code_pages_seen: int = 0
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -132,6 +135,7 @@ class RunStats:
             "vflags_bad": [f"{w:#010x}" for w in self.vflags_bad],
             "table_writes": self.table_writes,
             "user_patch_steps": self.user_patch_steps,
+            "code_pages_seen": self.code_pages_seen,
             "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": m.eip,
                            "symbol": sym(m.eip)} for m in self.vmm_moves],
         }

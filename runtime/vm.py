@@ -51,6 +51,7 @@ from bt import layout
 from bt.errors import GuestStop, InternalError, Ring1Error
 from runtime import config as cfg
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
+from runtime.codewatch import CodeWatch
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CR3, CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
@@ -166,6 +167,9 @@ class Vm:
         self.guard.install()
         self.tables = TableWatch(self.guard, self.gdt, self.mmu, self.stats, config.ram_size)
         self.directory = DirectoryWatch(self.guard, self._pde_written)
+        #: Installed by the patch manager's `attach` (patched runs only).
+        self.code = CodeWatch(uc, self.guard, self.mmu, self.stats, lambda: self.traps.patcher,
+                              fail=self._hook_failed)
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,
@@ -358,6 +362,9 @@ class Vm:
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
                         traps.latch.clear()
                         pc = self.cpu.read(EIP)
+                        continue
+                    if err.errno == uconst.UC_ERR_FETCH_PROT and self.code.resume():
+                        pc = self.cpu.read(EIP)     # code seen for the first time: scanned
                         continue
                     raise self._unicorn_stop(err) from err
                 traps.steps.end()

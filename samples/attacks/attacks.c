@@ -20,6 +20,7 @@ static const struct group groups[] = {
     {"pde", test_pde},
     {"smc", test_smc},
     {"iopl", test_iopl},
+    {"unscanned", test_unscanned},
 };
 
 static int same(const char *a, const char *b)

@@ -65,6 +65,8 @@ class IoFault:
     string_in: bool
 
 
+#: EFLAGS.VM: virtual-8086 mode.
+VM86 = 1 << 17
 #: EFLAGS bits patch code may have changed and gives back: CF PF AF ZF SF TF DF OF.
 _ARITH = 0xDD5
 #: Instruction classes whose hypercall may change what the PIC has pending.
@@ -141,6 +143,7 @@ class Traps:
 
     def _intr(self, vector: int) -> str:
         cpu = self.cpu
+        self.refuse_vm86()
         eip, cs = cpu.eip_cs()
         cpl = cs & 3
         # What the CPU knew and the hook is not told (runtime/latch.py): the error code it
@@ -198,6 +201,13 @@ class Traps:
                 error &= ~PF_P
         self.inject(vector, eip, error if vector in WITH_ERROR else None, False)
         return "interrupt"
+
+    def refuse_vm86(self) -> None:
+        """The guest is in virtual-8086 mode, which ring1 does not emulate: Unicorn's IRET
+        enters it from CPL 1 too (QEMU's helper_ret_protected honours EFLAGS.VM in the frame
+        at any CPL, where the SDM says only CPL 0 may). Stopped cleanly at the first exit."""
+        if self.cpu.read(EFLAGS) & VM86:
+            raise GuestStop("virtual-8086 mode is not supported", self.cpu.read(EIP))
 
     def _user_iopl(self, eip: int) -> bool:
         """CLI/STI in guest user mode with the guest's IOPL 3: legal on hardware (CPL <=
@@ -364,6 +374,7 @@ class Traps:
     def _fast_call(self, uc: Uc, cls: str) -> None:
         t0 = time.perf_counter_ns()
         try:
+            self.refuse_vm86()
             eip, cs = self.cpu.eip_cs()
             self.stats.exit("trap", cls, eip)
             self.last.append(("trap", cls, eip))
@@ -442,6 +453,7 @@ class Traps:
 
     def _io_exit(self, cls: str, port: int, size: int) -> bool:
         """Account for one IN/OUT hook call; False: the access is denied (a #GP is pending)."""
+        self.refuse_vm86()
         eip, cs = self.cpu.eip_cs()
         if cs & 3 != 1 and not self._io_permitted(cs & 3, port, size):
             self._deny_io(eip)

@@ -359,6 +359,7 @@ class Vm:
                     self._advance(self.counter.executed(count))
                     if traps.error is not None:
                         raise traps.error from None
+                    traps.refuse_vm86()
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
                         traps.latch.clear()
                         pc = self.cpu.read(EIP)
@@ -377,6 +378,7 @@ class Vm:
                 self._check_state()
                 if traps.error is not None:
                     raise traps.error
+                traps.refuse_vm86()
                 # The guest may have mapped the VMM's slot by writing its page directory,
                 # with no CR3 load or INVLPG to tell: looked at once per slice.
                 self.relocator.check("slice end")
@@ -477,7 +479,12 @@ class Vm:
         _base, limit = self.vcpu.table("idtr")
         if limit < 6 * 8 + 7:
             return False        # no IDT that could hold a #UD handler: stop with the opcode
-        self.traps.inject(VEC_UD, eip, None, False)
+        try:
+            self.traps.inject(VEC_UD, eip, None, False)
+        except GuestStop as stop:
+            if stop.reason != "triple fault":
+                raise
+            return False        # no IDT at all (the loader's real-mode one): say what started it
         return True
 
     def _unicorn_stop(self, err: UcError) -> GuestStop:

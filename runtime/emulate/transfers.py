@@ -23,12 +23,15 @@ from __future__ import annotations
 import struct
 
 from bt import layout
+from bt.errors import GuestStop
 from bt.operation import Imm, Mem, Operation, Reg
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault
 from runtime.cpu import EFLAGS, SS
 from runtime.vcpu import IF, MSR_SYSENTER_CS, VIRTUAL_FLAGS
 
+#: EFLAGS.VM and EFLAGS.NT.
+VM, NT = 1 << 17, 1 << 14
 #: EFLAGS bits an IRET at CPL 0 restores (SDM IRET: all but VIP, VIF, VM from a 32-bit frame).
 IRET_MASK = 0x00257FD5
 
@@ -83,6 +86,13 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     eip = int.from_bytes(raw[0:4], "little")
     cs = int.from_bytes(raw[4:8], "little") & 0xFFFF
     flags = int.from_bytes(raw[8:12], "little")
+    if flags & VM:
+        # At CPL 0 an IRET whose frame sets VM enters virtual-8086 mode (SDM IRET
+        # "RETURN-TO-VIRTUAL-8086-MODE"); ring1 has no virtual-8086 support.
+        raise GuestStop("virtual-8086 mode is not supported", op.address, "IRET with EFLAGS.VM")
+    if cpu.read(EFLAGS) & NT:
+        # A nested-task return (SDM IRET "TASK-RETURN"): a hardware task switch.
+        raise GuestStop("IRET with EFLAGS.NT (a task return) is not supported", op.address)
     if cs & 3 == 3:
         # Back to user mode: the CPU itself pops the frame with a real IRETD in VMM
         # code (an IRET at CPL 1 to ring 3 is legal; only the CPU may lower CPL).

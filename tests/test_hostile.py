@@ -1,0 +1,111 @@
+"""No guest action ends in exit 8 (issue 11, item 10): hostile or merely unusual guest
+operations each end as the guest's own exception, its exit status, or a clean stop with a
+reason (exit 4), never as an internal error. The operations are those that once reached
+the VMM's emulation with state it did not check, and their neighbours.
+
+The attack guests (tests/test_attacks.py) compare what QEMU does; these cover what ring1
+does not emulate (a clean stop is the documented answer) and the VMM's own addresses.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from runtime_guest import GDT, KCODE, RESULTS, gdt_bytes, kernel, run, to_user, words
+
+from bt import layout
+from bt.errors import GuestStop
+from runtime import segments
+from runtime.segments import call_gate, segment
+from runtime.vm import RunResult
+
+# A handler for every exception that records its vector and exits 1.
+RECORD = f"""
+    mov dword ptr [{RESULTS:#x}], {{vector}}
+    mov eax, [esp]
+    mov [{RESULTS + 4:#x}], eax
+    mov al, 0
+    out 0xf4, al
+    hlt
+"""
+HANDLERS = {v: (RECORD.format(vector=v), 3 if v == 0x80 else 0, False) for v in (0, 6, 8, 10, 11, 12, 13, 14, 0x80)}
+
+
+def _gdt_with(index: int, desc: bytes) -> tuple[tuple[int, bytes], ...]:
+    """The test GDT (runtime_guest: slots 0-5) with one more descriptor, loaded by LGDT again."""
+    table = bytearray(gdt_bytes().ljust(8 * (index + 1), b"\0"))
+    table[index * 8:index * 8 + 8] = desc
+    return ((GDT, bytes(table)), (0x20F00, struct.pack("<HI", len(table) - 1, GDT)))
+
+
+RELOAD_GDT = ".byte 0x0f, 0x01, 0x15\n.long 0x20f00\n"
+WRMSR = "mov ecx, {msr:#x}\nmov eax, {value:#x}\nxor edx, edx\nwrmsr\n"
+
+
+def _outcome(result: RunResult | GuestStop) -> str:
+    if isinstance(result, GuestStop):
+        return f"stop: {result.reason}"
+    return f"exit {result.exit_status}"
+
+
+CASES = [
+    # (name, kernel source, extra chunks, user source, expected outcome prefix, vector)
+    ("mov ss, a DPL-3 selector", "mov ax, 0x20\nmov ss, ax\n", (), None, "exit 1", 13),
+    ("mov ss, null", "xor eax, eax\nmov ss, ax\n", (), None, "exit 1", 13),
+    ("iret into virtual-8086 mode",
+     "push 0\npush 0\npush 0\npush 0\npush 0x2000\npush 0x8000\npush 0x20202\npush 0x1000\npush 0\niretd\n",
+     (), None, "stop: virtual-8086 mode is not supported", None),
+    ("far jump to a TSS", ".byte 0xea\n.long 0\n.word 0x28\n", (), None,
+     "stop: hardware task switch", None),
+    ("lcall through a 16-bit call gate", RELOAD_GDT + ".byte 0x9a\n.long 0\n.word 0x30\n",
+     _gdt_with(6, call_gate(KCODE, 0x100000, 0).with_access(0x84).to_bytes()), None,
+     "stop: 16-bit call gates are not supported", None),
+    ("sysenter, SYSENTER_CS a data segment", WRMSR.format(msr=0x174, value=0x10) + "sysenter\n", (), None,
+     "stop: SYSENTER_CS names no ring-0 code segment", None),
+    ("syscall with EFER.SCE", WRMSR.format(msr=0xC0000080, value=1) + "syscall\n", (), None,
+     "stop: SYSCALL with EFER.SCE = 1", None),
+    ("syscall", "syscall\n", (), None, "exit 1", 6),
+    ("the kernel jumps into the VMM's stub",
+     f"mov eax, {layout.VMM_CODE + 0x40:#x}\njmp eax\n", (), None, "stop: INT3 in VMM memory", None),
+    ("the kernel writes the real GDT", f"mov dword ptr [{layout.VMM_GDT + 8:#x}], 0\nmov al, 0\nout 0xf4, al\n",
+     (), None, "exit 1", None),
+    ("ltr of the VMM's TSS", f"mov ax, {segments.VMM_TSS:#x}\nltr ax\n", (), None, "exit 1", 13),
+    ("lldt of the VMM's LDT", f"mov ax, {segments.VMM_LDT:#x}\nlldt ax\n", (), None, "exit 1", 13),
+    ("a GDT with a descriptor in the VMM's slots",
+     "mov word ptr [0x20f00], 0xffff\n" + RELOAD_GDT,
+     ((GDT + layout.VMM_GDT_FIRST_SLOT * 8, segment(0, 0xFFFFFFFF, 0x9A).to_bytes()),), None,
+     "stop: guest GDT holds descriptors in the VMM's slots", None),
+    ("ring 3 jumps to the VMM's trampoline", to_user(), (), f"mov eax, {layout.VMM_USER_PAGE:#x}\njmp eax\n",
+     "exit 1", 13),
+    ("ring 3 calls into the VMM's stub", to_user(), (), f"mov eax, {layout.VMM_CODE + 0x40:#x}\ncall eax\n",
+     "exit 1", 13),
+    ("ring 3 writes the patch-writable state page", to_user(), (),
+     f"mov dword ptr [{layout.PATCH_STATE_BASE:#x}], 0x3000\nint 0x80\n", "exit 1", 13),
+    ("ring 3 lcalls the VMM's gate", to_user(), (), f".byte 0x9a\n.long 0\n.word {segments.VMM_GATE:#x}\n",
+     "exit 1", 13),
+    ("int to a gate whose handler segment is DPL 3",
+     RELOAD_GDT + "int 0x40\n",
+     _gdt_with(6, segment(0, 0xFFFFFFFF, 0xFA).to_bytes()) + ((0x21000 + 0x40 * 8, struct.pack(
+         "<HHBBH", 0x1000, 0x30, 0, 0x8E, 0x0010)),), None, "exit 1", 13),
+]
+
+
+@pytest.mark.parametrize("name, src, chunks, user, expect, vector", CASES, ids=[c[0] for c in CASES])
+def test_hostile_guest_operations_end_cleanly(name: str, src: str, chunks: tuple[tuple[int, bytes], ...],
+                                              user: str | None, expect: str, vector: int | None) -> None:
+    vm, result = run(kernel(src, handlers=HANDLERS, user=user, chunks=chunks), max_insns=200_000)
+    assert _outcome(result).startswith(expect), result
+    if vector is not None:
+        assert words(vm, RESULTS, 1)[0] == vector
+
+
+def test_ring3_on_the_trampoline_sees_its_own_fault_not_the_vmms() -> None:
+    # With paging off the VMM's top 4 MiB is out of ring 3's reach by its page rights: the
+    # guest gets #GP(0) at its own jump target, and the VMM keeps running.
+    user = f"mov eax, {layout.VMM_USER_PAGE + 9:#x}\njmp eax\n"
+    vm, result = run(kernel(to_user(), handlers=HANDLERS, user=user))
+    assert isinstance(result, RunResult) and result.exit_status == 1
+    vector, error = words(vm, RESULTS, 2)
+    assert (vector, error) == (13, 0)
+    assert vm.cpu.read_name("cs") & 3 == 1

@@ -29,7 +29,8 @@ RECORD = f"""
     out 0xf4, al
     hlt
 """
-HANDLERS = {v: (RECORD.format(vector=v), 3 if v == 0x80 else 0, False) for v in (0, 6, 8, 10, 11, 12, 13, 14, 0x80)}
+HANDLERS = {v: (RECORD.format(vector=v), 3 if v == 0x80 else 0, False)
+            for v in (0, 6, 8, 10, 11, 12, 13, 14, 0x80)}
 
 
 def _gdt_with(index: int, desc: bytes) -> tuple[tuple[int, bytes], ...]:
@@ -68,8 +69,8 @@ CASES = [
     ("syscall", "syscall\n", (), None, "exit 1", 6),
     ("the kernel jumps into the VMM's stub",
      f"mov eax, {layout.VMM_CODE + 0x40:#x}\njmp eax\n", (), None, "stop: INT3 in VMM memory", None),
-    ("the kernel writes the real GDT", f"mov dword ptr [{layout.VMM_GDT + 8:#x}], 0\nmov al, 0\nout 0xf4, al\n",
-     (), None, "exit 1", None),
+    ("the kernel writes the real GDT",
+     f"mov dword ptr [{layout.VMM_GDT + 8:#x}], 0\nmov al, 0\nout 0xf4, al\n", (), None, "exit 1", None),
     ("ltr of the VMM's TSS", f"mov ax, {segments.VMM_TSS:#x}\nltr ax\n", (), None, "exit 1", 13),
     ("lldt of the VMM's LDT", f"mov ax, {segments.VMM_LDT:#x}\nlldt ax\n", (), None, "exit 1", 13),
     ("a GDT with a descriptor in the VMM's slots",
@@ -86,8 +87,8 @@ CASES = [
      "exit 1", 13),
     ("int to a gate whose handler segment is DPL 3",
      RELOAD_GDT + "int 0x40\n",
-     _gdt_with(6, segment(0, 0xFFFFFFFF, 0xFA).to_bytes()) + ((0x21000 + 0x40 * 8, struct.pack(
-         "<HHBBH", 0x1000, 0x30, 0, 0x8E, 0x0010)),), None, "exit 1", 13),
+     (*_gdt_with(6, segment(0, 0xFFFFFFFF, 0xFA).to_bytes()),
+      (0x21000 + 0x40 * 8, struct.pack("<HHBBH", 0x1000, 0x30, 0, 0x8E, 0x0010))), None, "exit 1", 13),
 ]
 
 

@@ -17,9 +17,11 @@ import bisect
 import hashlib
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from bt.errors import ElfError
+from bt.symbols import Function, FunctionMap
 
 ELF_MAGIC = b"\x7fELF"
 _MACHINES = {3: "i386", 62: "x86-64"}            # e_machine: EM_386, EM_X86_64
@@ -120,6 +122,15 @@ class KernelImage:
         """The nearest symbol at or below `addr` (as objdump names `<sym+off>`), or None."""
         i = bisect.bisect_right(self._sym_addrs, addr) - 1
         return self.symbols[i] if i >= 0 else None
+
+    @cached_property
+    def functions(self) -> FunctionMap:
+        """The function symbols, for naming addresses the way every report does (bt/symbols.py)."""
+        return FunctionMap(Function(s.name, s.address, s.size) for s in self.symbols if s.is_function)
+
+    def describe(self, addr: int) -> str:
+        """`function+0xoff`, or the hex address outside every function (bt/symbols.py)."""
+        return self.functions.describe(addr)
 
     def symbolize(self, addr: int) -> str:
         """"name+0x12" for `addr` ("name" at offset 0), or the bare hex address with no symbol below."""

@@ -114,6 +114,20 @@ class InsnClass:
     def faults_in_unicorn(self) -> bool:
         return self.unicorn is Unicorn.GP
 
+    @property
+    def exits_unpatched(self) -> bool:
+        """Whether running it unpatched costs an exit in ring1 (a fault, an I/O hook, a
+        software interrupt, an invalid-opcode stop; DEPENDS counts, as it may fault)."""
+        return self.unicorn is not Unicorn.SILENT
+
+    @property
+    def exit_adds_fidelity(self) -> bool:
+        """Whether an exit may be added to a class that runs silently unpatched: only where the
+        table says the native result is wrong at CPL 1 and asks for a translation (INLINE,
+        whose INT3 fallback exits when no window fits; INT3, which only the runtime can
+        answer). A class left native (NONE) must never gain an exit from a patch."""
+        return self.exits_unpatched or self.handling in (Handling.INLINE, Handling.INT3)
+
 
 _BOTH = frozenset({32, 64})
 _ONLY64 = frozenset({64})
@@ -274,8 +288,11 @@ CLASSES: tuple[InsnClass, ...] = (
     _row("rdtscp", _S, _LK, _SIL, _H.NONE, None, (_x.X86_INS_RDTSCP,), "rdtscp",
          "SDM RDTSCP: unprivileged while CR4.TSD = 0; leaks the host TSC and TSC_AUX",
          note="left native, like RDTSC"),
-    _row("cpuid", _S, _LK, _SIL, _H.HYPERCALL, "misc", (_x.X86_INS_CPUID,), "cpuid",
-         "VirtualBox raw-mode docs: CPUID runs at any CPL and reports the host CPU (PATM: int3)"),
+    _row("cpuid", _S, _LK, _SIL, _H.NONE, None, (_x.X86_INS_CPUID,), "cpuid",
+         "VirtualBox raw-mode docs: CPUID runs at any CPL and reports the host CPU (PATM: int3)",
+         note="ring1's virtual CPU is Unicorn's CPU model, so CPUID run natively at CPL 1 answers what "
+              "the runtime's emulator would, every leaf and sub-leaf (tests/test_runtime_cpuid.py); "
+              "a patch could only add exits"),
     _row("int_n", _O, _SI, _INT, _H.TRAP, None, (_x.X86_INS_INT,), "int",
          "SDM INT n: delivered through the IDT with a DPL check; the VMM delivers via the guest IDT",
          note="Unicorn's UC_HOOK_INTR gets the vector; no #GP, so old_exception stays clean"),

@@ -1,10 +1,17 @@
 """The scanner (after VirtualBox's CSAM): every privileged and sensitive instruction of a kernel.
 
 1. A linear sweep decodes every byte of the executable sections once (`bt.sweep`).
+   A multiboot header inside a code section (xv6 has one at the start of `.text`) is
+   data: it is cut out of the sweep (`bt.multiboot`), so its magic and checksum do not
+   swallow the first instruction after it.
 2. Recursive descent from the entry point, every function symbol (and global label in
    code) and every direct branch or call target, over the sweep's arrays: CSAM follows
-   jumps and calls and stops at ret/iret/jmp/ud2 (raw-mode-reference.md). Targets that
-   fall inside an instruction of the sweep (overlapping code) are decoded apart.
+   jumps and calls and stops at ret/iret/jmp/ud2 (raw-mode-reference.md). Direct far
+   JMP/CALL (`ljmp $0x08, $1f` after LGDT) are followed to their offset, and an IRET or
+   RETF right after a `push $label` in the same block (`push $sel; push $label; iret`,
+   the usual way to reload CS) to that label: the only immediate such a return can pop
+   as EIP. Targets that fall inside an instruction of the sweep (overlapping code) are
+   decoded apart.
    Bytes the descent never reaches are reported as "unreached"; a sensitive instruction
    there is still a site, flagged `reached = False`. INT3 bytes count as padding unless
    reached.
@@ -29,7 +36,7 @@ from enum import Enum
 import numpy as np
 from capstone import x86_const as x86
 
-from bt import isa
+from bt import isa, multiboot
 from bt.elf import KernelImage
 from bt.sweep import MAX_INSN, Decoder, FlowKind, Sweep, flow_of
 
@@ -40,6 +47,10 @@ _TARGET_KINDS = (FlowKind.COND, FlowKind.JUMP, FlowKind.CALL)
 _FALLTHROUGH_KINDS = (FlowKind.COND, FlowKind.CALL, FlowKind.CALL_INDIRECT)
 MAX_TABLE = 4096        # entries read from one jump table at most
 MAX_OVERLAPPING = 1_000_000   # instructions decoded apart from the sweep (a runaway decode of data)
+#: IRET/RETF whose popped EIP may be the immediate pushed just before them (no 66 prefix).
+_FAR_RETURN_IDS = (x86.X86_INS_IRETD, x86.X86_INS_RETF)
+_FAR_RETURN_OPCODES = (0xCF, 0xCB, 0xCA)
+PUSH_IMM32 = 0x68
 
 
 class Patch(str, Enum):
@@ -65,6 +76,7 @@ class Site:
 class Stats:
     code_bytes: int
     sections: tuple[str, ...]
+    data_bytes: int              # bytes of code sections known to be data (multiboot headers), not decoded
     instructions: int            # decoded by the linear sweep
     reached_instructions: int    # of those, reached by recursive descent (+ overlapping ones)
     reached_bytes: int
@@ -77,6 +89,7 @@ class Stats:
     targets_outside_code: int
     overlapping_instructions: int  # decoded from targets inside a sweep instruction
     jump_tables: int               # switch tables whose entries were followed
+    pushed_returns: int = 0        # IRET/RETF followed to the label pushed just before them
 
 
 @dataclass
@@ -137,14 +150,33 @@ def virtual_entry(image: KernelImage) -> int:
     return image.entry
 
 
+def code_regions(image: KernelImage) -> tuple[list[tuple[int, memoryview]], int]:
+    """(address, bytes) of the code the sweep decodes: every executable section, minus the
+    multiboot headers that lie in one (data: see the module docstring); and the bytes cut."""
+    regions = [(s.address, image.section_bytes(s)) for s in image.executable_sections]
+    cut = 0
+    for h in multiboot.headers(image.raw):
+        for k, (address, data) in enumerate(regions):
+            sec = next(s for s in image.executable_sections if s.address <= address < s.address + s.size)
+            lo = sec.offset + (address - sec.address)
+            if lo <= h.offset < lo + len(data):
+                start = h.offset - lo
+                end = min(start + h.size, len(data))
+                pieces = [(address, data[:start]), (address + end, data[end:])]
+                regions[k:k + 1] = [p for p in pieces if len(p[1])]
+                cut += end - start
+                break
+    return regions, cut
+
+
 class _Descent:
     """Recursive descent over the sweep's arrays, a frontier of addresses at a time."""
 
-    def __init__(self, image: KernelImage, sweep: Sweep, decoder: Decoder) -> None:
+    def __init__(self, image: KernelImage, sweep: Sweep, decoder: Decoder,
+                 regions: list[tuple[int, memoryview]]) -> None:
         self.image, self.sw, self.dec = image, sweep, decoder
         n = sweep.count
-        self.regions = [(s.address, s.address + s.size, image.section_bytes(s))
-                        for s in image.executable_sections]
+        self.regions = [(a, a + len(data), data) for a, data in regions]
         # "Stops": flow instructions plus the last instruction of each region (falls off the code).
         last = []
         for lo, hi, _ in self.regions:
@@ -169,6 +201,8 @@ class _Descent:
         self.targets: list[np.ndarray] = []
         self.outside = 0
         self.tables = 0
+        self.pushed_returns = 0
+        self.int3_id = isa.by_name("int3").ids[0]
 
     def run(self, roots: list[int]) -> None:
         frontier = np.array(roots, dtype=np.uint64)
@@ -192,8 +226,47 @@ class _Descent:
             # indirect JMPs (kind END, id JMP): a switch's jump table may name their targets
             indirect = s[(kind == FlowKind.END) & (self.sw.id[s] == x86.X86_INS_JMP)]
             tables = [self._jump_table(int(i)) for i in indirect.tolist()]
-            frontier = np.concatenate([target[has_target], fall[np.isin(kind, _FALLTHROUGH_KINDS)],
-                                       *[np.array(m, dtype=np.uint64) for m in more + tables]])
+            # IRET/RETF with the instruction before them in the same block (s > idx)
+            returns = s[(kind == FlowKind.END) & np.isin(self.sw.id[s], _FAR_RETURN_IDS) & (s > idx)]
+            labels = [self._pushed_label(int(i)) for i in returns.tolist()]
+            falls = np.isin(kind, _FALLTHROUGH_KINDS) | self._lone_int3(s)
+            frontier = np.concatenate([target[has_target], fall[falls],
+                                       *[np.array(m, dtype=np.uint64) for m in more + tables + labels]])
+
+    def _lone_int3(self, s: np.ndarray) -> np.ndarray:
+        """Stops that are a single INT3 the descent reached, with no INT3 on either side: a
+        breakpoint the code executes (INT3 is a trap: the handler returns after it, SDM vol. 3
+        §6.5), not the padding between functions (Linux pads with runs of 0xCC, and puts one
+        after RET and indirect JMPs, where the descent never arrives)."""
+        int3 = self.int3_id
+        ids = self.sw.id
+        lone = ids[s] == int3
+        if not lone.any():
+            return lone
+        prev = ids[np.maximum(s - 1, 0)] != int3
+        nxt = np.where(s + 1 < self.sw.count, ids[np.minimum(s + 1, self.sw.count - 1)] != int3, False)
+        return lone & prev & nxt
+
+    def _pushed_label(self, index: int) -> list[int]:
+        """[label] when the IRET/RETF at sweep index `index` directly follows `push $label`
+        (68 id) in straight-line code: the word it pops as EIP is that immediate (SDM IRET,
+        RET far: EIP is popped first, so it is the last thing pushed). Anything between the
+        PUSH and the return, a 16-bit form, or 64-bit code: not followed."""
+        if self.image.bits != 32:
+            return []
+        at, prev = int(self.sw.address[index]), index - 1
+        before = int(self.sw.address[prev])
+        if before + int(self.sw.size[prev]) != at or int(self.sw.size[prev]) != 5:
+            return []
+        push, ret = self.image.read(before, 5), self.image.read(at, 1)
+        if len(push) != 5 or push[0] != PUSH_IMM32 or not ret or ret[0] not in _FAR_RETURN_OPCODES:
+            return []
+        label = int.from_bytes(push[1:], "little")
+        if self._region(label) is None:
+            return []
+        self.pushed_returns += 1
+        self.targets.append(np.array([label], dtype=np.uint64))
+        return [label]
 
     def _jump_table(self, index: int) -> list[int]:
         """Targets of `jmp [index*scale + table]` read from the table, while they point into code.
@@ -259,7 +332,7 @@ class _Descent:
                 break                   # undecodable: the block ends
             self.overlapping[pos] = (insn.size, insn.id, f"{insn.mnemonic} {insn.op_str}".strip())
             end = pos + insn.size
-            kind, target = flow_of(insn.id, insn.op_str)
+            kind, target = flow_of(insn.id, insn.op_str, bytes(insn.bytes), self.image.bits)
             if kind in _TARGET_KINDS:
                 out.append(target)
                 self.targets.append(np.array([target], dtype=np.uint64))
@@ -287,10 +360,10 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
     decoder = Decoder(image.bits)
     sections = image.executable_sections
     total = sum(s.size for s in sections)
-    regions = [(s.address, image.section_bytes(s)) for s in sections]
+    regions, data_bytes = code_regions(image)
     sw = decoder.sweep(regions, None if progress is None else (lambda done: progress(done, total)))
     roots = roots_of(image)
-    descent = _Descent(image, sw, decoder)
+    descent = _Descent(image, sw, decoder, regions)
     descent.run(roots)
     reached = descent.reached()
 
@@ -305,10 +378,11 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
     stats = Stats(
         code_bytes=total,
         sections=tuple(s.name for s in sections),
+        data_bytes=data_bytes,
         instructions=sw.count,
         reached_instructions=int(np.count_nonzero(reached)) + len(descent.overlapping),
         reached_bytes=reached_bytes,
-        unreached_bytes=total - int(sw.size.sum(where=reached, dtype=np.int64)),
+        unreached_bytes=total - data_bytes - int(sw.size.sum(where=reached, dtype=np.int64)),
         padding_bytes=padding,
         invalid_bytes=sw.invalid_bytes,
         roots=len(roots),
@@ -317,6 +391,7 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
         targets_outside_code=descent.outside,
         overlapping_instructions=len(descent.overlapping),
         jump_tables=descent.tables,
+        pushed_returns=descent.pushed_returns,
     )
     return ScanResult(image=image, sites=tuple(sites), stats=stats, block_starts=starts, block_ends=ends,
                       branch_targets=targets, unreached=tuple(unreached),

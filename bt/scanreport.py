@@ -76,6 +76,8 @@ def to_json(result: ScanResult, sites: Sequence[Site], *, classes: Sequence[str]
             "targets_outside_code": st.targets_outside_code,
             "overlapping_instructions": st.overlapping_instructions,
             "jump_tables": st.jump_tables,
+            "pushed_returns": st.pushed_returns,
+            "data_bytes": st.data_bytes,
         },
         "filter": {"classes": list(classes), "symbol": symbol, "limit": limit},
         "summary": [{
@@ -118,10 +120,12 @@ def describe(result: ScanResult, sites: Sequence[Site], *, limit: int | None = N
         f"{img.path}: ELF{img.bits} {img.machine}, entry {entry:#x}{entry_sym}, sha256 {img.sha256[:16]}",
         f"code: {st.code_bytes:,} bytes in {', '.join(st.sections)}; {st.instructions:,} instructions, "
         f"{st.reached_instructions:,} reached from {st.roots:,} roots "
-        f"({st.blocks:,} blocks, {st.branch_targets:,} branch targets)",
+        f"({st.blocks:,} blocks, {st.branch_targets:,} branch targets)"
+        + (f"; {st.data_bytes:,} bytes of multiboot headers not decoded" if st.data_bytes else ""),
         f"unreached: {st.unreached_bytes:,} bytes ({st.padding_bytes:,} padding, "
         f"{st.invalid_bytes:,} undecodable, {len(result.unreached):,} runs of code); "
-        f"{st.jump_tables:,} jump tables followed",
+        f"{st.jump_tables:,} jump tables followed"
+        + (f", {st.pushed_returns:,} IRET/RETF to a pushed label" if st.pushed_returns else ""),
         "",
     ]
     summary = summarize(sites)

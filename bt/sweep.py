@@ -44,10 +44,10 @@ class FlowKind(IntEnum):
 
     NONE = 0
     COND = 1          # Jcc, LOOPcc, JECXZ: target and fall-through
-    JUMP = 2          # direct JMP: target only
-    CALL = 3          # direct CALL: target and fall-through (CSAM assumes calls return)
-    CALL_INDIRECT = 4  # indirect or far CALL: fall-through only
-    END = 5           # RET, IRET, indirect/far JMP, UD2, INT3, SYSEXIT, undecodable byte...
+    JUMP = 2          # direct JMP (near, or far with an immediate ptr16:32): target only
+    CALL = 3          # direct CALL (near or far ptr16:32): target and fall-through (CSAM: calls return)
+    CALL_INDIRECT = 4  # indirect CALL (far through memory included): fall-through only
+    END = 5           # RET, IRET, indirect JMP, UD2, INT3, SYSEXIT, undecodable byte...
 
 
 _COND_IDS = (x.X86_INS_JA, x.X86_INS_JAE, x.X86_INS_JB, x.X86_INS_JBE, x.X86_INS_JCXZ, x.X86_INS_JE,
@@ -239,7 +239,12 @@ class Decoder:
         direct = (op2[:, 0] == ord("0")) & (op2[:, 1] == ord("x"))
         kind[(kind == FlowKind.JUMP) & ~direct] = FlowKind.END
         kind[(kind == FlowKind.CALL) & ~direct] = FlowKind.CALL_INDIRECT
-        out.put(recs["address"], recs["size"], ids, flows, kind, self._targets(faddr, fsize, fbytes, kind))
+        far = self._far_direct(ids[flows], fbytes)
+        target = self._targets(faddr, fsize, fbytes, kind)    # far rows are END/CALL_INDIRECT here
+        if far.any():
+            kind[far] = np.where(ids[flows][far] == x.X86_INS_LJMP, FlowKind.JUMP, FlowKind.CALL)
+            target[far] = self._far_offsets(fbytes[far])
+        out.put(recs["address"], recs["size"], ids, flows, kind, target)
 
         sensitive = _SENSITIVE_BY_ID[ids]
         maybe = np.flatnonzero(sensitive == 2)
@@ -261,6 +266,28 @@ class Decoder:
     def _opcode_position(self, raw: np.ndarray) -> np.ndarray:
         """Index of the first non-prefix byte of each row (at most 5 prefixes looked at)."""
         return np.argmin(self._prefix[raw[:, :6]], axis=1)
+
+    def _far_direct(self, ids: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """Rows that are a far JMP/CALL with an immediate ptr16:32 (EA/9A, no operand-size
+        prefix: `ljmp $0x08, $1f` after LGDT). Their offset is followed like a near target;
+        the ptr16:16 form (66 EA), which goes to 16-bit code, and 64-bit mode (where EA/9A
+        are invalid) are not."""
+        far = np.isin(ids, (x.X86_INS_LJMP, x.X86_INS_LCALL))
+        if self.bits != 32 or not far.any():
+            return np.zeros(ids.shape[0], dtype=bool)
+        pos = self._opcode_position(code)
+        r = np.arange(code.shape[0])
+        opcode = code[r, pos]
+        size16 = ((code[:, :6] == 0x66) & (np.arange(6) < pos[:, None])).any(axis=1)
+        return far & np.isin(opcode, (0xEA, 0x9A)) & ~size16
+
+    def _far_offsets(self, code: np.ndarray) -> np.ndarray:
+        """The 32-bit offset of far direct JMP/CALL rows (the bytes after the opcode)."""
+        pos = self._opcode_position(code)
+        r = np.arange(code.shape[0])
+        raw = code.astype(np.uint64)
+        return (raw[r, pos + 1] | raw[r, pos + 2] << np.uint64(8) | raw[r, pos + 3] << np.uint64(16)
+                | raw[r, pos + 4] << np.uint64(24))
 
     def _targets(self, address: np.ndarray, size: np.ndarray, code: np.ndarray,
                  kind: np.ndarray) -> np.ndarray:
@@ -327,9 +354,30 @@ def _operand_dependent_opcodes(bits: int) -> np.ndarray:
     return table
 
 
-def flow_of(insn_id: int, op_str: str) -> tuple[FlowKind, int]:
-    """FlowKind and direct target of one instruction decoded outside the bulk pass."""
+def far_direct_target(code: bytes, bits: int = 32) -> int | None:
+    """The offset of a far JMP/CALL with an immediate ptr16:32 (EA/9A cd cw, no 66 prefix:
+    the form `ljmp $0x08, $1f` takes), None for anything else (see `Decoder._far_direct`)."""
+    if bits != 32:
+        return None
+    pos = 0
+    while pos < min(len(code), 5) and _PREFIX32[code[pos]]:
+        if code[pos] == 0x66:
+            return None
+        pos += 1
+    if len(code) < pos + 7 or code[pos] not in (0xEA, 0x9A):
+        return None
+    return int.from_bytes(code[pos + 1:pos + 5], "little")
+
+
+def flow_of(insn_id: int, op_str: str, code: bytes = b"", bits: int = 32) -> tuple[FlowKind, int]:
+    """FlowKind and direct target of one instruction decoded outside the bulk pass
+    (`code`: its bytes, to recognise a far direct JMP/CALL)."""
     kind = FlowKind(int(_KIND_BY_ID[insn_id])) if insn_id < _MAX_ID else FlowKind.NONE
+    if insn_id in (x.X86_INS_LJMP, x.X86_INS_LCALL):
+        far = far_direct_target(code, bits)
+        if far is not None:
+            return (FlowKind.JUMP if insn_id == x.X86_INS_LJMP else FlowKind.CALL), far
+        return kind, 0
     direct = op_str.startswith("0x")
     if kind is FlowKind.JUMP and not direct:
         kind = FlowKind.END

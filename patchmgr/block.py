@@ -87,9 +87,9 @@ def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
             if code is None:
                 raise CannotMove(f"{op.text}: only as a one-byte INT3 replacement")
             stuck = [e.cls for e in code.exits if e.cls is None or not emulable(e.cls)]
-            if stuck and row.unicorn is isa.Unicorn.SILENT:
-                # Runs natively, exactly as it would unpatched (e.g. CPUID before the
-                # runtime emulates it).
+            if (stuck or (code.exits and not row.exit_adds_fidelity)) and not row.exits_unpatched:
+                # Runs natively, exactly as it would unpatched: a class that never exits does
+                # not gain an exit here (the patch manager's guard, patchmgr/manager.py).
                 moved = relocate(insn, f"R{insn.address:x}")
                 return Planned(insn.address, moved.asm, moved.raw, (), moved.ends_window, False, None)
             if stuck:

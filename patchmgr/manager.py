@@ -46,8 +46,8 @@ from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
 from patchmgr.record import Record
 from patchmgr.registry import RuleSet, load
 from patchmgr.relocate import CannotMove
-from patchmgr.rule import EmitContext
-from patchmgr.window import CodeMap, NoWindow, choose
+from patchmgr.rule import EmitContext, PatchRule
+from patchmgr.window import CodeMap, LearningCodeMap, NoWindow, choose
 
 if TYPE_CHECKING:
     from capstone import CsInsn
@@ -74,12 +74,14 @@ class WriteWatch(Protocol):
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME`."""
+    """How a run patches: `bt run --hot N / --eager / --no-patch / --disable-rule NAME /
+    --disable-class CLASS`."""
 
     hot: int = 1
     eager: bool = False
     enabled: bool = True
     disabled_rules: tuple[str, ...] = ()
+    disabled_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.hot < 1:
@@ -94,6 +96,26 @@ class Stats:
     smc_refreshed: int = 0
     merged: int = 0             # sites whose own patch was folded into a later site's window
     dropped_on_move: int = 0    # blocks that could not be re-made when the VMM area moved
+    #: Sites the guest ran (a trap, a first execution) that the static scan never reached:
+    #: the first MAX_UNSCANNED of them, and how many there were in all.
+    unscanned: set[int] = field(default_factory=set)
+    unscanned_total: int = 0
+
+
+#: Unscanned sites remembered by address (a guest generating code cannot grow the set without end).
+MAX_UNSCANNED = 4096
+LEARNED = "the scan never reached it: code learned at run time"
+NEVER_REACHED = "the scan never reached it, and this run patches nothing itself"
+
+
+@dataclass(frozen=True)
+class Unscanned:
+    """A site the guest ran that the static scan never reached, and what became of it."""
+
+    site: int
+    text: str
+    status: str          # "patched", "refused" or "unpatched"
+    reason: str
 
 
 class PatchManager:
@@ -104,7 +126,11 @@ class PatchManager:
         self.config = config
         self.memory = memory
         self.code = code
-        self.rules = rules if rules is not None else load(config.disabled_rules)
+        #: The code map can learn code the scan never reached (checked once: a Protocol
+        #: isinstance check costs tens of microseconds, too much for every trap).
+        self._learning: LearningCodeMap | None = code if isinstance(code, LearningCodeMap) else None
+        self.rules = rules if rules is not None else load(config.disabled_rules,
+                                                          disabled_classes=config.disabled_classes)
         #: Where the VMM area (so patch memory and the state block) is in the guest's linear
         #: space; it moves when the guest maps that slot itself (`relocate`).
         self.area = area
@@ -145,12 +171,53 @@ class PatchManager:
         through `resume_at`, since the window may cover the instruction after `op`)."""
         if self.patch_memory.contains(op.address):
             return False    # a displaced instruction trapped inside a block: never patch patch code
+        self.patch_memory.settle()      # the CPU is at a guest instruction: freed blocks are idle
         self.stats.traps[op.address] += 1
+        if op.cls is not None and self.rules.handles(op.cls):
+            self._note_unscanned(op.address)
         if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
             return False
         if self.stats.traps[op.address] >= self.config.hot:
+            self._learn(op.address)
             return isinstance(self.patch_site(op.address), Patch)
         return False
+
+    def _note_unscanned(self, site: int) -> None:
+        code = self._learning
+        if code is not None and site not in self.stats.unscanned and not code.scanned(site):
+            self.stats.unscanned_total += 1
+            if len(self.stats.unscanned) < MAX_UNSCANNED:
+                self.stats.unscanned.add(site)
+
+    def _learn(self, site: int) -> None:
+        """The guest runs `site`: if the scan never reached it, learn its code now (CSAM
+        scanned a page when it first ran), so that it gets a window like scanned code."""
+        if self._learning is not None and self.live(site):
+            self._learning.learn(site, self.original)
+
+    def unscanned_sites(self) -> list[Unscanned]:
+        """The sites the guest ran that the static scan never reached, by address, and what
+        became of each: patched (its code learned at run time), refused (why), or left
+        unpatched (this run patches nothing itself: a kernel `bt patch` wrote, whose patches
+        were all made ahead of time from what the scan reached, or `--no-patch`)."""
+        out = []
+        for site in sorted(self.stats.unscanned):
+            insn = self._decode(site)
+            text = f"{insn.mnemonic} {insn.op_str}".strip() if insn is not None else "?"
+            covering = list(self._patches_covering_range(site, site + 1))
+            if covering:
+                p = covering[0]
+                reason = (LEARNED if p.site == site
+                          else f"inside the {p.kind} window of {p.site:#x}, learned at run time")
+                out.append(Unscanned(site, text, "patched", reason))
+            elif site in self.refusals:
+                out.append(Unscanned(site, text, "refused", self.refusals[site].reason))
+            elif not self.config.enabled:
+                out.append(Unscanned(site, text, "unpatched", NEVER_REACHED))
+            else:
+                out.append(Unscanned(site, text, "unpatched",
+                                     f"trapped fewer than --hot {self.config.hot} times"))
+        return out
 
     def exit_at(self, address: int) -> ExitRecord | None:
         hit = self._exits.get(address)
@@ -250,7 +317,10 @@ class PatchManager:
         """The guest is about to run `site`, a sensitive instruction that never traps
         (PUSHF, SGDT, MOV r,CS...: CSAM marked them for PATM before they ran). Patch it
         now; the runtime continues at the returned address instead of running the site."""
+        self.patch_memory.settle()
+        self._note_unscanned(site)
         if self.config.enabled and self.is_unpatched(site):
+            self._learn(site)
             self.patch_site(site)
         return self.resume_at(site)
 
@@ -295,6 +365,9 @@ class PatchManager:
         rule = self.rules.rule_for(op)
         if rule is None:
             return self._refuse(site, op, f"no enabled rule for class {op.cls} (table: {row.handling.value})")
+        if not row.exit_adds_fidelity and self._emits_exits(rule, op):
+            return self._refuse(site, op, f"rule {rule.name} would add exits to {op.cls}, which runs "
+                                          f"without one unpatched (table: {row.handling.value})")
         why = "the table asks for the INT3 replacement"
         if row.handling is not isa.Handling.INT3:
             try:
@@ -306,8 +379,18 @@ class PatchManager:
                 return merged
         if not self.emulable(op.cls):
             return self._refuse(site, op, f"{why}; and no INT3 either: the runtime does not emulate {op.cls}")
+        if not row.exit_adds_fidelity:
+            return self._refuse(site, op, f"{why}; and no INT3 either: it would add exits to {op.cls}, "
+                                          "which runs without one unpatched")
         self.notes[site] = why
         return self._install_int3(op)
+
+    def _emits_exits(self, rule: PatchRule, op: Operation) -> bool:
+        """Whether `rule`'s translation of `op` exits (a hypercall, or the INT3 replacement).
+        Asked before patching a class that never exits unpatched: such a patch would cost
+        more exits than the instruction (the general guard; bt.isa `exit_adds_fidelity`)."""
+        code = rule.emit(op, EmitContext(self.ctx.data_slots()))
+        return code is None or bool(code.exits)
 
     def _merge(self, site: int, op: Operation) -> Patch | None:
         """One window for this site and the patched sites just before it in its basic
@@ -321,7 +404,7 @@ class PatchManager:
         if not victims:
             return None
         for v in victims:
-            self.remove(v.site)
+            self.remove(v.site, free=False)
         try:
             patch = self._install_jmp(site, op)
         except (NoWindow, CannotMove):
@@ -329,6 +412,8 @@ class PatchManager:
                 self.memory.write(v.start, self._head(v))
                 self._register(v)
             return None
+        for v in victims:
+            self._free_block(v)
         for v in victims:
             if patch.covers(v.site):
                 self.stats.merged += 1
@@ -349,6 +434,8 @@ class PatchManager:
             raise NoWindow("no code map (scanner) for this guest")
         bounds = self.code.block_of(site)
         if bounds is None:
+            if self._learning is not None and not self._learning.scanned(site):
+                raise NoWindow("the scan never reached this site and its code could not be learned")
             raise NoWindow("site is outside every scanned basic block")
         bstart, bend = bounds
         raw = self.original(bstart, bend - bstart)
@@ -398,8 +485,16 @@ class PatchManager:
         for refusal in rec.refusals:
             self.refusals[refusal.site] = refusal
 
-    def remove(self, site: int) -> None:
+    def _free_block(self, patch: Patch) -> None:
+        if patch.block is not None:
+            self.patch_memory.free(patch.block.address, len(patch.block.code))
+
+    def remove(self, site: int, free: bool = True) -> None:
+        """Take the patch at `site` out; its block's bytes go back to patch memory unless
+        `free` is false (a merge that may put the patch back)."""
         patch = self.patches.pop(site)
+        if free:
+            self._free_block(patch)
         self.memory.write(patch.start, patch.original)
         self._unindex(patch)
         handle = self._watches.pop(site, None)
@@ -476,11 +571,8 @@ class PatchManager:
         for patch in blocks:
             old = patch.block
             assert old is not None
-            try:
-                new = self._rebuild(patch, old.address + delta)
-            except (NoWindow, CannotMove, PatchError):
-                new = None
-            if new is None or len(new.code) != len(old.code):
+            new = self._remade(patch, old.address + delta)
+            if new is None:
                 self.memory.write(patch.start, patch.original)
                 del self.patches[patch.site]
                 handle = self._watches.pop(patch.site, None)
@@ -488,12 +580,30 @@ class PatchManager:
                     self.watch.unwatch(handle)
                 self.stats.dropped_on_move += 1
                 continue
-            patch.block = new
-            self.memory.write(new.address, new.code)
             self.memory.write(patch.start, self._head(patch))
             self._index(patch)
             moved[old.address] = new.address
+        # A `bt patch` record's suspended patches have blocks too: re-made, not yet applied.
+        for site, patch in list(self._suspended.items()):
+            if patch.block is not None and self._remade(patch, patch.block.address + delta) is None:
+                del self._suspended[site]
+                self.stats.dropped_on_move += 1
         return moved
+
+    def _remade(self, patch: Patch, address: int) -> Block | None:
+        """`patch`'s block re-made at `address` and written there (and `patch.block` set), or
+        None if it cannot keep its length."""
+        old = patch.block
+        assert old is not None
+        try:
+            new = self._rebuild(patch, address)
+        except (NoWindow, CannotMove, PatchError):
+            return None
+        if len(new.code) != len(old.code):
+            return None
+        patch.block = new
+        self.memory.write(new.address, new.code)
+        return new
 
     def _rebuild(self, patch: Patch, address: int) -> Block:
         """`patch`'s block made again at `address` from the guest bytes it replaced."""

@@ -18,6 +18,7 @@ half-written ELF.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import tempfile
@@ -56,6 +57,12 @@ class ImageMemory:
         raise PatchError(f"{address:#x}+{size}: not in a loadable segment's file bytes")
 
     def read(self, address: int, size: int) -> bytes:
+        """Up to `size` bytes: fewer at the end of a segment (the decoder asks for 16 bytes
+        at a site whatever its length, and the last instruction may end a segment)."""
+        if not layout.PATCH_BASE <= address < layout.PATCH_BASE + layout.PATCH_SIZE:
+            for base, data in self.segments:
+                if base <= address < base + len(data):
+                    return bytes(data[address - base:address - base + size])
         data, off = self._locate(address, size)
         return bytes(data[off:off + size])
 
@@ -154,6 +161,20 @@ def _retarget_stack_header(path: Path, size: int) -> None:
             path.write_bytes(bytes(raw))
             return
     raise PatchError(f"{path}: PT_GNU_STACK vanished while writing")
+
+
+def original_image(image: elf.KernelImage, rec: record.Record) -> elf.KernelImage:
+    """The kernel as it was before `bt patch`: every recorded window's original bytes put
+    back. The patch manager scans this, not the patched file, whose JMPs into patch memory
+    would hide from the descent the code that follows each window."""
+    raw = bytearray(image.raw)
+    for patch in rec.patches:
+        for seg in image.segments:
+            if seg.vaddr <= patch.start and patch.end <= seg.vaddr + seg.filesz:
+                at = seg.offset + patch.start - seg.vaddr
+                raw[at:at + len(patch.original)] = patch.original
+                break
+    return dataclasses.replace(image, raw=bytes(raw))
 
 
 def read_record(image: elf.KernelImage) -> record.Record | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bt import layout
 from patchmgr.block import Planned
@@ -32,6 +32,18 @@ class CodeMap(Protocol):
 
     def is_branch_target(self, address: int) -> bool:
         """True if any known jump, call, entry point or vector lands at `address`."""
+
+
+@runtime_checkable
+class LearningCodeMap(CodeMap, Protocol):
+    """A code map that can learn code the guest runs but the scan never reached
+    (patchmgr/codemap.py)."""
+
+    def scanned(self, address: int) -> bool:
+        """True if the static scan reached the instruction at `address`."""
+
+    def learn(self, site: int, read: Callable[[int, int], bytes]) -> tuple[int, int] | None:
+        """The block of `site` (which the guest is running), learned from `read` if need be."""
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,8 @@ class BootImage:
         return self.header is not None
 
     def symbolize(self, addr: int) -> str:
-        return self.kernel.symbolize(addr) if self.kernel is not None else f"{addr:#x}"
+        """`function+0xoff` as `bt compare` names it too (bt/symbols.py), or the hex address."""
+        return self.kernel.describe(addr) if self.kernel is not None else f"{addr:#x}"
 
 
 def memory_map(ram_size: int) -> tuple[MemoryRegion, ...]:

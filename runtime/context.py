@@ -51,6 +51,9 @@ class Ctx:
     #: The guest's paging changed: CR0/CR3/CR4 written (None), or INVLPG of an address:
     #: keep the shadow page directory in step, move the VMM area if need be, flush caches.
     on_paging_change: Callable[[int | None], None]
+    #: A trap of the guest kernel at this EIP: patches waiting for their code to be mapped
+    #: where the kernel's ELF puts it may be made now (runtime/vm.py `_retry_deferred`).
+    retry_deferred: Callable[[int], bool]
     #: A #PF at this linear address: True if it came from the shadow page directory being
     #: behind the guest's, which is now fixed (the instruction is to run again).
     shadow_fault: Callable[[int], bool]

@@ -61,6 +61,14 @@ TRAMP = layout.VMM_USER_PAGE
 # TSS fields (SDM vol. 3 §7.2.1, figure 7-2).
 TSS_ESP0, TSS_SS0, TSS_ESP1, TSS_SS1 = 4, 8, 12, 16
 TSS_IOMAP = 102
+#: Unicorn's buffer for translated code. Unicorn 2.1.4 translates the block at `begin`
+#: afresh on every `emu_start` (about 340 bytes each, never reused) and only flushes the
+#: buffer when it is full; at its default of 1 GiB, a run that starts many slices (a guest
+#: that exits often, or rewrites patched code forever) grew by about 1 KB per rewrite up
+#: to that size. 32 MiB bounds it: measured on bare Unicorn, 1,000,000 emu_start calls
+#: grew the process by 358 MB with the default and by 35 MB with 32 MiB, at no cost per
+#: call (4.1 vs 3.6 µs).
+TCG_BUFFER = 32 << 20
 
 
 def _vmm_code() -> bytes:
@@ -105,6 +113,8 @@ class Machine:
         self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
         try:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+            # Before the engine initialises (at the first map). Unicorn's type stubs lack it.
+            self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER)  # type: ignore[attr-defined]
             for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
                 addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
                 self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, addr)

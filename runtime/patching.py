@@ -195,6 +195,13 @@ class _VmMemory:
         # Unicorn finds it through the linear address it is given, so give one that maps
         # onto these bytes now; kernel code not mapped where its ELF says (before paging)
         # may have been translated at another alias: drop every translation then (rare).
+        # Inside an IN/OUT hook Unicorn is in the middle of an instruction (a REP INS between
+        # two elements): dropping the code under it makes Unicorn restart that instruction,
+        # whose element the device has already given (measured: one element read twice).
+        # The hook ends the slice then; the run loop drops the code before the next one.
+        if self.vm.traps.in_io_hook:
+            self.vm.traps.stale_code = True
+            return
         area = self.vm.machine.vmm
         try:
             here = area.contains(address) or int(self.vm.mmu.translate(address)) == phys
@@ -281,10 +288,13 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     from bt import isa, scan
     from patchmgr.codemap import ScanCodeMap
     from patchmgr.manager import PatchManager
-    from patchmgr.static import read_record, user_code
+    from patchmgr.static import original_image, read_record, user_code
 
     image = elf.load(vm.config.kernel)
-    result = scan.scan(image)
+    record = read_record(image)
+    # A kernel `bt patch` wrote is scanned as it was before: its JMPs into patch memory
+    # would hide the code after each window from the descent.
+    result = scan.scan(original_image(image, record) if record is not None else image)
     memory = _VmMemory(vm, KernelMap(image.segments))
     from runtime.emulate import EMULATORS
 
@@ -292,7 +302,6 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
                            emulable=EMULATORS.__contains__, area=vm.machine.vmm, live=memory.live)
     memory.manager = manager
     vm.vcpu.on_pending = manager.set_pending
-    record = read_record(image)
     if record is not None:
         manager.adopt(record)
     kernel_sites = [s for s in result.sites

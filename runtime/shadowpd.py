@@ -30,11 +30,14 @@ its rule there too: guest ring 3 can reach no VMM page but the trampoline, so it
 run patch code nor write the patch-writable state page (issue 11, item 2). Segment limits
 could not do that: QEMU's TCG, hence Unicorn, checks none on data accesses.
 
-Accessed and dirty bits: the shadow's entries are installed with A set (and D for 4 MiB
-pages), because the CPU's page walker cannot write the write-protected shadow (measured
-with unicorn 2.1.4: such an update is dropped, and retried on every TLB fill). So the
-CPU never sets A in a guest page-directory entry, nor D in a guest 4 MiB-page entry; page
-*table* entries get both as on hardware. No 32-bit kernel we know reads them.
+Accessed and dirty bits, which the CPU would set in the guest's entries but sets in the
+shadow's here: the shadow leaves out an entry the guest has not marked accessed, so that
+the CPU's first use of it faults here; the VMM sets A in the guest's entry then, as the
+CPU would, and copies it (`fault`). A writable 4 MiB page the guest has not marked dirty is
+copied read-only, so the first write faults and sets D, when the guest runs with CR0.WP (a
+read-only page stops supervisor writes only then); without WP, D is set with A on a
+writable 4 MiB page. Once set, the bits stay set and the entry is copied as it is, so a
+guest that does not clear them pays nothing after the first use.
 """
 
 from __future__ import annotations
@@ -55,16 +58,16 @@ UNCHANGED, FILLED, REPLACED = 0, 1, 2
 class ShadowPd:
     """The shadow page directory over the VMM's host memory and guest RAM."""
 
-    def __init__(self, vmm: memoryview, ram: memoryview, area: Callable[[], layout.VmmArea]) -> None:
+    def __init__(self, vmm: memoryview, ram: memoryview, area: Callable[[], layout.VmmArea],
+                 wp: Callable[[], bool] = lambda: True) -> None:
         off = layout.VMM_SHADOW_PD - layout.VMM_BASE
         self._shadow = np.frombuffer(vmm, dtype="<u4", count=ENTRIES, offset=off)
         self._vmm_words = np.frombuffer(vmm, dtype="<u4")
         self._ram = np.frombuffer(ram, dtype="<u4")
         self._area = area
+        self._wp = wp              # the guest's CR0.WP (module docstring: dirty bits)
         #: Physical address of the guest's directory (CR3 & ~0xFFF) while paging is on.
         self.guest_pd: int | None = None
-        #: Times an entry was re-copied on a page fault (hidden from the guest).
-        self.fault_syncs = 0
 
     # -- the guest's directory -----------------------------------------------------------------
     def _guest(self, pd: int) -> np.ndarray:
@@ -81,12 +84,26 @@ class ShadowPd:
         assert self.guest_pd is not None
         return int(self._guest(self.guest_pd)[index])
 
+    def _mirror(self, entries: np.ndarray) -> np.ndarray:
+        """What the shadow holds for guest entries (module docstring): nothing for an entry
+        not present or not yet accessed; a writable 4 MiB page not yet dirty read-only (with
+        CR0.WP) or with D (without)."""
+        entries = np.asarray(entries, dtype=np.uint32)
+        used = (entries & PTE_P != 0) & (entries & PTE_A != 0)
+        out = np.where(used, entries, 0).astype(np.uint32)
+        clean = (out & PTE_PS != 0) & (out & PTE_W != 0) & (out & PTE_D == 0)
+        if self._wp():
+            return np.where(clean, out & ~np.uint32(PTE_W), out).astype(np.uint32)
+        return np.where(clean, out | PTE_D, out).astype(np.uint32)
+
+    def _mirror_one(self, entry: int) -> int:
+        return int(self._mirror(np.array([entry], dtype=np.uint32))[0])
+
     # -- keeping the copy ----------------------------------------------------------------------
     def load(self, cr3: int) -> None:
-        """Guest paging is on with directory `cr3`: copy all of it (the VMM slot aside)."""
+        """Guest paging is on with directory `cr3`: copy it (the VMM slot aside)."""
         self.guest_pd = cr3 & 0xFFFFF000
-        guest = self._guest(self.guest_pd)
-        self._shadow[:] = np.where(guest & PTE_P, guest | self._preset(guest), guest)
+        self._shadow[:] = self._mirror(self._guest(self.guest_pd))
         self._install_vmm()
 
     def load_flat(self) -> None:
@@ -95,31 +112,48 @@ class ShadowPd:
         self._shadow[:] = _FLAT
         self._install_vmm()
 
-    @staticmethod
-    def _preset(entries: np.ndarray) -> np.ndarray:
-        # A always; D too where the entry maps a 4 MiB page (module docstring).
-        return np.where(entries & PTE_PS, PTE_A | PTE_D, PTE_A).astype(np.uint32)
-
     def _install_vmm(self) -> None:
         self._shadow[self._area().pde_index] = vmm_pde()
 
-    def sync(self, linear: int) -> int:
-        """Re-copy the guest's entry for `linear`: `UNCHANGED`, `FILLED` (the shadow's entry
-        was not present: nothing of it can be in a TLB) or `REPLACED`. The VMM's own slot
-        is never copied (a guest entry there is a `conflict`)."""
-        if self.guest_pd is None:
-            return UNCHANGED
-        index = (linear & 0xFFFFFFFF) >> 22
-        if index == self._area().pde_index:
-            return UNCHANGED
-        entry = self.guest_entry(index)
-        if entry & PTE_P:
-            entry |= PTE_A | (PTE_D if entry & PTE_PS else 0)
+    def _set(self, index: int, entry: int) -> int:
         old = int(self._shadow[index])
         if old == entry:
             return UNCHANGED
         self._shadow[index] = entry
         return REPLACED if old & PTE_P else FILLED
+
+    def sync(self, linear: int) -> int:
+        """INVLPG `linear`: re-copy the guest's entry for it. `UNCHANGED`, `FILLED` (the
+        shadow's entry was not present: nothing of it can be in a TLB) or `REPLACED`. The VMM's
+        own slot is never copied (a guest entry there is a `conflict`)."""
+        if self.guest_pd is None:
+            return UNCHANGED
+        index = (linear & 0xFFFFFFFF) >> 22
+        if index == self._area().pde_index:
+            return UNCHANGED
+        return self._set(index, self._mirror_one(self.guest_entry(index)))
+
+    def fault(self, linear: int) -> int:
+        """A page fault at `linear`: if the guest's entry allows more than the shadow's (first
+        use: set A; first write to a clean 4 MiB page: set D; or an entry made present since
+        the last copy), update both and say so; `UNCHANGED` means the fault is the guest's."""
+        if self.guest_pd is None:
+            return UNCHANGED
+        index = (linear & 0xFFFFFFFF) >> 22
+        if index == self._area().pde_index:
+            return UNCHANGED
+        guest = self._guest(self.guest_pd)
+        entry = int(guest[index])
+        if not entry & PTE_P:
+            return self._set(index, 0)
+        now = int(self._shadow[index])
+        marked = entry | PTE_A
+        if entry & PTE_PS and entry & PTE_W and not entry & PTE_D and now & PTE_P \
+                and now | PTE_W == marked:
+            marked |= PTE_D          # the first write to the page the shadow kept read-only
+        if marked != entry:
+            guest[index] = marked    # what the CPU writes into the guest's entry
+        return self._set(index, self._mirror_one(marked))
 
     def conflict(self) -> bool:
         """The guest maps the slot the VMM area occupies (present entry there)."""
@@ -132,10 +166,7 @@ class ShadowPd:
             self._shadow[old.pde_index] = _FLAT[old.pde_index]
             self._shadow[new.pde_index] = vmm_pde()
             return
-        entry = self.guest_entry(old.pde_index)
-        if entry & PTE_P:
-            entry |= PTE_A | (PTE_D if entry & PTE_PS else 0)
-        self._shadow[old.pde_index] = entry
+        self._shadow[old.pde_index] = self._mirror_one(self.guest_entry(old.pde_index))
         self._shadow[new.pde_index] = vmm_pde()
 
     def free_slots(self) -> list[int]:

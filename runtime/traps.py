@@ -50,6 +50,8 @@ EFER_SCE = 1
 
 #: 32-bit TSS descriptor types (available, busy) and where a TSS holds its I/O map base.
 TSS32, TSS32_BUSY, IOMAP_BASE = 0x9, 0xB, 0x66
+#: EFLAGS.DF: string instructions walk down.
+DF = 1 << 10
 #: What a denied I/O instruction may have changed by the time the hook stops it.
 _IO_REGS = (EAX, ECX, ESI, EDI)
 
@@ -92,6 +94,15 @@ class Traps:
         self.io_fault: IoFault | None = None
         #: The last exits, for stop reports: (kind, class or vector, guest EIP).
         self.last: deque[tuple[str, str, int]] = deque(maxlen=history)
+        #: True while an IN/OUT hook runs (Unicorn is inside the instruction), and whether
+        #: guest code was patched then: its translations are dropped before the next slice
+        #: (runtime/patching.py, `drop_stale_code`).
+        self.in_io_hook = False
+        self.stale_code = False
+        #: A REP INS/OUTS element whose hook stopped the slice: (EIP, ECX, size, INS?).
+        self._rep_element: tuple[int, int, int, bool] | None = None
+        #: The instruction of the IN/OUT hook being handled (for `stop_in_io`).
+        self._io_op: Operation | None = None
 
     # -- decoding -------------------------------------------------------------------------------
     def decode(self, eip: int) -> Operation:
@@ -280,6 +291,7 @@ class Traps:
             return "interrupt"
         self.stats.exit("trap", op.cls, eip)
         self.last.append(("trap", op.cls or "?", eip))
+        self.ctx.retry_deferred(eip)
         self.patcher.on_trap(op)
         self.execute(op, op.next_address, emulate)
         return "trap"
@@ -402,6 +414,7 @@ class Traps:
     def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
         t0 = time.perf_counter_ns()
         kind = "io"
+        self.in_io_hook = True
         try:
             if self._io_exit("in", port, size):
                 value = self.ctx.bus.read(port, size)
@@ -419,6 +432,7 @@ class Traps:
             uc.emu_stop()
             return 0
         finally:
+            self.in_io_hook = False
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -426,11 +440,12 @@ class Traps:
     def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
         t0 = time.perf_counter_ns()
         kind = "io"
+        self.in_io_hook = True
         try:
             if self._io_exit("out", port, size):
                 self.ctx.bus.write(port, size, value)
                 if self.exit_status is not None:
-                    uc.emu_stop()
+                    self.stop_in_io(uc)
                 self._stop_for_irq(uc)
             else:
                 kind = "interrupt"
@@ -438,9 +453,51 @@ class Traps:
             self.error = err
             uc.emu_stop()
         finally:
+            self.in_io_hook = False
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
+
+    def stop_in_io(self, uc: Uc) -> None:
+        """`emu_stop` from an IN/OUT hook. For a REP INS/OUTS, Unicorn 2.1.4 then stops
+        after the element's store to memory (INS) or its output (OUTS) but before it
+        advances ECX and EDI/ESI, so the resumed instruction would do that element again
+        (measured on a bare engine: tests/test_patch_io.py). Remember the element;
+        `finish_rep_element` completes it when the slice has ended."""
+        op = self._io_op
+        if op is not None and op.rep and op.cls in ("ins", "outs") and self._rep_element is None:
+            cpu = self.cpu
+            size = {"b": 1, "w": 2, "d": 4}[op.mnemonic[-1]]
+            self._rep_element = (cpu.read(EIP), cpu.read(ECX), size, op.cls == "ins")
+        uc.emu_stop()
+
+    def finish_rep_element(self) -> None:
+        """After a slice: advance ECX and EDI/ESI past the REP INS/OUTS element the stop
+        left done but uncounted (`stop_in_io`), and EIP past the instruction when it was the
+        last. Only if the CPU is still where the hook left it."""
+        pending, self._rep_element = self._rep_element, None
+        if pending is None:
+            return
+        eip, ecx, size, ins = pending
+        cpu = self.cpu
+        if cpu.read(EIP) != eip or cpu.read(ECX) != ecx or ecx == 0:
+            return
+        step = -size if cpu.read(EFLAGS) & DF else size
+        index = EDI if ins else ESI
+        cpu.write(index, (cpu.read(index) + step) & 0xFFFFFFFF)
+        cpu.write(ECX, ecx - 1)
+        if ecx == 1:
+            assert self._io_op is not None
+            cpu.write(EIP, eip + self._io_op.length)
+
+    def drop_stale_code(self) -> None:
+        """Between slices: drop Unicorn's translations if guest code was patched inside an
+        IN/OUT hook (runtime/patching.py: the invalidation had to wait)."""
+        if self.stale_code:
+            self.stale_code = False
+            from unicorn import unicorn_const as uconst
+
+            self.ctx.m.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
 
     def _stop_for_irq(self, uc: Uc) -> None:
         """End the slice when the I/O just done left an interrupt the guest takes now (it
@@ -449,7 +506,7 @@ class Traps:
         end of a slice up to `RunConfig.slice_insns` instructions later. `emu_stop` in an
         I/O hook takes effect before the next instruction (unicorn 2.1.4, measured)."""
         if self.ctx.irq_deliverable():
-            uc.emu_stop()
+            self.stop_in_io(uc)
 
     def _io_exit(self, cls: str, port: int, size: int) -> bool:
         """Account for one IN/OUT hook call; False: the access is denied (a #GP is pending)."""
@@ -460,16 +517,18 @@ class Traps:
             return False
         eip = self.patcher.to_guest_eip(eip)
         op = self.decode(eip)
+        self._io_op = op
         # Unicorn's hook says only "in" or "out"; the decoded instruction tells INS/OUTS apart,
         # so string I/O is counted in its own class, as the table lists it.
         cls = op.cls or cls
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and self.patcher.on_trap(op):
-            # A patch now covers this IN/OUT. Unicorn finishes the instruction and would run
-            # on into the window; stop, so the run loop resumes through `resume_at`.
-            self.ctx.m.uc.emu_stop()
+        if cs & 3 == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
+            # A patch now covers this IN/OUT (or others were just made). Unicorn finishes the
+            # instruction and would run on into a window; stop, so the run loop resumes
+            # through `resume_at`.
+            self.stop_in_io(self.ctx.m.uc)
         return True
 
     # -- I/O from guest user mode: the protection check Unicorn skips -----------------------------

@@ -61,7 +61,7 @@ from runtime.emulate.crs import real_paging
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
-from runtime.paging import CR0_PG, Mmu, PageFault
+from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
 from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
@@ -140,7 +140,8 @@ class Vm:
                        ram_store=lambda phys, data: self.guard.store(phys, data))
         self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
                              self.machine.set_guest_gdt_limit)
-        self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area)
+        self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area,
+                               wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
         self._exits_mark = 0
         self.devices: StandardDevices = build_standard_bus(
@@ -150,6 +151,7 @@ class Vm:
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, shadow_fault=self._shadow_fault,
+                       retry_deferred=self._retry_deferred,
                        clock=self.clock,
                        irq_waiting=lambda: self.devices.pic.pending(),
                        irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable())
@@ -176,12 +178,22 @@ class Vm:
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
         self._loader_state()
+        #: Why the run was asked to stop (`interrupt`), None while it runs on.
+        self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
         if patcher is None and config.patch is not None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
+
+    def interrupt(self, why: str) -> None:
+        """Stop the run as soon as Unicorn returns (the end of the current translation block):
+        a clean stop with the usual report, `GuestStop("interrupted (WHY)")`. Safe to call
+        from a signal handler (bt run's Ctrl-C and SIGTERM): it only sets a flag the run loop
+        checks between slices, and `emu_stop` is harmless when nothing runs."""
+        self.interrupted = why
+        self.machine.uc.emu_stop()
 
     def _loader_state(self) -> None:
         """The machine as QEMU's multiboot loader leaves it (bt.layout.LOADER_GDT_BASE): its
@@ -314,25 +326,28 @@ class Vm:
         if self.machine.vmm.contains(linear) and self.shadow.conflict():
             self.relocator.check(f"#PF at {linear:#x}")
             return True
-        done = self.shadow.sync(linear)
+        done = self.shadow.fault(linear)
         if done == REPLACED:
             self._flush_tlb()
         if done != UNCHANGED:
             self._mapping_changed = True
         return done != UNCHANGED
 
-    def _retry_deferred(self) -> None:
+    def _retry_deferred(self, eip: int | None = None) -> bool:
         """Patch the sites that waited for the guest to map them where its ELF says
         (`PatchManager.deferred`), once the mapping changed and the guest runs such code
-        itself: never while it runs code at another alias (boot code before paging)."""
+        itself (`eip`, or where the CPU is): never while it runs code at another alias (boot
+        code before paging). At the end of a slice, and at a trap (runtime/traps.py)."""
         patches = self.patches
         if patches is None or not self._mapping_changed:
-            return
-        eip = self.cpu.read(EIP)
+            return False
+        if eip is None:
+            eip = self.cpu.read(EIP)
         if self.machine.vmm.contains(eip) or not patches.live(eip):
-            return
+            return False
         self._mapping_changed = False
         patches.retry_deferred()
+        return True
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -344,6 +359,9 @@ class Vm:
         try:
             pc = self._enter_guest()
             while traps.exit_status is None:
+                if self.interrupted is not None:
+                    raise GuestStop(f"interrupted ({self.interrupted})", self.cpu.read(EIP),
+                                    f"{self.stats.guest_insns} instructions")
                 count = self._slice_length()
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
@@ -352,6 +370,13 @@ class Vm:
                     count = 1       # ring 3 at a patched window: one instruction, the guest's bytes
                 else:
                     pc = traps.patcher.resume_at(pc)
+                # Between slices no exception is in flight. A slice ended by emu_stop in a hook
+                # may still have tried to fetch the next instruction and raised a fault Unicorn
+                # dropped but remembered in old_exception (seen when the guest's first
+                # instruction after enabling paging faults; a hook that moved the VMM area or
+                # sent ring 3 back to a patched window's guest bytes): the next would be #DF.
+                traps.latch.clear()
+                traps.drop_stale_code()
                 try:
                     uc.emu_start(pc, self.machine.linear(STOP), count=count)
                 except UcError as err:
@@ -361,7 +386,6 @@ class Vm:
                         raise traps.error from None
                     traps.refuse_vm86()
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
-                        traps.latch.clear()
                         pc = self.cpu.read(EIP)
                         continue
                     if err.errno == uconst.UC_ERR_FETCH_PROT and self.code.resume():
@@ -369,10 +393,7 @@ class Vm:
                         continue
                     raise self._unicorn_stop(err) from err
                 traps.steps.end()
-                # A hook that stopped the slice while it handled a fault (a move of the VMM area
-                # on a #PF, ring 3 at a patch) leaves Unicorn's old_exception set again after the
-                # hook cleared it (runtime/latch.py): nothing is in flight between slices.
-                traps.latch.clear()
+                traps.finish_rep_element()
                 done = self.counter.executed(count)
                 self._advance(done)
                 self._check_state()

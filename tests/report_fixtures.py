@@ -20,11 +20,15 @@ FIXED_REPRO = Reproducibility(
     ring1="<version>", python="<python>", platform="<platform>",
     dependencies={"unicorn": "<version>", "capstone": "<version>"},
     command=("compare", "<kernel>"), options={"hot": 1},
+    rules=({"name": "irqflags", "distribution": "built-in", "version": "<version>",
+            "classes": ["cli", "popf", "pushf", "sti"]},),
+    rule_warnings=("<a warning of the rule loader>",),
 )
 
 #: Object fields whose keys are names (runs, distributions, options), not fixed field names.
-NAMED_KEYS = {"runs": "<mode>", "counts": "<mode>", "reduction": "<mode>", "patch": "<mode>",
-              "matches": "<mode>", "patches": "<mode>", "dependencies": "<dist>", "options": "<option>"}
+NAMED_KEYS = {"runs": "<mode>", "counts": "<mode>", "reduction": "<mode>", "added": "<mode>",
+              "patch": "<mode>", "matches": "<mode>", "patches": "<mode>", "dependencies": "<dist>",
+              "options": "<option>"}
 
 
 def recorded_names() -> list[str]:

@@ -13,7 +13,8 @@ import pytest
 from bt import isa
 
 
-def build_elf(tmp_path: Path, source: str, bits: int = 32, name: str = "k", text: int = 0x100000) -> Path:
+def build_elf(tmp_path: Path, source: str, bits: int = 32, name: str = "k", text: int = 0x100000,
+              ld_flags: tuple[str, ...] = ()) -> Path:
     """Assemble and link an AT&T-syntax `source` into a static ELF at `text`."""
     if shutil.which("as") is None or shutil.which("ld") is None:
         pytest.skip("GNU as/ld not installed (Debian: binutils)")
@@ -21,7 +22,7 @@ def build_elf(tmp_path: Path, source: str, bits: int = 32, name: str = "k", text
     src.write_text(source)
     subprocess.run(["as", f"--{bits}", str(src), "-o", str(obj)], check=True, capture_output=True)
     emul = ["-m", "elf_i386"] if bits == 32 else ["-m", "elf_x86_64"]
-    subprocess.run(["ld", *emul, "-Ttext", hex(text), "-e", "_start", str(obj), "-o", str(elf)],
+    subprocess.run(["ld", *emul, *ld_flags, "-Ttext", hex(text), "-e", "_start", str(obj), "-o", str(elf)],
                    check=True, capture_output=True)
     return elf
 

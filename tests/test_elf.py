@@ -135,3 +135,20 @@ def test_corrupt_headers_give_elf_error_or_a_scan_and_print_nothing(tmp_path, ca
             pass
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_one_name_per_address_in_every_report():
+    """Issue 17: `bt run --stats` named sites after any symbol below them (an address in patch
+    memory after the kernel's last symbol), `bt compare` after the function holding them."""
+    from bt import layout
+    from runtime.boot import load_boot_image
+    from runtime.report.kernel import load_kernel
+
+    zoo = Path(__file__).resolve().parent.parent / "samples" / "zoo" / "zoo.elf"
+    image, info = load_boot_image(zoo), load_kernel(zoo)
+    assert image.kernel is not None
+    for sym in image.kernel.symbols:
+        for address in (sym.address, sym.address + 1, sym.address + 7):
+            assert image.symbolize(address) == info.describe(address), hex(address)
+    for address in (layout.PATCH_BASE, layout.PATCH_BASE + 0x1234, layout.VMM_BASE + 8):
+        assert image.symbolize(address) == info.describe(address) == f"{address:#x}"

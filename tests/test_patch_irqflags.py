@@ -1,11 +1,12 @@
 """Patched CLI/STI/PUSHF/POPF at CPL 1 do exactly what the original does at CPL 0:
 same registers, same arithmetic flags, same stack bytes, and the virtual IF equal to
-the real IF of the native run (the bare-Unicorn harness in patch_harness.py)."""
+the real IF of the native run (the bare-Unicorn harness in runtime/ruletest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from patch_harness import run_native, run_patched
+
+from runtime.ruletest import run_native, run_patched
 
 SEQUENCES = {
     "pushf-cli-popf": "add eax, ebx\npushfd\ncli\nadd ecx, edx\npopfd\nnop\nnop\nnop\nnop\nnop",

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-from patch_harness import run_native, run_patched
 
 from bt.cli import main
 from bt.errors import UsageError
+from bt.operation import Operation
+from patchmgr import registry
 from patchmgr.registry import BUILTIN, ENTRY_POINT_GROUP, load
+from patchmgr.rule import EmitContext, PatchCode, PatchRule
+from runtime.ruletest import run_native, run_patched
 
 PLUGIN = Path(__file__).resolve().parent.parent / "samples" / "plugins" / "vtsc"
 
@@ -68,3 +72,103 @@ def test_list_rules(capsys: pytest.CaptureFixture[str]) -> None:
         assert cls.name in out
     assert main(["patch", "--list-rules", "--disable-rule", "irqflags"]) == 0
     assert "(disabled)" in capsys.readouterr().out
+
+
+# ---- no silent surprises (issue 17) ---------------------------------------------------------
+
+class _Shadowed(PatchRule):
+    name: ClassVar[str] = "mycli"
+    description: ClassVar[str] = "claims CLI, which irqflags takes first"
+    claims: ClassVar[frozenset[str] | None] = frozenset({"cli"})
+
+    def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
+        return PatchCode("nop")
+
+
+class _Typo(PatchRule):
+    name: ClassVar[str] = "typo"
+    claims: ClassVar[frozenset[str] | None] = frozenset({"rdtsc", "rdstc"})
+
+    def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
+        return PatchCode("nop")
+
+
+class _ExitingRdtsc(PatchRule):
+    """A rule that would turn RDTSC (never an exit unpatched) into a hypercall."""
+
+    name: ClassVar[str] = "exiting_rdtsc"
+    claims: ClassVar[frozenset[str] | None] = frozenset({"rdtsc"})
+
+    def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
+        return ctx.hypercall(op)
+
+
+def _fake_plugins(monkeypatch: pytest.MonkeyPatch, *eps: EntryPoint) -> None:
+    monkeypatch.setattr(registry, "entry_points", lambda group: list(eps))
+
+
+def test_a_plugin_that_fails_to_load_is_reported_and_skipped(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    _fake_plugins(monkeypatch, EntryPoint("broken", "ring1_no_such_module:Rule", ENTRY_POINT_GROUP),
+                  EntryPoint("notarule", "os:path", ENTRY_POINT_GROUP))
+    rules = load()
+    assert rules.names == tuple(c.name for c in BUILTIN)
+    assert len(rules.warnings) == 2
+    assert "'broken'" in rules.warnings[0] and "failed to load" in rules.warnings[0]
+    assert "'notarule'" in rules.warnings[1] and "not a PatchRule subclass" in rules.warnings[1]
+    assert main(["patch", "--list-rules"]) == 0
+    out, err = capsys.readouterr()
+    assert "irqflags" in out and err.count("bt patch: warning:") == 2
+    hello = Path(__file__).resolve().parent.parent / "samples" / "hello" / "hello.elf"
+    assert main(["run", str(hello), "--no-patch"]) == 1
+    assert "bt run: warning: patch-rule plugin 'broken'" in capsys.readouterr().err
+
+
+def test_unknown_claimed_class_and_shadowed_rules_are_warned() -> None:
+    rules = load(extra=[_Shadowed(), _Typo()])
+    text = "\n".join(rules.warnings)
+    assert "'typo'" in text and "'rdstc'" in text and "not an instruction class" in text
+    assert "'mycli'" in text and "entirely shadowed" in text and "cli -> irqflags" in text
+    got = rules.assignment()
+    assert got["mycli"].gets == frozenset() and got["mycli"].shadowed == {"cli": "irqflags"}
+    # With irqflags off, the plugin gets CLI, and nothing is shadowed any more.
+    off = load(["irqflags"], extra=[_Shadowed()])
+    assert off.assignment()["mycli"].gets == {"cli"} and not off.warnings
+
+
+def test_list_rules_shows_the_classes_each_rule_gets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["patch", "--list-rules", "--disable-class", "pushf"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    irqflags = lines[next(i for i, line in enumerate(lines) if line.startswith("irqflags")) + 1]
+    assert "gets: cli, popf, sti" in irqflags
+    assert "disabled classes: pushf" in out
+
+
+def test_disabling_a_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = load(disabled_classes=["pushf"])
+    assert not rules.handles("pushf") and rules.handles("popf")
+    src = "pushfd\npop eax\nnop\nnop\nnop\nnop\nnop\npopfd\nnop\nnop\nnop\nnop\nnop"
+    _, mgr = run_patched(src, {}, 0, 1, rules=rules)
+    assert {p.op.cls for p in mgr.patches.values()} == {"popf"}
+    with pytest.raises(UsageError, match="unknown instruction class 'pushfq'"):
+        load(disabled_classes=["pushfq"])
+
+
+def test_a_patch_never_adds_exits_to_a_class_that_does_not_exit() -> None:
+    src = "rdtsc\nnop\nnop\nnop\nnop\nnop\nnop"
+    vtsc = ["vtsc"] if _vtsc_installed() else []        # it would take RDTSC first
+    out, mgr = run_patched(src, {}, 0, 1, rules=load(vtsc, extra=[_ExitingRdtsc()]))
+    assert not mgr.patches and not out.exits
+    (refusal,) = mgr.refusals.values()
+    assert "would add exits to rdtsc" in refusal.reason
+
+
+def test_cpuid_is_left_native() -> None:
+    from bt import isa
+
+    assert not load().handles("cpuid")
+    # Every row that never exits unpatched either has no rule or is translated for a leak.
+    for row in isa.CLASSES:
+        if not row.exits_unpatched:
+            assert row.handling is not isa.Handling.HYPERCALL, row.name

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from patch_harness import run_patched
 
 from bt.errors import InputError
 from bt.layout import PATCH_BASE
 from patchmgr import record
+from runtime.ruletest import run_patched
 
 
 def _patched() -> tuple[list[record.Patch], bytes, int]:

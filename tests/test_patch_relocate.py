@@ -4,8 +4,9 @@ LOOP re-targeted, CALL pushing the guest return address, and the guest resumes r
 from __future__ import annotations
 
 import pytest
-from patch_harness import CODE, run_native, run_patched
-from patch_harness import REGS as _NAMES
+
+from runtime.ruletest import CODE, run_native, run_patched
+from runtime.ruletest import REGS as _NAMES
 
 JCC = """
 cli

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import struct
 
-from patch_harness import CODE, DATA, KCODE1, KDATA1, asm, run_patched
-
 from bt.isa import CLASSES, Handling
 from patchmgr.registry import load
+from runtime.ruletest import CODE, DATA, KCODE1, KDATA1, asm, run_patched
 
 STATE = {
     "cr0": struct.pack("<I", 0x80050033), "cr3": struct.pack("<I", 0x00123000),

@@ -9,12 +9,12 @@ from pathlib import Path
 import runtime_guest as guest
 from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs, CsInsn
 from capstone.x86 import X86_OP_IMM
-from patch_harness import LinearCode
 
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.bench import LOAD, assemble
 from runtime.config import RunConfig
 from runtime.patching import _VmMemory
+from runtime.ruletest import LinearCode
 from runtime.vm import RawImage, Vm
 
 # Pass 1: STI traps and is patched. Between passes the guest rewrites the immediate of the

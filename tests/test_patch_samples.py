@@ -45,8 +45,13 @@ def test_statically_patched_sample_matches_qemu(sample: Sample, patched: dict[st
     assert vm.patches is not None
     record = read_record(elf.load(patched[sample.name]))
     assert record is not None and record.patches
-    # Every recorded JMP patch is served: none of those sites traps any more.
-    assert not any(vm.patches.stats.traps[p.site] for p in record.patches if p.kind == "jmp")
+    # Every recorded JMP patch is served: none of those sites traps any more. A kernel
+    # loaded where it is not linked (higherhalf) gets its recorded patches once it runs
+    # its code where its ELF says: at its first exit there, which may be one of them.
+    image = elf.load(sample.elf)
+    linked_where_loaded = all(s.vaddr == s.paddr for s in image.segments)
+    traps = [vm.patches.stats.traps[p.site] for p in record.patches if p.kind == "jmp"]
+    assert sum(traps) == 0 if linked_where_loaded else sum(traps) <= 1
 
 
 def test_patched_elf_adds_only_the_patch_segment(patched: dict[str, Path]) -> None:
@@ -104,3 +109,13 @@ def test_record_lists_exits_with_their_operations(patched: dict[str, Path]) -> N
         for chunk in p.block.chunks[1:] if p.block is not None else ():
             where, bit = tables.interior_bit(chunk.guest)
             assert record.code[where - tables.BASE] & bit
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.key)
+def test_statically_patched_sample_alone_matches_qemu(sample: Sample, patched: dict[str, Path]) -> None:
+    """As `bt compare --static` runs it: every patch made by `bt patch`, none at run time.
+    Issue 17: zoo's SGDT/SIDT/SLDT/STR/LAR/LSL sites after its far JMP and its IRET to a
+    label were never reached by the scan, so `bt patch` left them leaking."""
+    serial, status, _vm = _run(patched[sample.name], sample, PatchConfig(enabled=False))
+    assert serial == sample.expected_serial()
+    assert status == sample.exit_code

@@ -85,3 +85,36 @@ def test_runs_that_agree_on_an_abnormal_stop_exit_4():
     assert proc.returncode == 4, proc.stderr
     assert "every run stopped the same abnormal way" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_rule_variants_side_by_side(tmp_path: Path):
+    """Issue 17: compare with and without a rule in one report (--variant), and
+    --disable-rule/--disable-class for the patched runs; the rules are in the JSON."""
+    irqsave = str(Path(__file__).resolve().parent.parent / "samples" / "irqsave" / "irqsave.elf")
+    proc = bt("compare", irqsave, "--cmdline", "iters=300", "--jobs", "1", "--disable-class", "pushf",
+              "--variant", "no-irqflags=--disable-rule irqflags", "--json", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    k = data["kernels"][0]
+    assert k["modes"] == ["unpatched", "dynamic", "no-irqflags"]
+    cli = next(r for r in k["exits"]["by_class"] if r["class"] == "cli")
+    assert cli["counts"]["no-irqflags"] == cli["counts"]["unpatched"] > 100 > cli["counts"]["dynamic"]
+    assert not [p for p in k["patches"]["dynamic"] if p["instruction"] == "pushfd"]   # --disable-class
+    repro = data["reproducibility"]
+    assert repro["options"]["disable_class"] == ["pushf"]
+    assert repro["options"]["variants"] == {"no-irqflags": {"disable_rule": ["irqflags"]}}
+    rules = {r["name"]: r for r in repro["rules"]}
+    assert rules["irqflags"]["distribution"] == "built-in" and "cli" in rules["irqflags"]["classes"]
+    assert "no-irqflags" in proc.stdout
+
+
+def test_bad_variants_are_usage_errors(capsys):
+    from bt.cli import main
+
+    hello = str(Path(__file__).resolve().parent.parent / "samples" / "hello" / "hello.elf")
+    for spec, words in (("dynamic=--hot 2", "NAME=OPTIONS"), ("x", "NAME=OPTIONS"),
+                        ("x=--nope", "unrecognized arguments"), ("x=", "no option given"),
+                        ("x=--disable-rule nosuchrule", "no rule called nosuchrule")):
+        assert main(["compare", hello, "--variant", spec]) == 2, spec
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (spec, err)

@@ -88,3 +88,24 @@ def test_squarify_tiles_the_whole_rectangle(weights):
     for area, (x, y, rw, rh) in zip(areas, rects, strict=True):
         assert rw * rh == pytest.approx(area)
         assert -1e-6 <= x and x + rw <= w + 1e-6 and -1e-6 <= y and y + rh <= h + 1e-6
+
+
+def test_added_exits_read_as_plus_n_not_a_negative_percentage():
+    """Issue 17: a CPUID loop patched into hypercalls went from 3 exits to 5,003, shown as
+    "-166666.7%". Added exits read "+5,000" in text and HTML, and JSON has `added`."""
+    from report_fixtures import comparison
+
+    from runtime.report import html, jsonout, text
+
+    assert fmt.change({"unpatched": 3, "dynamic": 5003}, "dynamic") == "+5,000"
+    assert fmt.change({"unpatched": 0, "dynamic": 7}, "dynamic") == "+7"
+    assert fmt.change({"unpatched": 8, "dynamic": 2}, "dynamic") == "75.0%"
+    assert fmt.change({"unpatched": 0, "dynamic": 0}, "dynamic") == "-"
+    zoo = comparison("zoo")
+    hypercall = next(r for r in zoo.kernels[0].by_kind if r.key == "hypercall")
+    assert hypercall.added("dynamic") == hypercall.counts["dynamic"] > 0
+    shown = f"+{hypercall.counts['dynamic']:,}"
+    assert shown in text.render_plain(zoo) and shown in html.render(zoo)
+    data = jsonout.to_json(zoo)["kernels"][0]["exits"]["by_kind"]
+    row = next(r for r in data if r["kind"] == "hypercall")
+    assert row["added"]["dynamic"] == hypercall.counts["dynamic"]

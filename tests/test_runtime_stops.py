@@ -3,7 +3,12 @@ EIP and the reason, the documented exit code, one error line, no traceback."""
 
 from __future__ import annotations
 
+import json
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +101,41 @@ def test_an_internal_error_in_a_hook_is_a_clean_stop(tmp_path: Path, capsys: pyt
     code, err = _bt_run(capsys, str(elf), "--no-patch")
     assert code == 8
     assert "ZeroDivisionError: a bug (guest EIP 0x00100001)" in err and "last exits" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_end_the_run_cleanly(tmp_path: Path, sig: signal.Signals):
+    """Issue 17: a signal stops the run at the end of a slice with the usual stop report
+    and statistics: exit 4, "interrupted (SIGINT)", the JSON written, no traceback."""
+    elf = tiny_elf(asm("spin:\ninc eax\njmp spin\n", LOAD), tmp_path / "spin.elf")
+    out_json = tmp_path / "spin.json"
+    proc = subprocess.Popen([sys.executable, "-m", "bt", "run", str(elf), "--stats", "--json", str(out_json)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _running(proc) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4, err
+    assert f"interrupted ({sig.name})" in err and "EIP 0x0010000" in err
+    assert "Traceback" not in err and "guest instructions:" in err      # --stats printed
+    assert json.loads(out_json.read_text())["guest_insns"] > 0
+
+
+def _running(proc: subprocess.Popen[str]) -> bool:
+    """The child has got as far as running the guest (its Python is up, the kernel loaded)."""
+    try:
+        stat = Path(f"/proc/{proc.pid}/stat").read_text().split()
+    except OSError:
+        return False
+    return int(stat[13]) + int(stat[14]) > 150       # utime + stime in clock ticks: 1.5 s of CPU
+
+
+def test_the_exit_status_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    elf = tiny_elf(asm("mov eax, 0\nout 0xf4, eax\n", LOAD), tmp_path / "ok.elf")
+    code, err = _bt_run(capsys, str(elf))
+    assert code == 1 and "guest status 0 (success), exit code 1" in err
+    elf = tiny_elf(asm("mov eax, 2\nout 0xf4, eax\n", LOAD), tmp_path / "bad.elf")
+    code, err = _bt_run(capsys, str(elf))
+    assert code == 5 and "guest status 2 (failure), exit code 5" in err

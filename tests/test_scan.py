@@ -13,6 +13,8 @@ from tests.scan_helpers import build_elf
 
 # Each case is laid out so one rule decides its site (addresses from -Ttext 0x100000).
 PATCH_CASES = (Path(__file__).resolve().parent / "data" / "scan" / "patchcases.S").read_text()
+# Far transfers and multiboot headers in .text (issue 17).
+FAR_FLOW = (Path(__file__).resolve().parent / "data" / "scan" / "farflow.S").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +155,49 @@ def test_jump_table_entries_are_followed(tmp_path):
     assert [(s.cls.name, s.reached) for s in result.sites] == [("cli", True), ("sti", True), ("hlt", True)]
     assert result.stats.jump_tables == 1
     assert all(result.is_branch_target(s.address) for s in result.sites)
+
+
+@pytest.fixture(scope="module")
+def farflow(tmp_path_factory):
+    path = build_elf(tmp_path_factory.mktemp("scan"), FAR_FLOW)
+    return scan.scan(elf.load(path))
+
+
+def _by_text(result, text):
+    found = [s for s in result.sites if s.text == text]
+    assert found, [(s.text, s.reached) for s in result.sites]
+    return found
+
+
+def test_multiboot_header_in_text_is_not_decoded(farflow):
+    """xv6's case: the header's checksum (.. E4) would swallow the first byte of the entry
+    code; cut out of the sweep, the entry decodes in step and patches with a JMP."""
+    entry = _site(farflow, "_start")
+    assert (entry.text, entry.reached, entry.patch) == ("mov eax, cr4", True, Patch.JUMP)
+    assert not entry.reason
+    assert farflow.stats.data_bytes == 12 + 24          # the v1 header and the v2 header (with its end tag)
+    assert not [s for s in farflow.sites if s.address < 0x10000C]    # no STI/IN read from the header
+    assert farflow.is_instruction_start(0x10000C) and 0x10000C not in farflow.overlapping
+
+
+def test_far_jump_after_lgdt_is_followed(farflow):
+    assert all(s.reached for s in _by_text(farflow, "sgdt [0x101000]"))
+    assert farflow.is_branch_target(0x100023)          # the ljmp's offset
+
+
+def test_retf_and_iret_to_a_pushed_label_are_followed(farflow):
+    assert _by_text(farflow, "sidt [0x101000]")[0].reached      # after push $sel; push $2f; lret
+    assert _by_text(farflow, "sldt ax")[0].reached              # after push cs; push $3f; iret
+    assert farflow.stats.pushed_returns == 2
+
+
+def test_far_call_target_and_breakpoint_fall_through(farflow):
+    smsw = _by_text(farflow, "smsw ax")
+    # the lcall's target is reached; the smsw after `push eax; lret` (no pushed label) is not
+    assert sorted((s.address, s.reached) for s in smsw) == [(0x100066, False), (0x10006B, True)]
+    assert _by_text(farflow, "str ax")[0].reached               # after the lone int3
+
+
+def test_code_after_a_multiboot2_header_is_not_reached_through_it(farflow):
+    cli = [s for s in _by_text(farflow, "cli") if s.symbol == "mb2_end"]
+    assert len(cli) == 1 and not cli[0].reached

@@ -22,6 +22,7 @@ GOLDEN = ROOT / "tests" / "golden" / "scan"
 UPDATE = os.environ.get("RING1_UPDATE_GOLDEN") == "1"
 KERNELS = {
     "patchcases": ("tests/data/scan/patchcases.elf", False),
+    "farflow": ("tests/data/scan/farflow.elf", False),
     "hello": ("samples/hello/hello.elf", True),
 }
 

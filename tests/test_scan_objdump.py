@@ -17,7 +17,7 @@ import pytest
 
 from bt import elf, scan
 from tests.scan_helpers import build_elf, objdump_sites
-from tests.test_scan import PATCH_CASES, SIXTY_FOUR
+from tests.test_scan import FAR_FLOW, PATCH_CASES, SIXTY_FOUR
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted(ROOT.glob("samples/*/*.elf"))
@@ -94,8 +94,8 @@ def test_samples_match_objdump(path):
     assert set(explained) <= {PADDING}, explained
 
 
-@pytest.mark.parametrize(("source", "bits"), [(PATCH_CASES, 32), (SIXTY_FOUR, 64)],
-                         ids=["cases32", "cases64"])
+@pytest.mark.parametrize(("source", "bits"), [(PATCH_CASES, 32), (SIXTY_FOUR, 64), (FAR_FLOW, 32)],
+                         ids=["cases32", "cases64", "farflow"])
 def test_built_kernels_match_objdump(tmp_path, source, bits):
     explained, unexplained = compare(build_elf(tmp_path, source, bits=bits))
     _report(f"built{bits}", explained)

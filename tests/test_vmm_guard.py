@@ -14,7 +14,6 @@ import pytest
 import runtime_guest as guest
 from capstone import CS_ARCH_X86, CS_GRP_JUMP, CS_MODE_32, Cs
 from capstone.x86 import X86_OP_IMM
-from patch_harness import LinearCode
 from test_runtime_stops import tiny_elf
 
 from bt import layout
@@ -25,6 +24,7 @@ from runtime import guard, segments
 from runtime.bench import LOAD, assemble
 from runtime.config import RunConfig
 from runtime.patching import _VmMemory
+from runtime.ruletest import LinearCode
 from runtime.stats import RunStats
 from runtime.vm import RawImage, Vm
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bt.cli import ruleopts
 from bt.errors import GuestStop, InputError, MismatchError, UsageError
 
 #: Options forwarded to every run, as `bt run` takes them (name in argparse -> RunConfig field).
@@ -48,6 +49,11 @@ def add_parser(sub: Any) -> None:
                      help="dynamic run: patch every scanned site before the guest runs")
     run.add_argument("--max-insns", type=int, default=None, metavar="N",
                      help="stop a run after N guest instructions")
+    ruleopts.add(run)
+    run.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                     help="one more dynamic run, called NAME, with its own patch options written as for "
+                          "`bt run` (--disable-rule, --disable-class, --hot, --eager), side by side with the "
+                          "others, e.g. --variant 'no-irqflags=--disable-rule irqflags' (repeatable)")
     rec = p.add_argument_group("recorded runs")
     rec.add_argument("--save-runs", type=Path, metavar="DIR",
                      help="also save each kernel's measured runs to DIR/NAME.runs.json")
@@ -68,6 +74,9 @@ def _command(args: argparse.Namespace) -> list[str]:
             out += [f"--{name.replace('_', '-')}", str(value)]
     for ref in args.expect or ():
         out += ["--expect", ref]
+    for flag in ("disable_rule", "disable_class", "variant"):
+        for value in getattr(args, flag):
+            out += [f"--{flag.replace('_', '-')}", value]
     return out
 
 
@@ -127,9 +136,12 @@ def run_compare(args: argparse.Namespace) -> int:
         if reason:
             print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)
             return 2
+        run_options = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+        run_options.update({k: v for k in ("disable_rule", "disable_class") if (v := getattr(args, k))})
+        variants = _variants(args.variant, run_options)
         options = runner.CompareOptions(
             kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top, expect=expect,
-            run={k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None})
+            run=run_options, variants=variants)
         with _progress(len(options.kernels) * len(options.modes)) as progress:
             comparison = runner.run_all(options, command, progress)
         if args.save_runs:
@@ -160,6 +172,23 @@ def run_compare(args: argparse.Namespace) -> int:
     if stopped:
         raise GuestStop("every run stopped the same abnormal way", detail="; ".join(stopped))
     return 0
+
+
+def _variants(specs: list[str], base: dict[str, Any]) -> tuple[Any, ...]:
+    """Parse every --variant and check its rule names before any run starts; print what
+    loading the rules warned about once (the runs load them again, silently)."""
+    from patchmgr import registry
+    from runtime.report import variant
+
+    parsed = tuple(variant.parse(s) for s in specs)
+    names = [v.name for v in parsed]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--variant: a name given twice ({', '.join(sorted(names))})")
+    for options in [base, *(v.run_options(base) for v in parsed)]:
+        rules = registry.load(options.get("disable_rule", ()),
+                              disabled_classes=options.get("disable_class", ()))
+    ruleopts.warn("compare", rules)
+    return parsed
 
 
 def _write(path: Path, content: str) -> None:

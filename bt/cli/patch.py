@@ -6,6 +6,7 @@ import argparse
 from collections import Counter
 from typing import Any
 
+from bt.cli import ruleopts
 from bt.errors import UsageError
 
 
@@ -18,23 +19,18 @@ def add_parser(sub: Any) -> None:
                     "memory, with a record `bt run` reads back.")
     p.add_argument("kernel", metavar="IN", nargs="?", help="the kernel ELF file")
     p.add_argument("-o", "--output", metavar="OUT", help="the patched ELF to write")
-    p.add_argument("--list-rules", action="store_true", help="list the patch rules (built-in and plugins)")
-    p.add_argument("--disable-rule", action="append", default=[], metavar="NAME",
-                   help="do not use this rule (repeatable); its sites keep trapping")
+    p.add_argument("--list-rules", action="store_true",
+                   help="list the patch rules (built-in and plugins) and the classes each gets")
+    ruleopts.add(p)
     p.add_argument("-v", "--verbose", action="store_true", help="list every patch and refusal")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchmgr import registry
-
-    rules = registry.load(args.disable_rule)
+    rules = ruleopts.load(args)
+    ruleopts.warn("patch", rules)
     if args.list_rules:
-        for info in rules.infos:
-            state = "" if info.enabled else "  (disabled)"
-            classes = ", ".join(sorted(info.rule.classes()))
-            print(f"{info.rule.name:18s} {info.origin:10s} {info.rule.description}{state}")
-            print(f"{'':18s} {'':10s} classes: {classes}")
+        print("\n".join(ruleopts.describe(rules)))
         if args.kernel is None:
             return 0
     if args.kernel is None or args.output is None:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections import Counter
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from bt.cli import ruleopts
 from bt.errors import GuestStop, InternalError, UsageError
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
@@ -43,8 +47,7 @@ def add_parser(sub: Any) -> None:
                        help="patch a site once it trapped N times (default 1, as PATM)")
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
-    patch.add_argument("--disable-rule", action="append", default=[], metavar="NAME",
-                       help="do not use this patch rule (repeatable; `bt patch --list-rules`)")
+    ruleopts.add(patch)
     p.set_defaults(handler=run)
 
 
@@ -60,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
                            max_insns=args.max_insns, timeout=args.timeout, serial=sink,
                            patch=_patch_config(args), vmm_base=args.vmm_base)
         vm = Vm(config)
+        if vm.patches is not None:
+            ruleopts.warn("run", vm.patches.rules)
         try:
-            result = vm.run()
+            with _interruptible(vm):
+                result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
             _print_last(vm, stop.last_exits)
@@ -69,7 +75,42 @@ def run(args: argparse.Namespace) -> int:
             raise
         sys.stdout.flush()
         _report(args, vm, result.stats)
-        return 0 if result.exit_status is None else result.exit_status & 0xFF
+        code = 0 if result.exit_status is None else result.exit_status & 0xFF
+        print(f"bt run: {_explain(result.exit_status, code)}", file=sys.stderr)
+        return code
+
+
+def _explain(status: int | None, code: int) -> str:
+    """What the exit code means: `bt run` exits as QEMU does with isa-debug-exit, so a guest
+    that reports success (0) makes it exit 1, which a first-time user reads as a failure."""
+    if status is None:
+        return "the guest ended without writing the isa-debug-exit port: exit code 0"
+    value = status >> 1
+    meaning = "success" if value == 0 else "failure"
+    return (f"guest status {value} ({meaning}), exit code {code}: (status << 1) | 1, as QEMU's "
+            "isa-debug-exit reports it (0 = success is the convention of docs/writing-a-kernel.md)")
+
+
+@contextmanager
+def _interruptible(vm: Vm) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM end the run cleanly: the run loop stops at the end of the
+    current slice with GuestStop("interrupted (SIGINT)"), exit 4, and the usual stop report
+    and statistics. A second signal gives up at once (KeyboardInterrupt, exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        if vm.interrupted is not None:
+            raise KeyboardInterrupt
+        vm.interrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _slot(text: str) -> int:
@@ -91,15 +132,23 @@ def _patch_config(args: argparse.Namespace) -> PatchConfig:
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")
     return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
-                       disabled_rules=tuple(args.disable_rule))
+                       disabled_rules=tuple(args.disable_rule), disabled_classes=tuple(args.disable_class))
 
 
-def _report_patches(m: PatchManager, out: TextIO) -> None:
+def _report_patches(vm: Vm, m: PatchManager, out: TextIO) -> None:
     kinds = Counter(p.kind for p in m.patches.values())
     st = m.stats
     print(f"patches: {len(m.patches)} (jmp {kinds['jmp']}, int3 {kinds['int3']}), refused {len(m.refusals)}, "
           f"patch exits {st.exits}, self-modifying code: {st.smc_removed} removed, {st.smc_refreshed} "
           f"refreshed", file=out)
+    unscanned = m.unscanned_sites()
+    if unscanned:
+        states = Counter(u.status for u in unscanned)
+        print(f"sites the scan never reached: {st.unscanned_total} ("
+              + ", ".join(f"{n} {what}" for what, n in sorted(states.items())) + ")", file=out)
+        for u in unscanned[:10]:
+            print(f"  {u.site:#010x} {vm.symbolize(u.site):32s} {u.text:16s} {u.status}: {u.reason}",
+                  file=out)
 
 
 def _report_guard(stats: RunStats, out: TextIO) -> None:
@@ -140,7 +189,7 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     print(f"guest instructions: {stats.guest_insns}   virtual time: {stats.virtual_ns / 1e6:.3f} ms "
           f"(idle {stats.idle_ns / 1e6:.3f} ms)", file=out)
     if vm.patches is not None:
-        _report_patches(vm.patches, out)
+        _report_patches(vm, vm.patches, out)
     _report_guard(stats, out)
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "

@@ -1,4 +1,7 @@
-"""HLT, INVLPG, INVD, WBINVD, WBNOINVD, CPUID: exits the runtime emulates.
+"""HLT, INVLPG, INVD, WBINVD, WBNOINVD: exits the runtime emulates (each traps unpatched).
+
+CPUID is not here: it runs natively (bt/isa.py says why), since a hypercall would turn
+an instruction that never exits into one that always does.
 
 HLT must resume in guest code: the interrupt that ends it is delivered before the next
 guest instruction runs (SDM HLT), and an interrupt is never delivered inside patch code
@@ -16,7 +19,7 @@ from patchmgr.rule import EmitContext, PatchCode, PatchRule
 
 class Misc(PatchRule):
     name: ClassVar[str] = "misc"
-    description: ClassVar[str] = "HLT, INVLPG, INVD, WBINVD, CPUID: one pre-decoded exit"
+    description: ClassVar[str] = "HLT, INVLPG, INVD, WBINVD: one pre-decoded exit"
 
     def emit(self, op: Operation, ctx: EmitContext) -> PatchCode | None:
         if op.cls == "hlt":

@@ -62,15 +62,24 @@ def patch_table(manager: PatchManager) -> tuple[Patch, ...]:
     Patches taken out again (the guest wrote into them) are gone from the manager by
     then; the manager's SMC counters say how many, and the run's exits show their cost."""
     rows = []
+    unscanned = {u.site: u for u in manager.unscanned_sites()}
     for p in manager.patches.values():
         rule = manager.rules.rule_for(p.op)
+        reason = manager.notes.get(p.site, "") if p.kind == "int3" else ""
+        if p.site in unscanned:
+            reason = "; ".join(r for r in (unscanned[p.site].reason, reason) if r)
         rows.append(Patch(address=p.site, rule=rule.name if rule else "-", kind=p.kind, size=p.end - p.start,
-                          status="active", reason=manager.notes.get(p.site, "") if p.kind == "int3" else "",
-                          text=p.op.text, start=p.start))
+                          status="active", reason=reason, text=p.op.text, start=p.start))
     for r in manager.refusals.values():
         rule = manager.rules.rule_for(r.op) if r.op.cls else None
         rows.append(Patch(address=r.site, rule=rule.name if rule else "-", kind="-", size=0,
                           status="refused", reason=r.reason, text=r.op.text))
+    # Sites the guest ran but the scan never reached, that no patch covers: say so, or the
+    # report would be silent about why they kept trapping.
+    for u in unscanned.values():
+        if u.status == "unpatched":
+            rows.append(Patch(address=u.site, rule="-", kind="-", size=0, status="unpatched",
+                              reason=u.reason, text=u.text))
     return tuple(sorted(rows, key=lambda row: row.address))
 
 
@@ -114,10 +123,11 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
     )
 
 
-def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
+def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | None = None) -> RunRecord:
     """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `hot`,
-    `eager`), in this process. A guest that stops abnormally is a result (its reason
-    is compared like an exit status), not an error.
+    `eager`, `disable_rule`, `disable_class`), in this process. A guest that stops
+    abnormally is a result (its reason is compared like an exit status), not an error.
+    `kind` says how a run named otherwise (a `--variant`) patches: one of the three modes.
 
     unpatched: trap-and-emulate only, no patch manager at all;
     dynamic:   the patch manager patches sites as they trap (`bt run --hot N`);
@@ -131,9 +141,10 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
     from runtime.config import RunConfig
     from runtime.vm import Vm
 
-    if mode not in (BASELINE, DYNAMIC, STATIC):
+    kind = kind or mode
+    if kind not in (BASELINE, DYNAMIC, STATIC):
         raise ValueError(f"unknown mode {mode!r}")
-    reason = unavailable(static=mode == STATIC)
+    reason = unavailable(static=kind == STATIC)
     if reason:
         raise UsageError(f"cannot compare: {reason}")
     from patchmgr.manager import PatchConfig
@@ -141,15 +152,17 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
     with tempfile.TemporaryDirectory(prefix="ring1-compare-") as tmp:
         path = Path(kernel)
         patch: PatchConfig | None = None
-        if mode == DYNAMIC:
-            patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")))
-        elif mode == STATIC:
+        rules = tuple(options.get("disable_rule") or ()), tuple(options.get("disable_class") or ())
+        if kind == DYNAMIC:
+            patch = PatchConfig(hot=options.get("hot") or 1, eager=bool(options.get("eager")),
+                                disabled_rules=rules[0], disabled_classes=rules[1])
+        elif kind == STATIC:
             from patchmgr import registry
             from patchmgr.static import patch_file
 
             # Same file name: the guest sees its image name on its command line.
             path = Path(tmp) / path.name
-            patch_file(kernel, path, registry.load())
+            patch_file(kernel, path, registry.load(rules[0], disabled_classes=rules[1]))
             patch = PatchConfig(enabled=False)
         serial = io.BytesIO()
         config = RunConfig(kernel=path, cmdline=options.get("cmdline") or "",
@@ -162,7 +175,7 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any]) -> RunRecord:
         except GuestStop as stop:
             stop_reason = str(stop)
     manager = getattr(vm, "patches", None)
-    if mode != BASELINE and manager is None:
+    if kind != BASELINE and manager is None:
         from bt.errors import InternalError
 
         raise InternalError(f"the {mode} run of {kernel} ran without a patch manager")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from runtime.report.record import BASELINE
+
 #: Shown where a run did not measure a figure; never a made-up number.
 NOT_MEASURED = "not measured"
 
@@ -22,6 +26,16 @@ def reduction(r: float | None) -> str:
     if 0 < abs(pct) < 0.1:
         return "<0.1%" if pct > 0 else "-<0.1%"
     return f"{pct:.1f}%"
+
+
+def change(counts: Mapping[str, int], mode: str) -> str:
+    """What `mode` did to a row of exit counts: the share removed ("99.9%"), or, when the
+    patched run exits more often than the baseline, the exits it added ("+5,000"): a
+    percentage of a small baseline (3 -> 5,003 is "-166666.7%") says nothing useful."""
+    before, after = counts[BASELINE], counts[mode]
+    if after > before:
+        return f"+{after - before:,}"
+    return reduction(None if before == 0 else 1.0 - after / before)
 
 
 def seconds(s: float | None) -> str:

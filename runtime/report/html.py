@@ -25,7 +25,8 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(count=fmt.count, reduction=fmt.reduction, seconds=fmt.seconds, micros=fmt.micros,
+    env.filters.update(count=fmt.count, reduction=fmt.reduction, change=fmt.change, seconds=fmt.seconds,
+                       micros=fmt.micros,
                        factor=fmt.factor, maybe_count=fmt.maybe_count, address=fmt.address)
     return env
 

@@ -31,7 +31,9 @@ def dumps(comparison: Comparison) -> str:
 
 
 def _counts(row: Counts, modes: tuple[str, ...]) -> dict[str, Any]:
-    return {"counts": dict(row.counts), "reduction": {m: row.reduction(m) for m in modes if m != BASELINE}}
+    patched = [m for m in modes if m != BASELINE]
+    return {"counts": dict(row.counts), "reduction": {m: row.reduction(m) for m in patched},
+            "added": {m: row.added(m) for m in patched}}
 
 
 def _kernel(k: KernelComparison) -> dict[str, Any]:

@@ -8,7 +8,6 @@ through JSON fixtures.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,17 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bt import elf
+from bt.symbols import Function, FunctionMap
 
-
-@dataclass(frozen=True)
-class Function:
-    name: str
-    start: int
-    size: int
-
-    @property
-    def end(self) -> int:
-        return self.start + self.size
+__all__ = ["Function", "KernelInfo", "load_kernel"]
 
 
 @dataclass(frozen=True)
@@ -40,25 +31,16 @@ class KernelInfo:
         return Path(self.path).stem
 
     @cached_property
-    def _starts(self) -> list[int]:
-        return [f.start for f in self.functions]
+    def _map(self) -> FunctionMap:
+        return FunctionMap(self.functions)
 
     def function_at(self, address: int) -> Function | None:
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i < 0:
-            return None
-        f = self.functions[i]
-        # A zero-size symbol (common for assembly labels) covers up to the next symbol.
-        end = f.end if f.size else (self.functions[i + 1].start if i + 1 < len(self.functions) else f.start)
-        return f if f.start <= address < max(end, f.start + 1) else None
+        return self._map.function_at(address)
 
     def describe(self, address: int) -> str:
-        """`symbol+0xoff`, or the bare address when no function covers it."""
-        f = self.function_at(address)
-        if f is None:
-            return f"{address:#x}"
-        off = address - f.start
-        return f"{f.name}+{off:#x}" if off else f.name
+        """`symbol+0xoff`, or the bare address when no function covers it: the same name
+        `bt run --stats` gives the address (bt/symbols.py)."""
+        return self._map.describe(address)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256,

@@ -40,6 +40,10 @@ class Counts:
             return None
         return 1.0 - self.counts[mode] / self.before
 
+    def added(self, mode: str) -> int:
+        """Exits `mode` has beyond the baseline's (0 when it has as many or fewer)."""
+        return max(0, self.counts[mode] - self.before)
+
 
 @dataclass(frozen=True)
 class SiteRow:
@@ -175,7 +179,8 @@ def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord], top: int =
     and check each run's output against `reference` (path, bytes) when one is given."""
     if BASELINE not in runs:
         raise ValueError("a comparison needs the unpatched run")
-    modes = tuple(m for m in MODES if m in runs)
+    # The three kinds of run in their fixed order, then variants (`--variant`) as given.
+    modes = tuple(m for m in MODES if m in runs) + tuple(m for m in runs if m not in MODES)
     by_kind = _rows(runs, modes, lambda r: r.exits_by_kind, order=EXIT_KINDS)
     by_class = _rows(runs, modes, lambda r: r.exits_by_class)
     total = Counts("total", {m: runs[m].total_exits for m in modes})

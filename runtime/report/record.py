@@ -44,7 +44,7 @@ class Patch:
     rule: str  # the patch rule's name
     kind: str  # how the site is rewritten: "jump" (5-byte JMP to patch code), "int3", ...
     size: int  # guest bytes the patch covers (0 when refused)
-    status: str  # "active", "refused", "removed", ...
+    status: str  # "active", "refused", or "unpatched" (run, never reached by the scan, not patched)
     reason: str = ""  # why a patch was refused or removed
     text: str = ""  # the instruction at `address`
     start: int | None = None  # first guest byte the patch rewrites, when not `address` (a JMP window)

@@ -22,6 +22,7 @@ from runtime.report.kernel import KernelInfo, load_kernel
 from runtime.report.model import TOP_SITES, Comparison, KernelComparison, compare_kernel
 from runtime.report.record import BASELINE, DYNAMIC, STATIC, RunRecord
 from runtime.report.repro import collect
+from runtime.report.variant import Variant
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,19 @@ class CompareOptions:
     run: Mapping[str, Any] = field(default_factory=dict)
     #: Kernel -> a file holding its known-good guest output (`--expect`).
     expect: Mapping[str, str] = field(default_factory=dict)
+    #: More dynamic runs, each with its own patch options (`--variant`), after the others.
+    variants: tuple[Variant, ...] = ()
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return (BASELINE, DYNAMIC, STATIC) if self.static else (BASELINE, DYNAMIC)
+        base = (BASELINE, DYNAMIC, STATIC) if self.static else (BASELINE, DYNAMIC)
+        return base + tuple(v.name for v in self.variants)
+
+    def tasks(self, path: str) -> list[RunTask]:
+        """One run per mode of kernel `path`; a variant is a dynamic run with its options."""
+        out = [RunTask(path, m, dict(self.run)) for m in self.modes if m in (BASELINE, DYNAMIC, STATIC)]
+        out += [RunTask(path, v.name, v.run_options(self.run), DYNAMIC) for v in self.variants]
+        return out
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class RunTask:
     kernel: str
     mode: str
     run: Mapping[str, Any]
+    kind: str | None = None     # how the run patches when `mode` is a variant's name
 
 
 #: Called as each run starts and ends: (task, record or None while it runs).
@@ -56,21 +67,21 @@ def run_all(options: CompareOptions, command: Sequence[str], progress: Progress 
     # Bad files fail before any run starts.
     kernels = {path: load_kernel(path) for path in options.kernels}
     references = {path: read_reference(ref) for path, ref in options.expect.items()}
-    tasks = [RunTask(path, mode, dict(options.run)) for path in options.kernels for mode in options.modes]
+    tasks = [t for path in options.kernels for t in options.tasks(path)]
     jobs = options.jobs or min(len(tasks), os.cpu_count() or 1)
     records: dict[tuple[str, str], RunRecord] = {}
     if jobs <= 1:
         for task in tasks:
             if progress:
                 progress(task, None)
-            records[(task.kernel, task.mode)] = adapter.run_once(task.kernel, task.mode, task.run)
+            records[(task.kernel, task.mode)] = adapter.run_once(task.kernel, task.mode, task.run, task.kind)
             if progress:
                 progress(task, records[(task.kernel, task.mode)])
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             pending: dict[Future[RunRecord], RunTask] = {}
             for task in tasks:
-                pending[pool.submit(adapter.run_once, task.kernel, task.mode, task.run)] = task
+                pending[pool.submit(adapter.run_once, task.kernel, task.mode, task.run, task.kind)] = task
                 if progress:
                     progress(task, None)
             try:
@@ -90,8 +101,9 @@ def run_all(options: CompareOptions, command: Sequence[str], progress: Progress 
                        reference=references.get(path))
         for path in options.kernels
     )
+    variants = {"variants": {v.name: dict(v.options) for v in options.variants}} if options.variants else {}
     return Comparison(compared, collect(command, {"static": options.static, "top": options.top,
-                                                  **options.run}))
+                                                  **options.run, **variants}))
 
 
 # Recorded runs: one JSON file per kernel, {"kernel": KernelInfo, "runs": [RunRecord...]}.

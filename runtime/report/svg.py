@@ -15,8 +15,16 @@ from html import escape
 
 from runtime.report import fmt
 
-#: One colour per run, the same in every chart and legend.
+#: One colour per run, the same in every chart and legend; variants (`--variant`) take the
+#: next free colour of VARIANT_COLOURS in the order the chart lists them.
 MODE_COLOURS = {"unpatched": "#c0504d", "dynamic": "#4f81bd", "static": "#9bbb59"}
+VARIANT_COLOURS = ("#8064a2", "#f79646", "#4bacc6", "#7f7f7f", "#b65708", "#2c4d75")
+
+
+def _colours(modes: Sequence[str]) -> dict[str, str]:
+    extra = [m for m in modes if m not in MODE_COLOURS]
+    out = {m: VARIANT_COLOURS[i % len(VARIANT_COLOURS)] for i, m in enumerate(extra)}
+    return {**out, **MODE_COLOURS}
 FONT = "font-family:system-ui,sans-serif;font-size:12px"
 
 
@@ -43,9 +51,10 @@ def bar_chart(name: str, bars: Sequence[Bar], modes: Sequence[str], width: int =
     scale = plot_w / _log(top) if top else 0.0
     out = [f'<svg class="chart" data-chart="{escape(name)}" xmlns="http://www.w3.org/2000/svg" '
            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" style="{FONT}">']
+    colour = _colours(modes)
     x = label_w
     for m in modes:
-        out.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{MODE_COLOURS.get(m, "#888")}"/>'
+        out.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{colour[m]}"/>'
                    f'<text x="{x + 16}" y="14">{escape(m)}</text>')
         x += 20 + 8 * len(m) + 16
     for i, b in enumerate(bars):
@@ -57,7 +66,7 @@ def bar_chart(name: str, bars: Sequence[Bar], modes: Sequence[str], width: int =
             w = _log(n) * scale
             y = y0 + j * bar_h
             out.append(f'<rect class="bar" data-mode="{escape(m)}" x="{label_w}" y="{y}" width="{w:.1f}" '
-                       f'height="{bar_h - 2}" fill="{MODE_COLOURS.get(m, "#888")}">'
+                       f'height="{bar_h - 2}" fill="{colour[m]}">'
                        f'<title>{escape(b.label)}, {escape(m)}: {fmt.count(n)} exits</title></rect>'
                        f'<text x="{label_w + w + 4:.1f}" y="{y + bar_h / 2}" '
                        f'dominant-baseline="middle">{fmt.count(n)}</text>')

@@ -39,7 +39,11 @@ def render_plain(comparison: Comparison) -> str:
     """The report as plain text: what a pipe or a file gets, and what golden files hold.
     Trailing blanks (rich pads table cells) are dropped so files diff cleanly."""
     buffer = io.StringIO()
-    render(comparison, plain_console(buffer))
+    console = plain_console(buffer)
+    # Variants (`--variant`) add runs, hence columns: widen rather than cut names short.
+    runs = max((len(k.modes) for k in comparison.kernels), default=0)
+    console.width = PLAIN_WIDTH + 28 * max(0, runs - 3)
+    render(comparison, console)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -70,7 +74,7 @@ def _count_columns(k: KernelComparison) -> list[str]:
 def _count_cells(row: Counts, k: KernelComparison) -> list[str]:
     cells = [fmt.count(row.before)]
     for m in k.patched_modes:
-        cells += [fmt.count(row.counts[m]), fmt.reduction(row.reduction(m))]
+        cells += [fmt.count(row.counts[m]), fmt.change(row.counts, m)]
     return cells
 
 
@@ -87,7 +91,7 @@ def describe_summary(comparison: Comparison) -> Table:
         cells = [k.name, fmt.count(k.total.before)]
         for m in modes:
             if m in k.modes:
-                cells += [fmt.count(k.total.counts[m]), fmt.reduction(k.total.reduction(m)),
+                cells += [fmt.count(k.total.counts[m]), fmt.change(k.total.counts, m),
                           fmt.factor(k.speedup(m))]
             else:
                 cells += ["-", "-", "-"]
@@ -174,6 +178,11 @@ def describe_patches(k: KernelComparison, mode: str) -> Table:
                   str(p.size), p.status, p.reason or "")
     if not patches:
         t.add_row("(no patches)", *[""] * 7)
+    unscanned = sum(1 for p in patches if p.status == "unpatched")
+    if unscanned:
+        t.caption = (f"{unscanned} site(s) ran unpatched because the scan never reached them "
+                     "(status unpatched)")
+        t.caption_justify = "left"
     return t
 
 
@@ -201,6 +210,11 @@ def describe_repro(comparison: Comparison) -> Table:
     t.add_row("command", "bt " + " ".join(r.command))
     for key, value in r.options.items():
         t.add_row(f"option {key}", str(value))
+    for rule in r.rules:
+        t.add_row(f"rule {rule['name']}", f"{rule['distribution']} {rule['version']}: "
+                                          f"{', '.join(rule['classes']) or '(no class)'}")
+    for warning in r.rule_warnings:
+        t.add_row("rule warning", warning)
     for k in comparison.kernels:
         t.add_row(f"sha256 {k.name}", k.kernel.sha256)
     return t

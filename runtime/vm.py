@@ -298,6 +298,11 @@ class Vm:
         self._flush_tlb()
         self.directory.follow(self.shadow.guest_pd, self.config.ram_size)
         self.tables.refresh()
+        # The CPU's view of memory changed under the running slice (page rights too): end it,
+        # so that Unicorn's first fetch on the new view is made afresh in the next slice, with
+        # old_exception clear (a fetch fault Unicorn drops here would turn the guest's next
+        # fault into #DF: seen with usermode --eager, the first instruction after CR0.PG).
+        self.machine.uc.emu_stop()
 
     def _pde_written(self, index: int) -> None:
         """The guest stored into entry `index` of its current page directory

@@ -19,9 +19,10 @@ CR0_PE, CR0_TS, CR0_ET = 1 << 0, 1 << 3, 1 << 4
 #: CR0 bits that reach the real CR0 (PE and PG always set: ring1 never leaves protected
 #: mode, and the CPU always pages, on the shadow directory).
 CR0_REAL = (1 << 16) | CR0_TS | (1 << 1) | (1 << 5)
-#: CR4 bits that reach the real CR4: PSE, PGE, OSFXSR, OSXMMEXCPT.
+#: CR4 bits that reach the real CR4: PSE, PGE, OSFXSR, OSXMMEXCPT, OSXSAVE (the CPU checks
+#: the last three for the guest's own SSE and XSAVE instructions, and CPUID reports OSXSAVE).
 CR4_PSE = 1 << 4
-CR4_REAL = CR4_PSE | (1 << 7) | (1 << 9) | (1 << 10)
+CR4_REAL = CR4_PSE | (1 << 7) | (1 << 9) | (1 << 10) | (1 << 18)
 
 
 def real_paging(cpu: Cpu, cr0: int, cr4: int) -> None:

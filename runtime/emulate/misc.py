@@ -104,13 +104,18 @@ def _host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
+def guest_cpuid(leaf: int, subleaf: int, cr4: int) -> tuple[int, int, int, int]:
+    """What CPUID answers the guest: the CPU model's values, with CPUID.1:ECX.OSXSAVE
+    mirroring the guest's CR4.OSXSAVE (SDM CPUID), not the scratch engine's."""
+    a, b, c, d = _host_cpuid(leaf, subleaf)
+    if leaf == 1:
+        c = (c & ~CPUID1_OSXSAVE) | (CPUID1_OSXSAVE if cr4 & CR4_OSXSAVE else 0)
+    return a, b, c, d
+
+
 def cpuid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     cpu = ctx.cpu
-    leaf = cpu.read_name("eax")
-    a, b, c, d = _host_cpuid(leaf, cpu.read_name("ecx"))
-    if leaf == 1:
-        # OSXSAVE mirrors CR4.OSXSAVE (SDM CPUID): the guest's, not the scratch engine's.
-        c = (c & ~CPUID1_OSXSAVE) | (CPUID1_OSXSAVE if ctx.vcpu.cr(4) & CR4_OSXSAVE else 0)
+    a, b, c, d = guest_cpuid(cpu.read_name("eax"), cpu.read_name("ecx"), ctx.vcpu.cr(4))
     for name, value in (("eax", a), ("ebx", b), ("ecx", c), ("edx", d)):
         cpu.write_name(name, value)
     return None

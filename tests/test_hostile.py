@@ -101,6 +101,16 @@ def test_hostile_guest_operations_end_cleanly(name: str, src: str, chunks: tuple
         assert words(vm, RESULTS, 1)[0] == vector
 
 
+def test_a_call_gate_to_ring0_with_a_bad_tss_stack_is_a_triple_fault() -> None:
+    # SS0 null in the guest's TSS: the gate raises #TS(0), whose own delivery from ring 3
+    # needs that same stack: #TS again, #DF, triple fault (QEMU shuts down the same way).
+    gate = call_gate(KCODE, 0x100000, 3).to_bytes()
+    src = "mov dword ptr [0x22008], 0\n" + RELOAD_GDT + to_user()
+    user = ".byte 0x9a\n.long 0\n.word 0x33\n"
+    _vm, result = run(kernel(src, handlers=HANDLERS, user=user, chunks=_gdt_with(6, gate)))
+    assert isinstance(result, GuestStop) and result.reason == "triple fault", result
+
+
 def test_ring3_on_the_trampoline_sees_its_own_fault_not_the_vmms() -> None:
     # With paging off the VMM's top 4 MiB is out of ring 3's reach by its page rights: the
     # guest gets #GP(0) at its own jump target, and the VMM keeps running.

@@ -144,6 +144,12 @@ gate_kernel_target:
     movl %eax, gate_seen + 8
     lret
 
+/* A direct far CALL to the kernel's own code segment (no gate): the CS it pushes. */
+PROBE(p_far_call)
+AT(p_far_call)
+    lcall $0x08, $gate_kernel_target
+    ret
+
 PROBE(p_gate_jump)
     movl $1f, jump_back
 AT(p_gate_jump)

@@ -5,7 +5,7 @@
 #define DECL(p) extern void p(void); extern char p##_at[]
 DECL(p_load_ds); DECL(p_load_ss); DECL(p_ljmp); DECL(p_lcall); DECL(p_ltr); DECL(p_lldt);
 DECL(p_xonly_iret); DECL(p_xonly_read); DECL(p_conforming_cli); DECL(p_gate_kernel);
-DECL(p_gate_jump); DECL(p_gate_user); DECL(p_user_lcall); DECL(p_user_ds); DECL(p_user_small_ss);
+DECL(p_gate_jump); DECL(p_far_call); DECL(p_gate_user); DECL(p_user_lcall); DECL(p_user_ds); DECL(p_user_small_ss);
 DECL(p_int13); DECL(p_int14); DECL(p_int8); DECL(p_ud2); DECL(p_rmw); DECL(p_read); DECL(p_write);
 DECL(p_user_read);
 extern void p_xonly(void), p_conforming(void), p_tls(void);
@@ -144,6 +144,8 @@ void test_gates(void)
     report("lcall", r, p_gate_kernel_at);
     printf("pushed cs=0x%x, return eip is the caller's: %s\n", gate_seen[2],
            gate_seen[1] == (u32)p_gate_kernel_at + 7 ? "yes" : "no");
+    report("lcall 0x08 (no gate)", try_kernel(p_far_call), p_far_call_at);
+    printf("pushed cs=0x%x\n", gate_seen[2]);
     gate_seen[7] = 0;
     report("ljmp through a DPL-0 gate", try_kernel(p_gate_jump), p_gate_jump_at);
     printf("landed: %u\n", gate_seen[7]);

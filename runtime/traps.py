@@ -154,8 +154,9 @@ class Traps:
 
     def _intr(self, vector: int) -> str:
         cpu = self.cpu
-        self.refuse_vm86()
-        eip, cs = cpu.eip_cs()
+        eip, cs, eflags = cpu.eip_cs_flags()
+        if eflags & VM86:
+            self.refuse_vm86()
         cpl = cs & 3
         # What the CPU knew and the hook is not told (runtime/latch.py): the error code it
         # would push, and whether INT n raised the vector rather than a fault (a guest's

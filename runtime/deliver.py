@@ -253,7 +253,10 @@ class Injector:
         cs = self.vcpu.msr[MSR_SYSENTER_CS] & 0xFFFC
         if not cs:
             raise DeliveryFault(VEC_GP, 0)
-        code, data = self.gdt.guest_descriptor(cs), self.gdt.guest_descriptor(cs + 8)
+        try:
+            code, data = self.gdt.guest_descriptor(cs), self.gdt.guest_descriptor(cs + 8)
+        except PageFault as pf:
+            raise _page_fault(pf) from None
         if code is None or not code.present or not code.is_code or code.dpl != 0 or data is None \
                 or not data.present or data.is_code or data.is_system or not data.type & 2 or data.dpl != 0:
             raise GuestStop("SYSENTER_CS names no ring-0 code segment followed by ring-0 data",
@@ -307,7 +310,10 @@ class Injector:
 
     def _guest_ring0_stack(self) -> tuple[int, int]:
         tr = self.vcpu.tr
-        desc = self.gdt.guest_descriptor(tr) if tr else None
+        try:
+            desc = self.gdt.guest_descriptor(tr) if tr else None
+        except PageFault as pf:
+            raise _page_fault(pf) from None
         if desc is None:
             raise GuestStop("interrupt from user mode but the guest loaded no TSS", self.cpu.read(EIP))
         try:

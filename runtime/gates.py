@@ -58,7 +58,10 @@ class Gates:
         (shadowed null): a hardware task switch, which ring1 does not emulate."""
         if op.cls not in ("far_jmp", "far_call") or error & 3 or not error & 0xFFFC:
             return
-        d = self.ctx.gdt.guest_descriptor(error & 0xFFFC)
+        try:
+            d = self.ctx.gdt.guest_descriptor(error & 0xFFFC)
+        except PageFault:
+            return
         if d is not None and d.present and d.is_system and d.type in _TASK_TYPES:
             raise GuestStop("hardware task switch (far JMP/CALL to a TSS or task gate) is not supported",
                             op.address, f"selector {error & 0xFFFC:#x}")
@@ -69,7 +72,10 @@ class Gates:
         if error & 3:
             return False            # raised while delivering an event, not by a selector
         sel = error & 0xFFFC
-        gate = self.ctx.gdt.guest_descriptor(sel)
+        try:
+            gate = self.ctx.gdt.guest_descriptor(sel)
+        except PageFault:
+            return False
         if gate is None or not gate.is_system or gate.type not in (TYPE_CALL_GATE, TYPE_CALL_GATE16):
             return False
         try:

@@ -44,7 +44,8 @@ the page before (`before_store`: the patch manager takes a patch out) and after
 (`after_store`: a descriptor is re-shadowed) it makes the store. The VMM's own stores into
 guest memory on the guest's behalf (an emulated REP INS, a frame push, LTR's busy bit:
 runtime/paging.py `Mmu.write`) go through `store`, which tells the same watchers: no
-guest-visible write into a watched page bypasses them (issue 11, item 9). The guard owns
+guest-visible write into a watched page bypasses them (issue 11, item 9); a device that
+writes guest RAM (DMA) must write through `store` too. The guard owns
 the one hook and every page's protection, so that two watchers of one page never disagree
 about it.
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from bt import layout
 from bt.errors import GuestStop
+from runtime.paging import PageFault
 
 # The VMM's slots, by index from VMM_GDT_FIRST_SLOT.
 _F = layout.VMM_GDT_FIRST_SLOT
@@ -209,7 +210,10 @@ class ShadowGdt:
     def _guest_ldt(self) -> Descriptor | None:
         if not self.ldt_selector:
             return None
-        d = self.guest_descriptor(self.ldt_selector & ~4)
+        try:
+            d = self.guest_descriptor(self.ldt_selector & ~4)
+        except PageFault:
+            return None
         if d is None or not d.present or not d.is_system or d.type != TYPE_LDT:
             return None
         return d
@@ -285,7 +289,14 @@ class ShadowGdt:
 
     def write_seen(self, ldt: bool, offset: int, size: int) -> None:
         """The guest wrote `size` bytes at byte `offset` of its GDT (`ldt` False) or LDT:
-        re-shadow the descriptors they touch (runtime/tablewatch.py)."""
+        re-shadow the descriptors they touch (runtime/tablewatch.py). A table page the
+        guest's mapping lost since is left as it was (its next load re-shadows it)."""
+        try:
+            self._write_seen(ldt, offset, size)
+        except PageFault:
+            pass
+
+    def _write_seen(self, ldt: bool, offset: int, size: int) -> None:
         first, last = offset // 8, (offset + size - 1) // 8
         if ldt:
             if not self.ldt_synced:

@@ -556,7 +556,10 @@ class Traps:
         if cpl <= (vcpu.vflags & IOPL_MASK) >> 12:
             return True
         tr = vcpu.tr
-        desc = None if tr & 4 else self.ctx.gdt.guest_descriptor(tr)   # TR names a GDT entry
+        try:
+            desc = None if tr & 4 else self.ctx.gdt.guest_descriptor(tr)   # TR names a GDT entry
+        except PageFault:
+            return False                 # its GDT unmapped: denied (hardware: #PF)
         if desc is None or not desc.present or not desc.is_system or desc.type not in (TSS32, TSS32_BUSY):
             return False
         limit = desc.limit

@@ -9,6 +9,7 @@ does not emulate (a clean stop is the documented answer) and the VMM's own addre
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -120,3 +121,55 @@ def test_ring3_on_the_trampoline_sees_its_own_fault_not_the_vmms() -> None:
     vector, error = words(vm, RESULTS, 2)
     assert (vector, error) == (13, 0)
     assert vm.cpu.read_name("cs") & 3 == 1
+
+
+def _random_cases(seed: int, count: int) -> list[tuple[str, bool]]:
+    """Random privileged and sensitive instructions with random operands (selectors of
+    every kind, ring1's own, MSRs, control registers, frames, ports), at CPL 0 or in ring 3."""
+    rng = random.Random(seed)
+
+    def sel() -> int:
+        return rng.choice([0, 8, 0x10, 0x1B, 0x23, 0x28, 0x2B, segments.VMM_CS0, segments.VMM_GATE,
+                           rng.randrange(0x10000)])
+
+    def word() -> int:
+        return rng.choice([0, 0x100000, layout.VMM_BASE, layout.PATCH_BASE, 0xFFFFFFFF,
+                           rng.randrange(1 << 32)])
+
+    out = []
+    for _ in range(count):
+        a, b, s = word(), word(), sel()
+        src = rng.choice([
+            f"mov ax, {s}\nmov {rng.choice(['ds', 'es', 'fs', 'gs', 'ss'])}, ax\n",
+            f".byte {rng.choice(['0xea', '0x9a'])}\n.long {a}\n.word {s}\n",
+            f"mov ax, {s}\n{rng.choice(['ltr', 'lldt', 'verr', 'verw'])} ax\n",
+            f"mov eax, {a}\nmov {rng.choice(['cr0', 'cr3', 'cr4'])}, eax\n",
+            f"mov ecx, {rng.choice([0x174, 0x176, 0xC0000080, a])}\nmov eax, {b}\nxor edx, edx\n"
+            f"{rng.choice(['wrmsr', 'rdmsr'])}\n",
+            "".join(f"push {word()}\n" for _ in range(5)) + rng.choice(["iretd\n", "retf\n", "retf 8\n"]),
+            f"int {rng.randrange(256)}\n",
+            f"mov ecx, 0x174\nmov eax, {s}\nxor edx, edx\nwrmsr\n{rng.choice(['sysenter', 'sysexit', 'syscall'])}\n",
+            f"mov edx, {rng.randrange(0x10000)}\n"
+            f"{rng.choice(['in al, dx', 'out dx, al', 'rep insb'])}\n",
+            f"push {a}\npopfd\n{rng.choice(['cli', 'sti', 'iretd'])}\n",
+            f"mov eax, {a}\njmp eax\n",
+            f"mov eax, {a}\nmov dword ptr [eax], {b}\n",
+            ".byte " + ", ".join(str(rng.randrange(256)) for _ in range(12)) + "\n",
+        ])
+        out.append((src, rng.random() < 0.35))
+    return out
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_random_hostile_instructions_never_end_in_an_internal_error(seed: int) -> None:
+    # Every exception goes to one handler that ends the run; whatever the instruction does,
+    # the run ends with the guest's status or a clean stop (an InternalError fails the test).
+    handlers = {v: (f"mov dword ptr [{RESULTS:#x}], 1\nmov al, 0\nout 0xf4, al\nhlt\n", 3, False)
+                for v in (*range(32), 0x80)}
+    for src, user in _random_cases(seed, 25):
+        if user:
+            image = kernel(to_user(), handlers=handlers, user=src + "int 0x80\n")
+        else:
+            image = kernel(src + "mov al, 0\nout 0xf4, al\nhlt\n", handlers=handlers)
+        _vm, result = run(image, max_insns=200_000)
+        assert isinstance(result, RunResult | GuestStop), (src, result)

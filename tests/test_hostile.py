@@ -148,7 +148,8 @@ def _random_cases(seed: int, count: int) -> list[tuple[str, bool]]:
             f"{rng.choice(['wrmsr', 'rdmsr'])}\n",
             "".join(f"push {word()}\n" for _ in range(5)) + rng.choice(["iretd\n", "retf\n", "retf 8\n"]),
             f"int {rng.randrange(256)}\n",
-            f"mov ecx, 0x174\nmov eax, {s}\nxor edx, edx\nwrmsr\n{rng.choice(['sysenter', 'sysexit', 'syscall'])}\n",
+            f"mov ecx, 0x174\nmov eax, {s}\nxor edx, edx\nwrmsr\n"
+            f"{rng.choice(['sysenter', 'sysexit', 'syscall'])}\n",
             f"mov edx, {rng.randrange(0x10000)}\n"
             f"{rng.choice(['in al, dx', 'out dx, al', 'rep insb'])}\n",
             f"push {a}\npopfd\n{rng.choice(['cli', 'sti', 'iretd'])}\n",

@@ -12,11 +12,16 @@ odd code is the guest speaking, an even non-zero code is ring1 speaking.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class Ring1Error(Exception):
     """Root of every error ring1 raises on purpose."""
 
     exit_code = 8
+    #: Prints what follows the CLI's one error line on stderr (`bt run`'s last exits and
+    #: statistics after a stop), so that the error line comes first; None: nothing follows.
+    report: Callable[[], None] | None = None
 
 
 class UsageError(Ring1Error):

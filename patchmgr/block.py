@@ -71,6 +71,8 @@ class Planned:
     pops: str | None = None                        # a relocated POP r32: r
     after_push: tuple[tuple[str, str], ...] = ()   # PatchCode.after_push
     pushes: str | None = None                      # a relocated PUSH r32: r
+    shadow: bool = False                           # PatchCode.shadow
+    may_mask: bool = False                         # PatchCode.may_mask
 
 
 def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
@@ -95,7 +97,8 @@ def plan(insn: CsInsn, rules: RuleSet, ctx: EmitContext,
             if stuck:
                 raise CannotMove(f"{op.text}: the runtime cannot emulate {', '.join(map(str, stuck))}")
             return Planned(insn.address, code.asm, b"", code.exits, code.ends_window, code.may_unmask,
-                           rule.name, code.before_pop, after_push=code.after_push)
+                           rule.name, code.before_pop, after_push=code.after_push, shadow=code.shadow,
+                           may_mask=code.may_mask)
         if row.handling is not isa.Handling.NONE:
             raise CannotMove(f"{op.text}: class {op.cls} has no enabled rule and must trap in place")
     moved = relocate(insn, f"R{insn.address:x}")
@@ -123,6 +126,7 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
     exits: list[tuple[int, ExitRecord]] = []
     fused: list[int] = []       # chunks assembled with their after_push code
     mid_exit = False
+    checks = _early_checks(items)
     for n, it in enumerate(items):
         here = address + len(code)
         asm = it.asm
@@ -147,6 +151,9 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
             exits.append((where, ExitRecord(op, end if at_end else where + 1)))
             mid_exit = mid_exit or not at_end
         code += part
+        if n in checks:
+            code += _tail_check(address + len(code), items[n + 1].guest, ctx, exits)
+            mid_exit = True
     tail = address + len(code)
     unmask = any(it.may_unmask for it in items)
     last_exits_at_end = bool(exits) and exits[-1][1].resume == end
@@ -185,6 +192,22 @@ def build(items: Sequence[Planned], start: int, end: int, address: int, ctx: Emi
         chunks[n] = replace(chunks[n], entry=stub)
     return Block(address, bytes(code), start, end, tuple(chunks), tail, tuple(exits), gate, check,
                  gate_on, gate_off)
+
+
+def _early_checks(items: Sequence[Planned]) -> set[int]:
+    """Chunks after which the block must look for a pending interrupt before it goes on:
+    where an unmasking instruction lets interrupts in (after STI's shadow instruction, right
+    after POPF) when a later instruction of the block may mask them again before the block's
+    own check at its end ("sti; nop; cli": hardware takes the interrupt after the NOP). Only
+    then: the check at the end is enough otherwise, and costs nothing while none waits."""
+    out: set[int] = set()
+    for n, it in enumerate(items):
+        if not it.may_unmask:
+            continue
+        k = n + 1 if it.shadow else n
+        if k < len(items) - 1 and not items[k].exits and any(later.may_mask for later in items[k + 1:]):
+            out.add(k)
+    return out
 
 
 def _tail_check(here: int, resume: int, ctx: EmitContext, exits: list[tuple[int, ExitRecord]]) -> bytes:

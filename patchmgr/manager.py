@@ -286,6 +286,13 @@ class PatchManager:
         for patch in self._patches_covering_range(address, address + 1):
             self.memory.write(patch.start, self._head(patch))
 
+    def window_of(self, address: int) -> tuple[int, int] | None:
+        """The guest window [start, end) of the JMP patch covering `address`, if any."""
+        for patch in self._patches_covering_range(address, address + 1):
+            if patch.block is not None:
+                return patch.start, patch.end
+        return None
+
     def set_pending(self, on: bool) -> None:
         """The runtime set (`on`) or cleared the state block's `pending` word: switch every
         block's gate to its check code, or back (patchmgr/block.py)."""

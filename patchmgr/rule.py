@@ -51,6 +51,10 @@ class PatchCode:
     `may_unmask`: the code may set the virtual IF (STI, POPF, IRET): the block checks
     the state block's `pending` word before it returns to guest code and exits there
     if an interrupt waits, so that the runtime can deliver it at a guest address.
+    `shadow`: with `may_unmask`, interrupts may come only after the next instruction (STI's
+    one-instruction shadow, SDM STI); without it, right after this one (POPF).
+    `may_mask`: the code may clear the virtual IF (CLI, POPF): an interrupt an earlier
+    instruction of the block let in must be looked for before it (patchmgr/block.py).
     `before_pop`: (register, asm) pairs: code to use instead of `asm` when the next
     instruction of the window is `pop register` (32-bit), which then runs as it is: the
     code may leave anything in that register, since the POP overwrites it (PUSHF; POP
@@ -68,6 +72,8 @@ class PatchCode:
     may_unmask: bool = False
     before_pop: tuple[tuple[str, str], ...] = ()
     after_push: tuple[tuple[str, str], ...] = ()
+    shadow: bool = False
+    may_mask: bool = False
 
 
 class EmitContext:

@@ -9,12 +9,14 @@ Measured with qemu-system-i386 -m 16/32/64/128/256/3000 and a probe kernel that
 prints its multiboot information:
 
 * the info structure at 0x9500, the memory map at 0x9000 (`bt.layout`);
-* flags 0x24F: mem_lower/mem_upper, boot_device 0x8000FFFF, cmdline, mods (count
-  0), mmap, boot_loader_name "qemu";
-* the command line is "<kernel path> <append>" (so "path " when nothing is
-  appended), placed after the kernel at kernel start + page-aligned kernel size,
-  with mods_addr pointing there too and the loader name right after the command
-  line's reserved length;
+* flags 0x24F: mem_lower/mem_upper, boot_device 0x8000FFFF, cmdline, mods, mmap,
+  boot_loader_name "qemu";
+* after the kernel, at kernel start + page-aligned kernel size, QEMU's buffer: the
+  module list (16 bytes per module, mods_addr points there even with no module), the
+  command lines (each module's "<file> <args>" as given to -initrd, then the kernel's
+  "<kernel path> <append>", so "path " when nothing is appended), the loader name at
+  the end of the room reserved for the command lines; then each module at the next
+  page boundary, one after the other (mod_end is not rounded);
 * the memory map is SeaBIOS's e820 table: 0-0x9FC00 RAM, 0x9FC00-0xA0000 reserved
   (EBDA), 0xF0000-0x100000 reserved (BIOS), 1 MiB to RAM top - 128 KiB RAM, the last
   128 KiB reserved, 0xFFFC0000-4 GiB reserved (BIOS flash); mem_lower 639,
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +52,7 @@ HEADER_MAGIC = 0x1BADB002
 BOOT_MAGIC = 0x2BADB002          # EAX at entry (spec 3.2)
 #: Spec 3.1.1: the header lies in the first 8192 bytes, 32-bit aligned.
 HEADER_SEARCH = 8192
-FLAG_PAGE_ALIGN = 1 << 0         # align modules on pages: there are no modules
+FLAG_PAGE_ALIGN = 1 << 0         # align modules on pages: QEMU always does
 FLAG_MEMORY_INFO = 1 << 1        # mem_* fields: always provided
 FLAG_VIDEO_MODE = 1 << 2         # ring1 has no video; QEMU warns and goes on
 FLAG_AOUT_KLUDGE = 1 << 16       # load by the header's address fields
@@ -66,6 +69,8 @@ MBI_LOADER_NAME = 1 << 9
 #: The structure's size up to and including boot_loader_name, apm_table and the VBE
 #: fields, as QEMU writes it (its MBI_SIZE).
 MBI_SIZE = 88
+#: One entry of the module list: mod_start, mod_end, string, reserved (spec 3.3).
+MB_MOD_SIZE = 16
 #: QEMU's boot_device: BIOS drive 0x80, no partition ("XXX: use the -boot switch?").
 BOOT_DEVICE = 0x8000FFFF
 BOOT_LOADER_NAME = "qemu"
@@ -100,6 +105,26 @@ class MemoryRegion:
     base: int
     length: int
     type: int
+
+
+@dataclass(frozen=True)
+class BootModule:
+    """A multiboot module (`bt run --module FILE[,ARGS]`, QEMU's `-initrd "FILE ARGS"`)."""
+
+    path: str
+    args: str = ""
+
+    @property
+    def cmdline(self) -> str:
+        """What the kernel finds as the module's string: the file name as given, then the
+        arguments, as QEMU passes the whole -initrd item."""
+        return f"{self.path} {self.args}" if self.args else self.path
+
+    @classmethod
+    def parse(cls, spec: str) -> BootModule:
+        """`FILE` or `FILE,ARGS` (the first comma separates them)."""
+        path, _, args = spec.partition(",")
+        return cls(path, args)
 
 
 @dataclass(frozen=True)
@@ -139,6 +164,8 @@ class BootImage:
     memory_map: tuple[MemoryRegion, ...] = ()
     mem_lower: int = 0
     mem_upper: int = 0
+    #: (start, end) physical of each module loaded, in --module order.
+    modules: tuple[tuple[int, int], ...] = ()
 
     @property
     def multiboot(self) -> bool:
@@ -179,13 +206,14 @@ def find_header(raw: bytes) -> MultibootHeader | None:
 
 
 def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: str = "",
-                    image_name: str | None = None) -> BootImage:
+                    image_name: str | None = None, modules: Sequence[BootModule] = ()) -> BootImage:
     """Load the kernel at `path` for a guest with `ram_size` bytes of RAM.
 
     `cmdline` is what `-append` would be; the kernel sees "<image_name> <cmdline>" as
-    under QEMU, `image_name` defaulting to `path` as given. Raises `ElfError` for a
-    file that is no usable ELF and `InputError` (one line, naming the file) for a
-    kernel that cannot be placed in this guest.
+    under QEMU, `image_name` defaulting to `path` as given. `modules` are loaded after
+    it as QEMU's `-initrd` loads them. Raises `ElfError` for a file that is no usable
+    ELF and `InputError` (one line, naming the file) for a kernel or module that cannot
+    be placed in this guest.
     """
     name = str(path)
     if not 2 * MiB <= ram_size <= VMM_BASE - BIOS_HIGH_RESERVED:
@@ -223,20 +251,34 @@ def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: s
         _check_placement(name, address, address + len(data), ram_size, header is not None)
 
     if header is None:
+        if modules:
+            raise InputError(f"{name}: --module needs a multiboot kernel (this ELF has no multiboot header)")
         return BootImage(path=name, chunks=tuple(sorted(chunks)), entry=entry, eax=0, ebx=0, kernel=kernel,
                          header=None, cmdline=None, kernel_start=start, kernel_end=end)
 
     full_cmdline = f"{image_name if image_name is not None else name} {cmdline}"
-    info_chunks, regions, mem_upper = _boot_information(name, start, end, full_cmdline, ram_size)
-    return BootImage(path=name, chunks=tuple(sorted(chunks + info_chunks)), entry=entry, eax=BOOT_MAGIC,
+    loaded = [(m, _read_module(m)) for m in modules]
+    info = _boot_information(name, start, end, full_cmdline, ram_size, loaded)
+    return BootImage(path=name, chunks=tuple(sorted(chunks + info.chunks)), entry=entry, eax=BOOT_MAGIC,
                      ebx=MULTIBOOT_INFO, kernel=kernel, header=header, cmdline=full_cmdline,
-                     kernel_start=start, kernel_end=end, memory_map=regions,
-                     mem_lower=EBDA_START // KiB, mem_upper=mem_upper)
+                     kernel_start=start, kernel_end=end, memory_map=info.regions,
+                     mem_lower=EBDA_START // KiB, mem_upper=info.mem_upper, modules=info.modules)
 
 
-def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT) -> BootImage:
+def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT,
+                modules: Sequence[BootModule] = (), image_name: str | None = None) -> BootImage:
     """`load_boot_image` in the positional shape the run loop calls (runtime/bootstub.py's)."""
-    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline)
+    return load_boot_image(path, ram_size=ram_size, cmdline=cmdline, modules=modules,
+                           image_name=image_name)
+
+
+def _read_module(module: BootModule) -> bytes:
+    try:
+        return Path(module.path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{module.path}: no such file (--module)") from None
+    except OSError as err:
+        raise InputError(f"{module.path}: cannot read (--module): {err.strerror or err}") from err
 
 
 def _load_elf(name: str, kernel: elf.KernelImage) -> tuple[list[tuple[int, bytes]], int]:
@@ -302,29 +344,60 @@ def _page_align(n: int) -> int:
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-def _boot_information(name: str, start: int, end: int, cmdline: str,
-                      ram_size: int) -> tuple[list[tuple[int, bytes]], tuple[MemoryRegion, ...], int]:
-    """The info structure, the memory map and the strings after the kernel, placed as QEMU does."""
-    # QEMU's buffer: the kernel (start..end), page-aligned, then the module list (empty),
-    # the command line ("path" + 1 + "append" + 1 bytes reserved), the loader name.
+@dataclass(frozen=True)
+class _Information:
+    chunks: list[tuple[int, bytes]]
+    regions: tuple[MemoryRegion, ...]
+    mem_upper: int
+    modules: tuple[tuple[int, int], ...]
+
+
+def _boot_information(name: str, start: int, end: int, cmdline: str, ram_size: int,
+                      modules: Sequence[tuple[BootModule, bytes]]) -> _Information:
+    """The info structure, the memory map, the module list and strings after the kernel, and
+    the modules, placed as QEMU's load_multiboot places them (hw/i386/multiboot.c)."""
+    # QEMU's buffer: the kernel (start..end), page-aligned, then the module list, the command
+    # lines (every module's, then the kernel's), the loader name after the room reserved for
+    # the command lines (kernel path + 1 + append + 1 + the whole -initrd string + 1).
     mods_addr = start + _page_align(end - start)
+    cmdlines_addr = mods_addr + MB_MOD_SIZE * len(modules)
     cmdline_bytes = cmdline.encode() + b"\0"
-    loader_addr = mods_addr + len(cmdline_bytes)
+    module_strings = [m.cmdline.encode() + b"\0" for m, _ in modules]
+    loader_addr = cmdlines_addr + len(cmdline_bytes) + sum(len(s) for s in module_strings)
     loader_bytes = BOOT_LOADER_NAME.encode() + b"\0"
     strings_end = start + _page_align(loader_addr + len(loader_bytes) - start)
     if strings_end > ram_size:
         raise InputError(f"{name}: no room in guest RAM after the kernel (ends {end:#x}) for the "
                          f"multiboot command line")
-    strings = (cmdline_bytes + loader_bytes).ljust(strings_end - mods_addr, b"\0")
+    # Modules: each at the next page boundary, its string before the kernel's command line.
+    mod_list = bytearray()
+    placed: list[tuple[int, int]] = []
+    chunks: list[tuple[int, bytes]] = []
+    at, string_at = strings_end, cmdlines_addr
+    for (module, data), string in zip(modules, module_strings, strict=True):
+        if at + len(data) > ram_size - BIOS_HIGH_RESERVED:
+            raise InputError(f"{module.path}: module of {len(data):#x} bytes does not fit in guest RAM at "
+                             f"{at:#x} ({ram_size // MiB} MiB; try --ram)")
+        mod_list += struct.pack("<IIII", at, at + len(data), string_at, 0)
+        placed.append((at, at + len(data)))
+        if data:
+            chunks.append((at, data))
+        string_at += len(string)
+        at = _page_align(at + len(data))
+    strings = (bytes(mod_list) + b"".join(module_strings) + cmdline_bytes).ljust(
+        loader_addr - mods_addr, b"\0") + loader_bytes
+    strings = strings.ljust(strings_end - mods_addr, b"\0")
+    kernel_cmdline_addr = cmdlines_addr + sum(len(s) for s in module_strings)
 
     regions = memory_map(ram_size)
     mmap = b"".join(struct.pack("<IQQI", 20, r.base, r.length, r.type) for r in regions)
     mem_upper = regions[3].length // KiB
     flags = MBI_MEM | MBI_BOOT_DEVICE | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_LOADER_NAME
     info = bytearray(MBI_SIZE)
-    struct.pack_into("<IIIIIII", info, 0, flags, EBDA_START // KiB, mem_upper, BOOT_DEVICE, mods_addr, 0,
-                     mods_addr)
+    struct.pack_into("<IIIIIII", info, 0, flags, EBDA_START // KiB, mem_upper, BOOT_DEVICE,
+                     kernel_cmdline_addr, len(modules), mods_addr)
     struct.pack_into("<II", info, 44, len(mmap), MULTIBOOT_MMAP)
     struct.pack_into("<I", info, 64, loader_addr)
     assert MULTIBOOT_MMAP + len(mmap) <= MULTIBOOT_INFO
-    return [(MULTIBOOT_MMAP, mmap), (MULTIBOOT_INFO, bytes(info)), (mods_addr, strings)], regions, mem_upper
+    chunks += [(MULTIBOOT_MMAP, mmap), (MULTIBOOT_INFO, bytes(info)), (mods_addr, strings)]
+    return _Information(chunks, regions, mem_upper, tuple(placed))

@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 from bt import layout
 from patchmgr.manager import PatchConfig
+from runtime.boot import BootModule
 
 #: Virtual time rate: one guest instruction is 10 virtual ns (a 100-MIPS CPU).
 #: Fixed so that virtual time, and with it every timer interrupt, depends only on
@@ -17,6 +18,9 @@ NS_PER_INSN = 10
 SLICE_INSNS = 100_000
 #: Virtual ns one exit costs the guest (an exit is not free on hardware either).
 NS_PER_EXIT = 1_000
+#: Virtual time between the keyboard becoming ready and the first key of `--keys`
+#: (runtime/devices/i8042.py says when it is ready and how the rest follow).
+KEY_DELAY_NS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,26 @@ class RunConfig:
     old_exception: str = "direct"
     #: How the patch manager patches (`--hot`, `--eager`, `--no-patch`); None: unpatched VMM.
     patch: PatchConfig | None = None
+    #: How guest instructions are counted for virtual time (runtime/clock.py): "block" (a C
+    #: hook per translated block; falls back to "count" when the module is not built) or
+    #: "count" (Unicorn's own count, a helper call per instruction).
+    clock: str = "block"
+    #: Multiboot modules, in order (`--module FILE[,ARGS]`, QEMU's -initrd).
+    modules: tuple[BootModule, ...] = ()
+    #: Disk images on the primary IDE channel: master, then slave (`--disk FILE`).
+    disks: tuple[Path, ...] = ()
+    #: Write guest disk writes through to the image files (`--disk-writable`); otherwise
+    #: they stay in memory and the files are never modified.
+    disk_writable: bool = False
+    #: Text typed on the PS/2 keyboard (`--keys FILE`), and when the first key comes.
+    keys: str = ""
+    key_delay_ns: int = KEY_DELAY_NS
+    #: Use the host terminal (stdin) as the keyboard too (interactive, not reproducible).
+    terminal: bool = False
+    #: The kernel's name on its multiboot command line, as QEMU shows the `-kernel` argument
+    #: as typed (None: `kernel` as given). A run from a copy of the file (a static patch, a
+    #: campaign cell on another machine) keeps the name the guest would otherwise see.
+    image_name: str | None = None
     #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
     #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
     vmm_base: int | None = None

@@ -51,6 +51,11 @@ class Ctx:
     #: The guest's paging changed: CR0/CR3/CR4 written (None), or INVLPG of an address:
     #: keep the shadow page directory in step, move the VMM area if need be, flush caches.
     on_paging_change: Callable[[int | None], None]
+    #: Whether the guest continuing at this address runs patch code (patch memory, or a
+    #: guest address inside a patched window).
+    in_patch: Callable[[int], bool]
+    #: The guest window [start, end) of the JMP patch covering this address, if any.
+    window_of: Callable[[int], tuple[int, int] | None]
     #: A trap of the guest kernel at this EIP: patches waiting for their code to be mapped
     #: where the kernel's ELF puts it may be made now (runtime/vm.py `_retry_deferred`).
     retry_deferred: Callable[[int], bool]
@@ -63,6 +68,8 @@ class Ctx:
     irq_waiting: Callable[[], bool]
     #: True while it has one the guest takes now (virtual IF set, or the guest in ring 3).
     irq_deliverable: Callable[[], bool]
+    #: STI's interrupt shadow: let the guest run one more instruction before an IRQ is taken.
+    irq_shadow: Callable[[], None]
 
     # -- operands --------------------------------------------------------------------------------
     def address(self, m: Mem) -> int:

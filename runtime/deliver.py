@@ -56,6 +56,7 @@ class DeliveryFault(Exception):
         super().__init__(f"vector {vector} error {error_code:#x}")
         self.vector = vector
         self.error_code = error_code
+        #: For #PF: the linear address that faulted (CR2 gets it when the fault is detected).
         self.linear = linear
 
 
@@ -118,24 +119,33 @@ class Injector:
         try:
             self._deliver(vector, return_eip, error_code, soft)
         except DeliveryFault as first:
+            self._fault_address(first)
             if soft:
-                # A fault raised by INT n itself points at the INT instruction
-                # (CD ib: 2 bytes; INT3 and INTO: 1 byte).
+                # A fault raised by INT n itself points at the INT instruction (CD ib: 2 bytes;
+                # INT3 and INTO: 1 byte), and is delivered alone: INT n is no exception, so
+                # no pair of table 6-5 makes a double fault (QEMU: no check_exception for it).
                 return_eip -= 1 if vector in (VEC_BP, 4) else 2
+                self.deliver(first.vector, return_eip, first.error_code)
+                return
             if vector == VEC_DF:
                 raise GuestStop("triple fault", return_eip,
                                 f"delivering #DF raised vector {first.vector}") from None
-            if first.vector == VEC_PF and first.linear is not None:
-                self._set_cr2(first.linear)
-            if soft or not self._double(vector, first.vector):
+            if not self._double(vector, first.vector):
                 self.deliver(first.vector, return_eip, first.error_code)
                 return
             try:
                 self._deliver(VEC_DF, return_eip, 0, False)
             except DeliveryFault as second:
+                self._fault_address(second)
                 raise GuestStop("triple fault", return_eip,
                                 f"vector {vector}, then {first.vector} delivering it, "
                                 f"then {second.vector} delivering #DF") from None
+
+    def _fault_address(self, fault: DeliveryFault) -> None:
+        """A #PF while delivering loads CR2 like any other #PF (SDM §4.7), also when it
+        turns into #DF."""
+        if fault.vector == VEC_PF and fault.linear is not None:
+            self._set_cr2(fault.linear)
 
     @staticmethod
     def _double(first: int, second: int) -> bool:

@@ -205,6 +205,15 @@ class ExceptionLatch:
         self._field = ctypes.c_int32.from_address(int(self.ctx.context.value or 0) + self.offset)
         self.clears = 0
 
+    def latched(self) -> int:
+        """`old_exception` now: the vector of the fault the CPU is delivering (a #GP or #PF
+        hook sees 13 or 14), -1 for a software interrupt (INT n never sets it, notes #3)."""
+        if self._live is not None:
+            return int(self._live_field.value)
+        if self._save(self._h, self._ctx) != 0:
+            raise InternalError("uc_context_save failed")
+        return int(self._field.value)
+
     def clear(self) -> None:
         if self._live is not None:
             self._live_field.value = -1

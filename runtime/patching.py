@@ -88,6 +88,8 @@ class Patcher(Protocol):
 
     def relay(self, address: int) -> None: ...
 
+    def window_of(self, address: int) -> tuple[int, int] | None: ...
+
 
 class NoPatcher:
     """The unpatched VMM: traps are only emulated, no INT3 belongs to a patch."""
@@ -120,6 +122,9 @@ class NoPatcher:
         return None
 
     def relay(self, address: int) -> None:
+        return None
+
+    def window_of(self, address: int) -> tuple[int, int] | None:
         return None
 
 

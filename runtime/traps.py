@@ -87,6 +87,12 @@ class Traps:
         self.gates = Gates(ctx, self.decode)
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
+        #: Without details, for counting instructions (runtime/vm.py `_insns_between`).
+        self.cs_lite = Cs(CS_ARCH_X86, CS_MODE_32)
+        #: The run's instruction clock (runtime/clock.py), told of every exception.
+        self.clock: Any = None
+        #: Clears Unicorn's skip-EIP-sync flag after this hook wrote EIP (runtime/pcsync.py).
+        self.pcsync: Any = None
         self._cache: dict[int, tuple[bytes, Operation]] = {}
         self.error: BaseException | None = None
         self.exit_status: int | None = None
@@ -138,6 +144,9 @@ class Traps:
 
     # -- the interrupt hook ---------------------------------------------------------------------
     def on_intr(self, uc: Uc, vector: int, _data: Any) -> None:
+        if self.exit_status is not None:
+            uc.emu_stop()          # after the guest's isa-debug-exit: see `guest_exited`
+            return
         t0 = time.perf_counter_ns()
         kind = "interrupt"
         try:
@@ -148,6 +157,7 @@ class Traps:
             self.error = err
             uc.emu_stop()
         finally:
+            self.pcsync.after_hook()
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -162,6 +172,9 @@ class Traps:
         # would push, and whether INT n raised the vector rather than a fault (a guest's
         # `int $13` at CPL 1 is no #GP to emulate, SDM vol. 3 §6.4.2).
         error, soft = self.exc.read()
+        # A software interrupt reports the EIP after it; a fault its own EIP, and it counts as
+        # run (runtime/clock.py), as it is by emulation.
+        self.clock.fault(eip, not soft)
         m = self.ctx.m
         area = m.vmm
         in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
@@ -413,6 +426,8 @@ class Traps:
 
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------
     def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
+        if self.exit_status is not None:
+            return 0
         t0 = time.perf_counter_ns()
         kind = "io"
         self.in_io_hook = True
@@ -439,6 +454,8 @@ class Traps:
             self.stats.vmm_ns_by_kind[kind] += dt
 
     def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
+        if self.exit_status is not None:
+            return
         t0 = time.perf_counter_ns()
         kind = "io"
         self.in_io_hook = True
@@ -446,7 +463,8 @@ class Traps:
             if self._io_exit("out", port, size):
                 self.ctx.bus.write(port, size, value)
                 if self.exit_status is not None:
-                    self.stop_in_io(uc)
+                    self.guest_exited(uc)
+                    return
                 self._stop_for_irq(uc)
             else:
                 kind = "interrupt"
@@ -458,6 +476,15 @@ class Traps:
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
+
+    def guest_exited(self, uc: Uc) -> None:
+        """The OUT just run wrote the isa-debug-exit port: QEMU ends there. Unicorn stops at the
+        end of the translated block (with the block clock): until then every exit is inert
+        (the hooks return at once) and the clock counts the block only up to this OUT."""
+        op = self._io_op
+        if op is not None:
+            self.clock.cut(self.cpu.read(EIP) + op.length)
+        self.stop_in_io(uc)
 
     def stop_in_io(self, uc: Uc) -> None:
         """`emu_stop` from an IN/OUT hook. For a REP INS/OUTS, Unicorn 2.1.4 then stops

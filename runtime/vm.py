@@ -50,26 +50,32 @@ from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL,
 from bt import layout
 from bt.errors import GuestStop, InternalError, Ring1Error
 from runtime import config as cfg
+from runtime import firmware
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
+from runtime.clock import BlockClock, CountClock, native_available
 from runtime.codewatch import CodeWatch
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CR3, CS, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
+from runtime.devices.disk import DiskImage
 from runtime.devices.standard import StandardDevices, build_standard_bus
+from runtime.devices.vga import TEXT_BASE, TEXT_WINDOW, render_screen
 from runtime.emulate import EMULATORS
 from runtime.emulate.crs import real_paging
 from runtime.guard import KEEP_WRITERS, VmmGuard
-from runtime.insncount import SliceCounter
 from runtime.machine import BOOT, STOP, Machine
+from runtime.mmio import MmioExits
 from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.patching import Patcher
+from runtime.pcsync import PcSync
 from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
 from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
 from runtime.stats import RunStats
 from runtime.tablewatch import DirectoryWatch, TableWatch
+from runtime.terminal import Terminal
 from runtime.traps import Traps
-from runtime.vcpu import VirtualCpu
+from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
@@ -125,7 +131,8 @@ class Vm:
                  image: Bootable | None = None) -> None:
         self.config = config
         self.boot: Bootable = image if image is not None else load_kernel(
-            str(config.kernel), config.cmdline, config.ram_size)
+            str(config.kernel), config.cmdline, config.ram_size, config.modules, config.image_name)
+        disks = tuple(DiskImage(path, writable=config.disk_writable) for path in config.disks)
         self.machine = Machine(config.ram_size)
         self.cpu = self.machine.cpu
         self.vcpu = VirtualCpu(self.cpu)
@@ -144,21 +151,48 @@ class Vm:
                                wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
         self._exits_mark = 0
+        #: STI's interrupt shadow (`_irq_shadow`): 2 armed by STI, 1 while the one guest
+        #: instruction after it runs, 0 otherwise.
+        self._shadow = 0
         self.devices: StandardDevices = build_standard_bus(
-            config.serial, config.ram_size, self.clock, on_exit=self._on_exit)
+            config.serial, config.ram_size, self.clock, on_exit=self._on_exit, disks=disks,
+            key_delay_ns=config.key_delay_ns, on_reset=self._on_reset)
+        self.intc = self.devices.intc
+        self.devices.lapic.base_msr = lambda: self.vcpu.msr[MSR_APIC_BASE]
+        if config.keys:
+            self.devices.kbd.type_text(config.keys)
+        #: The host terminal as a keyboard (`RunConfig.terminal`), open while `run` runs.
+        self.terminal = Terminal() if config.terminal else None
+        self._reset = False
+        self._deadline: float | None = None
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
                        on_paging_change=self._paging_changed, shadow_fault=self._shadow_fault,
                        retry_deferred=self._retry_deferred,
+                       in_patch=lambda a: (self.machine.vmm.in_patch_memory(a)
+                                           or self.traps.patcher.resume_at(a) != a),
+                       window_of=lambda a: self.traps.patcher.window_of(a),
                        clock=self.clock,
-                       irq_waiting=lambda: self.devices.pic.pending(),
-                       irq_deliverable=lambda: self.devices.pic.pending() and self._deliverable())
+                       irq_waiting=self.intc.pending,
+                       irq_deliverable=lambda: self.intc.pending() and self._deliverable(),
+                       irq_shadow=self._irq_shadow)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
+        self.mmio = MmioExits(self.ctx, self.traps, self.devices.mmio)
+        self.mmio.attach(self.machine.uc)
         self.relocator = Relocator(self.machine, self.shadow, self.gdt, self.stats,
                                    lambda: self.traps.patcher, pinned=config.vmm_base)
-        self.counter = SliceCounter(self.machine.uc)
+        uc_ = self.machine.uc
+        # The block clock leaves EIP unsynced in IN/OUT hooks after a hook wrote EIP, which
+        # runtime/pcsync.py makes up for; without that, Unicorn's count (which syncs it).
+        self.traps.pcsync = PcSync(uc_)
+        self.insn_clock: BlockClock | CountClock = (
+            BlockClock(uc_, self._insns_between)
+            if config.clock == "block" and native_available() and self.traps.pcsync.available
+            else CountClock(uc_))
+        self.traps.clock = self.insn_clock
+        self._decoded: dict[tuple[int, int], int] = {}
         uc = self.machine.uc
         uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
@@ -172,6 +206,10 @@ class Vm:
         #: Installed by the patch manager's `attach` (patched runs only).
         self.code = CodeWatch(uc, self.guard, self.mmu, self.stats, lambda: self.traps.patcher,
                               fail=self._hook_failed)
+        # What the firmware leaves in low memory (BDA, EBDA, MP table, text screen), then the
+        # kernel, which may overwrite it as under QEMU.
+        for addr, data in firmware.low_memory(config.ram_size, tuple(d.sectors for d in disks)):
+            self.cpu.phys_write(addr, data)
         for addr, data in self.boot.chunks:
             if addr + len(data) > config.ram_size:
                 raise GuestStop("kernel does not fit in guest RAM", None,
@@ -212,6 +250,19 @@ class Vm:
     def clock(self) -> int:
         return self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
 
+    def _insns_between(self, start: int, end: int) -> int:
+        """Guest instructions from `start` up to `end` in one block (runtime/clock.py)."""
+        key = (start, end)
+        n = self._decoded.get(key)
+        if n is None:
+            try:
+                code = self.mmu.read(start, end - start, fetch=True)
+            except PageFault:
+                return 0
+            n = sum(1 for _ in self.traps.cs_lite.disasm_lite(code, start))
+            self._decoded[key] = n
+        return n
+
     def _advance(self, insns: int) -> None:
         self.now_ns = self.clock() + insns * cfg.NS_PER_INSN
         self._exits_mark = self.stats.exit_count
@@ -219,6 +270,12 @@ class Vm:
 
     def _on_exit(self, status: int) -> None:
         self.traps.exit_status = status
+
+    def _on_reset(self) -> None:
+        # The guest reset the machine (keyboard controller, port 0x92): QEMU -no-reboot ends
+        # there; ring1 stops at the end of the instruction with that reason.
+        self._reset = True
+        self.machine.uc.emu_stop()
 
     def _to_guest_eip(self, eip: int) -> int:
         return self.traps.patcher.to_guest_eip(eip)
@@ -240,17 +297,24 @@ class Vm:
         return self.vcpu.user_if() if self.cpu.read(CS) & 3 == 3 else self.vcpu.vif
 
     def _take_irq(self, return_eip: int) -> bool:
-        pic = self.devices.pic
-        if not pic.pending():
+        intc = self.intc
+        if not intc.pending():
             self.vcpu.pending = 0
             return False
-        vector = pic.acknowledge()
+        vector = intc.acknowledge()
         self.vcpu.pending = 0
         self.traps.inject(vector, return_eip, None, False)
         return True
 
     def _vif_set(self, eip: int) -> int | None:
         return HANDLED if self._take_irq(eip) else None
+
+    def _irq_shadow(self) -> None:
+        """STI with an interrupt waiting: the CPU takes it only after the next instruction
+        (SDM STI, "interrupt shadow"; QEMU's HF_INHIBIT_IRQ). End this slice, run a slice of
+        one instruction, then let the run loop deliver as after any slice."""
+        self._shadow = 2
+        self.machine.uc.emu_stop()
 
     def _halt(self, next_eip: int) -> int | None:
         if not self.vcpu.vif:
@@ -262,6 +326,9 @@ class Vm:
             if self._take_irq(next_eip):
                 return HANDLED
             event = self.devices.next_event_ns(now)
+            if event is None and self.terminal is not None:
+                self._wait_for_terminal()
+                continue
             if event is None:
                 raise GuestStop("guest halted and no interrupt source is enabled", next_eip - 1)
             if event > now:
@@ -273,6 +340,28 @@ class Vm:
                 stalled += 1
                 if stalled > 2:
                     raise GuestStop("guest halted and its timer event raises no interrupt", next_eip - 1)
+
+    def _poll_terminal(self, timeout: float = 0.0) -> None:
+        if self.terminal is not None:
+            text = self.terminal.read(timeout)
+            if text:
+                self.devices.kbd.type_text(text)
+
+    def _wait_for_terminal(self) -> None:
+        """HLT with nothing timed to wake it but the host terminal: wait for a key in wall
+        time (bounded by `--timeout`)."""
+        if self._deadline is not None and time.perf_counter() > self._deadline:
+            raise GuestStop("wall-clock timeout (--timeout)", self.cpu.read(EIP),
+                            f"{self.stats.guest_insns} instructions")
+        if self.interrupted is not None:           # Ctrl-C while the guest waits for a key
+            raise GuestStop(f"interrupted ({self.interrupted})", self.cpu.read(EIP),
+                            f"{self.stats.guest_insns} instructions")
+        self._poll_terminal(0.1)
+
+    def screen_text(self) -> str:
+        """The 80x25 text screen as `bt run --screen` writes it (runtime/devices/vga.py)."""
+        window = self.cpu.phys_read(TEXT_BASE, TEXT_WINDOW)
+        return render_screen(self.devices.vga.visible_cells(window))
 
     def _area(self) -> layout.VmmArea:
         return self.machine.vmm
@@ -360,8 +449,11 @@ class Vm:
         uc = self.machine.uc
         t_start = time.perf_counter()
         deadline = None if config.timeout is None else t_start + config.timeout
+        self._deadline = deadline
         traps = self.traps
         try:
+            if self.terminal is not None:
+                self.terminal.open()
             pc = self._enter_guest()
             while traps.exit_status is None:
                 if self.interrupted is not None:
@@ -382,13 +474,18 @@ class Vm:
                 # sent ring 3 back to a patched window's guest bytes): the next would be #DF.
                 traps.latch.clear()
                 traps.drop_stale_code()
+                how = self.insn_clock.begin(count)
                 try:
-                    uc.emu_start(pc, self.machine.linear(STOP), count=count)
+                    uc.emu_start(pc, self.machine.linear(STOP), **how)
                 except UcError as err:
                     traps.steps.end()
-                    self._advance(self.counter.executed(count))
+                    self._advance(self.insn_clock.end(self.cpu.read(EIP), True))
                     if traps.error is not None:
                         raise traps.error from None
+                    if traps.exit_status is not None:
+                        # The guest had written isa-debug-exit; Unicorn ran on to the end of
+                        # its block (runtime/traps.py `guest_exited`), which is not the guest's.
+                        break
                     traps.refuse_vm86()
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
                         pc = self.cpu.read(EIP)
@@ -398,9 +495,12 @@ class Vm:
                         continue
                     raise self._unicorn_stop(err) from err
                 traps.steps.end()
+                ran = self.insn_clock.end(self.cpu.read(EIP), False)
+                self._advance(ran)
                 traps.finish_rep_element()
-                done = self.counter.executed(count)
-                self._advance(done)
+                resume = self.mmio.take_resume()
+                if resume is not None:            # an MMIO store that ended the slice (runtime/mmio.py)
+                    self.cpu.write(EIP, resume)
                 self._check_state()
                 if traps.error is not None:
                     raise traps.error
@@ -409,14 +509,20 @@ class Vm:
                 # with no CR3 load or INVLPG to tell: looked at once per slice.
                 self.relocator.check("slice end")
                 self._retry_deferred()
+                if self._reset:
+                    raise GuestStop("guest reset the machine (keyboard controller or port 0x92)",
+                                    self.cpu.read(EIP))
                 # A user-mode I/O instruction the guest's IOPL and TSS bitmap deny was
                 # stopped in its hook: undo it and deliver its #GP(0) before anything else.
                 traps.reflect_io_fault()
                 if traps.exit_status is not None:
                     break
+                self._poll_terminal()
                 self.devices.tick(self.now_ns)
                 pc = self.cpu.read(EIP)
-                if self.devices.pic.pending():
+                if self._shadow and (self._shadow == 2 or ran):
+                    self._shadow -= 1      # armed: the next slice is the shadowed instruction
+                if self._shadow == 0 and self.intc.pending():
                     if self._in_guest(pc) and self._deliverable():
                         self._take_irq(pc)
                         pc = self.cpu.read(EIP)
@@ -443,8 +549,10 @@ class Vm:
             internal.last_exits = list(traps.last)
             raise internal from err
         finally:
+            if self.terminal is not None:
+                self.terminal.close()
             self._check_state()
-            self.devices.flush()
+            self.devices.close()
             self.stats.unknown_ports = Counter(self.devices.bus.unknown)
             self.stats.virtual_ns = self.clock()
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
@@ -453,10 +561,12 @@ class Vm:
     def _enter_guest(self) -> int:
         """Run BOOT (LTR, IRETD into ring 1) on its own, then shut the VMM's GDT slots; the
         guest's entry point, where the run loop starts."""
+        self.insn_clock.begin(1 << 40)   # Unicorn's count stops BOOT; they are not the guest's
         try:
             self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
         except UcError as err:
             raise InternalError(f"BOOT could not enter ring 1: {err}") from err
+        self.insn_clock.end(self.cpu.read(EIP), False)
         eip, cs = self.cpu.eip_cs()
         if cs & 3 != 1 or eip != self.boot.entry:
             raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")
@@ -467,7 +577,7 @@ class Vm:
         return self.traps.patcher.to_guest_eip(self.cpu.read(EIP))
 
     def _slice_length(self) -> int:
-        count = self.config.slice_insns
+        count = 1 if self._shadow else self.config.slice_insns
         event = self.devices.next_event_ns(self.now_ns)
         if event is not None:
             count = min(count, max(1, -(-(event - self.now_ns) // cfg.NS_PER_INSN)))
@@ -484,7 +594,7 @@ class Vm:
     def _invalid_opcode(self) -> bool:
         """Unicorn stops on opcodes it does not implement (UD2 and undefined ones
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
-        the CPU would, if the guest has a handler; False: stop with a diagnosis."""
+        the CPU would, if the guest loaded one; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
         if self.cpu.read(CS) & 3 == 1:
             # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
@@ -502,15 +612,14 @@ class Vm:
                 self.traps.last.append(("trap", op.cls, eip))
                 self.traps.execute(op, op.next_address)
                 return True
-        _base, limit = self.vcpu.table("idtr")
-        if limit < 6 * 8 + 7:
-            return False        # no IDT that could hold a #UD handler: stop with the opcode
-        try:
-            self.traps.inject(VEC_UD, eip, None, False)
-        except GuestStop as stop:
-            if stop.reason != "triple fault":
-                raise
-            return False        # no IDT at all (the loader's real-mode one): say what started it
+        # A guest with an IDT gets #UD as the CPU raises it, whatever its gate holds (a gate
+        # that is not present is #NP, delivered or escalated by runtime/deliver.py); a guest
+        # without one (no LIDT yet: still the loader's real-mode IDTR, where the CPU would
+        # triple-fault) is stopped with the opcode as the reason, the more useful diagnosis.
+        idtr = self.vcpu.table("idtr")
+        if idtr == LOADER_IDTR or idtr[1] < 6 * 8 + 7:
+            return False
+        self.traps.inject(VEC_UD, eip, None, False)
         return True
 
     def _unicorn_stop(self, err: UcError) -> GuestStop:

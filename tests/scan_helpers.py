@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from requires import require_tool
 
 from bt import isa
 
@@ -16,8 +15,7 @@ from bt import isa
 def build_elf(tmp_path: Path, source: str, bits: int = 32, name: str = "k", text: int = 0x100000,
               ld_flags: tuple[str, ...] = ()) -> Path:
     """Assemble and link an AT&T-syntax `source` into a static ELF at `text`."""
-    if shutil.which("as") is None or shutil.which("ld") is None:
-        pytest.skip("GNU as/ld not installed (Debian: binutils)")
+    require_tool("binutils")
     src, obj, elf = tmp_path / f"{name}.S", tmp_path / f"{name}.o", tmp_path / f"{name}.elf"
     src.write_text(source)
     subprocess.run(["as", f"--{bits}", str(src), "-o", str(obj)], check=True, capture_output=True)
@@ -96,8 +94,7 @@ def _grep_patterns() -> list[str]:
 def objdump_sites(path: Path) -> tuple[dict[int, tuple[str, str]], list[int]]:
     """What objdump -d -M intel prints with a class: address -> (class, text), and apart the
     addresses of its INT3s (a vmlinux has millions: padding). grep picks the candidate lines."""
-    if shutil.which("objdump") is None or shutil.which("grep") is None:
-        pytest.skip("objdump or grep not installed (Debian: binutils, grep)")
+    require_tool("binutils")
     sites: dict[int, tuple[str, str]] = {}
     int3: list[int] = []
     grep = ["grep", "-E"]

@@ -10,13 +10,13 @@ comparison is also made live. Bad kernels are built here with `as` and `ld`.
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
-from qemu import qemu_binary, qemu_command
+from qemu import qemu_command
+from requires import require_tool, unavailable
 
 from bt.errors import ElfError, InputError, Ring1Error, UsageError
 from bt.layout import MULTIBOOT_INFO, MULTIBOOT_MMAP, VMM_BASE, MiB
@@ -25,8 +25,14 @@ from runtime.boot import BOOT_MAGIC, BootImage, find_header, load_boot_image, lo
 DATA = Path(__file__).resolve().parent / "data"
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 PROBE_CMDLINE = "a=1 b=2"
-TOOLS = shutil.which("as") and shutil.which("ld")
-needs_tools = pytest.mark.skipif(not TOOLS, reason="GNU as/ld not installed")
+
+
+@pytest.fixture
+def binutils() -> None:
+    require_tool("binutils")
+
+
+needs_tools = pytest.mark.usefixtures("binutils")
 
 LINKER_SCRIPT = """ENTRY(_start)
 SECTIONS {{ . = {base:#x}; .text : AT({phys:#x}) {{ *(.multiboot) *(.text) }}
@@ -106,8 +112,7 @@ def check_against_probe(image: BootImage, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not TOOLS:
-        pytest.skip("GNU as/ld not installed")
+    require_tool("binutils")
     tmp = tmp_path_factory.mktemp("probe")
     return build(tmp, "mbprobe.elf", (DATA / "mbprobe.S").read_text(), (DATA / "mbprobe.ld").read_text())
 
@@ -123,8 +128,7 @@ def test_boot_information_matches_qemu_golden(probe: Path) -> None:
 
 @pytest.mark.parametrize("mib", [16, 64, 256])
 def test_boot_information_matches_live_qemu(probe: Path, mib: int) -> None:
-    if qemu_binary() is None:
-        pytest.skip("qemu-system-i386 not installed")
+    require_tool("qemu")
     serial = probe.parent / f"serial-{mib}.txt"
     cmd = qemu_command(Path(probe.name), PROBE_CMDLINE, serial)
     cmd[cmd.index("-m") + 1] = str(mib)
@@ -141,8 +145,6 @@ def test_memory_map_is_seabios_e820() -> None:
 
 def test_sample_kernel() -> None:
     elf = SAMPLES / "hello" / "hello.elf"
-    if not elf.exists():
-        pytest.skip("samples not built")
     image = load_boot_image(elf, cmdline="mode=test")
     assert image.multiboot and image.eax == BOOT_MAGIC == 0x2BADB002 and image.ebx == MULTIBOOT_INFO
     assert image.kernel is not None and image.entry == image.kernel.entry
@@ -160,14 +162,11 @@ def test_sample_kernel() -> None:
 
 def test_load_kernel_positional_shape() -> None:
     elf = SAMPLES / "hello" / "hello.elf"
-    if not elf.exists():
-        pytest.skip("samples not built")
     assert load_kernel(str(elf), "x=1", 32 * MiB) == load_boot_image(elf, ram_size=32 * MiB, cmdline="x=1")
 
 
+@needs_tools
 def test_empty_append_gives_path_and_space(tmp_path: Path) -> None:
-    if not TOOLS:
-        pytest.skip("GNU as/ld not installed")
     image = load_boot_image(tiny(tmp_path, "k.elf"))
     assert image.cmdline == f"{tmp_path / 'k.elf'} "     # QEMU's "%s %s" with nothing appended
 
@@ -294,7 +293,7 @@ def test_video_mode_flag_is_ignored_with_a_warning(tmp_path: Path, caplog: pytes
 def test_x86_64_refused() -> None:
     elf64 = next((p for p in (Path("/bin/true"), Path("/usr/bin/true")) if p.exists()), None)
     if elf64 is None or elf64.read_bytes()[4] != 2:
-        pytest.skip("no x86-64 ELF at hand")
+        unavailable("no x86-64 ELF at hand (/bin/true)")
     with pytest.raises(ElfError) as err:
         load_boot_image(elf64)
     assert "x86-64" in one_line(err)

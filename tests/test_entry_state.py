@@ -12,12 +12,11 @@ line (tests/qemu.py); RING1_UPDATE_GOLDEN=1 rewrites it. The multiboot specifica
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-from qemu import qemu_binary, run_qemu, update_requested
+from qemu import run_qemu, update_requested
+from requires import require_tool
 
 from patchmgr.manager import PatchConfig
 from runtime.config import RunConfig
@@ -45,8 +44,7 @@ DIFFERS_UNPATCHED = DIFFERS_PATCHED | {"eflags", "cs", "ss", "gdtr.base", "idtr.
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("as") is None or shutil.which("ld") is None:
-        pytest.skip("GNU as/ld not installed")
+    require_tool("binutils")
     source = (DATA / "entryprobe.S").read_text()
     return build(tmp_path_factory.mktemp("entry"), "entryprobe.elf", source, SCRIPT)
 
@@ -56,10 +54,7 @@ def _parse(text: str) -> dict[str, int]:
 
 
 def test_qemu_prints_the_recorded_state(probe: Path) -> None:
-    if qemu_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("qemu-system-i386 is required under CI")
-        pytest.skip("qemu-system-i386 not installed")
+    require_tool("qemu")
     serial, code = run_qemu(probe, "")
     assert code == 1
     if update_requested():

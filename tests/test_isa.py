@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+import unicorn_probe as probe
 from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
 from keystone import KS_ARCH_X86, KS_MODE_32, KS_MODE_64, Ks
 
 from bt import isa
 from bt.errors import Ring1Error, UsageError
-
-ROOT = Path(__file__).resolve().parent.parent
-PROBE = ROOT.parent / "shared" / "tools" / "ring1_probe.py"
 
 FIXED_NAMES = """cli sti pushf popf hlt mov_from_cr mov_to_cr mov_from_dr mov_to_dr lgdt lidt lldt ltr sgdt
 sidt sldt str smsw lmsw clts invd wbinvd invlpg rdmsr wrmsr rdtsc rdtscp rdpmc cpuid in out ins outs iret
@@ -128,7 +123,7 @@ def test_not_sensitive(src, bits):
     assert isa.classify(_insn(src, bits)) is None
 
 
-# What ring1_probe.py prints, mapped to the table's `unicorn` column.
+# What the probe (tests/unicorn_probe.py) prints, mapped to the table's `unicorn` column.
 def _verdict(outcome: list[str]) -> isa.Unicorn:
     first = outcome[0] if outcome else ""
     if first == "vector 13 at the probed instruction":
@@ -152,12 +147,6 @@ NOT_A_ROW = {
 
 
 def test_unicorn_column_agrees_with_the_probe():
-    if not PROBE.exists():
-        pytest.skip(f"{PROBE} not present")
-    spec = importlib.util.spec_from_file_location("ring1_probe", PROBE)
-    assert spec is not None and spec.loader is not None
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     wrong = []
     for src in probe.INSTRUCTIONS:
         cls = isa.classify(_insn(src))

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from requires import require_tool, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ruff_clean():
-    if shutil.which("ruff") is None:
-        pytest.skip("ruff not installed (pip install -e '.[test]')")
-    proc = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
+    ruff = require_tool("ruff")
+    proc = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_mypy_clean():
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
     if "No module named mypy" in proc.stderr:
-        pytest.skip("mypy not installed (pip install -e '.[test]')")
+        unavailable("mypy not installed (pip install -e '.[test]')")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -19,7 +19,8 @@ from runtime.config import RunConfig
 from runtime.patching import _VmMemory
 from runtime.vm import RunResult, Vm
 
-PORT = 0x1F0
+#: A port no device of the PC claims (the IDE data port 0x1F0 is the disk's since the platform).
+PORT = 0x2F0
 BUF = 0x23100
 
 

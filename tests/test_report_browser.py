@@ -1,7 +1,7 @@
 """The HTML report in a real browser: it loads offline without console errors and its charts are drawn.
 
-Needs Chromium (Debian: `apt-get install chromium`); skipped when it is absent, and
-CI installs it. Set RING1_SCREENSHOT=FILE.png to keep a full-page screenshot.
+Needs Chromium (Debian: `apt-get install chromium`); skipped when it is absent, a failure
+under CI (tests/requires.py). Set RING1_SCREENSHOT=FILE.png to keep a full-page screenshot.
 """
 
 from __future__ import annotations
@@ -10,15 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-from cdp_pipe import Browser, find_chromium
+from cdp_pipe import Browser
 from report_fixtures import comparison
+from requires import require_tool
 
 from runtime.report import html
-
-CHROMIUM = find_chromium()
-# In CI (CI=true) the browser test must run: .ci/run installs chromium, so its absence is a failure.
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                                reason="chromium not installed (apt-get install chromium)")
 
 CHART_SIZES = """
 JSON.stringify([...document.querySelectorAll('svg.chart')].map(svg => {
@@ -57,8 +53,7 @@ def test_report_loads_cleanly_and_charts_are_drawn(tmp_path: Path, kernels: tupl
 
     page = tmp_path / "report.html"
     page.write_text(html.render(comparison(*kernels)))
-    assert CHROMIUM is not None, "chromium is not installed, and CI must run this test"
-    with Browser(CHROMIUM) as browser:
+    with Browser(require_tool("chromium")) as browser:
         session = browser.open_page(page.as_uri())
         charts = json.loads(browser.evaluate(session, CHART_SIZES))
         title = browser.evaluate(session, "document.title")

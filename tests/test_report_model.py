@@ -10,6 +10,7 @@ from report_fixtures import kernel_comparison, load_recorded
 from runtime.report import fmt, svg
 from runtime.report.kernel import Function, KernelInfo
 from runtime.report.model import compare_kernel
+from runtime.report.record import Patch, RunRecord, Site, Timing
 
 
 def test_counts_and_reductions():
@@ -109,3 +110,52 @@ def test_added_exits_read_as_plus_n_not_a_negative_percentage():
     data = jsonout.to_json(zoo)["kernels"][0]["exits"]["by_kind"]
     row = next(r for r in data if r["kind"] == "hypercall")
     assert row["added"]["dynamic"] == hypercall.counts["dynamic"]
+
+
+# -- small cases the mutation check (tests/mutate.py) found untested --------------------------------
+
+def _record(mode: str, serial: bytes = b"same\n", status: int | None = 1, stop: str = "",
+            sites: tuple[Site, ...] = (), patches: tuple[Patch, ...] = ()) -> RunRecord:
+    return RunRecord(mode, status, stop, serial, {"trap": 1}, {"cli": 1}, sites, patches, None, Timing(1.0))
+
+
+KERNEL = KernelInfo("k.elf", "0" * 64, ())
+
+
+def test_the_baseline_is_named_in_the_error():
+    with pytest.raises(ValueError, match=r"^a comparison needs the unpatched run$"):
+        compare_kernel(KERNEL, {"dynamic": _record("dynamic")})
+
+
+def test_the_total_row_is_called_total():
+    k = compare_kernel(KERNEL, {m: _record(m) for m in ("unpatched", "dynamic")})
+    assert k.total.key == "total"
+
+
+def test_a_site_row_names_the_instruction_as_the_baseline_saw_it():
+    base = _record("unpatched", sites=(Site(0x1000, "cli", "cli", "trap", 5),
+                                       Site(0x1010, "sti", "", "trap", 2)))
+    patched = _record("dynamic", sites=(Site(0x1000, "int3", "int3", "hypercall", 5),),
+                      patches=(Patch(0x1010, "irqflags", "jump", 5, "active", text="sti"),))
+    k = compare_kernel(KERNEL, {"unpatched": base, "dynamic": patched})
+    rows = {s.address: (s.cls, s.text) for s in k.sites}
+    assert rows[0x1000] == ("cli", "cli")          # not the patched run's INT3
+    assert rows[0x1010] == ("sti", "sti")          # the text the baseline lacked, from the patch
+
+
+@pytest.mark.parametrize("base, other, expected, got", [
+    (b"abc", b"abcd", "byte 3 of 3: b'abc'", "byte 3 of 4: b'abcd'"),  # one output a prefix of the other
+    (b"xbc", b"ybc", "byte 0 of 3: b'xbc'", "byte 0 of 3: b'ybc'"),  # differs at the first byte
+])
+def test_a_mismatch_shows_where_the_outputs_part(base: bytes, other: bytes, expected: str, got: str):
+    runs = {"unpatched": _record("unpatched", base), "dynamic": _record("dynamic", other)}
+    k = compare_kernel(KERNEL, runs)
+    (mm,) = k.mismatches
+    assert (mm.what, mm.expected, mm.got) == ("serial", expected, got)
+
+
+def test_a_mismatch_in_how_the_runs_ended():
+    k = compare_kernel(KERNEL, {"unpatched": _record("unpatched", status=3),
+                                "dynamic": _record("dynamic", status=None, stop="triple fault")})
+    (mm,) = k.mismatches
+    assert (mm.what, mm.expected, mm.got) == ("exit status", "3", "stopped: triple fault")

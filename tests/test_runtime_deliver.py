@@ -7,11 +7,26 @@ from __future__ import annotations
 
 import struct
 
-from runtime_guest import KCODE, KSTACK, RESULTS, UCODE, UDATA, USER, USTACK, kernel, run, to_user, words
+from runtime_guest import (
+    KCODE,
+    KERNEL,
+    KSTACK,
+    RESULTS,
+    UCODE,
+    UDATA,
+    USER,
+    USTACK,
+    asm,
+    kernel,
+    run,
+    to_user,
+    words,
+)
 
 from bt import layout
+from bt.errors import GuestStop
 from runtime.cpu import CR3, CS, SS
-from runtime.vm import RunResult
+from runtime.vm import RawImage, RunResult
 
 # A handler that saves ESP and the top 6 words of its stack to RESULTS, then exits.
 SAVE_FRAME = """
@@ -298,7 +313,7 @@ def test_sysenter_and_sysexit_round_trip():
     assert vm.stats.by_class["sysenter"] == 1 and vm.stats.by_class["sysexit"] == 1
 
 
-def test_an_irq_waits_for_sti_and_arrives_right_after_it():
+def test_an_irq_waits_for_sti_and_arrives_after_the_next_instruction():
     # 1.4 M instructions = 14 ms of virtual time: past the first 10 ms tick, with IF = 0.
     handler = "mov eax, [esp]\nmov [0x23000], eax\nmov al, 0\nout 0xf4, al\n"
     src = PIC_PIT_SETUP + """
@@ -314,8 +329,8 @@ def test_an_irq_waits_for_sti_and_arrives_right_after_it():
     vm, result = run(kernel(src, handlers={0x20: (handler, 0, False)}), max_insns=5_000_000)
     _ok(result)
     (frame_eip,) = words(vm, RESULTS, 1)
-    assert vm.cpu.phys_read(frame_eip, 2) == b"\x90\xf4"   # the NOP after STI: IRQ0 waited for IF
     assert vm.vcpu.pending == 0
+    assert vm.cpu.phys_read(frame_eip, 1) == b"\xf4"   # IRQ0 waited for IF, and for the NOP in STI's shadow
 
 
 def test_icebp_is_a_debug_trap():
@@ -352,3 +367,48 @@ def test_an_irq_unmasked_at_the_pic_arrives_right_after_the_out():
     _ok(result)
     (frame_eip,) = words(vm, RESULTS, 1)
     assert vm.cpu.phys_read(frame_eip, 3) == b"\x90\x90\xb9"   # the first NOP after the OUT
+
+
+def test_the_exceptions_that_make_a_double_fault_are_the_sdms():
+    # SDM vol. 3 table 6-4/6-5: #DE and #TS #NP #SS #GP are contributory, #PF its own class;
+    # every other vector is benign and never combines into #DF. Contributory then
+    # contributory, or #PF then #PF or contributory, is #DF; contributory then #PF is serial.
+    from runtime.deliver import Injector
+
+    contributory = [0, 10, 11, 12, 13]
+    pairs = [(a, b) for a in range(32) for b in range(32) if Injector._double(a, b)]
+    assert pairs == sorted([(a, b) for a in contributory for b in contributory]
+                           + [(14, b) for b in [*contributory, 14]])
+
+
+def test_an_interrupt_gate_from_ring3_clears_the_virtual_if_a_trap_gate_does_not():
+    for trap, want in ((True, 0x200), (False, 0)):
+        vm, result = run(kernel(to_user(), handlers={0x80: (SAVE_FRAME, 3, trap)}, user="int 0x80\nhlt\n"))
+        _ok(result)
+        _esp, (*_words, vflags) = _frame(vm)
+        assert vflags & 0x200 == want, f"trap gate {trap}"
+
+
+def test_an_interrupt_from_user_mode_without_a_tss_is_a_clean_stop():
+    # Without LTR the CPU has no stack to switch to (on hardware #TS, then a triple fault):
+    # ring1 stops and says why, at the user instruction after the INT.
+    image = kernel(to_user(), handlers={0x80: ("hlt\n", 3, False)}, user="int 0x80\nhlt\n")
+    ltr = asm("mov ax, 0x28\nltr ax\n", 0)
+    chunks = tuple((a, d.replace(ltr, b"\x90" * len(ltr)) if a == KERNEL else d) for a, d in image.chunks)
+    _vm, result = run(RawImage(chunks, image.entry))
+    assert isinstance(result, GuestStop)
+    assert result.reason == "interrupt from user mode but the guest loaded no TSS"
+    assert result.eip == USER + 2
+
+
+def test_a_user_far_call_to_the_vmms_call_gate_is_the_guests_gp():
+    # The VMM's DPL-3 call gate (ring 3 -> 1 deliveries) is no door for a hostile guest: a far
+    # CALL to its selector from user mode, with no delivery in flight, faults (#GP at the
+    # CALL), and the guest's own handler gets it.
+    from runtime.segments import VMM_GATE
+
+    user = f".byte 0x9a\n.long 0\n.word {VMM_GATE:#x}\nhlt\n"       # lcall VMM_GATE:0
+    vm, result = run(kernel(to_user(), handlers={13: (SAVE_FRAME, 0, False)}, user=user))
+    _ok(result)
+    _esp, (_error, eip, cs, *_rest) = _frame(vm)
+    assert (eip, cs) == (USER, UCODE)

@@ -14,10 +14,11 @@ the guest's on these kernels, with the reason).
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 
 import pytest
-from qemu import ALL_BOOTS, Sample
+from qemu import ALL_BOOTS, ALL_BY_KEY, Sample
 
 from bt import isa
 from bt.errors import GuestStop
@@ -38,9 +39,10 @@ LEAK_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "irqsave:check_if": (("irqs disabled at entry", "pushf"), ("nested saved flags had IF", "pushf")),
 }
-#: Boots whose own pass/fail verdict rests on a leaking line (the guest's check
-#: fails under unpatched ring 1, as the PUSHF leak predicts).
-STATUS_FROM_LEAK = {"irqsave:check_if": "pushf"}
+#: Boots whose own pass/fail verdict rests on a leaking line: the class that leaks and the
+#: status the guest then reports (irqsave's EXIT_FAIL, 1: its saved flags said IF = 1 with
+#: interrupts disabled, as the PUSHF leak predicts under unpatched ring 1).
+STATUS_FROM_LEAK = {"irqsave:check_if": ("pushf", 1)}
 #: Predicted leaks zoo cannot see here, and why.
 INVISIBLE = {
     "smsw": "ring1 keeps the real CR0's low word equal to the virtual one (PE, TS, ET)",
@@ -67,6 +69,16 @@ def _run(sample: Sample, patch: PatchConfig | None = None) -> tuple[bytes, int |
         pytest.fail(f"{sample.key}: {stop}\n{out.getvalue().decode(errors='replace')}")
     status = None if result.exit_status is None else result.exit_status & 0xFF
     return out.getvalue(), status, vm
+
+
+def _trap_and_io(vm: Vm) -> int:
+    return vm.stats.exits["trap"] + vm.stats.exits["io"]
+
+
+@functools.cache
+def _unpatched_exits(key: str) -> int:
+    """Trap and I/O exits of the unpatched run of boot `key` (each boot runs once)."""
+    return _trap_and_io(_run(ALL_BY_KEY[key])[2])
 
 
 def _lines(raw: bytes) -> dict[str, str]:
@@ -101,7 +113,10 @@ def test_sample_matches_qemu_except_predicted_leaks(sample: Sample):
             assert cls in PREDICTED, (f"{sample.key}: line {key!r} differs ({ours[key]!r} vs QEMU's "
                                       f"{theirs[key]!r}) but no leaking class explains it")
     if sample.key in STATUS_FROM_LEAK:
-        assert STATUS_FROM_LEAK[sample.key] in PREDICTED
+        cls, guest_status = STATUS_FROM_LEAK[sample.key]
+        assert cls in PREDICTED
+        assert status == (guest_status << 1) | 1 != sample.exit_code, \
+            f"{sample.key}: exit {status}, the guest's own check should fail unpatched ({cls} leaks)"
     else:
         assert status == sample.exit_code
 
@@ -117,7 +132,11 @@ def test_sample_matches_qemu_byte_for_byte_when_patched(sample: Sample, mode: st
                                         serial.decode(errors="replace").splitlines(True), "qemu", "ring1"))
     assert serial == golden, f"{sample.key} ({mode}): serial output differs from QEMU's\n{diff}"
     assert status == sample.exit_code
-    assert vm.stats.exits["hypercall"] > 0 or vm.stats.exits["trap"] == 0
+    # Patching took the exits away: with --hot 1 a site traps once, then runs patched.
+    before, after = _unpatched_exits(sample.key), _trap_and_io(vm)
+    assert before > 0 and after * 4 < before, \
+        f"{sample.key} ({mode}): {after} trap/I/O exits, {before} unpatched"
+    assert vm.stats.exits["hypercall"] > 0
 
 
 def test_zoo_shows_exactly_the_predicted_leaks():

@@ -45,19 +45,25 @@ def test_not_an_elf_is_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     assert len(err.strip().splitlines()) == 1 and "not an ELF" in err
 
 
-@pytest.mark.parametrize("name, src, reason", [
-    ("unmapped", "mov eax, 0x20000000\njmp eax\n", "jump into unmapped memory"),
-    ("triple", "xor ecx, ecx\ndiv ecx\n", "triple fault"),
-    ("opcode", "nop\nud2\n", "unknown opcode"),
+@pytest.mark.parametrize("name, src, eip, reason, last", [
+    ("unmapped", "mov eax, 0x20000000\njmp eax\n", 0x20000000, "jump into unmapped memory", []),
+    ("triple", "xor ecx, ecx\ndiv ecx\n", LOAD + 2, "triple fault", ["interrupt vector 0 at 0x00100002"]),
+    ("opcode", "nop\nud2\n", LOAD + 1, "unknown opcode", []),
 ])
 def test_guest_failures_stop_cleanly_with_eip_and_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                        name: str, src: str, reason: str):
+                                                        name: str, src: str, eip: int, reason: str,
+                                                        last: list[str]):
     elf = tiny_elf(asm(src, LOAD), tmp_path / f"{name}.elf")
     code, err = _bt_run(capsys, str(elf))
     assert code == 4
-    first = err.splitlines()[-1] if "last exits" not in err else err.splitlines()[0]
-    assert reason in err and "EIP 0x" in err, err
-    assert first.startswith("bt run: error: guest stopped") or "last exits" in err
+    lines = err.splitlines()
+    # The error line first, with the guest EIP and the reason; then what the VMM did last.
+    assert lines[0].startswith(f"bt run: error: guest stopped at EIP {eip:#010x}: {reason}"), err
+    if last:
+        assert lines[1] == "last exits (oldest first):"
+        assert [" ".join(line.split()[:-1]) for line in lines[2:]] == last
+    else:
+        assert len(lines) == 1, err
 
 
 def test_endless_loop_ends_at_max_insns(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

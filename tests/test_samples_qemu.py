@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 
 import pytest
-from qemu import GOLDEN_BOOTS, SAMPLES, SAMPLES_BY_NAME, Sample, qemu_binary, run_qemu, update_requested
+from qemu import GOLDEN_BOOTS, SAMPLES, SAMPLES_BY_NAME, Sample, run_qemu, update_requested
+from requires import require_tool
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32 = 1
@@ -33,8 +34,7 @@ def test_elf_is_committed_elf32_i386(sample: Sample):
 
 @pytest.mark.parametrize("sample", GOLDEN_BOOTS, ids=[s.key for s in GOLDEN_BOOTS])
 def test_qemu_serial_matches_golden(sample: Sample):
-    if qemu_binary() is None:
-        pytest.skip("qemu-system-i386 not installed (Debian: qemu-system-x86)")
+    require_tool("qemu")
     serial, code = run_qemu(sample.elf, sample.cmdline)
     if update_requested():
         assert code == sample.exit_code, f"QEMU exited {code}; golden not written"
@@ -57,8 +57,7 @@ def test_irqsave_pv_golden_is_irqsave_golden():
 
 
 def test_irqsave_and_pv_agree_for_another_n():
-    if qemu_binary() is None:
-        pytest.skip("qemu-system-i386 not installed (Debian: qemu-system-x86)")
+    require_tool("qemu")
     plain, plain_code = run_qemu(SAMPLES_BY_NAME["irqsave"].elf, "iters=777")
     pv, pv_code = run_qemu(SAMPLES_BY_NAME["irqsave-pv"].elf, "iters=777")
     assert b"irqsave: iters=777\n" in plain

@@ -201,3 +201,118 @@ def test_far_call_target_and_breakpoint_fall_through(farflow):
 def test_code_after_a_multiboot2_header_is_not_reached_through_it(farflow):
     cli = [s for s in _by_text(farflow, "cli") if s.symbol == "mb2_end"]
     assert len(cli) == 1 and not cli[0].reached
+
+
+# -- window boundaries: a 5-byte window may end exactly at a page, block or section end ----------
+
+BOUNDARIES = """
+.text
+.globl _start
+.type _start, @function
+_start:
+    call fn_block_ok
+    call fn_block_in
+    call fn_page_ok
+    call fn_page_cross
+    call fn_section_end
+    ret
+
+.type fn_block_ok, @function
+fn_block_ok:
+    cli                         # window cli + 4 nops: the RET that ends the block starts at +5
+    nop
+    nop
+    nop
+    nop
+    ret
+.type fn_block_in, @function
+fn_block_in:
+    sti                         # the RET at +4 is inside the window
+    nop
+    nop
+    nop
+    ret
+
+.org 0xffb, 0x90
+.type fn_page_ok, @function
+fn_page_ok:
+    cli                         # 0x100ffb: the window [0x100ffb, 0x101000) ends at the page end
+    .byte 0x8d, 0x74, 0x26, 0x00    # lea esi, [esi + 0]: 4 bytes, up to the page end
+    ret
+.org 0x1ffc, 0x90
+.type fn_page_cross, @function
+fn_page_cross:
+    cli                         # 0x101ffc: [0x101ffc, 0x102001) crosses into the next page
+    .byte 0x8d, 0x74, 0x26, 0x00
+    ret
+
+.org 0x27f0, 0x90
+.type fn_section_end, @function
+fn_section_end:
+    jmp 1f
+.org 0x27fb, 0x90
+1:  cli                         # 0x1027fb: the window ends exactly at the end of .text ...
+    nop
+    nop
+    nop
+    nop
+.section .boundary, "ax"        # ... where this section follows (ld puts it right after .text)
+    ret
+"""
+
+
+@pytest.fixture(scope="module")
+def boundaries(tmp_path_factory):
+    result = scan.scan(elf.load(build_elf(tmp_path_factory.mktemp("bounds"), BOUNDARIES)))
+    return {s.symbol: s for s in result.sites}
+
+
+@pytest.mark.parametrize("symbol, address, patch, reason", [
+    ("fn_page_ok", 0x100FFB, Patch.JUMP, ""),
+    ("fn_page_cross", 0x101FFC, Patch.INT3, "5-byte window crosses the page boundary at 0x102000"),
+    ("fn_block_ok", None, Patch.JUMP, ""),
+    ("fn_block_in", None, Patch.INT3, "'ret' at +4 ends a basic block inside the 5-byte window"),
+    # A section's last instruction ends its basic block (the descent does not fall into another
+    # section), so a window that reaches it holds a block end: INT3, never a JMP over the seam.
+    ("fn_section_end+0xb", 0x1027FB, Patch.INT3, "'nop' at +4 ends a basic block inside the 5-byte window"),
+])
+def test_window_boundaries(boundaries, symbol, address, patch, reason):
+    s = boundaries[symbol]
+    assert (s.patch, s.reason) == (patch, reason)
+    if address is not None:
+        assert s.address == address
+
+
+def test_patch_manager_window_may_end_at_a_page_end():
+    """The runtime's patch manager (patchmgr/window.py) draws the same line as the scanner."""
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+
+    from patchmgr.block import plan
+    from patchmgr.registry import load
+    from patchmgr.rule import EmitContext
+    from patchmgr.window import NoWindow, choose
+
+    class OneBlock:
+        def block_of(self, address: int) -> tuple[int, int] | None:
+            return None
+
+        def is_branch_target(self, address: int) -> bool:
+            return False
+
+    rules, ctx = load(), EmitContext()
+    md = Cs(CS_ARCH_X86, CS_MODE_32)
+    md.detail = True
+    code = b"\xfa\x8d\x74\x26\x00\xc3"          # cli; lea esi, [esi + 0]; ret
+    for start, fits in ((0x100FFB, True), (0x100FFC, False)):
+        insns = list(md.disasm(code, start))
+
+        def pick(insns=insns, start=start):  # type: ignore[no-untyped-def]
+            return choose(start, insns, OneBlock(), lambda i: plan(i, rules, ctx, lambda c: True),
+                          lambda a, b: True)
+
+        if fits:
+            window = pick()
+            assert (window.start, window.end) == (0x100FFB, 0x101000)
+        else:
+            with pytest.raises(NoWindow, match="cross a page"):
+                pick()

@@ -12,16 +12,25 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bt import __version__
-from bt.cli import bench, compare, patch, run, scan
+from bt.cli import bench, campaign, compare, patch, run, scan
 from bt.errors import Ring1Error
 
-COMMANDS = (scan, patch, run, compare, bench)
+COMMANDS = (scan, patch, run, compare, campaign, bench)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (exit 2): the usage is one `--help` away.
+    Subcommand parsers are of the same class (argparse makes them with `type(self)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bt",
         description="ring1: scan, patch and run 32-bit x86 kernels in ring 1 (raw-mode VMM on Unicorn).",
     )
@@ -51,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             traceback.print_exc()
         print(f"bt {args.command}: error: {err}", file=sys.stderr)
+        if err.report is not None:
+            err.report()
         return err.exit_code
     except KeyboardInterrupt:
         print(f"bt {args.command}: interrupted", file=sys.stderr)

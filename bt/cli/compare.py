@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bt.cli import ruleopts
+from bt.cli import devices, ruleopts
 from bt.errors import GuestStop, InputError, MismatchError, UsageError
 
-#: Options forwarded to every run, as `bt run` takes them (name in argparse -> RunConfig field).
-RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns")
+#: Options forwarded to every run, as `bt run` takes them (runtime/report/adapter.py turns
+#: them into RunConfig fields). --disk-writable is not one: runs would share the writes.
+RUN_OPTIONS = ("cmdline", "hot", "eager", "max_insns", "ram", "module", "disk", "keys", "key_delay")
 
 
 def add_parser(sub: Any) -> None:
@@ -54,6 +55,7 @@ def add_parser(sub: Any) -> None:
                      help="one more dynamic run, called NAME, with its own patch options written as for "
                           "`bt run` (--disable-rule, --disable-class, --hot, --eager), side by side with the "
                           "others, e.g. --variant 'no-irqflags=--disable-rule irqflags' (repeatable)")
+    devices.add_arguments(run, ram_default=None, writable=False)
     rec = p.add_argument_group("recorded runs")
     rec.add_argument("--save-runs", type=Path, metavar="DIR",
                      help="also save each kernel's measured runs to DIR/NAME.runs.json")
@@ -70,7 +72,10 @@ def _command(args: argparse.Namespace) -> list[str]:
             out.append(f"--{flag}")
     for name in ("jobs", "top", *RUN_OPTIONS, "json", "html", "save_runs"):
         value = getattr(args, name)
-        if value is not None and not isinstance(value, bool):
+        if isinstance(value, list):
+            for item in value:
+                out += [f"--{name.replace('_', '-')}", str(item)]
+        elif value is not None and not isinstance(value, bool):
             out += [f"--{name.replace('_', '-')}", str(value)]
     for ref in args.expect or ():
         out += ["--expect", ref]
@@ -132,6 +137,7 @@ def run_compare(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as err:
             raise InputError(f"cannot replay recorded runs: {err}") from err
     else:
+        devices.run_fields(args)         # bad files and values fail before any run starts
         reason = adapter.unavailable(static=args.static)
         if reason:
             print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)

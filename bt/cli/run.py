@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -19,11 +20,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from bt.cli import ruleopts
-from bt.errors import GuestStop, InternalError, UsageError
+from bt.cli import devices, ruleopts
+from bt.errors import GuestStop, InputError, InternalError, UsageError
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
 from runtime.stats import RunStats
+from runtime.terminal import Terminal
 from runtime.vm import Vm
 
 
@@ -36,9 +38,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--serial", type=Path, help="write COM1 output to FILE instead of stdout")
     p.add_argument("--max-insns", type=int, help="stop after N guest instructions")
     p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
-    p.add_argument("--ram", type=int, default=64, help="guest RAM in MiB (default 64)")
-    p.add_argument("--stats", action="store_true", help="print exit statistics to stderr")
+    p.add_argument("--stats", action="store_true", help="print exit statistics and device counters to stderr")
     p.add_argument("--json", type=Path, help="write the statistics as JSON to FILE")
+    p.add_argument("--screen", type=Path, metavar="FILE",
+                   help="write the 80x25 text screen to FILE when the run ends, however it ends")
+    machine = p.add_argument_group("the PC (QEMU's pc machine)")
+    devices.add_arguments(machine)
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR",
                    help="pin the VMM area at this 4 MiB-aligned linear address while guest paging is on "
                         "(default: it moves out of the guest's way)")
@@ -52,16 +57,19 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.ram < 2 or args.ram > 3072:
-        raise UsageError(f"--ram {args.ram}: between 2 and 3072 MiB")
     if args.max_insns is not None and args.max_insns <= 0:
         raise UsageError("--max-insns must be positive")
+    platform = devices.run_fields(args)
+    # The terminal is the keyboard when stdin is one and no --keys script types instead.
+    terminal = "keys" not in platform and Terminal.available()
+    if args.screen is not None and not args.screen.parent.is_dir():
+        raise InputError(f"{args.screen}: no such directory (--screen)")
     with ExitStack() as stack:
         sink = (stack.enter_context(open(args.serial, "wb")) if args.serial
                 else sys.stdout.buffer)
-        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, ram_size=args.ram << 20,
-                           max_insns=args.max_insns, timeout=args.timeout, serial=sink,
-                           patch=_patch_config(args), vmm_base=args.vmm_base)
+        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.max_insns,
+                           timeout=args.timeout, serial=sink, patch=_patch_config(args), terminal=terminal,
+                           vmm_base=args.vmm_base, **platform)
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("run", vm.patches.rules)
@@ -70,9 +78,17 @@ def run(args: argparse.Namespace) -> int:
                 result = vm.run()
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
-            _print_last(vm, stop.last_exits)
-            _report(args, vm, vm.stats)
+            last = stop.last_exits
+
+            def report() -> None:     # after the error line (bt/cli/__init__.py)
+                _print_last(vm, last)
+                _report(args, vm, vm.stats)
+
+            stop.report = report
             raise
+        finally:
+            if args.screen is not None:
+                _write_screen(args.screen, vm.screen_text())
         sys.stdout.flush()
         _report(args, vm, result.stats)
         code = 0 if result.exit_status is None else result.exit_status & 0xFF
@@ -111,6 +127,17 @@ def _interruptible(vm: Vm) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _write_screen(path: Path, text: str) -> None:
+    """Write the screen whole or not at all: a temporary file renamed over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write the screen: {err.strerror or err}") from err
 
 
 def _slot(text: str) -> int:
@@ -203,6 +230,8 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     if data["unknown_ports"]:
         print("unassigned ports: " + ", ".join(f"{p} x{n}" for p, n in data["unknown_ports"].items()),
               file=out)
+    counters = vm.devices.counters()
+    print("devices: " + ", ".join(f"{k} {n}" for k, n in counters.items() if n), file=out)
     print("by class:", file=out)
     for cls, n in data["by_class"].items():
         print(f"  {cls:16s} {n:10d}", file=out)

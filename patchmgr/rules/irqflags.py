@@ -40,7 +40,7 @@ class IrqFlags(PatchRule):
         s0 = ctx.scratch(0)
         if op.cls in ("cli", "sti"):
             return PatchCode(f"mov byte ptr [{vf1:#x}], {0 if op.cls == 'cli' else 0x02:#x}",
-                             may_unmask=op.cls == "sti")
+                             may_unmask=op.cls == "sti", shadow=op.cls == "sti", may_mask=op.cls == "cli")
         if op.cls == "pushf":
             # The real PUSHF image has IF = 1 and IOPL = 0 (ring1 keeps them so); its byte 1
             # is replaced by the guest's view through two tables: the virtual word's low 16
@@ -77,5 +77,6 @@ class IrqFlags(PatchRule):
                              f"movzx eax, word ptr [{word:#x} + eax * 2]\n"
                              f"{pop}\n"
                              f"mov word ptr [{vf:#x}], ax\n"
-                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=True, after_push=after_push)
+                             f"mov eax, dword ptr [{s0:#x}]", may_unmask=True, may_mask=True,
+                             after_push=after_push)
         return None

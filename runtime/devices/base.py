@@ -1,9 +1,13 @@
 """The one shape every emulated device has (Firecracker's devices/legacy is the model).
 
-A device claims port ranges, answers reads and writes of 1, 2 or 4 bytes at those
-ports, and is told the virtual time now and then (`tick`) so that time-driven
-devices (the PIT) can raise their interrupt lines. Interrupt sources do not know
-the PIC: they get an `IrqLine` callable at construction, `irq(line, level)`.
+A port device claims port ranges and answers reads and writes of 1, 2 or 4 bytes at
+those ports; a memory-mapped device (`MmioDevice`: the local APIC, the I/O APIC)
+claims physical address ranges and answers loads and stores there in the same way.
+Both are told the virtual time now and then (`tick`) so that time-driven devices (the
+PIT, the APIC timer) can raise their interrupt lines. Interrupt sources do not know
+the interrupt controllers: they get an `IrqLine` callable at construction,
+`irq(line, level)` (runtime/devices/intc.py routes an ISA line to the 8259 and the
+I/O APIC, as the PC wires it).
 
 `io_read`/`io_write` run on the VMM's hot path (one call per guest IN/OUT), so
 devices keep them allocation-free and never log from them.
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-#: How an interrupt source drives a line of the PIC: `irq(line, level)`, with
+#: How an interrupt source drives an ISA interrupt line: `irq(line, level)`, with
 #: level True for asserted. Edge-triggered consumers (the 8259A in its PC
 #: configuration) latch a request on the rising edge.
 IrqLine = Callable[[int, bool], None]
@@ -48,6 +52,32 @@ class Device(Protocol):
 
     def tick(self, now_ns: int) -> None:
         """Virtual time has reached `now_ns`; raise whatever interrupts fell due."""
+        ...
+
+
+@runtime_checkable
+class MmioDevice(Protocol):
+    """A memory-mapped device on the `MmioBus`: loads and stores in its physical ranges
+    reach it instead of RAM (Unicorn `mmio_map`)."""
+
+    @property
+    def name(self) -> str:
+        ...
+
+    @property
+    def mmio(self) -> tuple[range, ...]:
+        """Physical address ranges, each page-aligned (Unicorn maps whole pages)."""
+        ...
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        """A load of `size` (1, 2, 4) bytes at physical `addr`."""
+        ...
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        """A store of `size` bytes of `value` at physical `addr`."""
+        ...
+
+    def tick(self, now_ns: int) -> None:
         ...
 
 

@@ -1,4 +1,5 @@
-"""The I/O-port bus: maps port numbers to devices, refuses overlaps.
+"""The I/O-port bus and the MMIO bus: map ports / physical addresses to devices,
+refuse overlaps.
 
 Firecracker's rules: two devices may not claim the same port (a wiring bug in the
 VMM, so `InternalError`), and guest misbehaviour is counted, never fatal. An access
@@ -8,6 +9,11 @@ on a PC and what QEMU returns for unassigned ports.
 
 The lookup is one dict access per IN/OUT: the table is built per port at
 registration time (64 Ki ports at most, a few dozen in use).
+
+`MmioBus` has the same rules for memory-mapped devices: ranges are page-aligned
+(Unicorn maps MMIO by page), two devices may not overlap, and each range is handed
+to Unicorn's `mmio_map` (runtime/mmio.py) so that loads and stores there reach the
+device while the rest of physical memory stays plain RAM at full speed.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from collections import Counter
 from typing import TypeVar
 
 from bt.errors import InternalError
-from runtime.devices.base import ALL_ONES, Device
+from bt.layout import PAGE_SIZE
+from runtime.devices.base import ALL_ONES, Device, MmioDevice
 
 log = logging.getLogger(__name__)
 
 D = TypeVar("D", bound=Device)
+M = TypeVar("M", bound=MmioDevice)
 
 
 class IoBus:
@@ -86,3 +94,60 @@ class IoBus:
                 log.info("unassigned I/O port %#06x: IN size %d reads all ones", port, size)
             else:
                 log.info("unassigned I/O port %#06x: OUT size %d value %#x ignored", port, size, value)
+
+
+class MmioBus:
+    """Physical address -> device dispatch for memory-mapped devices."""
+
+    def __init__(self) -> None:
+        #: (start, end, device) in address order.
+        self._ranges: list[tuple[int, int, MmioDevice]] = []
+        self.devices: list[MmioDevice] = []
+        #: Loads and stores that reached a device, by device name.
+        self.accesses: Counter[str] = Counter()
+
+    def register(self, device: M) -> M:
+        """Attach `device` at its `mmio` ranges; refuse an overlap or a range not page-aligned."""
+        for r in device.mmio:
+            if r.start % PAGE_SIZE or len(r) % PAGE_SIZE or not len(r) or r.stop > 1 << 32:
+                raise InternalError(f"device {device.name}: MMIO range {r.start:#x}-{r.stop:#x} is not "
+                                    "whole pages of the 32-bit space")
+            for start, end, other in self._ranges:
+                if r.start < end and start < r.stop:
+                    raise InternalError(f"device {device.name}: MMIO {r.start:#x}-{r.stop:#x} overlaps "
+                                        f"{other.name} at {start:#x}-{end:#x}")
+        for r in device.mmio:
+            self._ranges.append((r.start, r.stop, device))
+        self._ranges.sort(key=lambda t: t[0])
+        self.devices.append(device)
+        return device
+
+    @property
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        """(start, size) of every range, for `mmio_map`."""
+        return tuple((start, end - start) for start, end, _ in self._ranges)
+
+    def device_at(self, addr: int) -> MmioDevice | None:
+        for start, end, device in self._ranges:
+            if start <= addr < end:
+                return device
+        return None
+
+    def read(self, addr: int, size: int) -> int:
+        mask = (1 << (8 * size)) - 1     # Unicorn may hand 8-byte accesses (MOVQ, CMPXCHG8B)
+        device = self.device_at(addr)
+        if device is None:
+            return mask
+        self.accesses[device.name] += 1
+        return device.mmio_read(addr, size) & mask
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        device = self.device_at(addr)
+        if device is None:
+            return
+        self.accesses[device.name] += 1
+        device.mmio_write(addr, size, value & ((1 << (8 * size)) - 1))
+
+    def tick(self, now_ns: int) -> None:
+        for device in self.devices:
+            device.tick(now_ns)

@@ -25,14 +25,28 @@ def sti(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     # code sets the virtual IF inline and exits with STI only when an IRQ waits.
     if not ctx.irq_waiting():
         return None
-    # STI's one-instruction interrupt shadow (SDM STI): in the idiom "STI; HLT" the
-    # HLT starts and the interrupt then wakes it, so the handler returns after it.
+    window = ctx.window_of(op.address)
+    if window is not None and window[0] <= next_eip < window[1]:
+        # This trap just patched the STI and the next instruction is in the same block, whose
+        # code looks for the interrupt after STI's shadow instruction (patchmgr/block.py):
+        # tell it one waits.
+        ctx.vcpu.pending = 1
+        return None
+    if ctx.in_patch(next_eip):
+        # The next instruction runs in another patch block: the run loop never delivers in
+        # patch code, and a CLI later in that block could take the window away. So now, one
+        # instruction before STI's shadow ends.
+        return ctx.on_vif_set(next_eip)
+    # STI's one-instruction interrupt shadow (SDM STI): the interrupt comes after the next
+    # instruction. In the idiom "STI; HLT" the HLT starts and the interrupt then wakes it,
+    # so the handler returns after it; any other instruction runs first (the run loop).
     try:
         if ctx.mmu.read(next_eip, 1) == b"\xf4":
-            next_eip += 1
+            return ctx.on_vif_set(next_eip + 1)
     except PageFault:
         pass
-    return ctx.on_vif_set(next_eip)
+    ctx.irq_shadow()
+    return None
 
 
 def pushf(op: Operation, ctx: Ctx, next_eip: int) -> int | None:

@@ -123,10 +123,33 @@ def record_from_stats(mode: str, stats: Mapping[str, Any], *, serial: bytes, exi
     )
 
 
+def platform_fields(options: Mapping[str, Any]) -> dict[str, Any]:
+    """RunConfig fields of the PC platform options (`--ram`, `--module`, `--disk`, `--keys`,
+    `--key-delay`, as `bt compare` forwards them; already checked by bt/cli/devices.py)."""
+    from pathlib import Path
+
+    from runtime.boot import BootModule
+
+    fields: dict[str, Any] = {}
+    if options.get("ram"):
+        fields["ram_size"] = int(options["ram"]) << 20
+    if options.get("module"):
+        fields["modules"] = tuple(BootModule.parse(m) for m in options["module"])
+    if options.get("disk"):
+        fields["disks"] = tuple(Path(d) for d in options["disk"])
+    if options.get("keys"):
+        fields["keys"] = Path(options["keys"]).read_text(encoding="utf-8")
+    if options.get("key_delay") is not None:
+        fields["key_delay_ns"] = int(float(options["key_delay"]) * 1_000_000)
+    return fields
+
+
 def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | None = None) -> RunRecord:
-    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `hot`,
-    `eager`, `disable_rule`, `disable_class`), in this process. A guest that stops
-    abnormally is a result (its reason is compared like an exit status), not an error.
+    """Run `kernel` in `mode` with the run `options` (`cmdline`, `max_insns`, `timeout`, `hot`,
+    `eager`, `disable_rule`, `disable_class`, `image_name`: the kernel's name on its command
+    line, default `kernel`, and the platform's: `platform_fields`), in this process. A guest
+    that stops abnormally is a result (its reason is compared like an exit status), not an
+    error.
     `kind` says how a run named otherwise (a `--variant`) patches: one of the three modes.
 
     unpatched: trap-and-emulate only, no patch manager at all;
@@ -160,13 +183,16 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
             from patchmgr import registry
             from patchmgr.static import patch_file
 
-            # Same file name: the guest sees its image name on its command line.
             path = Path(tmp) / path.name
             patch_file(kernel, path, registry.load(rules[0], disabled_classes=rules[1]))
             patch = PatchConfig(enabled=False)
         serial = io.BytesIO()
+        # The guest sees its image name on its command line: the static run's copy keeps the
+        # name the other runs show, so every run parses the same command line.
         config = RunConfig(kernel=path, cmdline=options.get("cmdline") or "",
-                           max_insns=options.get("max_insns"), serial=serial, patch=patch)
+                           max_insns=options.get("max_insns"), timeout=options.get("timeout"),
+                           serial=serial, patch=patch, image_name=options.get("image_name") or kernel,
+                           **platform_fields(options))
         vm = Vm(config)
         stop_reason = ""
         exit_status: int | None = None

@@ -43,10 +43,9 @@ def _charts(k: KernelComparison) -> dict[str, Any]:
     for m in k.patched_modes:
         tiles = []
         for f in k.functions:
-            before = f.counts[BASELINE]
-            removed = 1 - f.counts[m] / before if before else None
             detail = ", ".join(f"{mode} {fmt.count(n)}" for mode, n in f.counts.items())
-            tiles.append(svg.Tile(f.name, before, removed, f"{f.name}: {detail} exits"))
+            # The model's reduction, the one rule every renderer shows (runtime/report/model.py).
+            tiles.append(svg.Tile(f.name, f.counts[BASELINE], f.reduction(m), f"{f.name}: {detail} exits"))
         maps[m] = Markup(svg.treemap(f"{slug}-map-{m}", tiles))
     charts["maps"] = maps
     return charts

@@ -197,8 +197,10 @@ class Traps:
                 return self._user_fetch_fault(eip if not soft else eip - 1)
             # A fault in the VMM's own trampoline: the call gate could not push onto
             # the guest's kernel stack (TSS.esp0). On hardware: a fault delivering a
-            # fault delivering an interrupt, i.e. a triple fault.
-            raise GuestStop("triple fault", eip,
+            # fault delivering an interrupt, i.e. a triple fault. Reported at the guest
+            # user instruction that started it, not at the VMM's trampoline.
+            inward = self.ctx.inject.inward
+            raise GuestStop("triple fault", inward.eip if inward is not None else eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
         if cpl == 3 and not soft and vector == VEC_GP and error == 0 and self._user_iopl(eip):
             return "trap"

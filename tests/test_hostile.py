@@ -13,7 +13,7 @@ import random
 import struct
 
 import pytest
-from runtime_guest import GDT, KCODE, RESULTS, gdt_bytes, kernel, run, to_user, words
+from runtime_guest import GDT, KCODE, RESULTS, USER, gdt_bytes, kernel, run, to_user, words
 
 from bt import layout
 from bt.errors import GuestStop
@@ -110,6 +110,18 @@ def test_a_call_gate_to_ring0_with_a_bad_tss_stack_is_a_triple_fault() -> None:
     user = ".byte 0x9a\n.long 0\n.word 0x33\n"
     _vm, result = run(kernel(src, handlers=HANDLERS, user=user, chunks=_gdt_with(6, gate)))
     assert isinstance(result, GuestStop) and result.reason == "triple fault", result
+
+
+@pytest.mark.parametrize("ss0", [0, 0x08, 0x0B, 0x1B, 0x23, 0x30, 0x38])
+def test_an_interrupt_from_ring3_onto_a_bad_tss_ss0_is_a_triple_fault(ss0: int) -> None:
+    # Null, code, RPL 3, DPL 3, not present (slot 6), beyond the GDT: the CPU raises #TS or
+    # #SS for SS0, whose delivery needs the same stack (QEMU shuts down). Reported at the
+    # user instruction, never at the VMM's trampoline.
+    src = f"mov dword ptr [0x22008], {ss0}\n" + RELOAD_GDT + to_user()
+    chunks = _gdt_with(6, segment(0, 0xFFFFFFFF, 0x12).to_bytes())
+    _vm, result = run(kernel(src, handlers=HANDLERS, user="int 0x80\n", chunks=chunks))
+    assert isinstance(result, GuestStop) and result.reason == "triple fault", result
+    assert result.eip == USER + 2
 
 
 def test_ring3_on_the_trampoline_sees_its_own_fault_not_the_vmms() -> None:

@@ -17,8 +17,11 @@ through the guest's page tables now; recomputed after LGDT, LLDT, a change of th
 descriptor and every change of the guest's paging (CR3/CR0/CR4 loads, INVLPG). A table
 page the guest does not map is not watched (nothing loads descriptors from it).
 
-Cost: one hook call per guest store into those pages (a few µs), for every store, also to
-other data that shares a page with the table. `RunStats.table_writes` counts them.
+Cost: one hook call per guest store into those pages, for every store, also to other data
+that shares a page with the table. `RunStats.table_writes` counts them; `bt bench watch`
+measures one (5.8 µs against 0.1 µs for a store to an unwatched page, measured on the
+shared 2-core development machine: about 35 µs per Linux context switch, which stores its
+three TLS descriptors as six words).
 """
 
 from __future__ import annotations

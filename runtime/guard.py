@@ -134,6 +134,9 @@ class VmmGuard:
         #: Guest RAM pages the CPU may not fetch from (runtime/codewatch.py): physical pages.
         self._noexec: set[int] = set()
         self._hook: Any = None
+        #: Takes a page's new rights to apply between slices instead of now (True), when
+        #: changing them now would be unsafe (runtime/traps.py `defer_protect`); None: never.
+        self.defer: Callable[[int, int], bool] | None = None
 
     def install(self) -> None:
         """Protect the VMM area and add the hook; before the first slice."""
@@ -203,6 +206,8 @@ class VmmGuard:
             prot |= UC_PROT_WRITE
         if page not in self._noexec:
             prot |= UC_PROT_EXEC
+        if self.defer is not None and self.defer(page, prot):
+            return
         self.uc.mem_protect(page, layout.PAGE_SIZE, prot)
 
     def watched(self, phys: int) -> bool:

@@ -70,19 +70,15 @@ class CodeWatch:
     def install(self, ram_size: int, scanned: list[tuple[int, int]]) -> None:
         """Forbid fetches from every guest RAM page but those of the physical ranges
         `scanned` (the ELF's executable segments), and add the hook."""
-        ok: set[int] = set()
-        for start, end in scanned:
-            ok.update(range(start & _MASK, end, _PAGE))
-        run: int | None = None
-        for page in range(0, ram_size, _PAGE):
-            if page in ok:
-                if run is not None:
-                    self.guard.forbid_exec(run, page)
-                    run = None
-            elif run is None:
-                run = page
-        if run is not None:
-            self.guard.forbid_exec(run, ram_size & _MASK)
+        limit = ram_size & _MASK
+        lo = 0
+        for start, end in sorted((s & _MASK, (e + _PAGE - 1) & _MASK) for s, e in scanned if e > s):
+            start, end = min(start, limit), min(end, limit)
+            if lo < start:
+                self.guard.forbid_exec(lo, start)
+            lo = max(lo, end)
+        if lo < limit:
+            self.guard.forbid_exec(lo, limit)
         self._hook = self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch)
 
     def _on_fetch(self, uc: Any, _access: int, address: int, _size: int, _value: int, _data: Any) -> bool:

@@ -108,17 +108,6 @@ class PageWatcher(Protocol):
 _PAGE_MASK = ~(layout.PAGE_SIZE - 1)
 
 
-def _runs(pages: list[int]) -> list[tuple[int, int]]:
-    """Sorted page addresses as [start, end) runs of consecutive pages."""
-    out: list[tuple[int, int]] = []
-    for p in pages:
-        if out and out[-1][1] == p:
-            out[-1] = (out[-1][0], p + layout.PAGE_SIZE)
-        else:
-            out.append((p, p + layout.PAGE_SIZE))
-    return out
-
-
 class VmmGuard:
     """Owner of the engine's one UC_HOOK_MEM_WRITE_PROT hook (module docstring)."""
 
@@ -183,14 +172,17 @@ class VmmGuard:
 
     # -- pages the CPU may not fetch from (runtime/codewatch.py) -------------------------------
     def forbid_exec(self, start: int, end: int) -> None:
-        """No fetch from guest RAM pages [start, end) (page-aligned), until `allow_exec`."""
-        pages = set(range(start, end, layout.PAGE_SIZE))
-        self._noexec |= pages
-        plain = [p for p in pages if p not in self._watchers]
-        for run_start, run_end in _runs(sorted(plain)):
-            self.uc.mem_protect(run_start, run_end - run_start, UC_PROT_READ | UC_PROT_WRITE)
-        for page in pages - set(plain):
+        """No fetch from guest RAM pages [start, end) (page-aligned), until `allow_exec`.
+        One mem_protect per stretch between watched pages (guest RAM is one big range)."""
+        self._noexec.update(range(start, end, layout.PAGE_SIZE))
+        lo = start
+        for page in sorted(p for p in self._watchers if start <= p < end):
+            if lo < page:
+                self.uc.mem_protect(lo, page - lo, UC_PROT_READ | UC_PROT_WRITE)
             self._apply(page)
+            lo = page + layout.PAGE_SIZE
+        if lo < end:
+            self.uc.mem_protect(lo, end - lo, UC_PROT_READ | UC_PROT_WRITE)
 
     def allow_exec(self, page: int) -> bool:
         """Fetches from `page` allowed again; False if they were not forbidden."""

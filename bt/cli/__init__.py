@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from bt import __version__
-from bt.cli import bench, campaign, compare, patch, run, scan
+from bt.cli import audit, bench, campaign, compare, patch, run, scan
 from bt.errors import Ring1Error
 
-COMMANDS = (scan, patch, run, compare, campaign, bench)
+COMMANDS = (scan, patch, run, compare, audit, campaign, bench)
 
 
 class _Parser(argparse.ArgumentParser):

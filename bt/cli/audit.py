@@ -1,0 +1,101 @@
+"""`bt audit`: run a kernel in ring 1 and report what of the VMM it could reach, learn and
+change at the end of the run or after N guest instructions (runtime/audit).
+
+Exit code: 0 when the audit is written at the end of the run or at `--at-insns`; 4 when
+the guest stopped for another reason (the audit of that point is still written, after the
+stop's one-line diagnosis); 2 bad input; 8 an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bt.cli import devices, ruleopts
+from bt.cli.run import _patch_config, _slot
+from bt.errors import GuestStop, InputError, UsageError
+from runtime.audit import take
+from runtime.audit.text import render
+from runtime.config import RunConfig
+from runtime.vm import Vm
+
+_BUDGET = "instruction budget exhausted"
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "audit", help="what a guest kernel in ring 1 can reach, learn and change of the VMM",
+        description="Run KERNEL as `bt run` does and report, at the end of the run or after --at-insns "
+                    "guest instructions: the VMM structures mapped in the guest's linear space and their "
+                    "protection from guest ring 1 and ring 3 (from the run's page tables), the host values "
+                    "the sensitive instructions give the guest unpatched and patched (each executed at that "
+                    "point), and the run's VMM guard events, with how VirtualBox, VMware and Xen handled each.")
+    p.add_argument("kernel", type=Path, help="the kernel ELF")
+    p.add_argument("--at-insns", type=int, metavar="N", help="audit after N guest instructions (default: at the end)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the audit as JSON (ring1.audit/1)")
+    p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
+    p.add_argument("--serial", type=Path, help="write the guest's COM1 output to FILE (default: discarded)")
+    p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
+    machine = p.add_argument_group("the PC (QEMU's pc machine)")
+    devices.add_arguments(machine)
+    p.add_argument("--vmm-base", type=_slot, metavar="ADDR", help="pin the VMM area (as bt run)")
+    patch = p.add_argument_group("patching (PATM), as bt run")
+    patch.add_argument("--hot", type=int, default=1, metavar="N", help="patch a site once it trapped N times")
+    patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
+    patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
+    ruleopts.add(patch)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.at_insns is not None and args.at_insns <= 0:
+        raise UsageError("--at-insns must be positive")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise InputError(f"{args.json}: no such directory (--json)")
+    platform = devices.run_fields(args)
+    serial = open(args.serial, "wb") if args.serial else None   # noqa: SIM115 (closed below)
+    try:
+        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.at_insns,
+                           timeout=args.timeout, serial=serial, patch=_patch_config(args),
+                           vmm_base=args.vmm_base, **platform)
+        vm = Vm(config)
+        if vm.patches is not None:
+            ruleopts.warn("audit", vm.patches.rules)
+        stop: GuestStop | None = None
+        try:
+            result = vm.run()
+            status = result.exit_status
+            ended = ("end of the run: " + (f"guest status {status >> 1} (isa-debug-exit)" if status is not None
+                                           else "the guest ended without isa-debug-exit"))
+        except GuestStop as err:
+            if args.at_insns is not None and str(err).startswith(_BUDGET):
+                ended = f"after --at-insns {args.at_insns}"
+            else:
+                stop = err
+                ended = f"the guest stopped: {err}"
+    finally:
+        if serial is not None:
+            serial.close()
+    audit = take(vm, ended)
+    if args.json is not None:
+        _write_json(args.json, audit.to_dict())
+    if stop is None:
+        sys.stdout.write(render(audit))
+        return 0
+    stop.report = lambda: sys.stdout.write(render(audit))
+    raise stop
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Whole or not at all: a temporary file renamed over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write: {err.strerror or err}") from err

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from bt.cli import devices, ruleopts
+from bt.cli.args import positive_int, seconds
 from bt.cli.run import _patch_config, _slot
-from bt.errors import GuestStop, InputError, UsageError
+from bt.errors import GuestStop
+from bt.outfile import Outputs
 from runtime.audit import take
 from runtime.audit.text import render
 from runtime.config import RunConfig
@@ -35,16 +36,16 @@ def add_parser(sub: Any) -> None:
                     "the sensitive instructions give the guest unpatched and patched (each executed at that "
                     "point), and the run's VMM guard events, with how VirtualBox, VMware and Xen handled each.")
     p.add_argument("kernel", type=Path, help="the kernel ELF")
-    p.add_argument("--at-insns", type=int, metavar="N", help="audit after N guest instructions (default: at the end)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the audit as JSON (ring1.audit/1)")
+    p.add_argument("--at-insns", type=positive_int, metavar="N", help="audit after N guest instructions (default: at the end)")
+    p.add_argument("--json", metavar="FILE", help="write the audit as JSON (ring1.audit/1)")
     p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
-    p.add_argument("--serial", type=Path, help="write the guest's COM1 output to FILE (default: discarded)")
-    p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
+    p.add_argument("--serial", metavar="FILE", help="write the guest's COM1 output to FILE (default: discarded)")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="stop after S wall-clock seconds")
     machine = p.add_argument_group("the PC (QEMU's pc machine)")
-    devices.add_arguments(machine)
+    devices.add_arguments(machine, writable=False)   # the guest's disk writes stay in memory
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR", help="pin the VMM area (as bt run)")
     patch = p.add_argument_group("patching (PATM), as bt run")
-    patch.add_argument("--hot", type=int, default=1, metavar="N", help="patch a site once it trapped N times")
+    patch.add_argument("--hot", type=positive_int, default=1, metavar="N", help="patch a site once it trapped N times")
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
     ruleopts.add(patch)
@@ -52,23 +53,21 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.at_insns is not None and args.at_insns <= 0:
-        raise UsageError("--at-insns must be positive")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise InputError(f"{args.json}: no such directory (--json)")
     platform = devices.run_fields(args)
-    serial = open(args.serial, "wb") if args.serial else None   # noqa: SIM115 (closed below)
-    try:
+    patch = _patch_config(args)
+    inputs = [args.kernel, args.keys, *(args.disk or ()), *(m.path for m in platform["modules"])]
+    # Outputs are checked before the kernel is read and written whole (bt/outfile.py).
+    with Outputs(inputs=inputs) as outputs:
+        sink = cast(BinaryIO, outputs.stream(args.serial, "--serial")) if args.serial else None
+        report = outputs.document(args.json, "--json") if args.json else None
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.at_insns,
-                           timeout=args.timeout, serial=serial, patch=_patch_config(args),
-                           vmm_base=args.vmm_base, **platform)
+                           timeout=args.timeout, serial=sink, patch=patch, vmm_base=args.vmm_base, **platform)
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("audit", vm.patches.rules)
         stop: GuestStop | None = None
         try:
-            result = vm.run()
-            status = result.exit_status
+            status = vm.run().exit_status
             ended = ("end of the run: " + (f"guest status {status >> 1} (isa-debug-exit)" if status is not None
                                            else "the guest ended without isa-debug-exit"))
         except GuestStop as err:
@@ -77,25 +76,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 stop = err
                 ended = f"the guest stopped: {err}"
-    finally:
-        if serial is not None:
-            serial.close()
-    audit = take(vm, ended)
-    if args.json is not None:
-        _write_json(args.json, audit.to_dict())
+        audit = take(vm, ended)
+        if report is not None:
+            report.write_text(json.dumps(audit.to_dict(), indent=2) + "\n")
+        outputs.commit()
     if stop is None:
         sys.stdout.write(render(audit))
         return 0
     stop.report = lambda: sys.stdout.write(render(audit))
     raise stop
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Whole or not at all: a temporary file renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write: {err.strerror or err}") from err

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             ended = ("end of the run: " + (f"guest status {status >> 1} (isa-debug-exit)" if status is not None
                                            else "the guest ended without isa-debug-exit"))
         except GuestStop as err:
-            if args.at_insns is not None and str(err).startswith(_BUDGET):
+            if args.at_insns is not None and err.reason.startswith(_BUDGET):
                 ended = f"after --at-insns {args.at_insns}"
             else:
                 stop = err

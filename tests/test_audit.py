@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 from test_vmm_guard import CODE_TARGET, PT_TARGET, STATE_TARGET, STORES
-
 from unicorn import x86_const as ux
 
 from bt import isa
@@ -94,8 +93,11 @@ def test_patched_values_are_what_qemu_prints(tmp_path):
 
 
 def test_every_leaking_row_of_the_table_is_probed_or_explained():
-    wanted = {c.name for c in isa.CLASSES
-              if c.category is isa.Category.SENSITIVE and c.at_cpl1 in (isa.AtCpl1.LEAKS, isa.AtCpl1.DIFFERS)}
+    wanted = {
+        c.name
+        for c in isa.CLASSES
+        if c.category is isa.Category.SENSITIVE and c.at_cpl1 in (isa.AtCpl1.LEAKS, isa.AtCpl1.DIFFERS)
+    }
     probed = {p.cls for p in PROBES}
     assert wanted <= probed | set(NOT_PROBED)
     assert probed | set(NOT_PROBED) <= set(isa.NAMES)
@@ -129,8 +131,10 @@ def test_reach_agrees_with_the_page_walker():
 
 
 def test_guard_events_of_the_run():
-    vm = Vm(RunConfig(kernel=Path("<guard>"), serial=io.BytesIO()),
-            image=RawImage(((LOAD, assemble(STORES)),), LOAD))
+    vm = Vm(
+        RunConfig(kernel=Path("<guard>"), serial=io.BytesIO()),
+        image=RawImage(((LOAD, assemble(STORES)),), LOAD),
+    )
     vm.run()
     audit = take(vm, "end")
     g = audit.to_dict()["guard"]
@@ -140,8 +144,10 @@ def test_guard_events_of_the_run():
     assert "3 in this run" in " ".join(audit.verdict)
 
 
-_REGS = [getattr(ux, f"UC_X86_REG_{n}") for n in
-         "EAX EBX ECX EDX ESI EDI ESP EBP EIP EFLAGS CS SS DS ES FS GS CR0 CR3 CR4 GDTR IDTR LDTR TR".split()]
+_REGS = [
+    getattr(ux, f"UC_X86_REG_{n}")
+    for n in "EAX EBX ECX EDX ESI EDI ESP EBP EIP EFLAGS CS SS DS ES FS GS CR0 CR3 CR4 GDTR IDTR TR".split()
+]
 
 
 def test_probes_leave_the_run_untouched():
@@ -167,7 +173,7 @@ _TSC = re.compile(r"^  RDTSCP?: .*$", re.M)
 
 @pytest.mark.parametrize("name", ["hello", "usermode", "higherhalf"])
 def test_golden(monkeypatch, capsys, name):
-    monkeypatch.chdir(ROOT)                      # paths in the output stay relative
+    monkeypatch.chdir(ROOT)  # paths in the output stay relative
     assert main(["audit", f"samples/{name}/{name}.elf"]) == 0
     out = _TSC.sub("  RDTSC: (host TSC, masked)", capsys.readouterr().out)
     golden = GOLDEN / f"{name}.txt"

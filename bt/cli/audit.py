@@ -29,23 +29,34 @@ _BUDGET = "instruction budget exhausted"
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "audit", help="what a guest kernel in ring 1 can reach, learn and change of the VMM",
+        "audit",
+        help="what a guest kernel in ring 1 can reach, learn and change of the VMM",
         description="Run KERNEL as `bt run` does and report, at the end of the run or after --at-insns "
-                    "guest instructions: the VMM structures mapped in the guest's linear space and their "
-                    "protection from guest ring 1 and ring 3 (from the run's page tables), the host values "
-                    "the sensitive instructions give the guest unpatched and patched (each executed at that "
-                    "point), and the run's VMM guard events, with how VirtualBox, VMware and Xen handled each.")
+        "guest instructions: the VMM structures mapped in the guest's linear space and their "
+        "protection from guest ring 1 and ring 3 (from the run's page tables), the host values "
+        "the sensitive instructions give the guest unpatched and patched (each executed at that "
+        "point), and the run's VMM guard events, with how VirtualBox, VMware and Xen handled each.",
+    )
     p.add_argument("kernel", type=Path, help="the kernel ELF")
-    p.add_argument("--at-insns", type=positive_int, metavar="N", help="audit after N guest instructions (default: at the end)")
+    p.add_argument(
+        "--at-insns",
+        type=positive_int,
+        metavar="N",
+        help="audit after N guest instructions (default: at the end)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the audit as JSON (ring1.audit/1)")
     p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
-    p.add_argument("--serial", metavar="FILE", help="write the guest's COM1 output to FILE (default: discarded)")
+    p.add_argument(
+        "--serial", metavar="FILE", help="write the guest's COM1 output to FILE (default: discarded)"
+    )
     p.add_argument("--timeout", type=seconds, metavar="S", help="stop after S wall-clock seconds")
     machine = p.add_argument_group("the PC (QEMU's pc machine)")
-    devices.add_arguments(machine, writable=False)   # the guest's disk writes stay in memory
+    devices.add_arguments(machine, writable=False)  # the guest's disk writes stay in memory
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR", help="pin the VMM area (as bt run)")
     patch = p.add_argument_group("patching (PATM), as bt run")
-    patch.add_argument("--hot", type=positive_int, default=1, metavar="N", help="patch a site once it trapped N times")
+    patch.add_argument(
+        "--hot", type=positive_int, default=1, metavar="N", help="patch a site once it trapped N times"
+    )
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
     ruleopts.add(patch)
@@ -60,16 +71,27 @@ def run(args: argparse.Namespace) -> int:
     with Outputs(inputs=inputs) as outputs:
         sink = cast(BinaryIO, outputs.stream(args.serial, "--serial")) if args.serial else None
         report = outputs.document(args.json, "--json") if args.json else None
-        config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.at_insns,
-                           timeout=args.timeout, serial=sink, patch=patch, vmm_base=args.vmm_base, **platform)
+        config = RunConfig(
+            kernel=args.kernel,
+            cmdline=args.cmdline,
+            max_insns=args.at_insns,
+            timeout=args.timeout,
+            serial=sink,
+            patch=patch,
+            vmm_base=args.vmm_base,
+            **platform,
+        )
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("audit", vm.patches.rules)
         stop: GuestStop | None = None
         try:
             status = vm.run().exit_status
-            ended = ("end of the run: " + (f"guest status {status >> 1} (isa-debug-exit)" if status is not None
-                                           else "the guest ended without isa-debug-exit"))
+            ended = "end of the run: " + (
+                f"guest status {status >> 1} (isa-debug-exit)"
+                if status is not None
+                else "the guest ended without isa-debug-exit"
+            )
         except GuestStop as err:
             if args.at_insns is not None and err.reason.startswith(_BUDGET):
                 ended = f"after --at-insns {args.at_insns}"
@@ -83,5 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if stop is None:
         sys.stdout.write(render(audit))
         return 0
-    stop.report = lambda: sys.stdout.write(render(audit))
+
+    def show() -> None:  # after the stop's error line (bt/cli/__init__.py)
+        sys.stdout.write(render(audit))
+
+    stop.report = show
     raise stop

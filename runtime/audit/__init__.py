@@ -43,17 +43,20 @@ class Leak:
     guest: str | None
     unpatched: Outcome | None
     patched: Outcome | None
-    why_not: str = ""      #: why unpatched/patched are None (the guest was in ring 3)
+    why_not: str = ""  #: why unpatched/patched are None (the guest was in ring 3)
 
     def to_dict(self) -> dict[str, Any]:
         ref = reference.LEAKS[self.cls]
         return {
-            "class": self.cls, "probe": self.label, "guest_set": self.guest,
+            "class": self.cls,
+            "probe": self.label,
+            "guest_set": self.guest,
             "ring1_unpatched": self.unpatched.to_dict() if self.unpatched else None,
             "ring1_patched": self.patched.to_dict() if self.patched else None,
             "leaks_unpatched": _differs(self.guest, self.unpatched),
             "leaks_patched": _differs(self.guest, self.patched),
-            "ring3_kernel": NOT_MEASURED, "not_measured_because": self.why_not or None,
+            "ring3_kernel": NOT_MEASURED,
+            "not_measured_because": self.why_not or None,
             "reference": ref.to_dict(),
         }
 
@@ -83,12 +86,18 @@ class Audit:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": SCHEMA, "kernel": self.kernel,
-            "point": {"ended": self.ended, "guest_insns": self.guest_insns,
-                      "virtual_ns": self.virtual_ns, "eip": f"{self.eip:#010x}",
-                      "cpl": self.cpl},
+            "schema": SCHEMA,
+            "kernel": self.kernel,
+            "point": {
+                "ended": self.ended,
+                "guest_insns": self.guest_insns,
+                "virtual_ns": self.virtual_ns,
+                "eip": f"{self.eip:#010x}",
+                "cpl": self.cpl,
+            },
             "vmm_area": {
-                "base": f"{self.vmm_base:#010x}", "paging": self.paging,
+                "base": f"{self.vmm_base:#010x}",
+                "paging": self.paging,
                 "mappings": [m.to_dict() for m in self.mappings],
                 "ring3_kernel": NOT_MEASURED,
                 "reference": {"vmm_slot": reference.AREA.to_dict(), "guest_alias": reference.ALIAS.to_dict()},
@@ -104,10 +113,14 @@ def _guard(vm: Vm) -> dict[str, Any]:
     st = vm.stats
     return {
         "dropped_stores": st.vmm_writes,
-        "first_writers": [{"eip": f"{e:#010x}", "symbol": vm.symbolize(e), "address": f"{a:#010x}", "size": n,
-                           "region": r} for e, a, n, r in st.vmm_writers],
-        "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": f"{m.eip:#010x}"}
-                      for m in st.vmm_moves],
+        "first_writers": [
+            {"eip": f"{e:#010x}", "symbol": vm.symbolize(e), "address": f"{a:#010x}", "size": n, "region": r}
+            for e, a, n, r in st.vmm_writers
+        ],
+        "vmm_moves": [
+            {"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": f"{m.eip:#010x}"}
+            for m in st.vmm_moves
+        ],
         "vflags_repairs": st.vflags_corrupted,
         "vflags_bad": [f"{w:#010x}" for w in st.vflags_bad],
         "reference": {k: v.to_dict() for k, v in reference.GUARD.items()},
@@ -117,26 +130,39 @@ def _guard(vm: Vm) -> dict[str, Any]:
 def _leaks(vm: Vm) -> list[Leak]:
     cpl = vm.cpu.read(CS) & 3
     if cpl != 1:
-        why = f"the CPU was at CPL {cpl} at the audit point, not in the guest kernel (pick another --max-insns)"
+        why = (
+            f"the CPU was at CPL {cpl} at the audit point, not in the guest kernel (pick another --max-insns)"
+        )
         return [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
     from patchmgr.registry import load
 
     rules = vm.patches.rules if vm.patches is not None else load()
     scratch = Scratch(vm)
     try:
-        return [Leak(p.cls, p.label, p.guest(vm), scratch.run(p, None), scratch.run(p, rules)) for p in PROBES]
+        return [
+            Leak(p.cls, p.label, p.guest(vm), scratch.run(p, None), scratch.run(p, rules)) for p in PROBES
+        ]
     finally:
         scratch.close()
 
 
 def take(vm: Vm, ended: str) -> Audit:
     """The audit of run `vm` where it stopped (`ended` says how)."""
-    guard = _guard(vm)        # before the probes: nothing they do reaches the run's counters
+    guard = _guard(vm)  # before the probes: nothing they do reaches the run's counters
     paging, maps = mappings(vm)
-    audit = Audit(kernel=str(vm.config.kernel), ended=ended, guest_insns=vm.stats.guest_insns,
-                  virtual_ns=vm.stats.virtual_ns,
-                  eip=vm.traps.patcher.to_guest_eip(vm.cpu.read(EIP)), cpl=vm.cpu.read(CS) & 3,
-                  vmm_base=vm.machine.vmm.base, paging=paging, mappings=maps, leaks=_leaks(vm), guard=guard)
+    audit = Audit(
+        kernel=str(vm.config.kernel),
+        ended=ended,
+        guest_insns=vm.stats.guest_insns,
+        virtual_ns=vm.stats.virtual_ns,
+        eip=vm.traps.patcher.to_guest_eip(vm.cpu.read(EIP)),
+        cpl=vm.cpu.read(CS) & 3,
+        vmm_base=vm.machine.vmm.base,
+        paging=paging,
+        mappings=maps,
+        leaks=_leaks(vm),
+        guard=guard,
+    )
     audit.verdict = verdict(audit)
     return audit
 
@@ -159,26 +185,38 @@ def verdict(a: Audit) -> list[str]:
     dropped = [m for m in a.mappings if m.ring1.write == "dropped"]
     aliases = [m for m in a.mappings if m.via in (VIA_GUEST, VIA_GUEST_UNUSED)]
     where = "linear == physical (paging off)" if not a.paging else f"its slot at {a.vmm_base:#010x}"
-    out.append(f"read: ring 1 reads {_pages(readable)} VMM pages through {where}"
-               + (f" and {_pages(aliases)} more through the guest's own mappings of VMM physical pages"
-                  if aliases else "")
-               + f"; guest ring 3 reads {_pages(user)} ("
-               + (", ".join(sorted({m.region for m in user})) or "none") + ").")
+    out.append(
+        f"read: ring 1 reads {_pages(readable)} VMM pages through {where}"
+        + (
+            f" and {_pages(aliases)} more through the guest's own mappings of VMM physical pages"
+            if aliases
+            else ""
+        )
+        + f"; guest ring 3 reads {_pages(user)} ("
+        + (", ".join(sorted({m.region for m in user})) or "none")
+        + ")."
+    )
     if any(m.via == VIA_NO_PAGING for m in a.mappings):
         out.append("paging is off at the audit point: no page protection applies to any CPL.")
-    out.append(f"change: ring 1 writes {_physical(writable)} VMM physical pages ("
-               + (", ".join(sorted({m.region for m in writable})) or "none")
-               + f"); stores into the other {_physical(dropped)} it reaches are dropped by the guard "
-               f"({a.guard['dropped_stores']} in this run, {a.guard['vflags_repairs']} virtual flags "
-               "repairs).")
+    out.append(
+        f"change: ring 1 writes {_physical(writable)} VMM physical pages ("
+        + (", ".join(sorted({m.region for m in writable})) or "none")
+        + f"); stores into the other {_physical(dropped)} it reaches are dropped by the guard "
+        f"({a.guard['dropped_stores']} in this run, {a.guard['vflags_repairs']} virtual flags "
+        "repairs)."
+    )
     ran = [x for x in a.leaks if x.unpatched is not None]
     if ran:
         leak_u = [x.label.split(":")[0] for x in ran if _differs(x.guest, x.unpatched)]
         leak_p = [x.label.split(":")[0] for x in ran if _differs(x.guest, x.patched)]
-        out.append(f"learn: unpatched, {len(leak_u)} of {len(ran)} probes give the guest a value other "
-                   f"than the one it set ({', '.join(leak_u) or 'none'}); patched, {len(leak_p)} "
-                   f"({', '.join(leak_p) or 'none'}).")
+        out.append(
+            f"learn: unpatched, {len(leak_u)} of {len(ran)} probes give the guest a value other "
+            f"than the one it set ({', '.join(leak_u) or 'none'}); patched, {len(leak_p)} "
+            f"({', '.join(leak_p) or 'none'})."
+        )
     else:
         out.append(f"learn: not measured ({a.leaks[0].why_not if a.leaks else 'no probes'}).")
-    out.append("ring 3 (guest kernel deprivileged): not measured; `bt run --guest-ring 3` does not exist yet.")
+    out.append(
+        "ring 3 (guest kernel deprivileged): not measured; `bt run --guest-ring 3` does not exist yet."
+    )
     return out

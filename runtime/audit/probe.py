@@ -32,9 +32,9 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc, UcEr
 from unicorn import x86_const as ux
 
 from bt import layout
+from runtime.context import EmulationFault
 from runtime.cpu import Cpu
 from runtime.emulate import EMULATORS
-from runtime.context import EmulationFault
 from runtime.paging import Mmu, PageFault
 from runtime.ruletest import LinearCode
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 #: store (the end of the patch-writable state page, which no field uses).
 PROBE_HOME = layout.VMM_BASE + 0x100000
 DATA_HOME = layout.PATCH_STATE_BASE + 0xF00
-_PAD = b"\x90" * 12           # room for a 5-byte patch window after a short instruction
+_PAD = b"\x90" * 12  # room for a 5-byte patch window after a short instruction
 _ZF = 1 << 6
 
 
@@ -99,8 +99,9 @@ def _ver(uc: Uc, _data: bytes) -> str:
 
 
 def _cpuid(uc: Uc, _data: bytes) -> str:
-    vendor = b"".join(struct.pack("<I", _reg(uc, r)) for r in
-                      (ux.UC_X86_REG_EBX, ux.UC_X86_REG_EDX, ux.UC_X86_REG_ECX))
+    vendor = b"".join(
+        struct.pack("<I", _reg(uc, r)) for r in (ux.UC_X86_REG_EBX, ux.UC_X86_REG_EDX, ux.UC_X86_REG_ECX)
+    )
     return f"max leaf {_reg(uc, ux.UC_X86_REG_EAX):#x}, {vendor.decode('latin-1')!r}"
 
 
@@ -126,6 +127,7 @@ def _g_table(which: str) -> Callable[[Vm], str]:
     def value(vm: Vm) -> str:
         base, limit = vm.vcpu.table(which)
         return f"base {base:#010x} limit {limit:#x}"
+
     return value
 
 
@@ -141,16 +143,18 @@ def _g_sel(which: str) -> Callable[[Vm], str]:
         # the CPU holds them with RPL 1 (ring compression, runtime/README.md "RPL in frames").
         reg = ux.UC_X86_REG_CS if which == "cs" else ux.UC_X86_REG_SS
         return f"{vm.cpu.read(reg) & ~3 & 0xFFFF:#06x}"
+
     return value
 
 
 def _g_desc(what: str, reg: int) -> Callable[[Vm], str]:
     """LAR/LSL/VERR/VERW as CPL 0 would answer them from the guest's own descriptor."""
+
     def value(vm: Vm) -> str:
         try:
             desc = vm.gdt.guest_descriptor(vm.cpu.read(reg) & ~3)
         except PageFault as err:
-            return f"#PF at {err.linear:#x}"    # its GDT is not mapped: CPL 0 would fault too
+            return f"#PF at {err.linear:#x}"  # its GDT is not mapped: CPL 0 would fault too
         if desc is None or not desc.present:
             return "ZF 0 (not visible)"
         if what == "lar":
@@ -160,6 +164,7 @@ def _g_desc(what: str, reg: int) -> Callable[[Vm], str]:
         if what == "verr":
             return f"ZF {int(not desc.is_system and (not desc.is_code or bool(desc.type & 2)))}"
         return f"ZF {int(not desc.is_system and not desc.is_code and bool(desc.type & 2))}"
+
     return value
 
 
@@ -173,33 +178,57 @@ def _fixed(code: bytes) -> Callable[[int], bytes]:
 
 #: Every probe, in bt.isa's order. Register forms where the instruction has one.
 PROBES: tuple[Probe, ...] = (
-    Probe("pushf", "PUSHFD: IF, IOPL", _fixed(b"\x9c\x58"), _flags, _g_flags),                 # pushfd; pop eax
-    Probe("sgdt", "SGDT: GDTR", lambda d: b"\x0f\x01\x05" + struct.pack("<I", d), _table,
-          _g_table("gdtr")),
-    Probe("sidt", "SIDT: IDTR", lambda d: b"\x0f\x01\x0d" + struct.pack("<I", d), _table,
-          _g_table("idtr")),
-    Probe("sldt", "SLDT: LDTR", _fixed(b"\x0f\x00\xc0"), _sel, _g_sel("ldtr")),                      # sldt eax
-    Probe("str", "STR: TR", _fixed(b"\x0f\x00\xc8"), _sel, _g_sel("tr")),                          # str eax
-    Probe("smsw", "SMSW: CR0 bits 0-15", _fixed(b"\x66\x0f\x01\xe0"), _sel, _g_sel("cr0")),         # smsw ax
-    Probe("lar", "LAR of the guest's CS", _fixed(b"\x0f\x02\xc1"), _lar, _g_desc("lar", ux.UC_X86_REG_CS), _guest_cs),  # lar eax, ecx
-    Probe("lsl", "LSL of the guest's CS", _fixed(b"\x0f\x03\xc1"), _lsl, _g_desc("lsl", ux.UC_X86_REG_CS), _guest_cs),  # lsl eax, ecx
-    Probe("verr", "VERR of the guest's CS", _fixed(b"\x0f\x00\xe1"), _ver,
-          _g_desc("verr", ux.UC_X86_REG_CS), _guest_cs),  # verr cx
-    Probe("verw", "VERW of the guest's SS", _fixed(b"\x0f\x00\xe9"), _ver,
-          _g_desc("verw", ux.UC_X86_REG_SS), _guest_ss),  # verw cx
-    Probe("push_sreg", "PUSH CS: selector", _fixed(b"\x0e\x58"), _sel, _g_sel("cs")),              # push cs; pop eax
-    Probe("push_sreg", "PUSH SS: selector", _fixed(b"\x16\x58"), _sel, _g_sel("ss")),              # push ss; pop eax
-    Probe("mov_from_sreg", "MOV r,CS: selector", _fixed(b"\x8c\xc8"), _sel, _g_sel("cs")),         # mov eax, cs
-    Probe("mov_from_sreg", "MOV r,SS: selector", _fixed(b"\x8c\xd0"), _sel, _g_sel("ss")),         # mov eax, ss
+    Probe("pushf", "PUSHFD: IF, IOPL", _fixed(b"\x9c\x58"), _flags, _g_flags),  # pushfd; pop eax
+    Probe("sgdt", "SGDT: GDTR", lambda d: b"\x0f\x01\x05" + struct.pack("<I", d), _table, _g_table("gdtr")),
+    Probe("sidt", "SIDT: IDTR", lambda d: b"\x0f\x01\x0d" + struct.pack("<I", d), _table, _g_table("idtr")),
+    Probe("sldt", "SLDT: LDTR", _fixed(b"\x0f\x00\xc0"), _sel, _g_sel("ldtr")),  # sldt eax
+    Probe("str", "STR: TR", _fixed(b"\x0f\x00\xc8"), _sel, _g_sel("tr")),  # str eax
+    Probe("smsw", "SMSW: CR0 bits 0-15", _fixed(b"\x66\x0f\x01\xe0"), _sel, _g_sel("cr0")),  # smsw ax
+    Probe(
+        "lar",
+        "LAR of the guest's CS",
+        _fixed(b"\x0f\x02\xc1"),
+        _lar,
+        _g_desc("lar", ux.UC_X86_REG_CS),
+        _guest_cs,
+    ),  # lar eax, ecx
+    Probe(
+        "lsl",
+        "LSL of the guest's CS",
+        _fixed(b"\x0f\x03\xc1"),
+        _lsl,
+        _g_desc("lsl", ux.UC_X86_REG_CS),
+        _guest_cs,
+    ),  # lsl eax, ecx
+    Probe(
+        "verr",
+        "VERR of the guest's CS",
+        _fixed(b"\x0f\x00\xe1"),
+        _ver,
+        _g_desc("verr", ux.UC_X86_REG_CS),
+        _guest_cs,
+    ),  # verr cx
+    Probe(
+        "verw",
+        "VERW of the guest's SS",
+        _fixed(b"\x0f\x00\xe9"),
+        _ver,
+        _g_desc("verw", ux.UC_X86_REG_SS),
+        _guest_ss,
+    ),  # verw cx
+    Probe("push_sreg", "PUSH CS: selector", _fixed(b"\x0e\x58"), _sel, _g_sel("cs")),  # push cs; pop eax
+    Probe("push_sreg", "PUSH SS: selector", _fixed(b"\x16\x58"), _sel, _g_sel("ss")),  # push ss; pop eax
+    Probe("mov_from_sreg", "MOV r,CS: selector", _fixed(b"\x8c\xc8"), _sel, _g_sel("cs")),  # mov eax, cs
+    Probe("mov_from_sreg", "MOV r,SS: selector", _fixed(b"\x8c\xd0"), _sel, _g_sel("ss")),  # mov eax, ss
     Probe("rdtsc", "RDTSC: time stamp counter", _fixed(b"\x0f\x31"), _tsc, _none),
     Probe("rdtscp", "RDTSCP: time stamp counter", _fixed(b"\x0f\x01\xf9"), _tsc, _none),
-    Probe("cpuid", "CPUID leaf 0: vendor", _fixed(b"\x31\xc0\x0f\xa2"), _cpuid, _none),       # xor eax,eax; cpuid
+    Probe("cpuid", "CPUID leaf 0: vendor", _fixed(b"\x31\xc0\x0f\xa2"), _cpuid, _none),  # xor eax,eax; cpuid
 )
 
 #: Rows of bt.isa that leak or silently differ at CPL 1 but give the guest no value to read.
 NOT_PROBED: dict[str, str] = {
     "popf": "changes to IF/IOPL are dropped, nothing is read: the patched POPF keeps them in the "
-            "virtual flags (the PUSHF row shows what the guest reads back)",
+    "virtual flags (the PUSHF row shows what the guest reads back)",
     "iret": "IF/IOPL of the frame are dropped, nothing is read (as POPF)",
 }
 
@@ -209,8 +238,8 @@ class Outcome:
     """What one probe gave: the value (or the fault that stopped it) and the exits it took."""
 
     value: str
-    exits: int               #: exits the patch took (int3, hypercall): 0 for native code
-    patch: str = "none"      #: "jmp", "int3" or "none" (no rule patched it)
+    exits: int  #: exits the patch took (int3, hypercall): 0 for native code
+    patch: str = "none"  #: "jmp", "int3" or "none" (no rule patched it)
     rule: str | None = None  #: the patch rule that patched it
 
     def to_dict(self) -> dict[str, object]:
@@ -278,7 +307,7 @@ class Scratch:
         if op is not None:
             try:
                 EMULATORS[op.cls](op, self.ctx, resume)
-            except PageFault as err:      # the run would deliver it to the guest: it is the answer
+            except PageFault as err:  # the run would deliver it to the guest: it is the answer
                 self._fault = f"#PF at {err.linear:#x}"
                 uc.emu_stop()
                 return
@@ -286,7 +315,7 @@ class Scratch:
                 self._fault = f"fault: vector {err.vector} (emulating {op.cls})"
                 uc.emu_stop()
                 return
-            except Exception as err:      # a bug: re-raised by `run`, never swallowed
+            except Exception as err:  # a bug: re-raised by `run`, never swallowed
                 self._error = err
                 uc.emu_stop()
                 return
@@ -296,7 +325,7 @@ class Scratch:
         """Run `probe` from the audit point; patched through `rules` unless None."""
         from patchmgr.manager import PatchConfig, PatchManager
 
-        self._vmm[:] = self._vmm_pristine     # patch memory and the data word as the run left them
+        self._vmm[:] = self._vmm_pristine  # patch memory and the data word as the run left them
         self.uc.ctl_remove_cache(self.area.base, self.area.end - 1)
         self.uc.context_restore(self.context)
         site, data = self.area.linear(PROBE_HOME), self.area.linear(DATA_HOME)
@@ -307,8 +336,14 @@ class Scratch:
         self._manager = None
         start = site
         if rules is not None:
-            manager = PatchManager(PatchConfig(eager=True), memory, LinearCode(site, site + len(code)), rules=rules,
-                                   emulable=EMULATORS.__contains__, area=self.area)
+            manager = PatchManager(
+                PatchConfig(eager=True),
+                memory,
+                LinearCode(site, site + len(code)),
+                rules=rules,
+                emulable=EMULATORS.__contains__,
+                area=self.area,
+            )
             manager.patch_all([site])
             patch = manager.patches.get(site)
             if patch is not None:
@@ -332,7 +367,7 @@ class Scratch:
         if int(self.uc.reg_read(ux.UC_X86_REG_EIP)) != end:
             return Outcome("did not finish", self._exits, kind, rule_name)
         at = DATA_HOME - layout.VMM_BASE
-        return Outcome(probe.result(self.uc, bytes(self._vmm[at:at + 8])), self._exits, kind, rule_name)
+        return Outcome(probe.result(self.uc, bytes(self._vmm[at : at + 8])), self._exits, kind, rule_name)
 
     def close(self) -> None:
         self.uc.mem_unmap(0, len(self._ram))

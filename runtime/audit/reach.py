@@ -45,10 +45,10 @@ _VMM_END = layout.VMM_BASE + layout.VMM_SIZE
 _PAGE = layout.PAGE_SIZE
 
 #: How a mapping was found (`Mapping.via`).
-VIA_SLOT = "vmm slot"                 # the shadow directory's entry for the VMM's slot
-VIA_GUEST = "guest mapping"           # a guest entry the CPU walks (copied in the shadow)
-VIA_GUEST_UNUSED = "guest mapping, not yet used"   # only in the guest's own directory
-VIA_NO_PAGING = "paging off"          # linear == physical
+VIA_SLOT = "vmm slot"  # the shadow directory's entry for the VMM's slot
+VIA_GUEST = "guest mapping"  # a guest entry the CPU walks (copied in the shadow)
+VIA_GUEST_UNUSED = "guest mapping, not yet used"  # only in the guest's own directory
+VIA_NO_PAGING = "paging off"  # linear == physical
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,15 @@ class Mapping:
     ring3: Access
 
     def to_dict(self) -> dict[str, object]:
-        return {"region": self.region, "linear": f"{self.linear:#010x}", "physical": f"{self.physical:#010x}",
-                "pages": self.size // _PAGE, "via": self.via, "ring1": self.ring1.to_dict(),
-                "ring3_user": self.ring3.to_dict()}
+        return {
+            "region": self.region,
+            "linear": f"{self.linear:#010x}",
+            "physical": f"{self.physical:#010x}",
+            "pages": self.size // _PAGE,
+            "via": self.via,
+            "ring1": self.ring1.to_dict(),
+            "ring3_user": self.ring3.to_dict(),
+        }
 
 
 class _Phys:
@@ -114,7 +120,7 @@ def _access(phys: _Phys, page: int, allowed: bool, writable: bool) -> Access:
 
 
 def _u32s(data: bytes) -> list[int]:
-    return [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
+    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
 
 
 def _walk(read: Read, pd: int, pse: bool) -> list[tuple[int, int, int, int]]:
@@ -131,7 +137,7 @@ def _walk(read: Read, pd: int, pse: bool) -> list[tuple[int, int, int, int]]:
             continue
         try:
             ptes = _u32s(read(pde & 0xFFFFF000, 4096))
-        except UnmappedPhys:   # a page table outside RAM: the CPU would fault there, nothing maps
+        except UnmappedPhys:  # a page table outside RAM: the CPU would fault there, nothing maps
             continue
         for k, pte in enumerate(ptes):
             if pte & PTE_P and layout.VMM_BASE <= (pte & 0xFFFFF000) < _VMM_END:
@@ -174,8 +180,15 @@ def _merge(pages: list[tuple[int, int, str, Access, Access]]) -> list[Mapping]:
     for lin, page, via, r1, r3 in pages:
         region = layout.region_at(page)
         last = out[-1] if out else None
-        if (last is not None and last.region == region and last.via == via and last.ring1 == r1
-                and last.ring3 == r3 and last.linear + last.size == lin and last.physical + last.size == page):
+        if (
+            last is not None
+            and last.region == region
+            and last.via == via
+            and last.ring1 == r1
+            and last.ring3 == r3
+            and last.linear + last.size == lin
+            and last.physical + last.size == page
+        ):
             out[-1] = Mapping(region, last.linear, last.physical, last.size + _PAGE, via, r1, r3)
         else:
             out.append(Mapping(region, lin, page, _PAGE, via, r1, r3))

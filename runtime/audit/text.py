@@ -16,23 +16,39 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _ref(name: str, ref: reference.Handled) -> list[str]:
-    return [f"  {name}:",
-            f"    ring compression hides it: {ref.compression}",
-            f"    VirtualBox: {ref.virtualbox}",
-            f"    VMware: {ref.vmware}",
-            f"    Xen: {ref.xen}"]
+    return [
+        f"  {name}:",
+        f"    ring compression hides it: {ref.compression}",
+        f"    VirtualBox: {ref.virtualbox}",
+        f"    VMware: {ref.vmware}",
+        f"    Xen: {ref.xen}",
+    ]
 
 
 def render(a: Audit) -> str:
-    out = [f"bt audit: {a.kernel}",
-           f"audit point: {a.ended}; {a.guest_insns} guest instructions, EIP {a.eip:#010x}, CPL {a.cpl}, "
-           f"virtual time {a.virtual_ns} ns",
-           "",
-           f"1. The VMM area in the guest's linear space (base {a.vmm_base:#010x}, paging "
-           f"{'on' if a.paging else 'off'}), from the page tables of the run:"]
-    rows = [[m.region, f"{m.linear:#010x}", f"{m.physical:#010x}", str(m.size // 4096), m.via,
-             m.ring1.text(), m.ring3.text()] for m in a.mappings]
-    out += _table(["region", "linear", "physical", "pages", "via", "guest ring 1", "guest ring 3 (user)"], rows)
+    out = [
+        f"bt audit: {a.kernel}",
+        f"audit point: {a.ended}; {a.guest_insns} guest instructions, EIP {a.eip:#010x}, CPL {a.cpl}, "
+        f"virtual time {a.virtual_ns} ns",
+        "",
+        f"1. The VMM area in the guest's linear space (base {a.vmm_base:#010x}, paging "
+        f"{'on' if a.paging else 'off'}), from the page tables of the run:",
+    ]
+    rows = [
+        [
+            m.region,
+            f"{m.linear:#010x}",
+            f"{m.physical:#010x}",
+            str(m.size // 4096),
+            m.via,
+            m.ring1.text(),
+            m.ring3.text(),
+        ]
+        for m in a.mappings
+    ]
+    out += _table(
+        ["region", "linear", "physical", "pages", "via", "guest ring 1", "guest ring 3 (user)"], rows
+    )
     out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
     out += _ref("the VMM's slot", reference.AREA)
     out += _ref("guest mappings of VMM physical pages", reference.ALIAS)
@@ -46,8 +62,12 @@ def render(a: Audit) -> str:
             assert u is not None and p is not None
             mark_u = " LEAK" if x.guest is not None and u.value != x.guest else ""
             mark_p = " LEAK" if x.guest is not None and p.value != x.guest else ""
-            how = f"{p.patch}" + (f" {p.rule}" if p.rule else "") + (f", {p.exits} exit(s)" if p.exits else "")
-            rows.append([x.label, x.guest if x.guest is not None else "-", u.value + mark_u, p.value + mark_p, how])
+            how = (
+                f"{p.patch}" + (f" {p.rule}" if p.rule else "") + (f", {p.exits} exit(s)" if p.exits else "")
+            )
+            rows.append(
+                [x.label, x.guest if x.guest is not None else "-", u.value + mark_u, p.value + mark_p, how]
+            )
         out += _table(["probe", "guest set", "ring 1 unpatched", "ring 1 patched", "patch"], rows)
     out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
     for cls, why in NOT_PROBED.items():
@@ -60,15 +80,18 @@ def render(a: Audit) -> str:
     for ref, names in groups.items():
         out += _ref(", ".join(names), ref)
     g = a.guard
-    out += ["", "3. Guard events of the run:",
-            f"  stores into the VMM area dropped: {g['dropped_stores']}"]
+    out += ["", "3. Guard events of the run:", f"  stores into the VMM area dropped: {g['dropped_stores']}"]
     for w in g["first_writers"]:
-        out.append(f"    from EIP {w['eip']} {w['symbol']}: {w['size']} bytes at {w['address']} ({w['region']})")
+        out.append(
+            f"    from EIP {w['eip']} {w['symbol']}: {w['size']} bytes at {w['address']} ({w['region']})"
+        )
     out.append(f"  VMM area moves: {len(g['vmm_moves'])}")
     for m in g["vmm_moves"]:
         out.append(f"    {m['from']} -> {m['to']} at EIP {m['eip']}: {m['why']}")
-    out.append(f"  virtual flags words repaired: {g['vflags_repairs']}"
-               + (f" ({', '.join(g['vflags_bad'])})" if g["vflags_bad"] else ""))
+    out.append(
+        f"  virtual flags words repaired: {g['vflags_repairs']}"
+        + (f" ({', '.join(g['vflags_bad'])})" if g["vflags_bad"] else "")
+    )
     for name, ref in reference.GUARD.items():
         out += _ref(name, ref)
     out += ["", "4. Verdict:"] + [f"  - {line}" for line in a.verdict]

@@ -19,18 +19,20 @@ import io
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
+import runtime_guest as guest
 from test_vmm_guard import CODE_TARGET, PT_TARGET, STATE_TARGET, STORES
 from unicorn import x86_const as ux
 
-from bt import isa
+from bt import isa, layout
 from bt.cli import main
 from patchmgr.manager import PatchConfig
 from runtime.audit import NOT_MEASURED, reference, take
 from runtime.audit.probe import NOT_PROBED, PROBES
-from runtime.audit.reach import VIA_NO_PAGING, VIA_SLOT
+from runtime.audit.reach import VIA_GUEST, VIA_NO_PAGING, VIA_SLOT
 from runtime.bench import LOAD, assemble
 from runtime.config import RunConfig
 from runtime.paging import PageFault
@@ -150,6 +152,37 @@ _REGS = [
 ]
 
 
+def test_a_guest_pte_naming_a_vmm_page_is_found_and_its_store_counted():
+    # The guest's own page table maps linear 0x400000 onto the state block's protected page
+    # (as in test_vmm_guard) and stores there: the audit finds the alias by walking the tables
+    # the CPU walks, readable and executable from ring 1 with writes dropped, user-readable
+    # because the guest's entries say U, and the guard's count has the store.
+    pd, pt, pt2 = 0x30000, 0x31000, 0x32000
+    table = bytearray(4096)
+    for i in range(1024):
+        struct.pack_into("<I", table, i * 4, (i << 12) | 0x3)
+    chunks = (
+        (pd, struct.pack("<II", pt | 0x3, pt2 | 0x7)),
+        (pt, bytes(table)),
+        (pt2, struct.pack("<I", layout.STATE_BASE | 0x7)),
+    )
+    src = (
+        f"mov eax, {pd:#x}\nmov cr3, eax\nmov eax, cr0\nor eax, 0x80000000\nmov cr0, eax\n"
+        "mov dword ptr [0x400000], 0x45454545\n" + guest.exit_with(0)
+    )
+    vm, result = guest.run(guest.kernel(src, chunks=chunks))
+    assert not isinstance(result, Exception)
+    audit = take(vm, "end")
+    alias = [m for m in audit.mappings if m.via == VIA_GUEST]
+    assert [(m.region, m.linear, m.physical, m.size) for m in alias] == [
+        ("state", 0x400000, layout.STATE_BASE, 4096)
+    ]
+    assert alias[0].ring1.text() == "r-x, writes dropped"
+    assert alias[0].ring3.text() == "r-x, writes dropped"
+    assert audit.guard["dropped_stores"] == 1
+    assert audit.guard["first_writers"][0]["address"] == f"{layout.STATE_BASE:#010x}"
+
+
 def test_probes_leave_the_run_untouched():
     vm = _run(ROOT / "samples" / "usermode" / "usermode.elf")
     ram, vmm = bytes(vm.machine.ram), bytes(vm.machine.vmm_memory)
@@ -166,6 +199,28 @@ def test_at_insns_and_bad_input(tmp_path, capsys):
     assert main(["audit", str(ZOO), "--at-insns", "0"]) == 2
     assert main(["audit", str(tmp_path / "missing.elf")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_an_audit_point_in_guest_user_mode_says_the_probes_were_not_run(tmp_path):
+    # minios runs its shell in ring 3; after 1,800,000 instructions the CPU is at CPL 3.
+    minios = ROOT / "samples" / "minios"
+    doc, _ = _audit(
+        tmp_path,
+        minios / "minios.elf",
+        "--disk",
+        str(minios / "disk.img"),
+        "--keys",
+        str(minios / "keys.txt"),
+        "--module",
+        f"{minios / 'sh.bin'},motd=motd",
+        "--at-insns",
+        "1800000",
+    )
+    assert doc["point"]["cpl"] == 3
+    assert all(r["ring1_unpatched"] is None and r["ring1_patched"] is None for r in doc["leaks"])
+    assert "CPL 3" in doc["leaks"][0]["not_measured_because"]
+    assert any("learn: not measured" in line for line in doc["verdict"])
+    assert doc["vmm_area"]["paging"] and doc["vmm_area"]["mappings"]
 
 
 _TSC = re.compile(r"^  RDTSCP?: .*$", re.M)

@@ -223,6 +223,17 @@ def test_an_audit_point_in_guest_user_mode_says_the_probes_were_not_run(tmp_path
     assert doc["vmm_area"]["paging"] and doc["vmm_area"]["mappings"]
 
 
+def test_rich_rendering_on_a_terminal():
+    from rich.console import Console
+
+    from runtime.audit.text import render_rich
+
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    render_rich(take(_run(ROOT / "samples" / "usermode" / "usermode.elf"), "end"), console)
+    out = console.file.getvalue()
+    assert "base 0xffc00000 limit 0x37 LEAK" in out and "4. Verdict:" in out
+
+
 _TSC = re.compile(r"^  RDTSCP?: .*$", re.M)
 
 

@@ -19,8 +19,8 @@ from bt.cli.args import positive_int, seconds
 from bt.cli.run import _patch_config, _slot
 from bt.errors import GuestStop
 from bt.outfile import Outputs
-from runtime.audit import take
-from runtime.audit.text import render
+from runtime.audit import Audit, take
+from runtime.audit.text import render, render_rich
 from runtime.config import RunConfig
 from runtime.vm import Vm
 
@@ -103,11 +103,19 @@ def run(args: argparse.Namespace) -> int:
             report.write_text(json.dumps(audit.to_dict(), indent=2) + "\n")
         outputs.commit()
     if stop is None:
-        sys.stdout.write(render(audit))
+        _show(audit)
         return 0
 
-    def show() -> None:  # after the stop's error line (bt/cli/__init__.py)
-        sys.stdout.write(render(audit))
-
-    stop.report = show
+    stop.report = lambda: _show(audit)  # after the stop's error line (bt/cli/__init__.py)
     raise stop
+
+
+def _show(audit: Audit) -> None:
+    """Rich tables on a terminal, plain text otherwise (as bt compare)."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        render_rich(audit, Console())
+    else:
+        sys.stdout.write(render(audit))
+    sys.stdout.flush()

@@ -128,11 +128,15 @@ def _guard(vm: Vm) -> dict[str, Any]:
 
 
 def _leaks(vm: Vm) -> list[Leak]:
-    cpl = vm.cpu.read(CS) & 3
+    cpl, eip, area = vm.cpu.read(CS) & 3, vm.cpu.read(EIP), vm.machine.vmm
+    why = ""
     if cpl != 1:
-        why = (
-            f"the CPU was at CPL {cpl} at the audit point, not in the guest kernel (pick another --max-insns)"
-        )
+        why = f"the CPU was at CPL {cpl} at the audit point, not in the guest kernel"
+    elif area.contains(eip) and not area.in_patch_memory(eip):
+        # The VMM's own ring-1 stub (a ring 3 -> 1 delivery in flight): CS is the VMM's.
+        why = f"the CPU was in VMM code at {eip:#010x}, not in the guest kernel"
+    if why:
+        why += " (pick another --at-insns)"
         return [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
     from patchmgr.registry import load
 

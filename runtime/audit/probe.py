@@ -275,9 +275,9 @@ class Scratch:
         self.area = vm.machine.vmm
         self.context = vm.machine.uc.context_save()
         self._ram = mmap.mmap(-1, vm.machine.ram_size)
-        self._ram[:] = bytes(vm.machine.ram)
+        self._ram[:] = vm.machine.ram  # no intermediate bytes: RAM may be GiBs
         self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
-        self._vmm[:] = bytes(vm.machine.vmm_memory)
+        self._vmm[:] = vm.machine.vmm_memory
         self._vmm_pristine = bytes(self._vmm)
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):

@@ -1,9 +1,22 @@
-"""`bt audit` as plain text: the same facts as the JSON form (runtime/audit/__init__.py)."""
+"""`bt audit` as text: plain (`render`) or rich tables on a terminal (`render_rich`), the
+same facts as the JSON form (runtime/audit/__init__.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from runtime.audit import NOT_MEASURED, Audit, reference
 from runtime.audit.probe import NOT_PROBED
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass(frozen=True)
+class _Table:
+    head: list[str]
+    rows: list[list[str]]
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -25,8 +38,8 @@ def _ref(name: str, ref: reference.Handled) -> list[str]:
     ]
 
 
-def render(a: Audit) -> str:
-    out = [
+def _blocks(a: Audit) -> list[str | _Table]:
+    out: list[str | _Table] = [
         f"bt audit: {a.kernel}",
         f"audit point: {a.ended}; {a.guest_insns} guest instructions, EIP {a.eip:#010x}, CPL {a.cpl}, "
         f"virtual time {a.virtual_ns} ns",
@@ -46,8 +59,8 @@ def render(a: Audit) -> str:
         ]
         for m in a.mappings
     ]
-    out += _table(
-        ["region", "linear", "physical", "pages", "via", "guest ring 1", "guest ring 3 (user)"], rows
+    out.append(
+        _Table(["region", "linear", "physical", "pages", "via", "guest ring 1", "guest ring 3 (user)"], rows)
     )
     out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
     out += _ref("the VMM's slot", reference.AREA)
@@ -68,7 +81,7 @@ def render(a: Audit) -> str:
             rows.append(
                 [x.label, x.guest if x.guest is not None else "-", u.value + mark_u, p.value + mark_p, how]
             )
-        out += _table(["probe", "guest set", "ring 1 unpatched", "ring 1 patched", "patch"], rows)
+        out.append(_Table(["probe", "guest set", "ring 1 unpatched", "ring 1 patched", "patch"], rows))
     out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
     for cls, why in NOT_PROBED.items():
         out.append(f"  not probed: {cls}: {why}")
@@ -95,4 +108,32 @@ def render(a: Audit) -> str:
     for name, ref in reference.GUARD.items():
         out += _ref(name, ref)
     out += ["", "4. Verdict:"] + [f"  - {line}" for line in a.verdict]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def render(a: Audit) -> str:
+    """Plain text (not a terminal, and the golden files)."""
+    lines: list[str] = []
+    for block in _blocks(a):
+        lines += _table(block.head, block.rows) if isinstance(block, _Table) else [block]
+    return "\n".join(lines) + "\n"
+
+
+def render_rich(a: Audit, console: Console) -> None:
+    """The same on a terminal, tables as rich tables."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    for block in _blocks(a):
+        if isinstance(block, _Table):
+            table = Table(header_style="bold")
+            for i, head in enumerate(block.head):
+                # Addresses and counts never wrap; the long descriptive columns do.
+                table.add_column(head, no_wrap=max(len(r[i]) for r in [block.head, *block.rows]) <= 12)
+            for row in block.rows:
+                table.add_row(
+                    *(escape(c) for c in row), style="red" if any("LEAK" in c for c in row) else None
+                )
+            console.print(table)
+        else:
+            console.print(escape(block), highlight=False)

@@ -223,6 +223,25 @@ def test_an_audit_point_in_guest_user_mode_says_the_probes_were_not_run(tmp_path
     assert doc["vmm_area"]["paging"] and doc["vmm_area"]["mappings"]
 
 
+def _keys(value: object, out: set[str]) -> set[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.add(k)
+            _keys(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _keys(v, out)
+    return out
+
+
+def test_the_json_document_is_documented(tmp_path):
+    doc, _ = _audit(tmp_path, ROOT / "samples" / "higherhalf" / "higherhalf.elf")
+    text = (ROOT / "docs" / "audit-json.md").read_text()
+    # Every key of the document is named in the schema doc (reference keys are prose there).
+    missing = {k for k in _keys(doc, set()) if f"`{k}`" not in text and f'"{k}"' not in text}
+    assert not missing, f"docs/audit-json.md does not describe {sorted(missing)}"
+
+
 def test_rich_rendering_on_a_terminal():
     from rich.console import Console
 

@@ -28,13 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc, UcError
+from unicorn import UC_HOOK_INTR, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as ux
 
 from bt import layout
 from runtime.context import EmulationFault
 from runtime.cpu import Cpu
 from runtime.emulate import EMULATORS
+from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 from runtime.paging import Mmu, PageFault
 from runtime.ruletest import LinearCode
 
@@ -279,7 +280,7 @@ class Scratch:
         self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
         self._vmm[:] = vm.machine.vmm_memory
         self._vmm_pristine = bytes(self._vmm)
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc = new_engine(SCRATCH_TCG_BUFFER)  # a few short probes: a small translation buffer
         for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
             self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
         self.cpu = Cpu(self.uc)

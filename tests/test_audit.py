@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import runtime_guest as guest
+from test_runtime_stops import tiny_elf
 from test_vmm_guard import CODE_TARGET, PT_TARGET, STATE_TARGET, STORES
 from unicorn import x86_const as ux
 
@@ -221,6 +222,21 @@ def test_an_audit_point_in_guest_user_mode_says_the_probes_were_not_run(tmp_path
     assert "CPL 3" in doc["leaks"][0]["not_measured_because"]
     assert any("learn: not measured" in line for line in doc["verdict"])
     assert doc["vmm_area"]["paging"] and doc["vmm_area"]["mappings"]
+
+
+def test_a_guest_that_stops_is_audited_where_it_stopped(tmp_path, capsys):
+    # CLI; HLT with interrupts off: a stop (exit 4) with its one-line diagnosis, then the audit
+    # of that point on stdout and in the JSON.
+    elf = tiny_elf(assemble("cli\nhlt\n"), tmp_path / "halt.elf")
+    report = tmp_path / "audit.json"
+    assert main(["audit", str(elf), "--json", str(report)]) == 4
+    captured = capsys.readouterr()
+    assert "guest halted with interrupts disabled" in captured.err
+    assert "4. Verdict:" in captured.out
+    doc = json.loads(report.read_text())
+    assert doc["point"]["ended"].startswith("the guest stopped: ")
+    assert doc["leaks"][0]["ring1_unpatched"]["value"] == "IF 1 IOPL 0"  # PUSHF: the real IF
+    assert doc["leaks"][0]["guest_set"] == "IF 0 IOPL 0"
 
 
 def _keys(value: object, out: set[str]) -> set[str]:

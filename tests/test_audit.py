@@ -119,6 +119,8 @@ def test_reach_agrees_with_the_page_walker():
     assert audit.vmm_base != 0xFFC00000, "higherhalf maps the top slot: the VMM area moved"
     assert {m.via for m in audit.mappings} == {VIA_SLOT, "guest mapping, not yet used"}
     for m in audit.mappings:
+        # The CPU agrees: a load at CPL 1 from the scratch engine reads every mapping.
+        assert audit.loads[m.linear] in ("ok", "ok after a shadow fill"), m
         for linear in (m.linear, m.linear + m.size - 4096):
             assert vm.mmu.translate(linear) == m.physical + (linear - m.linear)
             if m.ring3.read:

@@ -82,6 +82,9 @@ class Audit:
     mappings: list[Mapping]
     leaks: list[Leak]
     guard: dict[str, Any]
+    #: Linear address of each mapping -> what a load from it at CPL 1 gave in the scratch
+    #: engine ("ok" or the fault); empty when the probes could not run.
+    loads: dict[int, str] = field(default_factory=dict)
     verdict: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +101,7 @@ class Audit:
             "vmm_area": {
                 "base": f"{self.vmm_base:#010x}",
                 "paging": self.paging,
-                "mappings": [m.to_dict() for m in self.mappings],
+                "mappings": [{**m.to_dict(), "ring1_load": self.loads.get(m.linear)} for m in self.mappings],
                 "ring3_kernel": NOT_MEASURED,
                 "reference": {"vmm_slot": reference.AREA.to_dict(), "guest_alias": reference.ALIAS.to_dict()},
             },
@@ -127,7 +130,8 @@ def _guard(vm: Vm) -> dict[str, Any]:
     }
 
 
-def _leaks(vm: Vm) -> list[Leak]:
+def _not_in_kernel(vm: Vm) -> str:
+    """Why the probes cannot run from the CPU state of the audit point ("" if they can)."""
     cpl, eip, area = vm.cpu.read(CS) & 3, vm.cpu.read(EIP), vm.machine.vmm
     why = ""
     if cpl != 1:
@@ -135,25 +139,32 @@ def _leaks(vm: Vm) -> list[Leak]:
     elif area.contains(eip) and not area.in_patch_memory(eip):
         # The VMM's own ring-1 stub (a ring 3 -> 1 delivery in flight): CS is the VMM's.
         why = f"the CPU was in VMM code at {eip:#010x}, not in the guest kernel"
-    if why:
-        why += " (pick another --at-insns)"
-        return [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
+    return why + " (pick another --at-insns)" if why else ""
+
+
+def _leaks(vm: Vm, scratch: Scratch) -> list[Leak]:
     from patchmgr.registry import load
 
     rules = vm.patches.rules if vm.patches is not None else load()
-    scratch = Scratch(vm)
-    try:
-        return [
-            Leak(p.cls, p.label, p.guest(vm), scratch.run(p, None), scratch.run(p, rules)) for p in PROBES
-        ]
-    finally:
-        scratch.close()
+    return [Leak(p.cls, p.label, p.guest(vm), scratch.run(p, None), scratch.run(p, rules)) for p in PROBES]
 
 
 def take(vm: Vm, ended: str) -> Audit:
     """The audit of run `vm` where it stopped (`ended` says how)."""
     guard = _guard(vm)  # before the probes: nothing they do reaches the run's counters
     paging, maps = mappings(vm)
+    why = _not_in_kernel(vm)
+    loads: dict[int, str] = {}
+    if why:
+        leaks = [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
+    else:
+        scratch = Scratch(vm)
+        try:
+            leaks = _leaks(vm, scratch)
+            # The tables' word checked by the CPU: a load from the first page of each mapping.
+            loads = {m.linear: scratch.load(m.linear) for m in maps}
+        finally:
+            scratch.close()
     audit = Audit(
         kernel=str(vm.config.kernel),
         ended=ended,
@@ -164,8 +175,9 @@ def take(vm: Vm, ended: str) -> Audit:
         vmm_base=vm.machine.vmm.base,
         paging=paging,
         mappings=maps,
-        leaks=_leaks(vm),
+        leaks=leaks,
         guard=guard,
+        loads=loads,
     )
     audit.verdict = verdict(audit)
     return audit

@@ -30,14 +30,16 @@ from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_INTR, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as ux
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt import layout
 from runtime.context import EmulationFault
 from runtime.cpu import Cpu
 from runtime.emulate import EMULATORS
 from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
-from runtime.paging import Mmu, PageFault
+from runtime.paging import CR0_WP, Mmu, PageFault
 from runtime.ruletest import LinearCode
+from runtime.shadowpd import UNCHANGED, ShadowPd
 
 if TYPE_CHECKING:
     from patchmgr.registry import RuleSet
@@ -290,6 +292,14 @@ class Scratch:
         # The runtime's emulators, working on the scratch CPU (int3 patches exit to them).
         self.ctx = replace(vm.ctx, cpu=self.cpu, mmu=Mmu(self.cpu, vm.vcpu.paging_regs, lambda: self.area))
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        # The run's shadow page directory logic over the copies (loads fill it as the run does).
+        self.shadow = ShadowPd(
+            memoryview(self._vmm),
+            memoryview(self._ram),
+            lambda: self.area,
+            wp=lambda: bool(vm.vcpu.cr(0) & CR0_WP),
+        )
+        self.shadow.guest_pd = vm.shadow.guest_pd
         self._manager: object = None
         self._fault: str | None = None
         self._error: Exception | None = None
@@ -369,6 +379,32 @@ class Scratch:
             return Outcome("did not finish", self._exits, kind, rule_name)
         at = DATA_HOME - layout.VMM_BASE
         return Outcome(probe.result(self.uc, bytes(self._vmm[at : at + 8])), self._exits, kind, rule_name)
+
+    def load(self, linear: int) -> str:
+        """A 4-byte load from `linear` at the audit point's CPL: "ok", or what stopped it. A
+        #PF the run's VMM would take for itself (a guest entry the shadow page directory has
+        not copied yet, runtime/shadowpd.py) is handled as the run loop does: the entry is
+        copied into the scratch shadow and the load runs again ("ok after a shadow fill")."""
+        self.uc.context_restore(self.context)
+        site = self.area.linear(PROBE_HOME)
+        code = b"\xa1" + struct.pack("<I", linear)  # mov eax, [linear]
+        _ScratchMemory(self).write(site, code)
+        self._manager = None
+        filled = False
+        for _ in range(3):
+            self._fault, self._error = None, None
+            try:
+                self.uc.emu_start(site, site + len(code), count=10)
+            except UcError as err:
+                return f"stopped: {err}"
+            if self._fault != "fault: vector 14" or self.shadow.fault(linear) == UNCHANGED:
+                break
+            filled = True
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+            self.uc.context_restore(self.context)
+        if self._fault is not None:
+            return self._fault
+        return "ok after a shadow fill" if filled else "ok"
 
     def close(self) -> None:
         self.uc.mem_unmap(0, len(self._ram))

@@ -56,11 +56,24 @@ def _blocks(a: Audit) -> list[str | _Table]:
             m.via,
             m.ring1.text(),
             m.ring3.text(),
+            a.loads.get(m.linear, "not run"),
         ]
         for m in a.mappings
     ]
     out.append(
-        _Table(["region", "linear", "physical", "pages", "via", "guest ring 1", "guest ring 3 (user)"], rows)
+        _Table(
+            [
+                "region",
+                "linear",
+                "physical",
+                "pages",
+                "via",
+                "guest ring 1",
+                "guest ring 3 (user)",
+                "load at CPL 1",
+            ],
+            rows,
+        )
     )
     out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
     out += _ref("the VMM's slot", reference.AREA)

@@ -186,6 +186,14 @@ def test_a_guest_pte_naming_a_vmm_page_is_found_and_its_store_counted():
     assert audit.guard["first_writers"][0]["address"] == f"{layout.STATE_BASE:#010x}"
 
 
+def test_the_cpu_reads_what_the_tables_say_from_ring_1_and_ring_3():
+    # usermode has ring-3 segments: a load at CPL 3 reads the user page only.
+    audit = take(_run(ROOT / "samples" / "usermode" / "usermode.elf"), "end")
+    for m in audit.mappings:
+        assert audit.loads[m.linear] == "ok"
+        assert audit.user_loads[m.linear] == ("ok" if m.ring3.read else f"#PF at {m.linear:#x}"), m
+
+
 def test_probes_leave_the_run_untouched():
     vm = _run(ROOT / "samples" / "usermode" / "usermode.elf")
     ram, vmm = bytes(vm.machine.ram), bytes(vm.machine.vmm_memory)

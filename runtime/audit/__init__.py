@@ -85,6 +85,8 @@ class Audit:
     #: Linear address of each mapping -> what a load from it at CPL 1 gave in the scratch
     #: engine ("ok" or the fault); empty when the probes could not run.
     loads: dict[int, str] = field(default_factory=dict)
+    #: The same at CPL 3, with the guest's ring-3 selectors.
+    user_loads: dict[int, str] = field(default_factory=dict)
     verdict: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,7 +103,14 @@ class Audit:
             "vmm_area": {
                 "base": f"{self.vmm_base:#010x}",
                 "paging": self.paging,
-                "mappings": [{**m.to_dict(), "ring1_load": self.loads.get(m.linear)} for m in self.mappings],
+                "mappings": [
+                    {
+                        **m.to_dict(),
+                        "ring1_load": self.loads.get(m.linear),
+                        "ring3_user_load": self.user_loads.get(m.linear),
+                    }
+                    for m in self.mappings
+                ],
                 "ring3_kernel": NOT_MEASURED,
                 "reference": {"vmm_slot": reference.AREA.to_dict(), "guest_alias": reference.ALIAS.to_dict()},
             },
@@ -155,6 +164,7 @@ def take(vm: Vm, ended: str) -> Audit:
     paging, maps = mappings(vm)
     why = _not_in_kernel(vm)
     loads: dict[int, str] = {}
+    user_loads: dict[int, str] = {}
     if why:
         leaks = [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
     else:
@@ -163,6 +173,7 @@ def take(vm: Vm, ended: str) -> Audit:
             leaks = _leaks(vm, scratch)
             # The tables' word checked by the CPU: a load from the first page of each mapping.
             loads = {m.linear: scratch.load(m.linear) for m in maps}
+            user_loads = {m.linear: scratch.load(m.linear, user=True) for m in maps}
         finally:
             scratch.close()
     audit = Audit(
@@ -178,6 +189,7 @@ def take(vm: Vm, ended: str) -> Audit:
         leaks=leaks,
         guard=guard,
         loads=loads,
+        user_loads=user_loads,
     )
     audit.verdict = verdict(audit)
     return audit

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 #: store (the end of the patch-writable state page, which no field uses).
 PROBE_HOME = layout.VMM_BASE + 0x100000
 DATA_HOME = layout.PATCH_STATE_BASE + 0xF00
+#: Where a ring-3 load runs: the second half of the VMM's user page, the one VMM page guest
+#: ring 3 may fetch from (its first bytes are the ring 3 -> 1 trampoline).
+USER_PROBE_HOME = layout.VMM_USER_PAGE + 0x800
 _PAD = b"\x90" * 12  # room for a 5-byte patch window after a short instruction
 _ZF = 1 << 6
 
@@ -302,6 +305,7 @@ class Scratch:
         self.shadow.guest_pd = vm.shadow.guest_pd
         self._manager: object = None
         self._fault: str | None = None
+        self._pf: int | None = None  #: CR2 of the last #PF a probe took
         self._error: Exception | None = None
         self._exits = 0
 
@@ -309,7 +313,9 @@ class Scratch:
         eip = int(uc.reg_read(ux.UC_X86_REG_EIP))
         record = self._manager.exit_at(eip - 1) if vector == 3 and self._manager is not None else None  # type: ignore[attr-defined]
         if record is None:
-            self._fault = f"fault: vector {vector}"
+            cr2 = int(uc.reg_read(ux.UC_X86_REG_CR2))
+            self._fault = f"#PF at {cr2:#x}" if vector == 14 else f"fault: vector {vector}"
+            self._pf = cr2 if vector == 14 else None
             uc.emu_stop()
             return
         self._exits += 1
@@ -380,31 +386,64 @@ class Scratch:
         at = DATA_HOME - layout.VMM_BASE
         return Outcome(probe.result(self.uc, bytes(self._vmm[at : at + 8])), self._exits, kind, rule_name)
 
-    def load(self, linear: int) -> str:
-        """A 4-byte load from `linear` at the audit point's CPL: "ok", or what stopped it. A
-        #PF the run's VMM would take for itself (a guest entry the shadow page directory has
-        not copied yet, runtime/shadowpd.py) is handled as the run loop does: the entry is
-        copied into the scratch shadow and the load runs again ("ok after a shadow fill")."""
-        self.uc.context_restore(self.context)
+    def load(self, linear: int, user: bool = False) -> str:
+        """A 4-byte load from `linear`, at CPL 1 from the audit point's CPU state, or with
+        `user` at CPL 3 (an IRETD from there to code on the VMM's user page, with the guest's
+        own ring-3 selectors): "ok", or what stopped it. A #PF the run's VMM would take for
+        itself (a guest entry the shadow page directory has not copied yet,
+        runtime/shadowpd.py) is handled as the run loop does: the entry is copied into the
+        scratch shadow and the load runs again ("ok after a shadow fill")."""
+        load = b"\xa1" + struct.pack("<I", linear)  # mov eax, [linear]
         site = self.area.linear(PROBE_HOME)
-        code = b"\xa1" + struct.pack("<I", linear)  # mov eax, [linear]
-        _ScratchMemory(self).write(site, code)
+        memory = _ScratchMemory(self)
+        if user:
+            selectors = self._user_selectors()
+            if selectors is None:
+                return "no ring-3 code and data descriptors in the guest's GDT"
+            cs3, ss3 = selectors
+            code_at = self.area.linear(USER_PROBE_HOME)
+            memory.write(code_at, load)
+            # push ss; push esp; push eflags (IF); push cs; push eip; iretd: to ring 3.
+            frame = b"".join(b"\x68" + struct.pack("<I", v) for v in (ss3, 0, 0x202, cs3, code_at))
+            memory.write(site, frame + b"\xcf")
+            end = code_at + len(load)
+        else:
+            memory.write(site, load)
+            end = site + len(load)
         self._manager = None
         filled = False
         for _ in range(3):
-            self._fault, self._error = None, None
+            self.uc.context_restore(self.context)
+            self._fault, self._error, self._pf = None, None, None
             try:
-                self.uc.emu_start(site, site + len(code), count=10)
+                self.uc.emu_start(site, end, count=20)
             except UcError as err:
                 return f"stopped: {err}"
-            if self._fault != "fault: vector 14" or self.shadow.fault(linear) == UNCHANGED:
+            if self._pf != linear or self.shadow.fault(linear) == UNCHANGED:
                 break
             filled = True
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-            self.uc.context_restore(self.context)
         if self._fault is not None:
             return self._fault
         return "ok after a shadow fill" if filled else "ok"
+
+    def _user_selectors(self) -> tuple[int, int] | None:
+        """The guest's first present DPL-3 code and writable data descriptors, as RPL-3
+        selectors (its user segments: the shadow GDT keeps DPL 3 as it is)."""
+        gdt = self.vm.gdt
+        code = data = None
+        for index in range(1, (gdt.guest_limit + 1) // 8):
+            try:
+                desc = gdt.guest_descriptor(index << 3)
+            except PageFault:
+                return None
+            if desc is None or not desc.present or desc.is_system or desc.dpl != 3:
+                continue
+            if desc.is_code and code is None:
+                code = index << 3 | 3
+            elif not desc.is_code and desc.type & 2 and data is None:
+                data = index << 3 | 3
+        return (code, data) if code is not None and data is not None else None
 
     def close(self) -> None:
         self.uc.mem_unmap(0, len(self._ram))

@@ -57,6 +57,7 @@ def _blocks(a: Audit) -> list[str | _Table]:
             m.ring1.text(),
             m.ring3.text(),
             a.loads.get(m.linear, "not run"),
+            a.user_loads.get(m.linear, "not run"),
         ]
         for m in a.mappings
     ]
@@ -71,6 +72,7 @@ def _blocks(a: Audit) -> list[str | _Table]:
                 "guest ring 1",
                 "guest ring 3 (user)",
                 "load at CPL 1",
+                "load at CPL 3",
             ],
             rows,
         )

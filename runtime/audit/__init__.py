@@ -82,11 +82,10 @@ class Audit:
     mappings: list[Mapping]
     leaks: list[Leak]
     guard: dict[str, Any]
-    #: Linear address of each mapping -> what a load from it at CPL 1 gave in the scratch
-    #: engine ("ok" or the fault); empty when the probes could not run.
-    loads: dict[int, str] = field(default_factory=dict)
-    #: The same at CPL 3, with the guest's ring-3 selectors.
-    user_loads: dict[int, str] = field(default_factory=dict)
+    #: Linear address of each mapping -> {"ring1_load", "ring1_store", "ring3_user_load",
+    #: "ring3_user_store"}: what the CPU did with a 4-byte access to its first page in the
+    #: scratch engine (`Scratch.access`); empty when the probes could not run.
+    cpu: dict[int, dict[str, str]] = field(default_factory=dict)
     verdict: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,14 +102,7 @@ class Audit:
             "vmm_area": {
                 "base": f"{self.vmm_base:#010x}",
                 "paging": self.paging,
-                "mappings": [
-                    {
-                        **m.to_dict(),
-                        "ring1_load": self.loads.get(m.linear),
-                        "ring3_user_load": self.user_loads.get(m.linear),
-                    }
-                    for m in self.mappings
-                ],
+                "mappings": [{**m.to_dict(), "cpu": self.cpu.get(m.linear)} for m in self.mappings],
                 "ring3_kernel": NOT_MEASURED,
                 "reference": {"vmm_slot": reference.AREA.to_dict(), "guest_alias": reference.ALIAS.to_dict()},
             },
@@ -163,17 +155,22 @@ def take(vm: Vm, ended: str) -> Audit:
     guard = _guard(vm)  # before the probes: nothing they do reaches the run's counters
     paging, maps = mappings(vm)
     why = _not_in_kernel(vm)
-    loads: dict[int, str] = {}
-    user_loads: dict[int, str] = {}
+    cpu: dict[int, dict[str, str]] = {}
     if why:
         leaks = [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
     else:
         scratch = Scratch(vm)
         try:
             leaks = _leaks(vm, scratch)
-            # The tables' word checked by the CPU: a load from the first page of each mapping.
-            loads = {m.linear: scratch.load(m.linear) for m in maps}
-            user_loads = {m.linear: scratch.load(m.linear, user=True) for m in maps}
+            # The tables' word checked by the CPU: an access to the first page of each mapping.
+            cpu = {
+                m.linear: {
+                    f"{who}_{what}": scratch.access(m.linear, user=who != "ring1", store=what == "store")
+                    for who in ("ring1", "ring3_user")
+                    for what in ("load", "store")
+                }
+                for m in maps
+            }
         finally:
             scratch.close()
     audit = Audit(
@@ -188,8 +185,7 @@ def take(vm: Vm, ended: str) -> Audit:
         mappings=maps,
         leaks=leaks,
         guard=guard,
-        loads=loads,
-        user_loads=user_loads,
+        cpu=cpu,
     )
     audit.verdict = verdict(audit)
     return audit

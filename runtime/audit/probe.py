@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from unicorn import UC_HOOK_INTR, UC_PROT_ALL, Uc, UcError
+from unicorn import UC_HOOK_INTR, UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as ux
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
@@ -37,6 +37,7 @@ from runtime.context import EmulationFault
 from runtime.cpu import Cpu
 from runtime.emulate import EMULATORS
 from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
+from runtime.latch import ExceptionLatch
 from runtime.paging import CR0_WP, Mmu, PageFault
 from runtime.ruletest import LinearCode
 from runtime.shadowpd import UNCHANGED, ShadowPd
@@ -285,16 +286,12 @@ class Scratch:
         self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
         self._vmm[:] = vm.machine.vmm_memory
         self._vmm_pristine = bytes(self._vmm)
-        self.uc = new_engine(SCRATCH_TCG_BUFFER)  # a few short probes: a small translation buffer
-        for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
-            self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
+        self.uc, self._latch = self._engine()
         self.cpu = Cpu(self.uc)
         self.cpu.add_region(0, memoryview(self._ram))
         self.cpu.add_region(layout.VMM_BASE, memoryview(self._vmm))
-        self.uc.context_restore(self.context)
         # The runtime's emulators, working on the scratch CPU (int3 patches exit to them).
         self.ctx = replace(vm.ctx, cpu=self.cpu, mmu=Mmu(self.cpu, vm.vcpu.paging_regs, lambda: self.area))
-        self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
         # The run's shadow page directory logic over the copies (loads fill it as the run does).
         self.shadow = ShadowPd(
             memoryview(self._vmm),
@@ -306,8 +303,32 @@ class Scratch:
         self._manager: object = None
         self._fault: str | None = None
         self._pf: int | None = None  #: CR2 of the last #PF a probe took
+        self._until = 0  #: where the probe running now ends
+        self._dropped = False  #: the last store hit a write-protected page
         self._error: Exception | None = None
         self._exits = 0
+
+    def _engine(self) -> tuple[Uc, ExceptionLatch]:
+        """An engine over the copies, in the run's CPU state, with the run's page protections
+        (the VMM guard's, the code watch's), a hook that drops a store into a protected page
+        as the guard does (runtime/guard.py) and the probes' interrupt hook."""
+        uc = new_engine(SCRATCH_TCG_BUFFER)  # a few short probes: a small translation buffer
+        for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
+            uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
+        uc.context_restore(self.context)
+        for begin, last, perms in self.vm.machine.uc.mem_regions():
+            if perms != UC_PROT_ALL and (last < len(self._ram) or begin >= layout.VMM_BASE):
+                uc.mem_protect(begin, last - begin + 1, perms)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+        return uc, ExceptionLatch(uc)
+
+    def _abandon(self, uc: Uc) -> None:
+        """End the probe from the hook: continue at its `until` address, where Unicorn stops,
+        with the fault cleared from Unicorn's old_exception as the run loop does
+        (runtime/latch.py, unicorn issue #1883)."""
+        self._latch.clear()
+        uc.reg_write(ux.UC_X86_REG_EIP, self._until)
 
     def _on_intr(self, uc: Uc, vector: int, _data: object) -> None:
         eip = int(uc.reg_read(ux.UC_X86_REG_EIP))
@@ -316,7 +337,7 @@ class Scratch:
             cr2 = int(uc.reg_read(ux.UC_X86_REG_CR2))
             self._fault = f"#PF at {cr2:#x}" if vector == 14 else f"fault: vector {vector}"
             self._pf = cr2 if vector == 14 else None
-            uc.emu_stop()
+            self._abandon(uc)
             return
         self._exits += 1
         op = getattr(record, "op", None)
@@ -326,15 +347,15 @@ class Scratch:
                 EMULATORS[op.cls](op, self.ctx, resume)
             except PageFault as err:  # the run would deliver it to the guest: it is the answer
                 self._fault = f"#PF at {err.linear:#x}"
-                uc.emu_stop()
+                self._abandon(uc)
                 return
             except EmulationFault as err:
                 self._fault = f"fault: vector {err.vector} (emulating {op.cls})"
-                uc.emu_stop()
+                self._abandon(uc)
                 return
             except Exception as err:  # a bug: re-raised by `run`, never swallowed
                 self._error = err
-                uc.emu_stop()
+                self._abandon(uc)
                 return
         uc.reg_write(ux.UC_X86_REG_EIP, resume)
 
@@ -374,6 +395,7 @@ class Scratch:
         self._fault, self._error, self._exits = None, None, 0
         end = site + len(code)
         try:
+            self._until = end
             self.uc.emu_start(start, end, count=1000)
         except UcError as err:
             return Outcome(f"stopped: {err}", self._exits, kind, rule_name)
@@ -386,46 +408,78 @@ class Scratch:
         at = DATA_HOME - layout.VMM_BASE
         return Outcome(probe.result(self.uc, bytes(self._vmm[at : at + 8])), self._exits, kind, rule_name)
 
-    def load(self, linear: int, user: bool = False) -> str:
-        """A 4-byte load from `linear`, at CPL 1 from the audit point's CPU state, or with
-        `user` at CPL 3 (an IRETD from there to code on the VMM's user page, with the guest's
-        own ring-3 selectors): "ok", or what stopped it. A #PF the run's VMM would take for
-        itself (a guest entry the shadow page directory has not copied yet,
+    def access(self, linear: int, user: bool = False, store: bool = False) -> str:
+        """A 4-byte load (or `store`) at `linear`, at CPL 1 from the audit point's CPU state,
+        or with `user` at CPL 3 (an IRETD from there to code on the VMM's user page, with the
+        guest's own ring-3 selectors). Loads give "ok", stores "made" or "dropped" (Unicorn
+        has the page write-protected, as the run's VMM guard does); either may give "#PF" or
+        another fault. A #PF the run's VMM would take for itself (a guest entry the shadow page
+        directory has not copied yet, or a first write to a clean 4 MiB page:
         runtime/shadowpd.py) is handled as the run loop does: the entry is copied into the
-        scratch shadow and the load runs again ("ok after a shadow fill")."""
-        load = b"\xa1" + struct.pack("<I", linear)  # mov eax, [linear]
+        scratch shadow and the access runs again ("... after a shadow fill")."""
+        if user and self._user_selectors() is None:
+            return "not run: no ring-3 code and data descriptors in the guest's GDT"
+        filled = False
+        for _ in range(3):
+            if user:
+                # Each attempt in an engine of its own over the same copies: once an engine has
+                # run at CPL 3, restoring the CPL-1 context into it did not take (unicorn 2.1.4:
+                # the next probe ran on at the ring-3 code, CS 0x1b; measured).
+                main, latch = self.uc, self._latch
+                self.uc, self._latch = self._engine()
+                try:
+                    got = self._once(linear, store, user)
+                finally:
+                    self.uc.mem_unmap(0, len(self._ram))
+                    self.uc.mem_unmap(layout.VMM_BASE, layout.VMM_SIZE)
+                    self.uc, self._latch = main, latch
+            else:
+                got = self._once(linear, store, user)
+            if got is not None or self._pf != linear or self.shadow.fault(linear) == UNCHANGED:
+                break
+            filled = True
+            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if got is not None:
+            return got
+        if self._fault is not None:
+            return "#PF" if self._pf == linear else self._fault
+        done = ("dropped" if self._dropped else "made") if store else "ok"
+        return done + (" after a shadow fill" if filled else "")
+
+    def _once(self, linear: int, store: bool, user: bool) -> str | None:
+        """One attempt of `access`: None when it ran (its outcome in `_fault`, `_pf`,
+        `_dropped`), else why it could not."""
+        insn = (b"\xa3" if store else b"\xa1") + struct.pack("<I", linear)  # mov [m], eax / mov eax, [m]
         site = self.area.linear(PROBE_HOME)
         memory = _ScratchMemory(self)
         if user:
             selectors = self._user_selectors()
-            if selectors is None:
-                return "no ring-3 code and data descriptors in the guest's GDT"
+            assert selectors is not None
             cs3, ss3 = selectors
             code_at = self.area.linear(USER_PROBE_HOME)
-            memory.write(code_at, load)
+            memory.write(code_at, insn)
             # push ss; push esp; push eflags (IF); push cs; push eip; iretd: to ring 3.
             frame = b"".join(b"\x68" + struct.pack("<I", v) for v in (ss3, 0, 0x202, cs3, code_at))
             memory.write(site, frame + b"\xcf")
-            end = code_at + len(load)
+            end = code_at + len(insn)
         else:
-            memory.write(site, load)
-            end = site + len(load)
+            memory.write(site, insn)
+            end = site + len(insn)
         self._manager = None
-        filled = False
-        for _ in range(3):
-            self.uc.context_restore(self.context)
-            self._fault, self._error, self._pf = None, None, None
-            try:
-                self.uc.emu_start(site, end, count=20)
-            except UcError as err:
-                return f"stopped: {err}"
-            if self._pf != linear or self.shadow.fault(linear) == UNCHANGED:
-                break
-            filled = True
-            self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-        if self._fault is not None:
-            return self._fault
-        return "ok after a shadow fill" if filled else "ok"
+        self.uc.context_restore(self.context)
+        self._fault, self._error, self._pf, self._dropped = None, None, None, False
+        self._until = end
+        try:
+            self.uc.emu_start(site, end, count=20)
+        except UcError as err:
+            return f"stopped: {err}"
+        return None
+
+    def _on_write_prot(
+        self, _uc: Uc, _access: int, _address: int, _size: int, _value: int, _data: object
+    ) -> bool:
+        self._dropped = True  # as the run's guard: the store is not made
+        return True
 
     def _user_selectors(self) -> tuple[int, int] | None:
         """The guest's first present DPL-3 code and writable data descriptors, as RPL-3

@@ -38,6 +38,14 @@ def _ref(name: str, ref: reference.Handled) -> list[str]:
     ]
 
 
+def _cpu(a: Audit, linear: int, who: str) -> str:
+    got = a.cpu.get(linear)
+    if got is None:
+        return "not run"
+    load, store = got[f"{who}_load"], got[f"{who}_store"]
+    return load if load.startswith("not run") else f"load {load}, store {store}"
+
+
 def _blocks(a: Audit) -> list[str | _Table]:
     out: list[str | _Table] = [
         f"bt audit: {a.kernel}",
@@ -56,8 +64,8 @@ def _blocks(a: Audit) -> list[str | _Table]:
             m.via,
             m.ring1.text(),
             m.ring3.text(),
-            a.loads.get(m.linear, "not run"),
-            a.user_loads.get(m.linear, "not run"),
+            _cpu(a, m.linear, "ring1"),
+            _cpu(a, m.linear, "ring3_user"),
         ]
         for m in a.mappings
     ]
@@ -71,8 +79,8 @@ def _blocks(a: Audit) -> list[str | _Table]:
                 "via",
                 "guest ring 1",
                 "guest ring 3 (user)",
-                "load at CPL 1",
-                "load at CPL 3",
+                "CPU at CPL 1",
+                "CPU at CPL 3",
             ],
             rows,
         )

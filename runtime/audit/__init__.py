@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.audit import reference
 from runtime.audit.probe import NOT_PROBED, PROBES, Outcome, Scratch
-from runtime.audit.reach import VIA_GUEST, VIA_GUEST_UNUSED, VIA_NO_PAGING, Mapping, mappings
+from runtime.audit.reach import VIA_GUEST, VIA_GUEST_UNUSED, VIA_NO_PAGING, Access, Mapping, mappings
 from runtime.cpu import CS, EIP
 
 if TYPE_CHECKING:
@@ -199,6 +199,30 @@ def _physical(maps: list[Mapping]) -> int:
     return len({m.physical + k for m in maps for k in range(0, m.size, 4096)})
 
 
+def _cpu_expects(access: Access) -> tuple[str, str]:
+    """The load and store results the tables predict for one CPL."""
+    if not access.read:
+        return "#PF", "#PF"
+    return "ok", {"yes": "made", "dropped": "dropped", "no": "#PF"}[access.write]
+
+
+def cpu_disagrees(a: Audit) -> list[str]:
+    """Mappings where an access the CPU made in the scratch engine did not do what the
+    protection read from the tables says (a bug in the walk or in the runtime)."""
+    out = []
+    for m in a.mappings:
+        got = a.cpu.get(m.linear)
+        if got is None:
+            continue
+        for who, access in (("ring1", m.ring1), ("ring3_user", m.ring3)):
+            if got[f"{who}_load"].startswith("not run"):
+                continue
+            seen = tuple(got[f"{who}_{k}"].removesuffix(" after a shadow fill") for k in ("load", "store"))
+            if seen != _cpu_expects(access):
+                out.append(f"{m.region} at {m.linear:#010x} from {who}: {seen[0]}/{seen[1]}")
+    return out
+
+
 def verdict(a: Audit) -> list[str]:
     """What the guest kernel at ring 1 can read, change and learn, in a few sentences built
     from the measured rows only."""
@@ -240,6 +264,15 @@ def verdict(a: Audit) -> list[str]:
         )
     else:
         out.append(f"learn: not measured ({a.leaks[0].why_not if a.leaks else 'no probes'}).")
+    if a.cpu:
+        bad = cpu_disagrees(a)
+        user = any(not c["ring3_user_load"].startswith("not run") for c in a.cpu.values())
+        rings = "ring 1 and ring 3" if user else "ring 1 (the guest has no ring-3 segments)"
+        out.append(
+            f"the CPU agrees: a load and a store from {rings} at every mapping did what the tables say."
+            if not bad
+            else "the CPU DISAGREES with the tables at: " + "; ".join(bad) + "."
+        )
     out.append(
         "ring 3 (guest kernel deprivileged): not measured; `bt run --guest-ring 3` does not exist yet."
     )

@@ -266,8 +266,8 @@ def verdict(a: Audit) -> list[str]:
         out.append(f"learn: not measured ({a.leaks[0].why_not if a.leaks else 'no probes'}).")
     if a.cpu:
         bad = cpu_disagrees(a)
-        user = any(not c["ring3_user_load"].startswith("not run") for c in a.cpu.values())
-        rings = "ring 1 and ring 3" if user else "ring 1 (the guest has no ring-3 segments)"
+        ran3 = any(not c["ring3_user_load"].startswith("not run") for c in a.cpu.values())
+        rings = "ring 1 and ring 3" if ran3 else "ring 1 (the guest has no ring-3 segments)"
         out.append(
             f"the CPU agrees: a load and a store from {rings} at every mapping did what the tables say."
             if not bad

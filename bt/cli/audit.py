@@ -2,7 +2,7 @@
 change at the end of the run or after N guest instructions (runtime/audit).
 
 Exit code: 0 when the audit is written at the end of the run or at `--at-insns`; 4 when
-the guest stopped for another reason (the audit of that point is still written, after the
+the guest stopped for another reason, Ctrl-C included (the audit of that point is still written, after the
 stop's one-line diagnosis); 2 bad input; 8 an internal error.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, cast
 
 from bt.cli import devices, ruleopts
 from bt.cli.args import positive_int, seconds
-from bt.cli.run import _patch_config, _slot
+from bt.cli.run import _interruptible, _patch_config, _slot
 from bt.errors import GuestStop
 from bt.outfile import Outputs
 from runtime.audit import Audit, take
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             ruleopts.warn("audit", vm.patches.rules)
         stop: GuestStop | None = None
         try:
-            status = vm.run().exit_status
+            with _interruptible(vm):  # Ctrl-C ends the run where it is: audited there (exit 4)
+                status = vm.run().exit_status
             ended = "end of the run: " + (
                 f"guest status {status >> 1} (isa-debug-exit)"
                 if status is not None

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
 from bt import layout
@@ -136,12 +137,13 @@ def _walk(read: Read, pd: int, pse: bool) -> list[tuple[int, int, int, int]]:
                 out += [((i << 22) + k * _PAGE, base + k * _PAGE, pde, pde) for k in range(1024)]
             continue
         try:
-            ptes = _u32s(read(pde & 0xFFFFF000, 4096))
+            ptes = np.frombuffer(read(pde & 0xFFFFF000, 4096), dtype="<u4")
         except UnmappedPhys:  # a page table outside RAM: the CPU would fault there, nothing maps
             continue
-        for k, pte in enumerate(ptes):
-            if pte & PTE_P and layout.VMM_BASE <= (pte & 0xFFFFF000) < _VMM_END:
-                out.append(((i << 22) + (k << 12), pte & 0xFFFFF000, pde, pte))
+        # Vectorised: a big guest has hundreds of page tables, few (if any) entries onto the VMM.
+        for k in np.flatnonzero((ptes & PTE_P != 0) & ((ptes & 0xFFFFF000) >= layout.VMM_BASE)):
+            pte = int(ptes[k])
+            out.append(((i << 22) + (int(k) << 12), pte & 0xFFFFF000, pde, pte))
     return out
 
 

@@ -27,6 +27,7 @@ from runtime.audit import reference
 from runtime.audit.probe import NOT_PROBED, PROBES, Outcome, Scratch
 from runtime.audit.reach import VIA_GUEST, VIA_GUEST_UNUSED, VIA_NO_PAGING, Access, Mapping, mappings
 from runtime.cpu import CS, EIP
+from runtime.paging import CR0_PG
 
 if TYPE_CHECKING:
     from runtime.vm import Vm
@@ -78,7 +79,8 @@ class Audit:
     eip: int
     cpl: int
     vmm_base: int
-    paging: bool
+    paging: bool  #: the CPU's CR0.PG (the real one)
+    guest_paging: bool  #: the guest's own (virtual) CR0.PG
     mappings: list[Mapping]
     leaks: list[Leak]
     guard: dict[str, Any]
@@ -102,6 +104,7 @@ class Audit:
             "vmm_area": {
                 "base": f"{self.vmm_base:#010x}",
                 "paging": self.paging,
+                "guest_paging": self.guest_paging,
                 "mappings": [{**m.to_dict(), "cpu": self.cpu.get(m.linear)} for m in self.mappings],
                 "ring3_kernel": NOT_MEASURED,
                 "reference": {"vmm_slot": reference.AREA.to_dict(), "guest_alias": reference.ALIAS.to_dict()},
@@ -182,6 +185,7 @@ def take(vm: Vm, ended: str) -> Audit:
         cpl=vm.cpu.read(CS) & 3,
         vmm_base=vm.machine.vmm.base,
         paging=paging,
+        guest_paging=bool(vm.vcpu.cr(0) & CR0_PG),
         mappings=maps,
         leaks=leaks,
         guard=guard,
@@ -245,7 +249,7 @@ def verdict(a: Audit) -> list[str]:
         + ")."
     )
     if any(m.via == VIA_NO_PAGING for m in a.mappings):
-        out.append("paging is off at the audit point: no page protection applies to any CPL.")
+        out.append("the CPU's paging is off at the audit point: no page protection applies to any CPL.")
     out.append(
         f"change: ring 1 writes {_physical(writable)} VMM physical pages ("
         + (", ".join(sorted({m.region for m in writable})) or "none")

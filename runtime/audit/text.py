@@ -52,8 +52,9 @@ def _blocks(a: Audit) -> list[str | _Table]:
         f"audit point: {a.ended}; {a.guest_insns} guest instructions, EIP {a.eip:#010x}, CPL {a.cpl}, "
         f"virtual time {a.virtual_ns} ns",
         "",
-        f"1. The VMM area in the guest's linear space (base {a.vmm_base:#010x}, paging "
-        f"{'on' if a.paging else 'off'}), from the page tables of the run:",
+        f"1. The VMM area in the guest's linear space (base {a.vmm_base:#010x}; the CPU's paging "
+        f"{'on' if a.paging else 'off'}, the guest's {'on' if a.guest_paging else 'off'}), from the page "
+        "tables of the run:",
     ]
     rows = [
         [

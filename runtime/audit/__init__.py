@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from runtime.vm import Vm
 
 SCHEMA = "ring1.audit/1"
+#: RunStats counters of the isolation work (issue 11), reported when the runtime has them.
+ISSUE11_COUNTERS = ("table_writes", "user_patch_steps", "code_pages_seen")
 #: What the columns of the guest kernel deprivileged to ring 3 say until that mode exists.
 NOT_MEASURED = "not measured (no --guest-ring 3 yet)"
 
@@ -130,6 +132,9 @@ def _guard(vm: Vm) -> dict[str, Any]:
         ],
         "vflags_repairs": st.vflags_corrupted,
         "vflags_bad": [f"{w:#010x}" for w in st.vflags_bad],
+        # Issue 11's monitors (runtime/tablewatch.py, userstep.py, codewatch.py): None in a
+        # build without them.
+        **{name: getattr(st, name, None) for name in ISSUE11_COUNTERS},
         "reference": {k: v.to_dict() for k, v in reference.GUARD.items()},
     }
 

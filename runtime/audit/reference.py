@@ -140,6 +140,12 @@ GUARD: dict[str, Handled] = {
         "fixed top 4 MiB, kept out of guest segments",
         "fixed top 64 MiB; Linux's reservetop= leaves room for it",
     ),
+    "table writes": Handled(
+        "no: the guest kernel writes its own GDT and LDT at any CPL; the shadows must follow",
+        "SELM write-monitored the guest's GDT and LDT pages and re-shadowed written descriptors",
+        _NOT_IN_NOTE,
+        _NOT_IN_NOTE,
+    ),
     "vflags repairs": Handled(
         "no: the patch-writable state page is writable at CPL 1, the guest kernel's CPL",
         "the state page was writable from ring 1 (as here)",

@@ -129,6 +129,13 @@ def _blocks(a: Audit) -> list[str | _Table]:
         f"  virtual flags words repaired: {g['vflags_repairs']}"
         + (f" ({', '.join(g['vflags_bad'])})" if g["vflags_bad"] else "")
     )
+    for key, what in (
+        ("table_writes", "stores into the guest's own GDT/LDT pages, re-shadowed (SELM)"),
+        ("user_patch_steps", "guest user instructions run at patched windows from the guest's bytes"),
+        ("code_pages_seen", "code pages outside the kernel ELF first run, scanned"),
+    ):
+        if g[key] is not None:
+            out.append(f"  {what}: {g[key]}")
     for name, ref in reference.GUARD.items():
         out += _ref(name, ref)
     out += ["", "4. Verdict:"] + [f"  - {line}" for line in a.verdict]

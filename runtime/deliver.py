@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bt.errors import GuestStop
 from runtime import machine
@@ -37,6 +38,9 @@ from runtime.cpu import CS, EFLAGS, EIP, ESP, SS
 from runtime.paging import Mmu, PageFault
 from runtime.segments import VMM_CS3, ShadowGdt
 from runtime.vcpu import IF, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, VirtualCpu
+
+if TYPE_CHECKING:
+    from runtime.ring3.mode import Ring3
 
 VEC_DE, VEC_DB, VEC_BP, VEC_UD, VEC_DF, VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = (
     0, 1, 3, 6, 8, 10, 11, 12, 13, 14)
@@ -99,6 +103,8 @@ class Injector:
         self.mmu = mmu
         self.gdt = gdt
         self.inward: Inward | None = None
+        #: Under `bt run --guest-ring 3`: the transitions the VMM makes itself (runtime/ring3/).
+        self.ring3: Ring3 | None = None
 
     # -- entry point ----------------------------------------------------------------------------
     def deliver(self, vector: int, return_eip: int, error_code: int | None = None,
@@ -152,9 +158,9 @@ class Injector:
             raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
         if gate.type not in (GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK):
             raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
-        if soft and gate.dpl < (0 if cpl == 1 else cpl):
+        if soft and gate.dpl < cpl:
             # SDM §6.12.1.1: INT n checks the gate's DPL against CPL, the guest's
-            # CPL: ring 1 is the guest's ring 0.
+            # CPL (`VirtualCpu.guest_cpl`: real ring 1 is the guest's ring 0).
             raise DeliveryFault(VEC_GP, vector * 8 + 2)
         if not gate.present:
             raise DeliveryFault(VEC_NP, vector * 8 + 2 + ext)
@@ -168,21 +174,26 @@ class Injector:
             raise DeliveryFault(VEC_GP, selector & ~3)
         if not desc.present:      # SDM §6.12.1.1 (and QEMU): #NP(selector), not #GP
             raise DeliveryFault(VEC_NP, selector & ~3)
-        # A guest DPL-0 handler runs at CPL 1 (compressed); RPL follows the real CPL.
-        return (selector & ~3) | max(desc.dpl, 1)
+        # A guest DPL-0 handler runs at CPL 1 (compressed; 3 under --guest-ring 3); RPL
+        # follows the real CPL.
+        return (selector & ~3) | max(desc.dpl, self.gdt.ring)
 
     def _deliver(self, vector: int, return_eip: int, error_code: int | None, soft: bool) -> None:
         cpu, vcpu = self.cpu, self.vcpu
         cs = cpu.read(CS)
-        cpl = cs & 3
+        cpl = vcpu.guest_cpl(cs)
         gate = self._gate(vector, soft, cpl)
         handler_cs = self._handler_cs(gate.selector)
         clear_if = gate.type in (GATE_INT32, GATE_INT16)
         eflags = cpu.read(EFLAGS)
+        if cpl == 3 and self.ring3 is not None:
+            self.ring3.enter_kernel(vector, error_code, return_eip, handler_cs, gate.offset, clear_if, soft)
+            return
         if cpl == 3:
             self._start_inward(vector, error_code, return_eip, cs, eflags, handler_cs, gate, clear_if)
             return
-        frame = [vcpu.guest_eflags(eflags), cs & ~3 if cs & 3 == 1 else cs, return_eip]
+        # CS as the guest's CPL shows it: RPL 0 for its kernel (ring compression hidden).
+        frame = [vcpu.guest_eflags(eflags), (cs & ~3) | cpl, return_eip]
         if error_code is not None:
             frame.append(error_code)
         esp = cpu.read(ESP)

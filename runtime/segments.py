@@ -120,14 +120,18 @@ def call_gate(selector: int, offset: int, dpl: int) -> Descriptor:
     return Descriptor.from_bytes(raw)
 
 
-def compress(d: Descriptor) -> Descriptor:
-    """The shadow of one guest descriptor (module docstring)."""
+def compress(d: Descriptor, ring: int = 1) -> Descriptor:
+    """The shadow of one guest descriptor (module docstring). `ring` is the real ring of
+    the guest kernel: 1, or 3 under `bt run --guest-ring 3` (runtime/ring3/), where every
+    code/data descriptor below DPL 3 becomes DPL 3."""
     if not d.present:
         return d
     if d.is_system:
         if d.type in (0x1, 0x3, 0x9, 0xB, 0x2, 0x5):  # TSS (16/32-bit), LDT, task gate
             return Descriptor(0)
         return d
+    if ring == 3:
+        return d.with_dpl(3) if d.dpl < 3 else d
     return d.with_dpl(1) if d.dpl == 0 else d
 
 
@@ -156,7 +160,9 @@ class ShadowGdt:
                  read_linear: Callable[[int, int], bytes],
                  load_ldtr: Callable[[int, int, int], None],
                  area: Callable[[], layout.VmmArea] = lambda: layout.HOME,
-                 set_limit: Callable[[int], None] = lambda limit: None) -> None:
+                 set_limit: Callable[[int], None] = lambda limit: None, ring: int = 1) -> None:
+        #: The real ring of the guest kernel (`compress`).
+        self.ring = ring
         self._write = write_phys   # (phys, bytes) -> None
         self._area = area          # where the VMM area (so the shadow LDT) is now
         self._set_limit = set_limit  # the real GDTR's limit: the guest's (runtime/machine.py)
@@ -215,7 +221,7 @@ class ShadowGdt:
         raw = self._read(ldt.base, count * 8) if count else b""
         out = bytearray()
         for i in range(count):
-            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8]), self.ring).to_bytes()
         if self.ldt_synced > count:
             out += bytes(8 * (self.ldt_synced - count))
         self._write(layout.VMM_LDT, bytes(out))
@@ -241,7 +247,7 @@ class ShadowGdt:
         raw = self._read(self.guest_base, count * 8) if count else b""
         out = bytearray(8)  # slot 0 stays null
         for i in range(1, count):
-            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8]), self.ring).to_bytes()
         # Slots the previous guest GDT used and this one does not become null.
         if self.synced > count:
             out += bytes(8 * (self.synced - count))

@@ -58,6 +58,10 @@ class RunStats:
     vflags_bad: list[int] = field(default_factory=list)
     #: Every move of the VMM area, in order.
     vmm_moves: list[VmmMove] = field(default_factory=list)
+    #: Under `bt run --guest-ring 3` only (runtime/ring3/): what ring 3 adds, by cause
+    #: ("bounce syscall", "bounce irq", "bounce exception", "bounce iret to user", "view
+    #: switches", "view faults" (also counted as `paging` exits), "tlb flushes", "iret sites").
+    ring3: Counter[str] = field(default_factory=Counter)
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -126,6 +130,8 @@ class RunStats:
             "vflags_bad": [f"{w:#010x}" for w in self.vflags_bad],
             "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": m.eip,
                            "symbol": sym(m.eip)} for m in self.vmm_moves],
+            # Present only under --guest-ring 3, so ring 1's output stays as it was.
+            **({"ring3": dict(sorted(self.ring3.items()))} if self.ring3 else {}),
         }
 
     def counts(self) -> dict[str, Any]:

@@ -161,14 +161,16 @@ class Traps:
         # A software interrupt reports the EIP after it; a fault its own EIP, and it counts as
         # run (runtime/clock.py), as it is by emulation.
         self.clock.fault(eip, not (vector == VEC_BP or vector == 4 or vector >= 32))
-        cpl = cs & 3
+        # The guest's CPL, 0 for its kernel (real ring 1, or ring 3 in kernel mode under
+        # --guest-ring 3: `VirtualCpu.guest_cpl`).
+        cpl = self.ctx.vcpu.guest_cpl(cs)
         m = self.ctx.m
         area = m.vmm
         in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
         # A fault sets Unicorn's old_exception latch to its vector before this hook runs; INT n
         # never does (notes #3). So vector 13 or 14 with the latch clear is the guest's own
         # INT 0x0D or INT 0x0E, a software interrupt (EIP after it), not a fault.
-        if vector == VEC_GP and cpl == 1 and not in_vmm and self.latch.latched() == VEC_GP:
+        if vector == VEC_GP and cpl == 0 and not in_vmm and self.latch.latched() == VEC_GP:
             return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
         if vector == VEC_PF and self.latch.latched() == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
             # The shadow page directory was behind the guest's (runtime/shadowpd.py): caught
@@ -186,7 +188,7 @@ class Traps:
             # fault delivering an interrupt, i.e. a triple fault.
             raise GuestStop("triple fault", eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
-        if vector == VEC_GP and cpl == 1 and self.latch.latched() == VEC_GP:
+        if vector == VEC_GP and cpl == 0 and self.latch.latched() == VEC_GP:
             return self._trap(eip)
         soft = self._is_soft(vector, eip)
         error: int | None = None
@@ -339,6 +341,14 @@ class Traps:
         if at == m.linear(machine.STUB1):
             self.ctx.inject.complete_inward()
             return "interrupt"
+        ring3 = self.ctx.inject.ring3
+        if ring3 is not None and (iret_op := ring3.iret_site(at)) is not None:
+            # Under --guest-ring 3 every IRET of the kernel the scanner saw is an INT3
+            # (runtime/ring3/mode.py): emulated, it may return to guest user mode.
+            self.stats.exit("hypercall", "iret", at)
+            self.last.append(("hypercall", "iret", at))
+            self.execute(iret_op, at + 1, ring3.iret)
+            return "hypercall"
         in_patch = m.vmm.in_patch_memory(at)
         record = self.patcher.exit_at(at)
         if record is not None:
@@ -374,8 +384,10 @@ class Traps:
             eip, cs = self.cpu.eip_cs()
             self.stats.exit("trap", "sysenter", eip)
             self.last.append(("trap", "sysenter", eip))
-            if cs & 3 != 3:
+            if self.ctx.vcpu.guest_cpl(cs) != 3:
                 raise GuestStop("SYSENTER from kernel mode is not supported", eip)
+            if self.ctx.inject.ring3 is not None:
+                raise GuestStop("SYSENTER under --guest-ring 3 is not supported yet", eip)
             try:
                 self.ctx.inject.sysenter(eip + 2)
             except DeliveryFault as fault:
@@ -503,7 +515,8 @@ class Traps:
     def _io_exit(self, cls: str, port: int, size: int) -> bool:
         """Account for one IN/OUT hook call; False: the access is denied (a #GP is pending)."""
         eip, cs = self.cpu.eip_cs()
-        if cs & 3 != 1 and not self._io_permitted(cs & 3, port, size):
+        cpl = self.ctx.vcpu.guest_cpl(cs)
+        if cpl != 0 and not self._io_permitted(cpl, port, size):
             self._deny_io(eip)
             return False
         eip = self.patcher.to_guest_eip(eip)
@@ -515,7 +528,7 @@ class Traps:
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
+        if cpl == 0 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
             # A patch now covers this IN/OUT (or others were just made). Unicorn finishes the
             # instruction and would run on into a window; stop, so the run loop resumes
             # through `resume_at`.

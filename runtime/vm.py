@@ -54,7 +54,7 @@ from runtime import firmware
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
 from runtime.clock import BlockClock, CountClock, native_available
 from runtime.context import HANDLED, Ctx
-from runtime.cpu import CR3, CS, EIP, UnmappedPhys
+from runtime.cpu import CR3, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.disk import DiskImage
 from runtime.devices.standard import StandardDevices, build_standard_bus
@@ -76,6 +76,7 @@ from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
+    from runtime.ring3.mode import Ring3
 
 #: Unicorn errors that mean the guest went where no memory is.
 _UNMAPPED = {
@@ -141,7 +142,7 @@ class Vm:
         self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area, vmm_store=lambda phys, size: self.guard.dropped(
             phys, size))
         self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
-                             self.machine.set_guest_gdt_limit)
+                             self.machine.set_guest_gdt_limit, ring=config.guest_ring)
         self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area,
                                wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
@@ -161,6 +162,13 @@ class Vm:
         self._reset = False
         self._deadline: float | None = None
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
+        #: `bt run --guest-ring 3`: the transitions and paging views ring 3 needs (runtime/ring3/).
+        self.ring3: Ring3 | None = None
+        if config.guest_ring == 3:
+            from runtime.ring3.mode import Ring3
+            self.ring3 = Ring3(self.machine, self.vcpu, self.mmu, self.gdt, self.inject, self.stats.ring3,
+                               config.ring3_view, self._flush_tlb)
+            self.inject.ring3 = self.ring3
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
@@ -204,12 +212,15 @@ class Vm:
                 raise GuestStop("kernel does not fit in guest RAM", None,
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
+        if self.ring3 is not None:
+            self.ring3.plant_irets(config.kernel)
         self._loader_state()
         #: Why the run was asked to stop (`interrupt`), None while it runs on.
         self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
-        if patcher is None and config.patch is not None:
+        # Ring 3 runs unpatched: patch code sits on supervisor pages it could not run on.
+        if patcher is None and config.patch is not None and self.ring3 is None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
@@ -232,7 +243,7 @@ class Vm:
         self.vcpu.set_table("idtr", *LOADER_IDTR)
         self.gdt.load(base, limit)
         self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, layout.ENTRY_ESP,
-                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS)
+                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS, self.gdt.ring)
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
@@ -282,7 +293,7 @@ class Vm:
 
     # -- callbacks for emulators ------------------------------------------------------------------
     def _deliverable(self) -> bool:
-        return (self.cpu.read(CS) & 3) == 3 or self.vcpu.vif
+        return self.vcpu.guest_cpl() == 3 or self.vcpu.vif
 
     def _take_irq(self, return_eip: int) -> bool:
         intc = self.intc
@@ -368,6 +379,8 @@ class Vm:
             self.cpu.write(CR3, layout.VMM_SHADOW_PD)
         else:
             self.shadow.sync(linear)
+        if self.ring3 is not None:
+            self.ring3.paging_changed(linear)
         self.relocator.check("INVLPG" if linear is not None else
                              f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
@@ -384,6 +397,8 @@ class Vm:
         moved out of its way; the instruction then runs again."""
         if self.shadow.guest_pd is None:
             return False
+        if self.ring3 is not None and self.ring3.fault(linear):
+            return True
         if self.machine.vmm.contains(linear) and self.shadow.conflict():
             self.relocator.check(f"#PF at {linear:#x}")
             return True
@@ -464,6 +479,8 @@ class Vm:
                 # The guest may have mapped the VMM's slot by writing its page directory,
                 # with no CR3 load or INVLPG to tell: looked at once per slice.
                 self.relocator.check("slice end")
+                if self.ring3 is not None:
+                    self.ring3.after_slice()
                 self._retry_deferred()
                 if self._reset:
                     raise GuestStop("guest reset the machine (keyboard controller or port 0x92)",
@@ -524,8 +541,9 @@ class Vm:
             raise InternalError(f"BOOT could not enter ring 1: {err}") from err
         self.insn_clock.end(self.cpu.read(EIP), False)
         eip, cs = self.cpu.eip_cs()
-        if cs & 3 != 1 or eip != self.boot.entry:
-            raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")
+        if cs & 3 != self.gdt.ring or eip != self.boot.entry:
+            raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring {self.gdt.ring} "
+                                "at the entry point")
         self.machine.close_vmm_slots()
         return eip
 
@@ -552,7 +570,7 @@ class Vm:
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
         the CPU would, if the guest loaded one; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
-        if self.cpu.read(CS) & 3 == 1:
+        if self.vcpu.guest_cpl() == 0:
             # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
             # models, MONITOR/MWAIT, STAC/CLAC, INVPCID): emulate it like a trap.
             try:

@@ -450,9 +450,12 @@ class Vm:
                 # may still have tried to fetch the next instruction and raised a fault Unicorn
                 # dropped but remembered in old_exception (seen when the guest's first
                 # instruction after enabling paging faults): the next one would become #DF.
-                traps.latch.clear()
                 traps.drop_stale_code()
                 how = self.insn_clock.begin(count)
+                # After `begin`: making a block exact drops its translation, which makes Unicorn
+                # walk the page tables for its address; under --guest-ring 3 a walk that misses
+                # the kernel view (runtime/ring3/vtlb.py) leaves #PF in old_exception.
+                traps.latch.clear()
                 try:
                     uc.emu_start(pc, self.machine.linear(STOP), **how)
                 except UcError as err:

@@ -42,7 +42,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from bt import elf, isa, layout, scan
 from bt.errors import GuestStop
 from bt.operation import Operation
-from runtime.context import Ctx
+from runtime.context import HANDLED, Ctx
 from runtime.cpu import CR3, CS, DS, EFLAGS, EIP, ES, ESP, FS, GS, SS
 from runtime.deliver import CLEARED_ON_ENTRY, Injector
 from runtime.emulate import transfers
@@ -127,6 +127,9 @@ class Ring3:
         cs &= 0xFFFF
         if cs & 3 != 3:
             return transfers.iret(op, ctx, next_eip)
+        code = self.gdt.guest_descriptor(cs)
+        if code is not None and code.is_code and code.dpl < 3:
+            return self._iret_same_level(ctx, esp, eip, cs, flags)
         user_esp, ss = struct.unpack("<II", self.mmu.read(esp + 12, 8))
         ss &= 0xFFFF
         transfers._check_user_frame(ctx, cs, ss)
@@ -148,6 +151,23 @@ class Ring3:
             if desc is not None and desc.dpl < 3 and not (desc.is_code and desc.type & 4):
                 cpu.write(reg, 0)
         self.counts["bounce iret to user"] += 1
+        return eip
+
+    def _iret_same_level(self, ctx: Ctx, esp: int, eip: int, cs: int, flags: int) -> int | None:
+        """An IRET of the kernel to its own code with RPL 3: a frame it built from PUSH CS, which
+        shows the real RPL (the ring-compression leak ring 1 has with RPL 1). At real CPL 3 the
+        CPU makes that a same-level return, as it does at CPL 1 in ring 1: pop EIP, CS, EFLAGS
+        (the virtual IF/IOPL from the frame, as runtime/emulate/transfers.py `iret` does)."""
+        cpu, vcpu = self.cpu, self.vcpu
+        cpu.write(ESP, esp + 12)
+        mask = transfers.IRET_MASK
+        cpu.write(EFLAGS, (cpu.read(EFLAGS) & ~mask) | (flags & mask & ~VIRTUAL_FLAGS) | IF | 0x2)
+        vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
+        cpu.write(CS, cs)
+        if flags & IF:
+            cpu.write(EIP, eip)
+            if ctx.on_vif_set(eip) is not None:
+                return HANDLED
         return eip
 
     # -- user -> kernel ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One error tree for all of ring1.
 
 Every error ring1 raises on purpose derives from `Ring1Error`. Errors of the
-libraries underneath (Capstone, Keystone, Unicorn, LIEF) are wrapped where they
+libraries underneath (Capstone, Keystone, Unicorn) are wrapped where they
 enter ring1 (`raise SomeError(...) from err`), so the CLI can map classes to exit
 codes and print one line.
 
@@ -32,6 +32,18 @@ class UsageError(Ring1Error):
 
 class InputError(Ring1Error):
     """A file ring1 was asked to read is missing, corrupt or of a foreign kind."""
+
+    exit_code = 2
+
+
+class OutputError(UsageError):
+    """An output file cannot be written where asked: a directory, a device, the input
+    itself, a missing or read-only folder, a full disk (bt/outfile.py)."""
+
+
+class HostError(Ring1Error):
+    """The host cannot give ring1 what a run needs (memory under an address-space limit).
+    Even, like every code of ring1's: never mistaken for a guest's odd status."""
 
     exit_code = 2
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
 from bt import isa, layout
-from bt.errors import PatchError
+from bt.errors import InputError, PatchError
 from bt.operation import Operation
 from patchmgr import tables
 from patchmgr.block import build, plan
@@ -52,6 +52,14 @@ if TYPE_CHECKING:
     from capstone import CsInsn
 
 INT3 = b"\xcc"
+
+
+def head(patch: Patch) -> bytes:
+    """The bytes a patch writes at the start of its window (what `adopt` looks for)."""
+    if patch.block is None:
+        return INT3
+    rel = (patch.block.address - (patch.start + JMP_LEN)) & 0xFFFFFFFF
+    return b"\xe9" + rel.to_bytes(4, "little")
 
 
 class GuestMemory(Protocol):
@@ -379,11 +387,7 @@ class PatchManager:
 
     @staticmethod
     def _head(patch: Patch) -> bytes:
-        """The bytes a patch writes at the start of its window."""
-        if patch.block is None:
-            return INT3
-        rel = (patch.block.address - (patch.start + JMP_LEN)) & 0xFFFFFFFF
-        return b"\xe9" + rel.to_bytes(4, "little")
+        return head(patch)
 
     def _install_jmp(self, site: int, op: Operation) -> Patch:
         if self.code is None:
@@ -421,8 +425,10 @@ class PatchManager:
     def adopt(self, rec: Record) -> None:
         """Take over the patches of a statically patched kernel (`bt patch`): its code
         already holds the JMPs and INT3s; patch memory gets the recorded blocks."""
+        # A record that does not fit this kernel or this ring1 is bad input (exit 2), not a
+        # bug: the file says so, and `bt patch` never writes one (runtime/staticpatch.py checks).
         if rec.patch_base != self.patch_memory.base:
-            raise PatchError(f"patch record made for patch memory at {rec.patch_base:#x}, "
+            raise InputError(f"patch record made for patch memory at {rec.patch_base:#x}, "
                              f"this ring1 has it at {self.patch_memory.base:#x}")
         self.memory.write(rec.patch_base, rec.code)
         self.patch_memory.commit(rec.patch_base, rec.patch_top - rec.patch_base)
@@ -430,7 +436,7 @@ class PatchManager:
         for patch in rec.patches:
             head = self._head(patch)
             if self.memory.read(patch.start, len(head)) != head:
-                raise PatchError(f"patch record says {patch.kind} at {patch.start:#x}, the code disagrees")
+                raise InputError(f"patch record says {patch.kind} at {patch.start:#x}, the code disagrees")
             if self.live(patch.start):
                 self._register(patch)
             else:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks, KsError
-from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 
 from bt.errors import AssembleError
 from runtime.config import RunConfig
+from runtime.engine import TCG_BUFFER, new_engine
 from runtime.vm import RawImage, Vm
 
 LOAD = 0x100000
@@ -59,7 +59,7 @@ def run_guest(src: str, max_insns: int | None = None, latch: str = "direct") -> 
 def bare_unicorn(src: str) -> float:
     """Seconds a bare engine (flat ring 0, no hooks) takes for `src` up to its OUT."""
     code = assemble(src)
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc = new_engine(TCG_BUFFER)
     uc.mem_map(0, 4 << 20)
     uc.mem_write(LOAD, code)
     uc.reg_write(__import__("unicorn.x86_const", fromlist=["x"]).UC_X86_REG_ESP, 0x80000)

@@ -36,15 +36,19 @@ Guest RAM is zero-filled by the VMM, so gaps between chunks need no bytes.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bt import elf, layout
+from bt import elf
 from bt.errors import ElfError, InputError, UsageError
+from bt.infile import Unreadable, read_input
 from bt.layout import MULTIBOOT_INFO, MULTIBOOT_MMAP, PAGE_SIZE, RAM_DEFAULT, VMM_BASE, KiB, MiB
+from patchmgr.static import patch_segment
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,9 @@ BIOS_HIGH_RESERVED = 128 * KiB
 #: The BIOS flash mapping at the top of the 32-bit space, reserved in QEMU's map.
 BIOS_FLASH = (0xFFFC0000, 0x40000)
 ADDRESS_LIMIT = 1 << 32
+#: The most guest RAM ring1 gives (`bt run --ram 3072`): the rest of the 32-bit space below
+#: the VMM area holds the PCI hole and BIOS flash on a PC.
+RAM_MAX = 3072 * MiB
 
 
 #: The GDT QEMU's multiboot option ROM leaves (bt.layout.LOADER_GDT_BASE): CS 0x08, DS 0x10.
@@ -216,39 +223,18 @@ def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: s
     be placed in this guest.
     """
     name = str(path)
-    if not 2 * MiB <= ram_size <= VMM_BASE - BIOS_HIGH_RESERVED:
-        raise UsageError(f"guest RAM of {ram_size:#x} bytes: ring1 needs 2 MiB to {VMM_BASE // MiB} MiB")
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ElfError(name, "no such file") from None
-    except OSError as err:
-        raise ElfError(name, f"cannot read: {err.strerror or err}") from err
+    if not 2 * MiB <= ram_size <= RAM_MAX:
+        raise UsageError(f"guest RAM of {ram_size:#x} bytes: ring1 needs 2 MiB to {RAM_MAX // MiB} MiB")
+    raw = _read(name, path)
+    header = _check_header(name, raw)
+    kernel = _elf(name, path, raw, header)
 
-    header = find_header(raw)
-    is_elf = raw[:4] == elf.ELF_MAGIC
-    if header is not None:
-        unknown = header.flags & 0xFFFF & ~KNOWN_REQUIRED
-        if unknown:
-            raise InputError(f"{name}: multiboot header requires features ring1 does not know "
-                             f"(flags {unknown:#06x}; spec 3.1.2)")
-        if header.flags & FLAG_VIDEO_MODE:
-            log.warning("%s: the kernel asks for a video mode; ring1 has no video and ignores it", name)
-    kernel = elf.load(path) if is_elf or header is None or not header.aout_kludge else None
-    if kernel is not None and kernel.bits != 32:
-        raise ElfError(name, "x86-64 ELF: ring1 boots 32-bit kernels (QEMU's multiboot loader refuses it)")
-
-    if header is not None and header.aout_kludge:
-        chunks, entry = _load_aout_kludge(name, raw, header)
-    else:
-        assert kernel is not None
-        chunks, entry = _load_elf(name, kernel)
-    if not chunks:
-        raise InputError(f"{name}: nothing to load (no PT_LOAD segment with memory)")
-    start = min(a for a, _ in chunks)
-    end = max(a + len(b) for a, b in chunks)
-    for address, data in chunks:
-        _check_placement(name, address, address + len(data), ram_size, header is not None)
+    # Where everything goes is checked before a byte is copied: a p_memsz of 4 GiB must be
+    # refused, not zero-filled first (issue 12).
+    places, entry = _plan(name, raw, header, kernel, ram_size)
+    chunks = [(p.address, raw[p.offset:p.offset + p.filesz] + bytes(p.size - p.filesz)) for p in places]
+    start = min(p.address for p in places)
+    end = max(p.end for p in places)
 
     if header is None:
         if modules:
@@ -265,6 +251,36 @@ def load_boot_image(path: str | Path, *, ram_size: int = RAM_DEFAULT, cmdline: s
                      mem_lower=EBDA_START // KiB, mem_upper=info.mem_upper, modules=info.modules)
 
 
+def _read(name: str, path: str | Path) -> bytes:
+    try:
+        return read_input(path)
+    except Unreadable as err:
+        raise ElfError(name, str(err)) from None
+
+
+def _check_header(name: str, raw: bytes) -> MultibootHeader | None:
+    header = find_header(raw)
+    if header is not None:
+        unknown = header.flags & 0xFFFF & ~KNOWN_REQUIRED
+        if unknown:
+            raise InputError(f"{name}: multiboot header requires features ring1 does not know "
+                             f"(flags {unknown:#06x}; spec 3.1.2)")
+        if header.flags & FLAG_VIDEO_MODE:
+            log.warning("%s: the kernel asks for a video mode; ring1 has no video and ignores it", name)
+    return header
+
+
+def _elf(name: str, path: str | Path, raw: bytes, header: MultibootHeader | None) -> elf.KernelImage | None:
+    """The ELF (for its segments or, with the a.out kludge, its symbols); None for a
+    non-ELF a.out-kludge image."""
+    if raw[:4] != elf.ELF_MAGIC and header is not None and header.aout_kludge:
+        return None
+    kernel = elf.load(path, data=raw)
+    if kernel.bits != 32:
+        raise ElfError(name, "x86-64 ELF: ring1 boots 32-bit kernels (QEMU's multiboot loader refuses it)")
+    return kernel
+
+
 def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT,
                 modules: Sequence[BootModule] = (), image_name: str | None = None) -> BootImage:
     """`load_boot_image` in the positional shape the run loop calls (runtime/bootstub.py's)."""
@@ -274,33 +290,104 @@ def load_kernel(path: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT
 
 def _read_module(module: BootModule) -> bytes:
     try:
-        return Path(module.path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{module.path}: no such file (--module)") from None
-    except OSError as err:
-        raise InputError(f"{module.path}: cannot read (--module): {err.strerror or err}") from err
+        return read_input(module.path)      # a device (/dev/zero) never ends: refused
+    except Unreadable as err:
+        raise InputError(f"{module.path} (--module): {err}") from None
 
 
-def _load_elf(name: str, kernel: elf.KernelImage) -> tuple[list[tuple[int, bytes]], int]:
-    chunks = []
+@dataclass(frozen=True)
+class Placement:
+    """One piece of the kernel in guest memory: `filesz` bytes of the file from `offset`,
+    then zeros up to `size`, at physical `address`."""
+
+    address: int
+    size: int
+    offset: int
+    filesz: int
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """Where `bt run` puts a kernel file's bytes, checked but not copied: what `bt patch`
+    asks to make sure the run will see the bytes it patched."""
+
+    raw: bytes = field(repr=False)
+    places: tuple[Placement, ...]
+    entry: int
+    #: The ELF, None for a non-ELF a.out-kludge image.
+    kernel: elf.KernelImage | None = field(repr=False)
+
+    def read(self, address: int, size: int) -> bytes | None:
+        """The `size` bytes the guest finds at physical `address` at entry, if one piece
+        covers them all (None otherwise)."""
+        for p in self.places:
+            if p.address <= address and address + size <= p.end:
+                at = address - p.address
+                data = self.raw[p.offset + at:p.offset + min(at + size, p.filesz)] if at < p.filesz else b""
+                return data + bytes(size - len(data))
+        return None
+
+
+def plan_boot(path: str | Path, ram_size: int = RAM_MAX, data: bytes | None = None) -> BootPlan:
+    """Check a kernel file as `load_boot_image` does (header, ELF, placement in `ram_size`
+    bytes of RAM) without building its memory image. Raises what it raises. `data`: the
+    file's bytes when they are not (yet) at `path`, which then only names them."""
+    name = str(path)
+    raw = _read(name, path) if data is None else data
+    header = _check_header(name, raw)
+    kernel = _elf(name, path, raw, header)
+    places, entry = _plan(name, raw, header, kernel, ram_size)
+    return BootPlan(raw, tuple(places), entry, kernel)
+
+
+def _plan(name: str, raw: bytes, header: MultibootHeader | None, kernel: elf.KernelImage | None,
+          ram_size: int) -> tuple[list[Placement], int]:
+    if header is not None and header.aout_kludge:
+        places, entry = _plan_aout_kludge(name, raw, header)
+    else:
+        assert kernel is not None
+        places, entry = _plan_elf(name, kernel)
+    if not places:
+        raise InputError(f"{name}: nothing to load (no PT_LOAD segment with memory)")
+    for p in places:
+        _check_placement(name, p.address, p.end, ram_size, header is not None)
+    places.sort(key=lambda p: p.address)
+    for a, b in itertools.pairwise(places):
+        if b.address < a.end:
+            # QEMU refuses overlapping segments too ("Some ROM regions are overlapping"); which
+            # bytes would win is not worth guessing.
+            raise InputError(f"{name}: segments {a.address:#x}-{a.end:#x} and {b.address:#x}-{b.end:#x} "
+                             "overlap in guest memory")
+    return places, entry
+
+
+def _plan_elf(name: str, kernel: elf.KernelImage) -> tuple[list[Placement], int]:
+    places = []
     entry = kernel.entry
+    # A kernel `bt patch` wrote brings its patch code as a segment at patch memory, which the
+    # patch manager installs (patchmgr/static.py); any other segment is placed as it says.
+    patch_code = patch_segment(kernel)
     for seg in kernel.segments:
         if seg.memsz == 0:
             continue  # QEMU skips empty segments too
-        if layout.PATCH_BASE <= seg.vaddr < layout.PATCH_BASE + layout.PATCH_SIZE:
-            continue  # `bt patch`'s patch code: the patch manager installs it (patchmgr/static.py)
+        if seg == patch_code:
+            continue
         if seg.filesz > seg.memsz:
             raise ElfError(name, f"segment at {seg.paddr:#x}: file size {seg.filesz:#x} > memory size "
                                  f"{seg.memsz:#x}")
-        chunks.append((seg.paddr, seg.data + bytes(seg.memsz - seg.filesz)))
+        places.append(Placement(seg.paddr, seg.memsz, seg.offset, seg.filesz))
         if (seg.executable and seg.vaddr != seg.paddr
                 and seg.vaddr <= kernel.entry < seg.vaddr + seg.filesz):
             # Paging is off at entry: start at the physical address of the entry point.
             entry = kernel.entry - seg.vaddr + seg.paddr
-    return chunks, entry
+    return places, entry
 
 
-def _load_aout_kludge(name: str, raw: bytes, h: MultibootHeader) -> tuple[list[tuple[int, bytes]], int]:
+def _plan_aout_kludge(name: str, raw: bytes, h: MultibootHeader) -> tuple[list[Placement], int]:
     """Spec 3.1.3: the header's address fields say where the file's bytes go."""
     if h.header_addr < h.load_addr or h.header_addr - h.load_addr > h.offset:
         raise InputError(f"{name}: multiboot header_addr {h.header_addr:#x} does not fit load_addr "
@@ -322,8 +409,7 @@ def _load_aout_kludge(name: str, raw: bytes, h: MultibootHeader) -> tuple[list[t
             raise InputError(f"{name}: multiboot bss_end_addr {h.bss_end_addr:#x} below the loaded image's "
                              f"end {h.load_addr + load_size:#x}")
         size = h.bss_end_addr - h.load_addr
-    data = raw[text_offset:text_offset + load_size] + bytes(size - load_size)
-    return [(h.load_addr, data)], h.entry_addr
+    return [Placement(h.load_addr, size, text_offset, load_size)], h.entry_addr
 
 
 def _check_placement(name: str, start: int, end: int, ram_size: int, multiboot: bool) -> None:
@@ -361,8 +447,10 @@ def _boot_information(name: str, start: int, end: int, cmdline: str, ram_size: i
     # the command lines (kernel path + 1 + append + 1 + the whole -initrd string + 1).
     mods_addr = start + _page_align(end - start)
     cmdlines_addr = mods_addr + MB_MOD_SIZE * len(modules)
-    cmdline_bytes = cmdline.encode() + b"\0"
-    module_strings = [m.cmdline.encode() + b"\0" for m, _ in modules]
+    # The bytes as given, UTF-8 or not (a command-line argument that is not UTF-8 arrives as
+    # surrogate escapes, os.fsencode gives them back): QEMU passes -append's bytes through.
+    cmdline_bytes = os.fsencode(cmdline) + b"\0"
+    module_strings = [os.fsencode(m.cmdline) + b"\0" for m, _ in modules]
     loader_addr = cmdlines_addr + len(cmdline_bytes) + sum(len(s) for s in module_strings)
     loader_bytes = BOOT_LOADER_NAME.encode() + b"\0"
     strings_end = start + _page_align(loader_addr + len(loader_bytes) - start)

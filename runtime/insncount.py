@@ -16,7 +16,9 @@ import ctypes
 import functools
 import struct
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
+from unicorn import UC_HOOK_INTR, Uc, UcError
+
+from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 
 #: How far into the engine struct to look (the field sits ~1.4 KB in for 2.1.4).
 _SCAN = 8192
@@ -38,7 +40,7 @@ def _find(raw: bytes, value: int) -> set[int]:
 @functools.cache
 def counter_offset() -> int | None:
     try:
-        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc = new_engine(SCRATCH_TCG_BUFFER)
         uc.mem_map(0x1000, 0x10000)
         nops = 0x2345
         uc.mem_write(0x1000, b"\x90" * nops + b"\xcc")

@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import resource
 import struct
 
-from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc, UcError
+from unicorn import UC_ERR_NOMEM, UC_PROT_ALL, UcError
 from unicorn import x86_const as ux
 
 from bt import layout
-from bt.errors import InternalError
+from bt.errors import HostError, InternalError
 from runtime import paging, segments
 from runtime.cpu import CR0, CS, DS, EAX, EBX, EFLAGS, ES, ESP, FS, GS, SS, Cpu
+from runtime.engine import TCG_BUFFER, new_engine
 
 BOOT = layout.VMM_CODE + 0x000
 STUB1 = layout.VMM_CODE + 0x040
@@ -61,14 +63,6 @@ TRAMP = layout.VMM_USER_PAGE
 # TSS fields (SDM vol. 3 §7.2.1, figure 7-2).
 TSS_ESP0, TSS_SS0, TSS_ESP1, TSS_SS1 = 4, 8, 12, 16
 TSS_IOMAP = 102
-#: Unicorn's buffer for translated code. Unicorn 2.1.4 translates the block at `begin`
-#: afresh on every `emu_start` (about 340 bytes each, never reused) and only flushes the
-#: buffer when it is full; at its default of 1 GiB, a run that starts many slices (a guest
-#: that exits often, or rewrites patched code forever) grew by about 1 KB per rewrite up
-#: to that size. 32 MiB bounds it: measured on bare Unicorn, 1,000,000 emu_start calls
-#: grew the process by 358 MB with the default and by 35 MB with 32 MiB, at no cost per
-#: call (4.1 vs 3.6 µs).
-TCG_BUFFER = 32 << 20
 
 
 def _vmm_code() -> bytes:
@@ -100,21 +94,58 @@ def _tss() -> bytes:
     return bytes(tss)
 
 
+#: What an engine needs besides guest RAM, the VMM area and the translation buffer, with
+#: room to spare (Unicorn's own tables were about 3 MiB in 2.1.4; Python's heap grows too).
+HEADROOM = 96 * layout.MiB
+
+
+def _address_space_used() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def check_host_memory(ram_size: int) -> None:
+    """Refuse (HostError, exit 2) a run the host cannot hold, before Unicorn is asked for
+    memory: it would exit(1) rather than report it. Under an address-space limit (ulimit -v)
+    the sum is checked; in any case a mapping of the translation buffer's size is tried."""
+    need = ram_size + layout.VMM_SIZE + TCG_BUFFER + HEADROOM
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    used = _address_space_used()
+    if soft != resource.RLIM_INFINITY and used + need > soft:
+        raise HostError(f"not enough memory for this run: {ram_size >> 20} MiB of guest RAM and "
+                        f"{(need - ram_size) >> 20} MiB for the VMM and Unicorn need {need >> 20} MiB, "
+                        f"the address-space limit leaves {max(0, soft - used) >> 20} MiB (ulimit -v); "
+                        "lower --ram or raise the limit")
+    try:
+        mmap.mmap(-1, TCG_BUFFER + HEADROOM).close()
+    except OSError as err:
+        raise HostError(f"the host refused {(TCG_BUFFER + HEADROOM) >> 20} MiB of memory for the "
+                        f"emulator: {err.strerror or err}") from err
+
+
 class Machine:
     """A Unicorn x86-32 engine with guest RAM and the VMM area in place."""
 
     def __init__(self, ram_size: int) -> None:
+        check_host_memory(ram_size)
         # Host memory the VMM owns (runtime/cpu.py): anonymous mappings, zeroed.
-        self._ram = mmap.mmap(-1, ram_size)
-        self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
         try:
-            self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
-            # Before the engine initialises (at the first map). Unicorn's type stubs lack it.
-            self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER)  # type: ignore[attr-defined]
+            self._ram = mmap.mmap(-1, ram_size)
+            self._vmm = mmap.mmap(-1, layout.VMM_SIZE)
+        except OSError as err:
+            raise HostError(f"the host refused {ram_size >> 20} MiB of guest RAM: "
+                            f"{err.strerror or err}") from err
+        try:
+            self.uc = new_engine(TCG_BUFFER)
             for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
                 addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
                 self.uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, addr)
         except UcError as err:
+            if err.errno == UC_ERR_NOMEM:
+                raise HostError(f"Unicorn ran out of memory setting up the engine: {err}") from err
             raise InternalError(f"cannot set up the Unicorn engine: {err}") from err
         self.ram_size = ram_size
         self.cpu = Cpu(self.uc)

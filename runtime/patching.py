@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bt import elf, layout
-from bt.errors import PatchError
+from bt.errors import InputError, PatchError
 from bt.operation import Operation
-from runtime.cpu import EIP
+from runtime.cpu import EIP, UnmappedPhys
 from runtime.paging import PageFault
 
 if TYPE_CHECKING:
@@ -262,7 +262,8 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     from patchmgr.manager import PatchManager
     from patchmgr.static import original_image, read_record, user_code
 
-    image = elf.load(vm.config.kernel)
+    # The loader's ELF when it has one (a second load of a 64 MiB kernel costs its size twice).
+    image = getattr(vm.boot, "kernel", None) or elf.load(vm.config.kernel)
     record = read_record(image)
     # A kernel `bt patch` wrote is scanned as it was before: its JMPs into patch memory
     # would hide the code after each window from the descent.
@@ -275,7 +276,11 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
     memory.manager = manager
     vm.vcpu.on_pending = manager.set_pending
     if record is not None:
-        manager.adopt(record)
+        try:
+            manager.adopt(record)
+        except (PatchError, UnmappedPhys) as err:
+            # The record names guest memory this run does not have: the file's fault (exit 2).
+            raise InputError(f"{vm.config.kernel}: patch record: {err}") from err
     kernel_sites = [s for s in result.sites
                     if manager.rules.handles(s.cls.name) and not user_code(image, s.address)]
     if config.enabled:

@@ -25,8 +25,10 @@ from __future__ import annotations
 import ctypes
 import functools
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
+from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, Uc, UcError
 from unicorn import x86_const as ux
+
+from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 
 #: How far into the engine struct to look: the flag is its last field, after the
 #: per-level jump buffers (~13 KB in 2.1.4).
@@ -54,7 +56,7 @@ def _readable(addr: int, size: int) -> bool:
 def _scratch(write_eip: bool, clear: int | None) -> tuple[int, bytes]:
     """Run _CODE; the INT3 hook writes EIP if asked (then clears byte `clear`); returns
     (the EIP the IN hook saw, the engine struct as the IN hook saw it)."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc = new_engine(SCRATCH_TCG_BUFFER)
     uc.mem_map(_BASE, 0x1000)
     uc.mem_write(_BASE, _CODE)
     seen: list[tuple[int, bytes]] = []
@@ -85,7 +87,7 @@ def flag_offset() -> int | None:
         # In one engine, with no emulation in between: `uc_reg_write(EIP)` sets the flag
         # (and quit_request), `emu_start` clears both. The flag is the struct's last field,
         # so the highest such byte; only that one is then tried.
-        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc = new_engine(SCRATCH_TCG_BUFFER)
         uc.mem_map(_BASE, 0x1000)
         uc.mem_write(_BASE, b"\xf4")
         if not _readable(_handle(uc), _SCAN):

@@ -19,13 +19,14 @@ import struct
 from dataclasses import dataclass, field
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_HOOK_MEM_WRITE, UC_MODE_32, Uc
+from unicorn import UC_HOOK_INTR, UC_HOOK_MEM_WRITE, Uc
 from unicorn import x86_const as u
 
 from bt import layout
 from bt.operation import Operation
 from patchmgr.manager import PatchConfig, PatchManager
 from patchmgr.registry import RuleSet
+from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 from runtime.latch import ExceptionLatch
 
 GDT, BOOT, CODE, STACK_TOP, DATA = 0x1000, 0x10000, 0x20000, 0x80000, 0x90000
@@ -89,7 +90,7 @@ class LinearCode:
 
 
 def machine(code: bytes, cpl: int, eflags: int) -> Uc:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc = new_engine(SCRATCH_TCG_BUFFER)
     uc.mem_map(0, 0x100000)
     uc.mem_map(layout.VMM_BASE, layout.VMM_SIZE)
     gdt = b"\0" * 8 + b"".join(_descriptor(a) for a in (0x9A, 0x92, 0xBA, 0xB2, 0xFA, 0xF2))

@@ -48,7 +48,7 @@ from unicorn import unicorn_const as uconst
 from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
 
 from bt import layout
-from bt.errors import GuestStop, InternalError, Ring1Error
+from bt.errors import GuestStop, HostError, InternalError, Ring1Error
 from runtime import config as cfg
 from runtime import firmware
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
@@ -87,6 +87,10 @@ _UNMAPPED = {
     uconst.UC_ERR_INSN_INVALID: "unknown opcode",
     uconst.UC_ERR_EXCEPTION: "unhandled CPU exception",
 }
+#: A halted guest that sleeps through more timer events than this, and longer than
+#: `HALT_NS` of virtual time, without an interrupt arriving stops the run (`Vm._halt`).
+HALT_EVENTS = 64
+HALT_NS = 60 * 10**9
 
 
 @dataclass
@@ -319,6 +323,8 @@ class Vm:
         if not self.vcpu.vif:
             raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
         stalled = 0
+        slept = 0
+        start = self.clock()
         while True:
             now = self.clock()
             self.devices.tick(now)
@@ -331,6 +337,19 @@ class Vm:
             if event is None:
                 raise GuestStop("guest halted and no interrupt source is enabled", next_eip - 1)
             if event > now:
+                # Timer events that raise no interrupt (the line masked or left in service at
+                # the PIC) would be slept through for ever: only the halted guest could change
+                # that. Another source may still wake it, so both bounds must be passed.
+                slept += 1
+                if slept > HALT_EVENTS and now - start > HALT_NS:
+                    raise GuestStop("guest halted and no interrupt arrives (its timer's line is masked?)",
+                                    next_eip - 1, f"{slept} timer events in {(now - start) / 1e9:.0f} s "
+                                                  "of virtual time")
+                if slept % 1024 == 0:
+                    if self._deadline is not None and time.perf_counter() > self._deadline:
+                        raise GuestStop("wall-clock timeout (--timeout)", next_eip - 1, "halted")
+                    if self.interrupted is not None:
+                        raise GuestStop(f"interrupted ({self.interrupted})", next_eip - 1, "halted")
                 self.stats.idle_ns += event - now
                 self.now_ns += event - now
                 stalled = 0
@@ -519,6 +538,9 @@ class Vm:
         except Ring1Error:
             raise
         except Exception as err:
+            if isinstance(err, UcError) and err.errno == uconst.UC_ERR_NOMEM:
+                # Unicorn could not allocate (a host memory limit): not the guest, not a bug.
+                raise HostError(f"Unicorn ran out of memory: {err}") from err
             # A bug in ring1 (possibly raised inside a Unicorn hook and re-raised here):
             # stop cleanly with where the guest was and what it did last.
             internal = InternalError(f"{type(err).__name__}: {err} (guest EIP {self._guest_eip():#010x})")
@@ -541,6 +563,11 @@ class Vm:
         try:
             self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
         except UcError as err:
+            eip, cs = self.cpu.eip_cs()
+            if cs & 3 == 1 and eip == self.boot.entry and err.errno in _UNMAPPED:
+                # The IRETD worked; the kernel's entry point is where nothing is (a bad e_entry):
+                # the guest's stop, found by tests/fuzz.py, not a failure of BOOT.
+                raise GuestStop(_UNMAPPED[err.errno], eip, f"the entry point; {err}") from err
             raise InternalError(f"BOOT could not enter ring 1: {err}") from err
         self.insn_clock.end(self.cpu.read(EIP), False)
         eip, cs = self.cpu.eip_cs()

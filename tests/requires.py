@@ -44,6 +44,8 @@ TOOLS: dict[str, Tool] = {
     "mypy": Tool(("mypy",), "pip install -e '.[test]'", "tests/test_lint.py"),
     "chromium": Tool(("chromium", "chromium-browser", "google-chrome"),
                      "Debian: apt-get install chromium", "tests/test_report_browser.py"),
+    "gcc": Tool(("gcc",), "Debian: apt-get install gcc",
+                "bt patch on a `gcc -m32 -static` ELF (tests/test_patch_robust.py)"),
     "dpkg-deb": Tool(("apt-get", "dpkg-deb"), "a Debian machine (apt, dpkg)",
                      "fetching a Linux kernel for the real-kernel scanner check"),
 }

@@ -27,4 +27,4 @@ def test_bench_patch_text(capsys):
 
 def test_bench_patch_bad_runs(capsys):
     assert main(["bench", "patch", "--runs", "0"]) == 2
-    assert "--runs must be positive" in capsys.readouterr().err
+    assert "argument --runs: must be at least 1" in capsys.readouterr().err

@@ -115,8 +115,8 @@ def test_without_section_headers_code_comes_from_segments(tmp_path):
 
 
 def test_corrupt_headers_give_elf_error_or_a_scan_and_print_nothing(tmp_path, capfd):
-    """Mutated copies of a good kernel: LIEF must neither raise its own errors through, nor
-    print (its logger and its enum warnings are silenced), nor make the scanner fail."""
+    """Mutated copies of a good kernel: the loader neither raises anything but ElfError, nor
+    prints, nor makes the scanner fail."""
     import random
 
     from bt import scan

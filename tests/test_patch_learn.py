@@ -11,8 +11,8 @@ import pytest
 from bt import elf, scan
 from patchmgr.manager import NEVER_REACHED, PatchConfig
 from patchmgr.registry import load
-from patchmgr.static import patch_file
 from runtime.config import RunConfig
+from runtime.staticpatch import patch_file
 from runtime.vm import Vm
 from tests.scan_helpers import build_elf
 

@@ -15,8 +15,9 @@ from bt.cli import main
 from patchmgr import tables
 from patchmgr.manager import PatchConfig
 from patchmgr.registry import load
-from patchmgr.static import patch_file, read_record
+from patchmgr.static import read_record
 from runtime.config import RunConfig
+from runtime.staticpatch import patch_file
 from runtime.vm import Vm
 
 

@@ -145,3 +145,30 @@ def test_the_exit_status_is_explained(tmp_path: Path, capsys: pytest.CaptureFixt
     elf = tiny_elf(asm("mov eax, 2\nout 0xf4, eax\n", LOAD), tmp_path / "bad.elf")
     code, err = _bt_run(capsys, str(elf))
     assert code == 5 and "guest status 2 (failure), exit code 5" in err
+
+
+def test_a_halt_no_interrupt_can_end_stops():
+    """IRQ0 taken once and never acknowledged (no EOI), the PIT still running, the guest
+    halts again with IF = 1: the VMM slept from timer event to timer event for ever (found
+    by tests/fuzz.py). On hardware the machine would hang; the run stops with a diagnosis."""
+    from runtime_guest import kernel, run
+    from test_runtime_deliver import PIC_PIT_SETUP
+
+    from bt.errors import GuestStop
+
+    _, result = run(kernel(PIC_PIT_SETUP + "sti\nspin:\nhlt\njmp spin\n",
+                           handlers={0x20: ("iretd\n", 0, False)}))
+    assert isinstance(result, GuestStop) and "no interrupt arrives" in str(result)
+
+
+@pytest.mark.parametrize("entry", [0x20000000, 0xE3AF4FF2, 0x80000000])
+def test_an_entry_point_where_nothing_is_stops_at_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     entry: int):
+    """A bad e_entry: the first IRETD lands there and the fetch fails; a stop at the entry
+    (exit 4), not "BOOT could not enter ring 1" (exit 8; found by tests/fuzz.py)."""
+    elf = tiny_elf(asm("hlt\n", LOAD), tmp_path / "entry.elf")
+    data = bytearray(elf.read_bytes())
+    struct.pack_into("<I", data, 24, entry)
+    elf.write_bytes(bytes(data))
+    code, err = _bt_run(capsys, str(elf))
+    assert code == 4 and f"EIP {entry:#010x}" in err and "unmapped" in err, err

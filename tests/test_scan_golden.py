@@ -71,7 +71,7 @@ def test_json_schema_shape(monkeypatch, capsys):
 def test_json_to_file_and_limit(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "scan.json"
-    assert _run(capsys, ["scan", KERNELS["patchcases"][0], "--json", str(out), "--limit", "2"]) == ""
+    assert _run(capsys, ["scan", KERNELS["patchcases"][0], f"--json={out}", "--limit", "2"]) == ""
     doc = json.loads(out.read_text())
     assert len(doc["sites"]) == 2 and doc["site_count"] > 2
 

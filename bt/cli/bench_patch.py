@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bt.errors import UsageError
+from bt.cli.args import positive_int
 
 PV_TARGET = 1.2
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "patch", help="patched vs unpatched irqsave, and vs its paravirtual twin",
         description=__doc__)
-    p.add_argument("--runs", type=int, default=9, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=9, metavar="N",
                    help="rounds: each runs every configuration once (default 9)")
     p.add_argument("--samples", type=Path, default=SAMPLES, help="the samples folder")
     p.add_argument("--cmdline", default="iters=20000", help="the kernels' command line")
@@ -30,8 +30,6 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from runtime.patchbench import measure, median, paired
 
-    if args.runs <= 0:
-        raise UsageError("--runs must be positive")
     un, pa, pv, pv_un, ea, pv_ea = measure(args.samples, args.runs, args.cmdline)
     speedup = un.run_s / pa.run_s
     # The verdict takes the median of the per-round ratios: on a machine whose speed drifts

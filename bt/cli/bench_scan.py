@@ -22,6 +22,7 @@ from typing import Any
 
 from bt import elf, scan, scanreport
 from bt.cli import vmlinux
+from bt.cli.args import positive_int
 from bt.errors import InputError
 
 MEMORY_TARGET = 1 << 30
@@ -33,7 +34,7 @@ def add_parser(sub: Any) -> None:
         description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("kernel", metavar="KERNEL", nargs="?",
                    help="an ELF kernel (default: a cached or freshly fetched x86-64 vmlinux)")
-    p.add_argument("--runs", type=int, default=1, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=1, metavar="N",
                    help="time each side N times and report the fastest (default 1)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)
@@ -80,7 +81,7 @@ def _objdump(path: Path) -> dict[str, float | int]:
 
 def run(args: argparse.Namespace) -> int:
     path = _kernel(args.kernel)
-    runs = max(1, args.runs)
+    runs = args.runs
     ring1 = min((_ring1(path) for _ in range(runs)), key=lambda r: r["seconds"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     objdump = min((_objdump(path) for _ in range(runs)), key=lambda r: r["seconds"])

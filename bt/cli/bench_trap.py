@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, replace
 from typing import Any
 
-from bt.errors import UsageError
+from bt.cli.args import positive_int
 from runtime.bench import TrapBench, trap_bench
 
 TARGET_US = 10.0
@@ -22,17 +22,17 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "trap", help="cost of one trap-and-emulate exit; exit-free speed vs bare Unicorn",
         description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("--traps", type=int, default=20_000, metavar="N", help="CLI exits to time (default 20000)")
-    p.add_argument("--iters", type=int, default=2_000_000, metavar="N",
+    p.add_argument("--traps", type=positive_int, default=20_000, metavar="N",
+                   help="CLI exits to time (default 20000)")
+    p.add_argument("--iters", type=positive_int, default=2_000_000, metavar="N",
                    help="iterations of the exit-free loop, 4 instructions each (default 2000000)")
-    p.add_argument("--runs", type=int, default=3, metavar="N", help="keep the fastest of N runs (default 3)")
+    p.add_argument("--runs", type=positive_int, default=3, metavar="N",
+                   help="keep the fastest of N runs (default 3)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.traps <= 0 or args.iters <= 0 or args.runs <= 0:
-        raise UsageError("--traps, --iters and --runs must be positive")
     results = [trap_bench(args.traps, args.iters) for _ in range(args.runs)]
     best_trap = min(results, key=lambda r: r.us_per_exit)
     best_ctx = min(results, key=lambda r: r.us_per_exit_context)

@@ -16,10 +16,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bt.cli import devices, ruleopts
+from bt.cli.args import positive_int
 from bt.errors import GuestStop, InputError, MismatchError, UsageError
+from bt.outfile import Output, Outputs
+
+if TYPE_CHECKING:
+    from runtime.report.model import Comparison
 
 #: Options forwarded to every run, as `bt run` takes them (runtime/report/adapter.py turns
 #: them into RunConfig fields). --disk-writable is not one: runs would share the writes.
@@ -34,21 +39,21 @@ def add_parser(sub: Any) -> None:
                     "and report exits by kind and class, hot sites, patches and timings.")
     p.add_argument("kernels", nargs="+", metavar="KERNEL", help="kernel ELF(s) to compare")
     p.add_argument("--static", action="store_true", help="also run the ELF patched by `bt patch`")
-    p.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+    p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N",
                    help="runs in parallel (default: one per run, up to the number of CPUs)")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON (ring1.compare/1)")
-    p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="hot sites to list (default 10)")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON (ring1.compare/1)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument("--top", type=positive_int, default=10, metavar="N", help="hot sites to list (default 10)")
     p.add_argument("--expect", action="append", default=None, metavar="FILE",
                    help="the guest output known to be right (e.g. QEMU's), once per KERNEL in order: "
                         "the report says which runs produced it")
     run = p.add_argument_group("run options (the same for every run)")
     run.add_argument("--cmdline", default=None, help="kernel command line")
-    run.add_argument("--hot", type=int, default=1, metavar="N",
+    run.add_argument("--hot", type=positive_int, default=1, metavar="N",
                      help="dynamic run: patch a site once it trapped N times (default 1, as PATM)")
     run.add_argument("--eager", action="store_true", default=None,
                      help="dynamic run: patch every scanned site before the guest runs")
-    run.add_argument("--max-insns", type=int, default=None, metavar="N",
+    run.add_argument("--max-insns", type=positive_int, default=None, metavar="N",
                      help="stop a run after N guest instructions")
     ruleopts.add(run)
     run.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
@@ -57,7 +62,7 @@ def add_parser(sub: Any) -> None:
                           "others, e.g. --variant 'no-irqflags=--disable-rule irqflags' (repeatable)")
     devices.add_arguments(run, ram_default=None, writable=False)
     rec = p.add_argument_group("recorded runs")
-    rec.add_argument("--save-runs", type=Path, metavar="DIR",
+    rec.add_argument("--save-runs", metavar="DIR",
                      help="also save each kernel's measured runs to DIR/NAME.runs.json")
     rec.add_argument("--replay", action="store_true",
                      help="KERNEL arguments are files saved by --save-runs: render them without running")
@@ -121,42 +126,39 @@ def _progress(total: int) -> Iterator[Any]:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from runtime.report import adapter, html, jsonout, runner, text
+    from runtime.report import html, jsonout, text
+    from runtime.report.runner import runs_documents
 
-    for flag in ("jobs", "top", "hot"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be at least 1")
     command = _command(args)
     if args.expect is not None and len(args.expect) != len(args.kernels):
         raise UsageError(f"--expect given {len(args.expect)} time(s) for {len(args.kernels)} kernel(s): "
                          "give one expected output per KERNEL, in the same order")
-    expect = dict(zip(args.kernels, args.expect or (), strict=False))
-    if args.replay:
-        try:
-            comparison = runner.replay(args.kernels, command, top=args.top, expect=expect)
-        except (OSError, ValueError, KeyError) as err:
-            raise InputError(f"cannot replay recorded runs: {err}") from err
-    else:
-        devices.run_fields(args)         # bad files and values fail before any run starts
+    # Every output is checked (its temporary file made) before the first run, and all of
+    # them are renamed into place together at the end (bt/outfile.py): a bad --html never
+    # leaves a fresh --json beside an old report.
+    if not args.replay:
+        from runtime.report import adapter
+
         reason = adapter.unavailable(static=args.static)
         if reason:
             print(f"bt compare: cannot compare unpatched and patched runs: {reason}", file=sys.stderr)
             return 2
-        run_options = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
-        run_options.update({k: v for k in ("disable_rule", "disable_class") if (v := getattr(args, k))})
-        variants = _variants(args.variant, run_options)
-        options = runner.CompareOptions(
-            kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top, expect=expect,
-            run=run_options, variants=variants)
-        with _progress(len(options.kernels) * len(options.modes)) as progress:
-            comparison = runner.run_all(options, command, progress)
-        if args.save_runs:
-            runner.save_runs(comparison, args.save_runs)
-
-    if args.json:
-        _write(args.json, jsonout.dumps(comparison))
-    if args.html:
-        _write(args.html, html.render(comparison))
+    run_options, variants = _run_options(args)      # usage errors before any output or run
+    inputs = [*args.kernels, *(args.expect or ()), args.keys, *(args.disk or ()),
+              *(spec.split(",", 1)[0] for spec in args.module or ())]
+    with Outputs(inputs=inputs) as outputs:
+        json_out = outputs.document(args.json, "--json") if args.json else None
+        html_out = outputs.document(args.html, "--html") if args.html else None
+        runs_out = _runs_outputs(outputs, args) if args.save_runs and not args.replay else {}
+        comparison = _compare(args, command, run_options, variants)
+        if runs_out:
+            for name, content in runs_documents(comparison).items():
+                runs_out[name].write_text(content)
+        if json_out is not None:
+            json_out.write_text(jsonout.dumps(comparison))
+        if html_out is not None:
+            html_out.write_text(html.render(comparison))
+        outputs.commit()
     if sys.stdout.isatty():
         from rich.console import Console
 
@@ -180,6 +182,49 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_outputs(outputs: Outputs, args: argparse.Namespace) -> dict[str, Output]:
+    """DIR/NAME.runs.json for every kernel, declared now: two kernels of one name would
+    write the same file."""
+    from runtime.report.runner import runs_file_name
+
+    folder = outputs.folder(args.save_runs, "--save-runs")
+    out: dict[str, Output] = {}
+    for kernel in args.kernels:
+        name = runs_file_name(kernel)
+        if name in out:
+            raise UsageError(f"--save-runs: two kernels would both be saved as {folder / name}")
+        out[name] = outputs.document(folder / name, "--save-runs")
+    return out
+
+
+def _run_options(args: argparse.Namespace) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The options every run gets, and the --variant runs (checked: a bad rule name or a
+    variant named twice is a usage error now)."""
+    if args.replay:
+        return {}, ()
+    devices.run_fields(args)         # bad files and values fail before any run starts
+    run_options = {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    run_options.update({k: v for k in ("disable_rule", "disable_class") if (v := getattr(args, k))})
+    return run_options, _variants(args.variant, run_options)
+
+
+def _compare(args: argparse.Namespace, command: list[str], run_options: dict[str, Any],
+             variants: tuple[Any, ...]) -> Comparison:
+    from runtime.report import runner
+
+    expect = dict(zip(args.kernels, args.expect or (), strict=False))
+    if args.replay:
+        try:
+            return runner.replay(args.kernels, command, top=args.top, expect=expect)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise InputError(f"cannot replay recorded runs: {type(err).__name__}: {err}") from err
+    options = runner.CompareOptions(
+        kernels=tuple(args.kernels), static=args.static, jobs=args.jobs, top=args.top, expect=expect,
+        run=run_options, variants=variants)
+    with _progress(len(options.kernels) * len(options.modes)) as progress:
+        return runner.run_all(options, command, progress)
+
+
 def _variants(specs: list[str], base: dict[str, Any]) -> tuple[Any, ...]:
     """Parse every --variant and check its rule names before any run starts; print what
     loading the rules warned about once (the runs load them again, silently)."""
@@ -195,10 +240,3 @@ def _variants(specs: list[str], base: dict[str, Any]) -> tuple[Any, ...]:
                               disabled_classes=options.get("disable_class", ()))
     ruleopts.warn("compare", rules)
     return parsed
-
-
-def _write(path: Path, content: str) -> None:
-    try:
-        path.write_text(content, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"{path}: cannot write: {err.strerror}") from err

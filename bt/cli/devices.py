@@ -8,7 +8,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bt.cli.args import finite
 from bt.errors import InputError, UsageError
+from bt.infile import Unreadable, read_input
 from runtime.boot import BootModule
 from runtime.config import KEY_DELAY_NS
 from runtime.devices import keymap
@@ -34,7 +36,7 @@ def add_arguments(group: Any, *, ram_default: int | None = 64, writable: bool = 
     group.add_argument("--keys", metavar="FILE",
                        help="type the text of FILE on the PS/2 keyboard (one key per character, \"\\n\" is "
                             "Enter), starting --key-delay virtual ms after the guest enabled the keyboard")
-    group.add_argument("--key-delay", type=float, default=None, metavar="MS",
+    group.add_argument("--key-delay", type=finite, default=None, metavar="MS",
                        help=f"virtual ms before the first key (default {KEY_DELAY_NS // 1_000_000})")
 
 
@@ -46,13 +48,11 @@ def check_ram(mib: int) -> int:
 
 def read_keys(path: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (--keys)") from None
+        text = read_input(path).decode("utf-8")     # read_input: a device (/dev/zero) never ends
+    except Unreadable as err:
+        raise InputError(f"{path} (--keys): {err}") from None
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not UTF-8 text (--keys): {err.reason} at byte {err.start}") from err
-    except OSError as err:
-        raise InputError(f"{path}: cannot read (--keys): {err.strerror or err}") from err
     bad = sorted({ch for ch in text if not keymap.strokes(ch)})
     if bad:
         shown = ", ".join(repr(ch) for ch in bad[:5])

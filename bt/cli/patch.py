@@ -8,6 +8,7 @@ from typing import Any
 
 from bt.cli import ruleopts
 from bt.errors import UsageError
+from bt.outfile import Outputs
 
 
 def add_parser(sub: Any) -> None:
@@ -18,7 +19,8 @@ def add_parser(sub: Any) -> None:
                     "recorded refusal. The patch code goes in a PT_LOAD segment at the VMM's patch "
                     "memory, with a record `bt run` reads back.")
     p.add_argument("kernel", metavar="IN", nargs="?", help="the kernel ELF file")
-    p.add_argument("-o", "--output", metavar="OUT", help="the patched ELF to write")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="the patched ELF to write (a new name or a regular file other than IN)")
     p.add_argument("--list-rules", action="store_true",
                    help="list the patch rules (built-in and plugins) and the classes each gets")
     ruleopts.add(p)
@@ -35,13 +37,21 @@ def run(args: argparse.Namespace) -> int:
             return 0
     if args.kernel is None or args.output is None:
         raise UsageError("bt patch IN.elf -o OUT.elf (or --list-rules)")
-    from patchmgr.static import patch_file
+    from runtime.staticpatch import patch_kernel
 
-    result = patch_file(args.kernel, args.output, rules)
+    with Outputs(inputs=[args.kernel]) as outputs:
+        out = outputs.document(args.output, "-o")
+        output = patch_kernel(args.kernel, rules, args.output)
+        out.write_bytes(output.data)
+        outputs.commit()
+    result = output.result
     kinds = Counter(p.kind for p in result.patches)
     print(f"{args.output}: {result.sites} sites, {kinds['jmp']} patched with a JMP, "
           f"{kinds['int3']} with an INT3, {len(result.refusals)} refused; "
           f"{result.patch_bytes} bytes of patch memory (lookup tables and interior bitmap included)")
+    if result.elsewhere:
+        print(f"{result.elsewhere} more sites left to run-time patching: not the file's bytes where bt "
+              "run loads the kernel (code outside every segment, or not what the scan decoded)")
     if args.verbose:
         for p in result.patches:
             note = f"  ({result.notes[p.site]})" if p.site in result.notes else ""

@@ -16,12 +16,14 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 from bt.cli import devices, ruleopts
-from bt.errors import GuestStop, InputError, InternalError, UsageError
+from bt.cli.args import positive_int, seconds
+from bt.errors import GuestStop, InternalError, UsageError
+from bt.outfile import Output, Outputs
 from patchmgr.manager import PatchConfig, PatchManager
 from runtime.config import RunConfig
 from runtime.stats import RunStats
@@ -34,13 +36,17 @@ def add_parser(sub: Any) -> None:
         "run", help="run a kernel in ring 1 on the VMM",
         description="Boot a 32-bit ELF (multiboot v1 or plain) kernel at CPL 1 and run it to its end.")
     p.add_argument("kernel", type=Path, help="the kernel ELF")
-    p.add_argument("--cmdline", default="", help="multiboot command line (after the kernel path)")
-    p.add_argument("--serial", type=Path, help="write COM1 output to FILE instead of stdout")
-    p.add_argument("--max-insns", type=int, help="stop after N guest instructions")
-    p.add_argument("--timeout", type=float, help="stop after S wall-clock seconds")
+    p.add_argument("--cmdline", default="",
+                   help="multiboot command line (after the kernel path); its bytes reach the guest as "
+                        "given, UTF-8 or not, as under QEMU")
+    p.add_argument("--serial", metavar="FILE",
+                   help="write COM1 output to FILE instead of stdout (- is stdout; a device or FIFO "
+                        "such as /dev/null is written in place)")
+    p.add_argument("--max-insns", type=positive_int, metavar="N", help="stop after N guest instructions")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="stop after S wall-clock seconds")
     p.add_argument("--stats", action="store_true", help="print exit statistics and device counters to stderr")
-    p.add_argument("--json", type=Path, help="write the statistics as JSON to FILE")
-    p.add_argument("--screen", type=Path, metavar="FILE",
+    p.add_argument("--json", metavar="FILE", help="write the statistics as JSON to FILE")
+    p.add_argument("--screen", metavar="FILE",
                    help="write the 80x25 text screen to FILE when the run ends, however it ends")
     machine = p.add_argument_group("the PC (QEMU's pc machine)")
     devices.add_arguments(machine)
@@ -55,7 +61,7 @@ def add_parser(sub: Any) -> None:
                        help="ring 3's paging views: split (kernel and user views, switched on every "
                             "transition) or flat (one view: guest user code reaches guest kernel memory)")
     patch = p.add_argument_group("patching (PATM)")
-    patch.add_argument("--hot", type=int, default=1, metavar="N",
+    patch.add_argument("--hot", type=positive_int, default=1, metavar="N",
                        help="patch a site once it trapped N times (default 1, as PATM)")
     patch.add_argument("--eager", action="store_true", help="patch every scanned site before the guest runs")
     patch.add_argument("--no-patch", action="store_true", help="pure trap-and-emulate: never patch")
@@ -64,18 +70,24 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_insns is not None and args.max_insns <= 0:
-        raise UsageError("--max-insns must be positive")
     platform = devices.run_fields(args)
     # The terminal is the keyboard when stdin is one and no --keys script types instead.
     terminal = "keys" not in platform and Terminal.available()
-    if args.screen is not None and not args.screen.parent.is_dir():
-        raise InputError(f"{args.screen}: no such directory (--screen)")
-    with ExitStack() as stack:
-        sink = (stack.enter_context(open(args.serial, "wb")) if args.serial
-                else sys.stdout.buffer)
+    patch = _patch_config(args)
+    # Outputs are checked (and their temporary files made) before the kernel is read. They are
+    # written when the guest has run, however the run ended (its result, a stop, even a ring1
+    # bug: they are what it did); bad input, a failed write or a second Ctrl-C leave the old files.
+    inputs = [args.kernel, args.keys, *(args.disk or ()), *(m.path for m in platform["modules"])]
+    if platform["disk_writable"]:
+        _check_writable_disks(platform["disks"], inputs)
+    with Outputs(inputs=inputs) as outputs:
+        # An Output has the write/flush the UART calls; a write error there (a full disk, a
+        # closed pipe) is an OutputError, exit 2, whether to a file or to stdout.
+        sink = cast(BinaryIO, outputs.stream(args.serial or "-", "--serial"))
+        report = outputs.document(args.json, "--json") if args.json else None
+        screen = outputs.document(args.screen, "--screen") if args.screen else None
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.max_insns,
-                           timeout=args.timeout, serial=sink, patch=_patch_config(args), terminal=terminal,
+                           timeout=args.timeout, serial=sink, patch=patch, terminal=terminal,
                            vmm_base=args.vmm_base, guest_ring=args.guest_ring, ring3_view=args.ring3,
                            **platform)
         vm = Vm(config)
@@ -87,17 +99,18 @@ def run(args: argparse.Namespace) -> int:
         except (GuestStop, InternalError) as stop:
             sys.stdout.flush()
             last = stop.last_exits
+            _write(vm, vm.stats, report, screen)
+            outputs.commit()
 
-            def report() -> None:     # after the error line (bt/cli/__init__.py)
+            def show() -> None:     # after the error line (bt/cli/__init__.py)
                 _print_last(vm, last)
                 _report(args, vm, vm.stats)
 
-            stop.report = report
+            stop.report = show
             raise
-        finally:
-            if args.screen is not None:
-                _write_screen(args.screen, vm.screen_text())
         sys.stdout.flush()
+        _write(vm, result.stats, report, screen)
+        outputs.commit()
         _report(args, vm, result.stats)
         code = 0 if result.exit_status is None else result.exit_status & 0xFF
         print(f"bt run: {_explain(result.exit_status, code)}", file=sys.stderr)
@@ -137,15 +150,21 @@ def _interruptible(vm: Vm) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _write_screen(path: Path, text: str) -> None:
-    """Write the screen whole or not at all: a temporary file renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write the screen: {err.strerror or err}") from err
+def _check_writable_disks(disks: tuple[Path, ...], inputs: list[Any]) -> None:
+    """A disk the guest may write must not be the kernel, a module, the --keys file or the
+    other disk: the guest would rewrite them under the run (bt/outfile.py's rule for outputs)."""
+
+    def identity(path: Any) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    files = [identity(p) for p in inputs if p is not None]
+    for disk in disks:
+        if files.count(identity(disk)) > 1:          # the disk itself is one of the inputs
+            raise UsageError(f"--disk {disk} --disk-writable: the same file as another input of this run")
 
 
 def _slot(text: str) -> int:
@@ -162,10 +181,9 @@ def _slot(text: str) -> int:
 def _patch_config(args: argparse.Namespace) -> PatchConfig:
     """Always a patch manager: with --no-patch it makes no patch, but a kernel written by
     `bt patch` still needs its recorded patches served."""
-    if args.hot < 1:
-        raise UsageError("--hot must be at least 1")
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")
+    ruleopts.load(args)          # an unknown rule or class is a usage error, before any work
     return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
                        disabled_rules=tuple(args.disable_rule), disabled_classes=tuple(args.disable_class))
 
@@ -211,10 +229,16 @@ def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
         print(f"  {kind:9s} {what:16s} at {eip:#010x} {vm.symbolize(eip)}", file=sys.stderr)
 
 
+def _write(vm: Vm, stats: RunStats, report: Output | None, screen: Output | None) -> None:
+    """--json and --screen into their temporary files (bt/outfile.py), before the commit."""
+    if report is not None:
+        report.write_text(json.dumps(stats.to_dict(vm.symbolize), indent=2) + "\n")
+    if screen is not None:
+        screen.write_text(vm.screen_text())
+
+
 def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     data = stats.to_dict(vm.symbolize)
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
     if not args.stats:
         return
     out = sys.stderr

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from bt import elf, isa, scan, scanreport
-from bt.errors import UsageError
+from bt.cli.args import Parser, count
+from bt.outfile import STDOUT, Outputs
 
 DEFAULT_TEXT_LIMIT = 50
 PROGRESS_BYTES = 1 << 20        # show a progress bar for more code than this
@@ -24,15 +25,18 @@ def add_parser(sub: Any) -> None:
                     "summary per instruction class and the sites with their patchability. "
                     "JSON schema: docs/scan-json.md.")
     p.add_argument("kernel", metavar="KERNEL", help="the kernel ELF file")
-    p.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                   help="write the ring1.scan/1 JSON document to FILE (stdout without FILE)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the ring1.scan/1 JSON document to stdout, or with --json=FILE to FILE "
+                        "(the file name only after '=': a following word is never taken for it)")
+    assert isinstance(p, Parser)
+    p.equals_only["--json"] = STDOUT
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
                    help="only sites of this class, category or patch rule (repeatable; e.g. cli, "
                         "privileged, irqflags)")
     p.add_argument("--symbol", metavar="PATTERN", help="only sites whose symbol matches this glob")
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--all-sites", action="store_true", help="list every site")
-    limit.add_argument("--limit", type=int, metavar="N",
+    limit.add_argument("--limit", type=count, metavar="N",
                        help=f"list at most N sites (text default {DEFAULT_TEXT_LIMIT}, JSON default all)")
     p.set_defaults(handler=run)
 
@@ -46,27 +50,20 @@ def check_classes(names: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_classes(args.classes)
-    if args.limit is not None and args.limit < 0:
-        raise UsageError("--limit must be 0 or more")
-    image = elf.load(args.kernel)
-    with _progress(sum(s.size for s in image.executable_sections)) as progress:
-        result = scan.scan(image, progress)
-    sites = scan.select(result.sites, args.classes, args.symbol)
-    if args.json is not None:
-        limit = None if args.all_sites else args.limit
-        doc = scanreport.to_json(result, sites, classes=args.classes, symbol=args.symbol, limit=limit)
-        text = json.dumps(doc, indent=1) + "\n"
-        if args.json == "-":
-            sys.stdout.write(text)
+    with Outputs(inputs=[args.kernel]) as outputs:
+        report = outputs.document(args.json, "--json", dash=True) if args.json is not None else None
+        image = elf.load(args.kernel)
+        with _progress(sum(s.size for s in image.executable_sections)) as progress:
+            result = scan.scan(image, progress)
+        sites = scan.select(result.sites, args.classes, args.symbol)
+        if report is not None:
+            limit = None if args.all_sites else args.limit
+            doc = scanreport.to_json(result, sites, classes=args.classes, symbol=args.symbol, limit=limit)
+            report.write_text(json.dumps(doc, indent=1) + "\n")
         else:
-            try:
-                with open(args.json, "w") as f:
-                    f.write(text)
-            except OSError as err:
-                raise UsageError(f"cannot write {args.json}: {err.strerror or err}") from err
-        return 0
-    limit = None if args.all_sites else (DEFAULT_TEXT_LIMIT if args.limit is None else args.limit)
-    sys.stdout.write(scanreport.describe(result, sites, limit=limit))
+            limit = None if args.all_sites else (DEFAULT_TEXT_LIMIT if args.limit is None else args.limit)
+            sys.stdout.write(scanreport.describe(result, sites, limit=limit))
+        outputs.commit()
     return 0
 
 

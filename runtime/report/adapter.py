@@ -181,7 +181,7 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
                                 disabled_rules=rules[0], disabled_classes=rules[1])
         elif kind == STATIC:
             from patchmgr import registry
-            from patchmgr.static import patch_file
+            from runtime.staticpatch import patch_file
 
             path = Path(tmp) / path.name
             patch_file(kernel, path, registry.load(rules[0], disabled_classes=rules[1]))

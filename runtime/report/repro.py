@@ -15,7 +15,7 @@ from typing import Any
 
 #: Distributions whose version changes what a run measures (the CPU model, the
 #: decoder, the assembler, the ELF reader) or how the report looks.
-DEPENDENCIES = ("unicorn", "capstone", "keystone-engine", "lief", "rich", "jinja2")
+DEPENDENCIES = ("unicorn", "capstone", "keystone-engine", "numpy", "rich", "jinja2")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bt.errors import InputError
+from bt.infile import Unreadable, read_input
 from runtime.report import adapter
 from runtime.report.kernel import KernelInfo, load_kernel
 from runtime.report.model import TOP_SITES, Comparison, KernelComparison, compare_kernel
@@ -109,27 +110,43 @@ def run_all(options: CompareOptions, command: Sequence[str], progress: Progress 
 # Recorded runs: one JSON file per kernel, {"kernel": KernelInfo, "runs": [RunRecord...]}.
 # `bt compare --save-runs DIR` writes them; `bt compare --replay FILE...` renders from them.
 
+def runs_file_name(kernel: str | Path) -> str:
+    """The file `--save-runs DIR` writes a kernel's runs to, inside DIR."""
+    return f"{Path(kernel).stem}.runs.json"
+
+
+def runs_documents(comparison: Comparison) -> dict[str, str]:
+    """File name -> contents, for each kernel's recorded runs."""
+    out = {}
+    for k in comparison.kernels:
+        data = {"kernel": k.kernel.to_json(), "runs": [k.runs[m].to_json() for m in k.modes]}
+        out[runs_file_name(k.kernel.path)] = json.dumps(data, indent=1) + "\n"
+    return out
+
+
 def save_runs(comparison: Comparison, directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for k in comparison.kernels:
-        path = directory / f"{k.name}.runs.json"
-        data = {"kernel": k.kernel.to_json(), "runs": [k.runs[m].to_json() for m in k.modes]}
-        path.write_text(json.dumps(data, indent=1) + "\n")
+    for name, text in runs_documents(comparison).items():
+        path = directory / name
+        path.write_text(text)
         written.append(path)
     return written
 
 
 def load_runs(path: str | Path) -> tuple[KernelInfo, dict[str, RunRecord]]:
-    data = json.loads(Path(path).read_text())
+    try:
+        data = json.loads(read_input(path).decode("utf-8"))
+    except Unreadable as err:
+        raise InputError(f"{path}: {err}") from None
     return KernelInfo.from_json(data["kernel"]), {r["mode"]: RunRecord.from_json(r) for r in data["runs"]}
 
 
 def read_reference(path: str) -> tuple[str, bytes]:
     try:
-        return path, Path(path).read_bytes()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the expected output: {err.strerror}") from err
+        return path, read_input(path)
+    except Unreadable as err:
+        raise InputError(f"{path}: cannot read the expected output: {err}") from None
 
 
 def replay(paths: Sequence[str], command: Sequence[str], top: int = TOP_SITES,

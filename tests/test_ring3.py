@@ -48,7 +48,7 @@ def test_samples_print_what_qemu_prints(name: str, view: str) -> None:
 
 
 def test_usermode_split_is_qemu_and_counts_exits_by_cause() -> None:
-    vm, result, serial = _run("usermode", "split")
+    _vm, result, serial = _run("usermode", "split")
     assert serial == SAMPLES_BY_NAME["usermode"].expected_serial()
     r3 = result.stats.ring3
     # user.S makes 8 system calls (INT 0x80); its supervisor-page read is the one exception

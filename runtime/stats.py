@@ -62,6 +62,10 @@ class RunStats:
     #: ("bounce syscall", "bounce irq", "bounce exception", "bounce iret to user", "view
     #: switches", "view faults" (also counted as `paging` exits), "tlb flushes", "iret sites").
     ring3: Counter[str] = field(default_factory=Counter)
+    #: TLB flushes the VMM made (CR3 loads, INVLPG, shadow entries replaced; under ring 3 also
+    #: its view switches). For `bt compare --rings`; not in `to_dict`, whose keys ring 1's
+    #: reports and goldens pin.
+    tlb_flushes: int = 0
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)

@@ -170,7 +170,7 @@ class Vm:
         self.ring3: Ring3 | None = None
         if config.guest_ring == 3:
             from runtime.ring3.mode import Ring3
-            self.ring3 = Ring3(self.machine, self.vcpu, self.mmu, self.gdt, self.inject, self.stats.ring3,
+            self.ring3 = Ring3(self.machine, self.vcpu, self.mmu, self.gdt, self.inject, self.stats,
                                config.ring3_view, self._flush_tlb)
             self.inject.ring3 = self.ring3
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
@@ -405,6 +405,7 @@ class Vm:
         self._flush_tlb()
 
     def _flush_tlb(self) -> None:
+        self.stats.tlb_flushes += 1
         try:
             self.machine.uc.ctl(uconst.UC_CTL_TLB_FLUSH, uconst.UC_CTL_IO_WRITE)
         except UcError as err:

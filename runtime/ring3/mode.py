@@ -51,6 +51,7 @@ from runtime.paging import CR0_PG, CR0_WP, CR4_PSE, Mmu, PageFault
 from runtime.patching import KernelMap
 from runtime.ring3.vtlb import REPLACED, UNCHANGED, KernelView
 from runtime.segments import ShadowGdt
+from runtime.stats import RunStats
 from runtime.vcpu import IF, VIRTUAL_FLAGS, VirtualCpu
 
 VIEWS = ("split", "flat")
@@ -60,13 +61,15 @@ _INT3 = b"\xcc"
 
 class Ring3:
     def __init__(self, m: Machine, vcpu: VirtualCpu, mmu: Mmu, gdt: ShadowGdt, inject: Injector,
-                 counts: Counter[str], view: str, flush_tlb: Callable[[], None]) -> None:
+                 stats: RunStats, view: str, flush_tlb: Callable[[], None]) -> None:
         if view not in VIEWS:
             raise ValueError(f"ring 3 view {view!r}")
         self.m, self.cpu, self.vcpu, self.mmu, self.gdt, self.inject = m, m.cpu, vcpu, mmu, gdt, inject
         self.view = view
-        #: `RunStats.ring3`: bounces by cause, view switches, view faults, TLB flushes.
-        self.counts = counts
+        self.stats = stats
+        #: `RunStats.ring3`: bounces by cause, view switches, view faults, the TLB flushes
+        #: ring 3 adds (view switches, view entries replaced).
+        self.counts = stats.ring3
         self._flush = flush_tlb
         self.kernel = KernelView(m.vmm_memory, m.ram, lambda: m.vmm,
                                  wp=lambda: bool(vcpu.cr(0) & CR0_WP),
@@ -219,6 +222,7 @@ class Ring3:
             self.cpu.write(CR3, want)
             self.counts["view switches"] += 1
             self.counts["tlb flushes"] += 1
+            self.stats.tlb_flushes += 1
 
     def _view_pd(self) -> int:
         """The directory the CPU walks now: the kernel view's, or in split user mode the guest's

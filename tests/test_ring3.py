@@ -159,3 +159,32 @@ def test_kernel_view_without_wp_and_vmm_frames() -> None:
     assert v.view.fault(0x7000) == FILLED and not v.shadow_pte(7) & 0x4  # supervisor: out of reach
     v.view.invlpg(0x6000)
     assert v.view.fault(0x6000) == FILLED                                # dropped, filled again
+
+
+def test_compare_rings_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bt.cli import main
+
+    sample = SAMPLES_BY_NAME["usermode"]
+    out = tmp_path / "rings.json"
+    code = main(["compare", "--rings", str(sample.elf), "--expect", str(sample.golden), "--json", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "ring1.compare-rings/1" and doc["kernels"][0]["agree"]
+    runs = doc["kernels"][0]["runs"]
+    assert [runs[w]["output_as_expected"] for w in doc["ways"]] == [True, False, True, True]
+    assert runs["ring3-flat"]["reach"]["user_reads_kernel_pages"] > 0
+    assert runs["ring3-split"]["reach"]["user_reads_kernel_pages"] == 0 == runs["ring1"]["reach"][
+        "user_reads_kernel_pages"]
+    assert runs["ring1"]["reach"]["kernel_reads_vmm_pages"] == 1024
+    assert runs["ring3-split"]["reach"] == {"paging": True, "user_reads_kernel_pages": 0,
+                                            "kernel_reads_vmm_pages": 1, "kernel_writes_vmm_pages": 0}
+    assert runs["ring1"]["ring3"] == {} and runs["ring3-split"]["ring3"]["view switches"] == 18
+    assert "ring3-flat differs from ring1" in capsys.readouterr().out
+
+
+def test_compare_rings_refuses_what_it_does_not_do(tmp_path: Path) -> None:
+    from bt.cli import main
+
+    assert main(["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--html", str(tmp_path / "x.html")]) == 2

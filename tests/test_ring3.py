@@ -187,4 +187,5 @@ def test_compare_rings_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_compare_rings_refuses_what_it_does_not_do(tmp_path: Path) -> None:
     from bt.cli import main
 
-    assert main(["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--html", str(tmp_path / "x.html")]) == 2
+    argv = ["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--html", str(tmp_path / "x.html")]
+    assert main(argv) == 2

@@ -66,7 +66,8 @@ class KernelRings:
     def same(self, way: str) -> bool:
         """Output and exit status as the reference run's (and as --expect's output)."""
         run, ref = self.runs[way], self.runs[REFERENCE]
-        return (run.serial, run.exit_status, run.stop_reason) == (ref.serial, ref.exit_status, ref.stop_reason)
+        return (run.serial, run.exit_status, run.stop_reason) == (
+            ref.serial, ref.exit_status, ref.stop_reason)
 
     def expected(self, way: str) -> bool | None:
         return None if self.expect is None else self.runs[way].serial == self.expect

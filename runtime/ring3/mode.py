@@ -33,7 +33,6 @@ run at CPL 3. The INT3s on IRET sites are the only change to guest code.
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 

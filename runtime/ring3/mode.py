@@ -26,6 +26,11 @@ What ring 1 gets from the CPU and ring 3 must make itself (runtime/ring3/__init_
   directory of runtime/shadowpd.py, under which guest supervisor pages stay supervisor) in
   user mode, and switches on every transition: a real CR3 write, which flushes the TLB.
 
+Segments: every guest descriptor below DPL 3 is shadowed with DPL 3 (runtime/segments.py
+`compress`), so the guest kernel can load its own; the price, besides the RPL/DPL 3 that MOV
+r,CS, PUSH CS, LAR and VERR show (zoo), is that guest user code can load the kernel's data
+selectors too, which faults on hardware (not made up for yet: one GDT for both modes).
+
 Ring 3 runs unpatched: patch code lives on supervisor pages of the VMM area and could not
 run at CPL 3. The INT3s on IRET sites are the only change to guest code.
 """

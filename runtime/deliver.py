@@ -186,6 +186,8 @@ class Injector:
         handler_cs = self._handler_cs(gate.selector)
         clear_if = gate.type in (GATE_INT32, GATE_INT16)
         eflags = cpu.read(EFLAGS)
+        if cpl == 0 and self.ring3 is not None:
+            self.ring3.check_mode()
         if cpl == 3 and self.ring3 is not None:
             self.ring3.enter_kernel(vector, error_code, return_eip, handler_cs, gate.offset, clear_if, soft)
             return

@@ -189,3 +189,20 @@ def test_compare_rings_refuses_what_it_does_not_do(tmp_path: Path) -> None:
 
     argv = ["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--html", str(tmp_path / "x.html")]
     assert main(argv) == 2
+
+
+def test_an_iret_the_scanner_did_not_see_stops_cleanly() -> None:
+    """Without its INT3 the kernel's IRET to ring 3 runs at real CPL 3 as a same-level return
+    the VMM never sees: the run stops with that reason instead of going on in the wrong mode."""
+    from bt.errors import GuestStop
+    from runtime.ring3 import mode
+
+    sample = SAMPLES_BY_NAME["usermode"]
+    plant = mode.Ring3.plant_irets
+    mode.Ring3.plant_irets = lambda self, kernel: 0          # type: ignore[method-assign]
+    try:
+        vm = Vm(RunConfig(kernel=sample.elf, serial=io.BytesIO(), max_insns=5_000_000, guest_ring=3))
+        with pytest.raises(GuestStop, match="the scanner did not see"):
+            vm.run()
+    finally:
+        mode.Ring3.plant_irets = plant                       # type: ignore[method-assign]

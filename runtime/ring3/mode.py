@@ -17,9 +17,10 @@ What ring 1 gets from the CPU and ring 3 must make itself (runtime/ring3/__init_
   JMP; both are one byte), and emulated here (`iret`). Frames the VMM builds for interrupts
   in kernel mode carry CS with RPL 0, so an IRET of one the scanner did not see faults (#GP:
   a return to a more privileged RPL at CPL 3) and is emulated as in ring 1. An IRET the
-  scanner did not see that returns to user mode is not caught (not done yet: issue 11's
-  first-run scanning is where to catch it); SYSEXIT and far RET to user mode stop the run
-  cleanly ("not supported yet").
+  scanner did not see that returns to user mode leaves the guest in user code with kernel
+  mode set: the run stops cleanly at the next delivery or the end of the slice
+  (`check_mode`); emulating it (from issue 11's first-run scanning) is not done yet, nor are
+  SYSEXIT and far RET to user mode, which stop the run cleanly ("not supported yet").
 * **Paging views** (`view`): "flat" is one view, the kernel view (runtime/ring3/vtlb.py), in
   kernel and user mode alike: guest user code can then read and write guest kernel memory.
   "split" uses the kernel view in kernel mode and the guest's own tables (the shadow page
@@ -263,7 +264,26 @@ class Ring3:
         return True
 
     def after_slice(self) -> None:
-        """The VMM area may have moved (runtime/relocate.py): the kernel view's slot with it."""
+        """The VMM area may have moved (runtime/relocate.py): the kernel view's slot with it.
+        And a safety net for the IRETs the scanner did not see (module docstring): the guest in
+        kernel mode on a code segment of its user DPL got there without the VMM, so kernel
+        mode, stack and view are wrong from then on; stop cleanly, at the end of its slice at
+        the latest (an exit on the way may already have been handled as the kernel's)."""
         if self.kernel.guest_pd is not None and self.kernel.place_vmm():
             self._flush()
+        self.check_mode()
+
+    def check_mode(self) -> None:
+        """Kernel mode on a code segment of the guest's user DPL: stop (`after_slice`). Also
+        asked before every delivery in kernel mode (runtime/deliver.py)."""
+        if not self.vcpu.kernel_mode:
+            return
+        cs = self.cpu.read(CS)
+        try:
+            code = self.gdt.guest_descriptor(cs) if cs & ~3 else None
+        except PageFault:        # the guest's GDT is not mapped now: nothing to compare with
+            return
+        if code is not None and code.is_code and code.dpl == 3 and not code.type & 4:
+            raise GuestStop("guest user code runs in kernel mode (--guest-ring 3): an IRET or far "
+                            "return to user mode the scanner did not see", self.cpu.read(EIP))
 

@@ -187,8 +187,11 @@ def test_compare_rings_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_compare_rings_refuses_what_it_does_not_do(tmp_path: Path) -> None:
     from bt.cli import main
 
-    argv = ["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--html", str(tmp_path / "x.html")]
-    assert main(argv) == 2
+    assert main(["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--static"]) == 2
+    page = tmp_path / "x.html"
+    assert main(["compare", "--rings", str(SAMPLES_BY_NAME["hello"].elf), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<script" not in text and "ring3-flat" in text
 
 
 def test_an_iret_the_scanner_did_not_see_stops_cleanly() -> None:

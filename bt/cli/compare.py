@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--rings", action="store_true",
                    help="instead: run each KERNEL four ways, ring 3 split, ring 3 flat, ring 1, ring 1 "
                         "patched, and report exits by cause, TLB flushes, wall time and what the guest "
-                        "could reach (docs/compare-rings.md; --json writes ring1.compare-rings/1)")
+                        "could reach (docs/compare-rings.md; --json: ring1.compare-rings/1; --html)")
     p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N",
                    help="runs in parallel (default: one per run, up to the number of CPUs)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (ring1.compare/1)")
@@ -254,7 +254,7 @@ def _compare_rings(args: argparse.Namespace, command: list[str]) -> int:
 
     from runtime.report import rings
 
-    for flag in ("static", "replay", "html", "save_runs"):
+    for flag in ("static", "replay", "save_runs"):
         if getattr(args, flag):
             raise UsageError(f"--rings does not take --{flag.replace('_', '-')} (not done yet)")
     if args.variant:
@@ -265,9 +265,12 @@ def _compare_rings(args: argparse.Namespace, command: list[str]) -> int:
     expect = {k: Path(e).read_bytes() for k, e in zip(args.kernels, args.expect or (), strict=False)}
     with Outputs(inputs=inputs) as outputs:
         json_out = outputs.document(args.json, "--json") if args.json else None
+        html_out = outputs.document(args.html, "--html") if args.html else None
         results = rings.compare(args.kernels, run_options, expect)
         if json_out is not None:
             json_out.write_text(json.dumps(rings.to_json(results, command), indent=2) + "\n")
+        if html_out is not None:
+            html_out.write_text(rings.render_html(results))
         outputs.commit()
     sys.stdout.write(rings.render_text(results))
     sys.stdout.flush()

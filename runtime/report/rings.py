@@ -13,7 +13,8 @@ other (wall times are not taken while another run competes for the CPU), and rep
 * what the guest could reach at the end (runtime/ring3/probe.py): supervisor pages of the
   guest readable from its user mode, VMM pages readable and writable by its kernel.
 
-JSON: `to_json`, schema `ring1.compare-rings/1`, documented in docs/compare-rings.md.
+JSON: `to_json`, schema `ring1.compare-rings/1`, documented in docs/compare-rings.md; HTML:
+`render_html`.
 """
 
 from __future__ import annotations
@@ -149,39 +150,73 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def rows(k: KernelRings) -> list[tuple[str, list[str]]]:
+    """The report's rows for one kernel: (label, one cell per way), shared by text and HTML."""
+    ways = [w[0] for w in WAYS]
+    out: list[tuple[str, list[str]]] = []
+
+    def row(label: str, values: Sequence[Any]) -> None:
+        out.append((label, [_cell(v) for v in values]))
+
+    row("output as ring1", ["same" if k.same(w) else "DIFFERS" for w in ways])
+    if k.expect is not None:
+        row("output as --expect", ["yes" if k.expected(w) else "NO" for w in ways])
+    row("exit status", [k.runs[w].exit_status if not k.runs[w].stop_reason else "stop" for w in ways])
+    row("exits", [k.runs[w].total_exits for w in ways])
+    for kind in ("trap", "io", "hypercall", "interrupt", "paging"):
+        row(f"  {kind}", [k.runs[w].exits[kind] for w in ways])
+    for cause in _RING3_CAUSES:
+        row(f"  ring 3: {cause}", [k.runs[w].ring3.get(cause, 0) if w.startswith("ring3") else None
+                                   for w in ways])
+    row("TLB flushes", [k.runs[w].tlb_flushes for w in ways])
+    row("guest instructions", [k.runs[w].guest_insns for w in ways])
+    row("wall time (ms)", [f"{k.runs[w].wall_ns / 1e6:.1f}" for w in ways])
+    row("time in VMM (ms)", [f"{k.runs[w].vmm_ns / 1e6:.1f}" for w in ways])
+    row("user reads kernel pages", [k.runs[w].reach["user_reads_kernel_pages"] for w in ways])
+    row("kernel reads VMM pages", [k.runs[w].reach["kernel_reads_vmm_pages"] for w in ways])
+    row("kernel writes VMM pages", [k.runs[w].reach["kernel_writes_vmm_pages"] for w in ways])
+    return out
+
+
+def notes(k: KernelRings) -> list[str]:
+    out = [f"{w} stopped: {r.stop_reason}" for w, r in k.runs.items() if r.stop_reason]
+    if not k.same(MAY_DIFFER) and k.agree:
+        out.append(f"{MAY_DIFFER} differs from ring1: its guest user code reaches guest kernel memory "
+                   "(see 'user reads kernel pages')")
+    return out
+
+
 def render_text(results: Sequence[KernelRings]) -> str:
     lines: list[str] = []
-    ways = [w[0] for w in WAYS]
     width = 15
     for k in results:
         lines.append(f"bt compare --rings: {k.kernel}")
-        lines.append(f"{'':28s}" + "".join(f"{w:>{width}s}" for w in ways))
-
-        def row(label: str, values: Sequence[Any]) -> None:
-            lines.append(f"{label:28s}" + "".join(f"{_cell(v):>{width}s}" for v in values))
-
-        row("output as ring1", ["same" if k.same(w) else "DIFFERS" for w in ways])
-        if k.expect is not None:
-            row("output as --expect", ["yes" if k.expected(w) else "NO" for w in ways])
-        row("exit status", [k.runs[w].exit_status if not k.runs[w].stop_reason else "stop" for w in ways])
-        row("exits", [k.runs[w].total_exits for w in ways])
-        for kind in ("trap", "io", "hypercall", "interrupt", "paging"):
-            row(f"  {kind}", [k.runs[w].exits[kind] for w in ways])
-        for cause in _RING3_CAUSES:
-            row(f"  ring 3: {cause}", [k.runs[w].ring3.get(cause, 0) if w.startswith("ring3") else None
-                                       for w in ways])
-        row("TLB flushes", [k.runs[w].tlb_flushes for w in ways])
-        row("guest instructions", [k.runs[w].guest_insns for w in ways])
-        row("wall time (ms)", [f"{k.runs[w].wall_ns / 1e6:.1f}" for w in ways])
-        row("time in VMM (ms)", [f"{k.runs[w].vmm_ns / 1e6:.1f}" for w in ways])
-        row("user reads kernel pages", [k.runs[w].reach["user_reads_kernel_pages"] for w in ways])
-        row("kernel reads VMM pages", [k.runs[w].reach["kernel_reads_vmm_pages"] for w in ways])
-        row("kernel writes VMM pages", [k.runs[w].reach["kernel_writes_vmm_pages"] for w in ways])
-        for w in ways:
-            if k.runs[w].stop_reason:
-                lines.append(f"  {w} stopped: {k.runs[w].stop_reason}")
-        if not k.same(MAY_DIFFER) and k.agree:
-            lines.append(f"  {MAY_DIFFER} differs from ring1: its guest user code reaches guest kernel "
-                         "memory (see 'user reads kernel pages')")
+        lines.append(f"{'':28s}" + "".join(f"{w[0]:>{width}s}" for w in WAYS))
+        for label, cells in rows(k):
+            lines.append(f"{label:28s}" + "".join(f"{c:>{width}s}" for c in cells))
+        lines += [f"  {n}" for n in notes(k)]
         lines.append("")
     return "\n".join(lines)
+
+
+def render_html(results: Sequence[KernelRings]) -> str:
+    """A self-contained page (no script, no external resource) with the same tables."""
+    from html import escape
+
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>bt compare --rings</title><style>"
+             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+             "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left;"
+             "white-space:pre}.bad{color:#b00;font-weight:bold}</style></head><body>",
+             "<h1>ring 3 against ring 1 (<code>bt compare --rings</code>)</h1>"]
+    for k in results:
+        parts.append(f"<h2>{escape(k.kernel)}</h2><table><tr><th></th>"
+                     + "".join(f"<th>{escape(w[0])}</th>" for w in WAYS) + "</tr>")
+        for label, cells in rows(k):
+            tds = "".join(f'<td class="bad">{escape(c)}</td>' if c in ("DIFFERS", "NO", "stop")
+                          else f"<td>{escape(c)}</td>" for c in cells)
+            parts.append(f"<tr><td>{escape(label)}</td>{tds}</tr>")
+        parts.append("</table>")
+        parts += [f"<p>{escape(n)}</p>" for n in notes(k)]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -49,7 +49,7 @@ from bt.errors import GuestStop
 from bt.operation import Operation
 from runtime.context import HANDLED, Ctx
 from runtime.cpu import CR3, CS, DS, EFLAGS, EIP, ES, ESP, FS, GS, SS
-from runtime.deliver import CLEARED_ON_ENTRY, Injector
+from runtime.deliver import Injector
 from runtime.emulate import transfers
 from runtime.machine import Machine
 from runtime.paging import CR0_PG, CR0_WP, CR4_PSE, Mmu, PageFault
@@ -204,11 +204,7 @@ class Ring3:
         cpu.write(ESP, new_esp)
         # In user mode the guest's IF is the real one (1): a trap gate leaves it set.
         vcpu.set_vif(bool(eflags & IF))
-        cpu.write(EFLAGS, (eflags & ~CLEARED_ON_ENTRY) | IF)
-        if clear_if:
-            vcpu.set_vif(False)
-        cpu.write(CS, handler_cs)
-        cpu.write(EIP, handler_eip)
+        self.inject._enter(handler_cs, handler_eip, eflags, clear_if)
         cause = "syscall" if soft else "irq" if vector >= 32 else "exception"
         self.counts[f"bounce {cause}"] += 1
 

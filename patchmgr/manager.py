@@ -171,6 +171,10 @@ class PatchManager:
         self._bit_users: Counter[tuple[int, int]] = Counter()
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
+        #: Trapping sites the static scan reached, and per class whether a rule handles it:
+        #: `on_trap` asks both on every trap.
+        self._scanned_sites: set[int] = set()
+        self._handled: dict[str, bool] = {}
 
     # ---- the runtime's calls ----------------------------------------------------------------
     def on_trap(self, op: Operation) -> bool:
@@ -180,7 +184,7 @@ class PatchManager:
             return False    # a displaced instruction trapped inside a block: never patch patch code
         self.patch_memory.settle()      # the CPU is at a guest instruction: freed blocks are idle
         self.stats.traps[op.address] += 1
-        if op.cls is not None and self.rules.handles(op.cls):
+        if op.address not in self._scanned_sites and op.cls is not None and self._handles(op.cls):
             self._note_unscanned(op.address)
         if not self.config.enabled or op.address in self.patches or op.address in self.refusals:
             return False
@@ -189,12 +193,23 @@ class PatchManager:
             return isinstance(self.patch_site(op.address), Patch)
         return False
 
+    def _handles(self, cls: str) -> bool:
+        # Asked on every trap: the answer per class is fixed once the rules are.
+        known = self._handled.get(cls)
+        if known is None:
+            known = self._handled[cls] = self.rules.handles(cls)
+        return known
+
     def _note_unscanned(self, site: int) -> None:
         code = self._learning
-        if code is not None and site not in self.stats.unscanned and not code.scanned(site):
-            self.stats.unscanned_total += 1
-            if len(self.stats.unscanned) < MAX_UNSCANNED:
-                self.stats.unscanned.add(site)
+        if code is None or site in self.stats.unscanned:
+            return
+        if code.scanned(site):
+            self._scanned_sites.add(site)     # the scan is fixed: never asked again
+            return
+        self.stats.unscanned_total += 1
+        if len(self.stats.unscanned) < MAX_UNSCANNED:
+            self.stats.unscanned.add(site)
 
     def _learn(self, site: int) -> None:
         """The guest runs `site`: if the scan never reached it, learn its code now (CSAM
@@ -596,7 +611,12 @@ class PatchManager:
         return bytes(data)
 
     def _decode(self, site: int) -> CsInsn | None:
-        return next(self._cs.disasm(self.original(site, 16), site), None)
+        """The instruction at `site`, or None if its page is no longer mapped (code the guest
+        ran before it changed its mapping, like a bzImage's decompressor)."""
+        try:
+            return next(self._cs.disasm(self.original(site, 16), site), None)
+        except PatchError:
+            return None
 
     def _free(self, start: int, end: int) -> bool:
         return not any(True for _ in self._patches_covering_range(start, end))

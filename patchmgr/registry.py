@@ -22,9 +22,11 @@ takes (entirely shadowed), gets a warning. `warnings` holds them; the CLI prints
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from typing import Any
 
 from bt import __version__, isa
 from bt.errors import UsageError
@@ -119,9 +121,17 @@ class RuleSet:
         return tuple(r.name for r in self._enabled)
 
 
+@functools.cache
+def _entry_points() -> tuple[Any, ...]:
+    # Reading every installed distribution's metadata costs ~10-20 ms; a `bt run` asks twice
+    # (the CLI's rule options, then the patch manager). Installed plugins do not change
+    # while a process runs.
+    return tuple(sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name))
+
+
 def _plugins(warnings: list[str]) -> list[RuleInfo]:
     found: list[RuleInfo] = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for ep in _entry_points():
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         where = f"patch-rule plugin {ep.name!r} ({dist} {version})"

@@ -201,8 +201,21 @@ class _VmMemory:
             self._protected[page] += 1
             self._linear[page] = linear
             if self._protected[page] == 1:
-                self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+                self._protect(page, UC_PROT_READ | UC_PROT_EXEC)
         return tuple(pages)
+
+    def _protect(self, page: int, perms: int) -> None:
+        traps = self.vm.traps
+        if traps.in_io_hook:
+            # Unicorn 2.1.4 runs an IN/OUT hook inside the translated block: a protection
+            # change of the page the CPU executes from leaves a #PF pending (CR2 0) that it
+            # raises at the next instruction (xv6's ideinit: its IN patched on first exit
+            # ended in a triple fault). The hook ends the slice (the patch stops it); the
+            # run loop applies the change before the next one.
+            traps.pending_protect.append((page, perms))
+            traps.stale_code = True
+        else:
+            self.uc.mem_protect(page, layout.PAGE_SIZE, perms)
 
     def unwatch(self, handle: object) -> None:
         from unicorn import UC_PROT_ALL
@@ -212,7 +225,7 @@ class _VmMemory:
             self._protected[page] -= 1
             if self._protected[page] == 0:
                 del self._protected[page], self._linear[page]
-                self.uc.mem_protect(page, layout.PAGE_SIZE, UC_PROT_ALL)
+                self._protect(page, UC_PROT_ALL)
 
     def _on_write(self, phys: int, size: int, value: int) -> bool:
         """A guest store into a watched code page (the guard's hook calls this with the

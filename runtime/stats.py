@@ -7,6 +7,8 @@ VMM (inside Unicorn callbacks and between slices), never used for guest decision
 
 from __future__ import annotations
 
+import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ class RunStats:
     virtual_ns: int = 0      #: virtual time at the end of the run
     idle_ns: int = 0         #: virtual time skipped by HLT
     wall_ns: int = 0         #: wall time of the whole run
+    #: Wall time from the start of the host process to the guest's first instruction
+    #: (interpreter, imports, loading, scanning, patching, building the machine).
+    startup_ns: int = 0
     #: Guest stores into the write-protected VMM area, dropped (runtime/guard.py), and the
     #: first of them as (guest EIP, physical address (== linear in the VMM area), size,
     #: region name from bt.layout.VMM_REGIONS).
@@ -127,6 +132,7 @@ class RunStats:
             "virtual_ns": self.virtual_ns,
             "idle_ns": self.idle_ns,
             "wall_ns": self.wall_ns,
+            "startup_ns": self.startup_ns,
             "vmm_writes": self.vmm_writes,
             "vmm_writers": [{"eip": e, "symbol": sym(e), "address": a, "size": n, "region": r}
                             for e, a, n, r in self.vmm_writers],
@@ -141,6 +147,21 @@ class RunStats:
     def counts(self) -> dict[str, Any]:
         """Only the deterministic part (for "two runs give the same counts")."""
         d = self.to_dict()
-        for key in ("vmm_ns", "vmm_ns_by_kind", "wall_ns"):
+        for key in ("vmm_ns", "vmm_ns_by_kind", "wall_ns", "startup_ns"):
             d.pop(key)
         return d
+
+
+def process_age_ns() -> int:
+    """Wall time since this host process started (0 where /proc is missing).
+
+    The kernel records a process's start in clock ticks since boot (proc(5), field 22),
+    so this is good to a tick (10 ms at the usual USER_HZ of 100)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])            # field 22 counted from 1, after pid and (comm)
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ticks * 1_000_000_000 // hz)

@@ -73,6 +73,7 @@ class Traps:
     def __init__(self, ctx: Ctx, patcher: Patcher | None = None, history: int = 16,
                  latch: str = "direct") -> None:
         self.ctx = ctx
+        self.uc = ctx.m.uc
         self.cpu = ctx.cpu
         self.stats = ctx.stats
         self.patcher: Patcher = patcher or NoPatcher()
@@ -98,6 +99,9 @@ class Traps:
         #: (runtime/patching.py, `drop_stale_code`).
         self.in_io_hook = False
         self.stale_code = False
+        #: Page protections asked for inside an IN/OUT hook, applied between slices:
+        #: (physical page, Unicorn permissions), in order (`drop_stale_code`).
+        self.pending_protect: list[tuple[int, int]] = []
         #: A REP INS/OUTS element whose hook stopped the slice: (EIP, ECX, size, INS?).
         self._rep_element: tuple[int, int, int, bool] | None = None
         #: The instruction of the IN/OUT hook being handled (for `stop_in_io`).
@@ -136,7 +140,10 @@ class Traps:
         self._cache.clear()
 
     # -- the interrupt hook ---------------------------------------------------------------------
-    def on_intr(self, uc: Uc, vector: int, _data: Any) -> None:
+    # The three hooks below are called straight from C (runtime/engine.py `hook_raw`):
+    # the first argument is the engine's handle, and every exception is caught here.
+    def on_intr(self, _handle: int, vector: int, _data: Any) -> None:
+        uc = self.uc
         if self.exit_status is not None:
             uc.emu_stop()          # after the guest's isa-debug-exit: see `guest_exited`
             return
@@ -318,7 +325,7 @@ class Traps:
             self.cpu.write(CR2, pf.linear)
             self.inject(VEC_PF, op.address, pf.error_code, False)
             return
-        if self.ctx.m.vmm != before:
+        if self.ctx.m.vmm is not before:    # a move makes a new VmmArea
             # The instruction moved the VMM area (a CR3 load: runtime/relocate.py), so a patch
             # address the caller chose to continue at has moved with it.
             now = self.ctx.m.vmm
@@ -401,7 +408,8 @@ class Traps:
         self.stats.vmm_ns_by_kind["trap"] += dt
 
     # -- I/O: exits Unicorn does not fault --------------------------------------------------------
-    def on_in(self, uc: Uc, port: int, size: int, _data: Any) -> int:
+    def on_in(self, _handle: int, port: int, size: int, _data: Any) -> int:
+        uc = self.uc
         if self.exit_status is not None:
             return 0
         t0 = time.perf_counter_ns()
@@ -429,7 +437,8 @@ class Traps:
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
 
-    def on_out(self, uc: Uc, port: int, size: int, value: int, _data: Any) -> None:
+    def on_out(self, _handle: int, port: int, size: int, value: int, _data: Any) -> None:
+        uc = self.uc
         if self.exit_status is not None:
             return
         t0 = time.perf_counter_ns()
@@ -496,12 +505,17 @@ class Traps:
 
     def drop_stale_code(self) -> None:
         """Between slices: drop Unicorn's translations if guest code was patched inside an
-        IN/OUT hook (runtime/patching.py: the invalidation had to wait)."""
+        IN/OUT hook (runtime/patching.py: the invalidation had to wait), after giving the
+        patched pages the protection they were to get then."""
         if self.stale_code:
             self.stale_code = False
+            uc = self.ctx.m.uc
+            for page, perms in self.pending_protect:
+                uc.mem_protect(page, 0x1000, perms)
+            self.pending_protect.clear()
             from unicorn import unicorn_const as uconst
 
-            self.ctx.m.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
+            uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
 
     def _stop_for_irq(self, uc: Uc) -> None:
         """End the slice when the I/O just done left an interrupt the guest takes now (it

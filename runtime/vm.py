@@ -60,6 +60,7 @@ from runtime.devices.disk import DiskImage
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.devices.vga import TEXT_BASE, TEXT_WINDOW, render_screen
 from runtime.emulate import EMULATORS
+from runtime.engine import HOOK_IN, HOOK_INTR, HOOK_OUT, hook_raw
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.machine import BOOT, STOP, Machine
 from runtime.mmio import MmioExits
@@ -69,7 +70,7 @@ from runtime.pcsync import PcSync
 from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
 from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
-from runtime.stats import RunStats
+from runtime.stats import RunStats, process_age_ns
 from runtime.terminal import Terminal
 from runtime.traps import Traps
 from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
@@ -201,9 +202,9 @@ class Vm:
         self.traps.clock = self.insn_clock
         self._decoded: dict[tuple[int, int], int] = {}
         uc = self.machine.uc
-        uc.hook_add(UC_HOOK_INTR, self.traps.on_intr)
-        uc.hook_add(UC_HOOK_INSN, self.traps.on_in, None, 1, 0, UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self.traps.on_out, None, 1, 0, UC_X86_INS_OUT)
+        hook_raw(uc, UC_HOOK_INTR, HOOK_INTR, self.traps.on_intr)
+        hook_raw(uc, UC_HOOK_INSN, HOOK_IN, self.traps.on_in, UC_X86_INS_IN)
+        hook_raw(uc, UC_HOOK_INSN, HOOK_OUT, self.traps.on_out, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
@@ -322,6 +323,9 @@ class Vm:
     def _halt(self, next_eip: int) -> int | None:
         if not self.vcpu.vif:
             raise GuestStop("guest halted with interrupts disabled", next_eip - 1)
+        # The guest waits: what it wrote without a newline (a shell's prompt) is shown now,
+        # as a terminal on a real UART would show it (the UART flushes only at newlines).
+        self.devices.flush()
         stalled = 0
         slept = 0
         start = self.clock()
@@ -450,6 +454,7 @@ class Vm:
         config = self.config
         uc = self.machine.uc
         t_start = time.perf_counter()
+        self.stats.startup_ns = process_age_ns()
         deadline = None if config.timeout is None else t_start + config.timeout
         self._deadline = deadline
         traps = self.traps

@@ -21,12 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qemu import DEBUG_EXIT_PORT, qemu_binary
+from qemu import qemu_binary
 
 from bt.errors import GuestStop
 from patchmgr.manager import PatchConfig
 from runtime.boot import BootModule
 from runtime.config import RunConfig
+from runtime.qemu import DEBUG_EXIT_PORT
 from runtime.vm import Vm
 
 DATA = Path(__file__).resolve().parent / "data"

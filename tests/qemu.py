@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,13 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime import qemu
+from runtime.qemu import qemu_binary, qemu_command
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT / "samples"
 
-#: The isa-debug-exit device: a guest write of V to port 0xF4 ends QEMU with (V << 1) | 1.
-DEBUG_EXIT_PORT = 0xF4
-#: Guest RAM, the same as ring1's default (bt.layout.RAM_DEFAULT).
-RAM_MIB = 64
 #: Wall-clock limit for one QEMU run; every sample finishes in well under a second.
 TIMEOUT_S = 30.0
 #: Set to 1 to make the tests rewrite the golden files instead of comparing.
@@ -107,60 +105,13 @@ ALL_BOOTS: tuple[Sample, ...] = (*SAMPLES, IRQSAVE_CHECK_IF)
 ALL_BY_KEY = {s.key: s for s in ALL_BOOTS}
 
 
-def qemu_binary() -> str | None:
-    """Path of qemu-system-i386, or None when it is not installed."""
-    return shutil.which("qemu-system-i386")
-
-
-def _opt(value: str) -> str:
-    """A value inside a QEMU key=value option list: a comma is written twice."""
-    return value.replace(",", ",,")
-
-
-def qemu_command(elf: Path, cmdline: str, serial_path: Path, *,
-                 modules: Sequence[tuple[Path, str]] = (), disk: Path | None = None,
-                 qmp: Path | None = None) -> list[str]:
-    """The reference command line. TCG, not KVM: the guest must see the same CPU everywhere.
-
-    `modules` are multiboot modules (file, arguments): QEMU passes each one the string
-    "<file> <arguments>", and takes the file name up to the first space, so a module's
-    path must not contain one. `disk` is the primary IDE master, never written
-    (snapshot=on). `qmp` is the path of a QMP socket to create.
-    """
-    cmd = [
-        qemu_binary() or "qemu-system-i386",
-        "-kernel", str(elf),
-        "-append", cmdline,
-    ]
-    if modules:
-        if any(" " in str(path) for path, _ in modules):
-            raise ValueError("a multiboot module's path must not contain a space")
-        cmd += ["-initrd", ",".join(_opt(f"{path} {args}".rstrip()) for path, args in modules)]
-    if disk is not None:
-        cmd += ["-drive", f"file={_opt(str(disk))},format=raw,if=ide,index=0,snapshot=on"]
-    if qmp is not None:
-        cmd += ["-qmp", f"unix:{_opt(str(qmp))},server=on,wait=off"]
-    return [*cmd,
-        "-display", "none",
-        "-monitor", "none",
-        "-serial", f"file:{serial_path}",
-        "-device", f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04",
-        "-no-reboot",
-        "-m", str(RAM_MIB),
-        "-accel", "tcg",
-    ]
-
-
 def run_qemu(elf: Path, cmdline: str, timeout: float = TIMEOUT_S) -> tuple[bytes, int]:
     """Boot `elf` under QEMU; return (bytes written to COM1, QEMU's exit code).
 
     Raises subprocess.TimeoutExpired (after killing QEMU) when the guest does not end.
     """
-    with tempfile.TemporaryDirectory(prefix="ring1-qemu-") as tmp:
-        serial = Path(tmp) / "serial.out"
-        proc = subprocess.run(qemu_command(elf, cmdline, serial), stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout, check=False)
-        return (serial.read_bytes() if serial.exists() else b""), proc.returncode
+    run = qemu.run_qemu(elf, cmdline, timeout)
+    return run.serial, run.returncode
 
 
 #: The CGA/VGA text buffer: 80x25 cells of (character, attribute) bytes.

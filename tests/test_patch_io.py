@@ -119,3 +119,30 @@ def test_unicorn_stopped_in_a_rep_ins_hook_leaves_the_element_stored_but_uncount
     assert calls == [4, 3]
     assert uc.mem_read(0x3000, 8) == struct.pack("<II", 0xA1, 0xA2)       # both stored
     assert (uc.reg_read(ux.UC_X86_REG_ECX), uc.reg_read(ux.UC_X86_REG_EDI)) == (3, 0x3004)   # one counted
+
+
+def test_code_pages_are_protected_between_slices_not_inside_an_io_hook() -> None:
+    """A patch made at an IN/OUT's first exit write-protects its code page. Inside the hook,
+    Unicorn 2.1.4 is in the middle of a translated block: a protection change there left a
+    #PF pending (CR2 0) that it raised at the next instruction, and xv6's ideinit, its IN
+    patched at the first exit, triple-faulted. The change waits for the slice's end."""
+    from runtime.vm import Vm
+
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    vm = Vm(RunConfig(kernel=samples / "hello" / "hello.elf", serial=io.BytesIO(), patch=PatchConfig()))
+    uc = vm.machine.uc
+    calls: list[tuple[int, bool]] = []
+    protect = uc.mem_protect
+
+    def spy(address: int, size: int, perms: int) -> None:
+        calls.append((address, vm.traps.in_io_hook))
+        protect(address, size, perms)
+
+    uc.mem_protect = spy  # type: ignore[method-assign]
+    assert vm.run().exit_status is not None
+    assert vm.patches is not None
+    io_sites = [s for s, p in vm.patches.patches.items() if p.op.cls in ("in", "out")]
+    assert io_sites, "hello's IN/OUT sites are patched at their first exit"
+    assert calls and not any(in_hook for _, in_hook in calls)
+    assert {s & ~0xFFF for s in io_sites} <= {a for a, _ in calls}
+    assert vm.traps.pending_protect == []

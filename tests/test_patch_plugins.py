@@ -103,7 +103,7 @@ class _ExitingRdtsc(PatchRule):
 
 
 def _fake_plugins(monkeypatch: pytest.MonkeyPatch, *eps: EntryPoint) -> None:
-    monkeypatch.setattr(registry, "entry_points", lambda group: list(eps))
+    monkeypatch.setattr(registry, "_entry_points", lambda: tuple(eps))
 
 
 def test_a_plugin_that_fails_to_load_is_reported_and_skipped(monkeypatch: pytest.MonkeyPatch,

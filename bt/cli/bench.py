@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bt.cli import bench_patch, bench_scan, bench_trap
+from bt.cli import bench_boot, bench_engine, bench_patch, bench_scan, bench_trap
 
-BENCHMARKS = (bench_scan, bench_trap, bench_patch)
+BENCHMARKS = (bench_scan, bench_trap, bench_patch, bench_engine, bench_boot)
 
 
 def add_parser(sub: Any) -> None:

@@ -255,6 +255,9 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "
           f"({per:.1f} µs per exit)", file=out)
+    if stats.startup_ns:
+        print(f"start-up: {stats.startup_ns / 1e6:.0f} ms from process start to the guest's first "
+              "instruction", file=out)
     if data["unknown_ports"]:
         print("unassigned ports: " + ", ".join(f"{p} x{n}" for p, n in data["unknown_ports"].items()),
               file=out)

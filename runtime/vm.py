@@ -187,6 +187,8 @@ class Vm:
                        irq_deliverable=lambda: self.intc.pending() and self._deliverable(),
                        irq_shadow=self._irq_shadow)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
+        if self.ring3 is not None:
+            self.ring3.clear_latch_at_entry(self.boot.entry, self.traps.latch.clear)
         self.mmio = MmioExits(self.ctx, self.traps, self.devices.mmio)
         self.mmio.attach(self.machine.uc)
         self.relocator = Relocator(self.machine, self.shadow, self.gdt, self.stats,

@@ -41,8 +41,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+from unicorn import UC_HOOK_CODE
+from unicorn import unicorn_const as uconst
 
 from bt import elf, isa, layout, scan
 from bt.errors import GuestStop
@@ -86,6 +89,17 @@ class Ring3:
         self._cs.detail = True
         vcpu.ring = 3
         vcpu.kernel_mode = True
+
+    def clear_latch_at_entry(self, entry: int, clear: Callable[[], None]) -> None:
+        """Unicorn 2.1.4 quirk made up for: when the CPU pages while the guest does not (issue
+        11's identity shadow), the first slice after BOOT (whose IRETD lands at real CPL 3)
+        started with Unicorn's `old_exception` at #PF, CR2 = BOOT's address, a supervisor page
+        at CPL 3 (measured: set inside `emu_start`, after the run loop cleared it), and the
+        guest's first fault became #DF (higherhalf's MOV from CR4). A code hook on the entry
+        instruction clears it there; the entry rarely runs again."""
+        def hook(_uc: Any, _address: int, _size: int, _data: Any) -> None:
+            clear()
+        self.m.uc.hook_add(UC_HOOK_CODE, hook, None, entry, entry)
 
     # -- IRET sites --------------------------------------------------------------------------------
     def plant_irets(self, kernel: Path) -> int:
@@ -242,8 +256,21 @@ class Ring3:
         if linear is None:
             self.kernel.load(cr3)
             self.cpu.write(CR3, self._view_pd())
+            # Unicorn gap made up for (2.1.4): with guest kernel and guest user code at the same
+            # CPL, translated code of one address space was run in another after a CR3 load
+            # (seen on the mini-OS under issue 11's page-directory watch: a new process ran code
+            # of the page's previous contents). Dropping translations on every guest CR3 load
+            # cured it; the exact cause in Unicorn's lookup is not pinned down yet.
+            self.m.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
+            self.counts["code flushes"] += 1
         else:
             self.kernel.invlpg(linear)
+
+    def pde_written(self, index: int) -> bool:
+        """The guest stored into entry `index` of its current directory, which takes effect at
+        once where the VMM watches the directory (issue 11): the kernel view drops that entry
+        too, so both views see the same directory. True if a shadow entry went."""
+        return self.kernel.invlpg(index << 22)
 
     def fault(self, linear: int) -> bool:
         """A #PF while the kernel view is the CPU's: True if it only filled the view (a

@@ -96,12 +96,15 @@ class KernelView:
         self._vmm_index = index
         return True
 
-    def invlpg(self, linear: int) -> None:
+    def invlpg(self, linear: int) -> bool:
         """INVLPG: drop the shadow of the 4 MiB around `linear` (its table's entries included,
-        since the guest may have changed the directory entry too: SDM §4.10.4.1)."""
+        since the guest may have changed the directory entry too: SDM §4.10.4.1). True if
+        anything was there."""
         index = (linear & 0xFFFFFFFF) >> 22
-        if index != self._vmm_index:
-            self._drop(index)
+        if index == self._vmm_index or not self._pd[index] & PTE_P:
+            return False
+        self._drop(index)
+        return True
 
     def _drop(self, index: int) -> None:
         self._pd[index] = 0

@@ -32,10 +32,22 @@ A hooked store is one of:
 Unicorn 2.1.4 hands the hook the *physical* address of the store (measured: a guest page
 table that maps a low linear page onto a VMM page is caught, and reported, at the VMM
 address), so the guard decides by physical address and the guest cannot dodge it through
-an alias; in the VMM area physical == linear. Stores into guest RAM pages the patch
-manager write-protects (its self-modifying-code watch) arrive at the same hook, which
-hands them, physical address included, to `ram_writes`: the guard owns the one hook so
-that the two never disagree about who handles a fault.
+an alias; in the VMM area physical == linear.
+
+Watched guest RAM pages
+-----------------------
+Some guest RAM pages are write-monitored too (`watch`): the pages of patched kernel code
+(the patch manager's self-modifying-code watch, runtime/patching.py) and the pages of the
+guest's GDT and LDT (runtime/tablewatch.py, VirtualBox's SELM). They are write-protected in
+Unicorn, and a guest store there reaches the same hook, which tells each `PageWatcher` of
+the page before (`before_store`: the patch manager takes a patch out) and after
+(`after_store`: a descriptor is re-shadowed) it makes the store. The VMM's own stores into
+guest memory on the guest's behalf (an emulated REP INS, a frame push, LTR's busy bit:
+runtime/paging.py `Mmu.write`) go through `store`, which tells the same watchers: no
+guest-visible write into a watched page bypasses them (issue 11, item 9); a device that
+writes guest RAM (DMA) must write through `store` too. The guard owns
+the one hook and every page's protection, so that two watchers of one page never disagree
+about it.
 
 What stays writable, and why
 ----------------------------
@@ -59,9 +71,9 @@ What stays writable, and why
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ, Uc
+from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc
 
 from bt import layout
 from runtime.cpu import CS, EIP, Cpu
@@ -85,6 +97,17 @@ def protected_ranges() -> tuple[tuple[int, int], ...]:
             (writable + layout.PATCH_STATE_SIZE, _VMM_END - writable - layout.PATCH_STATE_SIZE))
 
 
+class PageWatcher(Protocol):
+    """Told of every store into a guest RAM page it watches (physical address)."""
+
+    def before_store(self, phys: int, size: int) -> None: ...
+
+    def after_store(self, phys: int, size: int) -> None: ...
+
+
+_PAGE_MASK = ~(layout.PAGE_SIZE - 1)
+
+
 class VmmGuard:
     """Owner of the engine's one UC_HOOK_MEM_WRITE_PROT hook (module docstring)."""
 
@@ -95,10 +118,14 @@ class VmmGuard:
         self.stats = stats
         self._guest_eip = guest_eip     # patch-memory EIP -> the guest EIP it stands for
         self._fail = fail               # store an exception for the run loop to re-raise
-        #: (physical address, size, value) -> handled: stores into guest RAM pages someone
-        #: else write-protected (the patch manager's code watch, runtime/patching.py).
-        self.ram_writes: Callable[[int, int, int], bool] | None = None
+        #: Watched guest RAM pages: physical page -> watcher -> how many times it asked.
+        self._watchers: dict[int, dict[PageWatcher, int]] = {}
+        #: Guest RAM pages the CPU may not fetch from (runtime/codewatch.py): physical pages.
+        self._noexec: set[int] = set()
         self._hook: Any = None
+        #: Takes a page's new rights to apply between slices instead of now (True), when
+        #: changing them now would be unsafe (runtime/traps.py `defer_protect`); None: never.
+        self.defer: Callable[[int, int], bool] | None = None
 
     def install(self) -> None:
         """Protect the VMM area and add the hook; before the first slice."""
@@ -112,7 +139,7 @@ class VmmGuard:
     def _on_write(self, _uc: Any, _access: int, address: int, size: int, value: int, _data: Any) -> bool:
         try:
             if not layout.VMM_BASE <= address < _VMM_END:
-                return self.ram_writes is not None and self.ram_writes(address, size, value)
+                return self.ram_writes(address, size, value)
             if self.cpu.read(CS) & 3 == 0 or self._sets_accessed_bit(address, size, value):
                 # Unicorn drops a store whose hook handled it: make it.
                 self.cpu.phys_write(address, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
@@ -123,6 +150,79 @@ class VmmGuard:
             self._fail(err)
             self.uc.emu_stop()
             return False
+
+    # -- watched guest RAM pages ------------------------------------------------------------------
+    def watch(self, page: int, watcher: PageWatcher) -> None:
+        """Write-monitor guest RAM page `page` (physical, page-aligned) for `watcher`."""
+        owners = self._watchers.setdefault(page, {})
+        owners[watcher] = owners.get(watcher, 0) + 1
+        if len(owners) == 1 and owners[watcher] == 1:
+            self._apply(page)
+
+    def unwatch(self, page: int, watcher: PageWatcher) -> None:
+        owners = self._watchers.get(page)
+        if owners is None or watcher not in owners:
+            return
+        owners[watcher] -= 1
+        if owners[watcher] == 0:
+            del owners[watcher]
+        if not owners:
+            del self._watchers[page]
+            self._apply(page)
+
+    # -- pages the CPU may not fetch from (runtime/codewatch.py) -------------------------------
+    def forbid_exec(self, start: int, end: int) -> None:
+        """No fetch from guest RAM pages [start, end) (page-aligned), until `allow_exec`.
+        One mem_protect per stretch between watched pages (guest RAM is one big range)."""
+        self._noexec.update(range(start, end, layout.PAGE_SIZE))
+        lo = start
+        for page in sorted(p for p in self._watchers if start <= p < end):
+            if lo < page:
+                self.uc.mem_protect(lo, page - lo, UC_PROT_READ | UC_PROT_WRITE)
+            self._apply(page)
+            lo = page + layout.PAGE_SIZE
+        if lo < end:
+            self.uc.mem_protect(lo, end - lo, UC_PROT_READ | UC_PROT_WRITE)
+
+    def allow_exec(self, page: int) -> bool:
+        """Fetches from `page` allowed again; False if they were not forbidden."""
+        if page not in self._noexec:
+            return False
+        self._noexec.discard(page)
+        self._apply(page)
+        return True
+
+    def _apply(self, page: int) -> None:
+        prot = UC_PROT_READ
+        if page not in self._watchers:
+            prot |= UC_PROT_WRITE
+        if page not in self._noexec:
+            prot |= UC_PROT_EXEC
+        if self.defer is not None and self.defer(page, prot):
+            return
+        self.uc.mem_protect(page, layout.PAGE_SIZE, prot)
+
+    def watched(self, phys: int) -> bool:
+        return (phys & _PAGE_MASK) in self._watchers
+
+    def ram_writes(self, phys: int, size: int, value: int) -> bool:
+        """A guest store Unicorn stopped at a write-protected guest RAM page: made here,
+        between the watchers' two calls. False: no watcher has the page (not handled)."""
+        if not self.watched(phys):
+            return False
+        self.store(phys, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        return True
+
+    def store(self, phys: int, data: bytes) -> None:
+        """Write `data` at guest-physical `phys` as a guest store: the watchers of the page
+        are told before and after (module docstring). Unicorn's translations of those bytes
+        are the watchers' business (the patch manager drops them)."""
+        owners = list(self._watchers.get(phys & _PAGE_MASK, {}))
+        for w in owners:
+            w.before_store(phys, len(data))
+        self.cpu.phys_write(phys, data)
+        for w in owners:
+            w.after_store(phys, len(data))
 
     def _sets_accessed_bit(self, phys: int, size: int, value: int) -> bool:
         if size != 4 or phys & 7 != 4 or not any(lo <= phys < hi for lo, hi in _TABLES):

@@ -80,7 +80,11 @@ def _vmm_code() -> bytes:
 
 
 def _tramp() -> bytes:
-    return b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)           # lcall gate:0
+    """The user page: the far CALL, then INT3s. Guest user code that jumps anywhere into the
+    page (the guest maps nothing there) stops at once, with no side effect, and gets the #PF
+    it would get on hardware (runtime/traps.py)."""
+    code = b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)          # lcall gate:0
+    return code + b"\xcc" * (layout.PAGE_SIZE - len(code))
 
 
 def _tss() -> bytes:
@@ -205,6 +209,30 @@ class Machine:
         sel, _base, limit, flags = uc.reg_read(ux.UC_X86_REG_TR)
         uc.reg_write(ux.UC_X86_REG_TR, (sel, area.linear(layout.VMM_TSS), limit, flags))
         self.cpu.phys_write(layout.VMM_TSS + TSS_ESP0, struct.pack("<I", area.linear(layout.VMM_STACK0_TOP)))
+
+    def load_cs(self, selector: int) -> None:
+        """CS for a far transfer the VMM emulates (IRET, RETF, a call gate, an interrupt). A
+        register write is the only way in, and Unicorn checks it as if it loaded a data
+        segment (uc_check_cpu_x86_load_seg: readable), which refuses an execute-only code
+        segment the CPU itself would load: for that one load the shadow descriptor is made
+        readable, then restored (QEMU's TCG never checks read permission through CS, so the
+        cached readable bit changes nothing the guest can see)."""
+        try:
+            self.cpu.write(CS, selector)
+            return
+        except UcError:
+            pass
+        at = (layout.VMM_LDT if selector & 4 else layout.VMM_GDT) + (selector & ~7) + 4
+        high = self.cpu.phys_u32(at)
+        if high & 0x1A00 != 0x1800:          # not an execute-only code segment: a VMM bug
+            raise InternalError(f"the CPU refused CS {selector:#x} after the VMM's checks")
+        self.cpu.phys_write_u32(at, high | 0x200)
+        try:
+            self.cpu.write(CS, selector)
+        except UcError as err:
+            raise InternalError(f"the CPU refused CS {selector:#x} after the VMM's checks") from err
+        finally:
+            self.cpu.phys_write_u32(at, high)
 
     def load_ldtr(self, selector: int, base: int, limit: int) -> None:
         """The real LDTR (hidden part included: base, limit, present LDT type)."""

@@ -20,7 +20,16 @@
     an emulated instruction, an IRET, at the start of a slice): a guest address inside
     a patched window no longer holds guest code, the patch block does;
 (e) calls `relocate(area)` when the VMM area moved in the guest's linear space
-    (runtime/relocate.py): patch code at the same offsets, re-made for the new addresses.
+    (runtime/relocate.py): patch code at the same offsets, re-made for the new addresses;
+(f) asks `borrowed_at(eip)` what patch code has borrowed (registers in scratch words, ESP,
+    EFLAGS) when one of its instructions faults, and gives it back before it delivers the
+    fault at the guest instruction (patchmgr/borrow.py);
+(g) hands `code_seen(sites)` the sensitive instructions found in guest code the scanner
+    never saw, when the guest first runs it (runtime/codewatch.py);
+(h) asks `window_at(address)` whether guest user code (ring 3) reached a patched window,
+    and then `lift`s it (the guest's own bytes back, the patch kept) for the one instruction
+    ring 3 runs there, and `relay`s the patch after (runtime/userstep.py): patch code and
+    patch exits are the guest kernel's, never work done for its user (issue 11, item 2).
 
 The runtime never delivers an interrupt while EIP is in patch memory: it sets the
 state block's `pending` word, and the patch block exits at its guest return address
@@ -42,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bt import elf, layout
 from bt.errors import InputError, PatchError
 from bt.operation import Operation
+from patchmgr.borrow import Borrowed
 from runtime.cpu import EIP, UnmappedPhys
 from runtime.paging import PageFault
 
@@ -68,6 +78,16 @@ class Patcher(Protocol):
 
     def relocate(self, area: layout.VmmArea) -> object: ...
 
+    def window_at(self, address: int) -> tuple[int, int] | None: ...
+
+    def borrowed_at(self, eip: int) -> Borrowed | None: ...
+
+    def code_seen(self, sites: list[int]) -> None: ...
+
+    def lift(self, address: int) -> None: ...
+
+    def relay(self, address: int) -> None: ...
+
     def window_of(self, address: int) -> tuple[int, int] | None: ...
 
 
@@ -87,6 +107,21 @@ class NoPatcher:
         return eip
 
     def relocate(self, area: layout.VmmArea) -> None:
+        return None
+
+    def window_at(self, address: int) -> tuple[int, int] | None:
+        return None
+
+    def borrowed_at(self, eip: int) -> Borrowed | None:
+        return None
+
+    def code_seen(self, sites: list[int]) -> None:
+        return None
+
+    def lift(self, address: int) -> None:
+        return None
+
+    def relay(self, address: int) -> None:
         return None
 
     def window_of(self, address: int) -> tuple[int, int] | None:
@@ -125,6 +160,7 @@ class _VmMemory:
         self.manager: PatchManager | None = None
         self._protected: Counter[int] = Counter()     # physical page -> patches on it
         self._linear: dict[int, int] = {}             # watched physical page -> its linear page
+        self._storing: int | None = None              # linear address of the store in flight
 
     def _phys(self, address: int) -> int:
         area = self.vm.machine.vmm
@@ -186,13 +222,10 @@ class _VmMemory:
     def watch(self, start: int, end: int) -> object:
         # Patched pages are write-protected in Unicorn (physical pages: every alias is
         # caught): a guest store there faults into the VMM guard's one write-protection
-        # hook (runtime/guard.py), which hands it to `_on_write`; every other store runs
-        # at full speed. A UC_HOOK_MEM_WRITE hook, even one, puts every guest store on
-        # Unicorn's slow path (measured: irqsave-pv, iters=200000, patched, 496 ms with
-        # one such hook vs 384 ms without).
-        from unicorn import UC_PROT_EXEC, UC_PROT_READ
-
-        self.vm.guard.ram_writes = self._on_write
+        # hook (runtime/guard.py), which calls `before_store` and `after_store` around it;
+        # every other store runs at full speed. A UC_HOOK_MEM_WRITE hook, even one, puts
+        # every guest store on Unicorn's slow path (measured: irqsave-pv, iters=200000,
+        # patched, 496 ms with one such hook vs 384 ms without).
         mask = ~(layout.PAGE_SIZE - 1)
         # Guest code lives in guest RAM; the VMM area is the guard's and stays protected.
         pages = {self._phys(a) & mask: a & mask for a in (start, end - 1)}
@@ -200,50 +233,37 @@ class _VmMemory:
         for page, linear in pages.items():
             self._protected[page] += 1
             self._linear[page] = linear
-            if self._protected[page] == 1:
-                self._protect(page, UC_PROT_READ | UC_PROT_EXEC)
+            self.vm.guard.watch(page, self)
         return tuple(pages)
 
-    def _protect(self, page: int, perms: int) -> None:
-        traps = self.vm.traps
-        if traps.in_io_hook:
-            # Unicorn 2.1.4 runs an IN/OUT hook inside the translated block: a protection
-            # change of the page the CPU executes from leaves a #PF pending (CR2 0) that it
-            # raises at the next instruction (xv6's ideinit: its IN patched on first exit
-            # ended in a triple fault). The hook ends the slice (the patch stops it); the
-            # run loop applies the change before the next one.
-            traps.pending_protect.append((page, perms))
-            traps.stale_code = True
-        else:
-            self.uc.mem_protect(page, layout.PAGE_SIZE, perms)
-
     def unwatch(self, handle: object) -> None:
-        from unicorn import UC_PROT_ALL
-
         assert isinstance(handle, tuple)
         for page in handle:
             self._protected[page] -= 1
             if self._protected[page] == 0:
                 del self._protected[page], self._linear[page]
-                self._protect(page, UC_PROT_ALL)
+            self.vm.guard.unwatch(page, self)
 
-    def _on_write(self, phys: int, size: int, value: int) -> bool:
-        """A guest store into a watched code page (the guard's hook calls this with the
-        physical address Unicorn reports; an exception goes to the run loop through the
-        guard). The patch manager knows linear addresses: the watch remembers which linear
-        page each physical page was watched for."""
-        assert self.manager is not None
+    def _linear_of(self, phys: int) -> int | None:
         linear = self._linear.get(phys & ~(layout.PAGE_SIZE - 1))
-        if linear is None:        # not one of ours (another write-protected page)
-            return False
-        address = linear | (phys & (layout.PAGE_SIZE - 1))
-        self.manager.on_guest_write(address, size)
-        # Unicorn drops the faulting store when the hook handles it: make it, then drop
-        # whatever Unicorn translated from those bytes.
-        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-        self.vm.cpu.phys_write(phys, data)
-        self.uc.ctl_remove_cache(address, address + size)
-        return True
+        return None if linear is None else linear | (phys & (layout.PAGE_SIZE - 1))
+
+    def before_store(self, phys: int, size: int) -> None:
+        """A guest store (or one the VMM makes for the guest) is about to land in a watched
+        code page (the guard calls this with the physical address; an exception goes to the
+        run loop through the guard). The patch manager knows linear addresses: the watch
+        remembers which linear page each physical page was watched for."""
+        assert self.manager is not None
+        address = self._linear_of(phys)
+        self._storing = address      # on_guest_write may end the watch of this very page
+        if address is not None:
+            self.manager.on_guest_write(address, size)
+
+    def after_store(self, phys: int, size: int) -> None:
+        """The store is made: drop whatever Unicorn translated from those bytes."""
+        address, self._storing = self._storing, None
+        if address is not None:
+            self.uc.ctl_remove_cache(address, address + size)
 
     def on_first_execution(self, site: int) -> None:
         """Call the patch manager just before the guest first runs `site` (a one-shot
@@ -301,9 +321,15 @@ def attach(vm: Any, config: PatchConfig) -> PatchManager:
         # them before they ran. Reached ones now; the scanner's unreached ones when they
         # first run (then they are known to be code). A code hook stays costly in Unicorn
         # even when it never fires, so only those few get one.
-        silent = [s for s in kernel_sites if s.cls.unicorn is isa.Unicorn.SILENT]
+        # IRET too: an IRET to ring 3 at CPL 1 is legal, runs silently and drops the frame's
+        # IF and IOPL; only its patch (an exit on returns to user mode) tells the VMM the
+        # user's flags (issue 11, item 5).
+        silent = [s for s in kernel_sites if s.cls.unicorn is isa.Unicorn.SILENT or s.cls.name == "iret"]
         manager.patch_all(s.address for s in (kernel_sites if config.eager else silent) if s.reached)
         for s in silent:
             if not s.reached and manager.is_unpatched(s.address):
                 memory.on_first_execution(s.address)
+        # Code outside the ELF's executable segments is scanned when it first runs (CSAM).
+        vm.code.install(vm.config.ram_size, [(seg.paddr, seg.paddr + seg.memsz) for seg in image.segments
+                                             if seg.executable])
     return manager

@@ -76,6 +76,13 @@ class VirtualCpu:
         #: Told when `pending` turns non-zero or zero (the patch manager's gates:
         #: runtime/patching.py).
         self.on_pending: Callable[[bool], None] | None = None
+        #: True while the guest runs in user mode entered by a return the VMM emulated
+        #: (IRET, RETF, SYSEXIT: patched, the IRET rule exits on every return to user mode),
+        #: so that the virtual IF and IOPL are the user's, from the frame. False after every
+        #: entry into the guest kernel: a native IRET to ring 3 at CPL 1 is legal, never seen,
+        #: and silently keeps the real IF = 1 and IOPL = 0 (the unpatched raw-mode leak:
+        #: docs/threat-model.md).
+        self.user_flags = False
         #: The real ring of the guest kernel: 1, or 3 under `bt run --guest-ring 3`.
         self.ring = 1
         #: Ring 3 only: whether the guest is in its kernel (the VMM sets it on every
@@ -91,6 +98,14 @@ class VirtualCpu:
             return 0 if self.kernel_mode else 3
         rpl = (self.cpu.read(CS) if cs is None else cs) & 3
         return 0 if rpl == 1 else rpl
+
+    def ring1_cpl(self, cs: int | None = None) -> int:
+        """The real CPL the guest would run at in ring 1: 1 for its kernel, 3 for its user code
+        (the real CPL itself in ring 1). Code written in ring 1's terms (delivery's privilege
+        checks, the exits) asks this and works unchanged under --guest-ring 3."""
+        if self.ring == 3:
+            return 1 if self.kernel_mode else 3
+        return (self.cpu.read(CS) if cs is None else cs) & 3
 
     def reset(self) -> None:
         self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))
@@ -180,3 +195,14 @@ class VirtualCpu:
     def guest_eflags(self, real: int) -> int:
         """EFLAGS as the guest must see them: real bits, virtual IF and IOPL."""
         return (real & ~VIRTUAL_FLAGS) | (self.vflags & VIRTUAL_FLAGS)
+
+    def user_eflags(self, real: int) -> int:
+        """EFLAGS of guest user mode as a frame must show them: the virtual IOPL, and the
+        virtual IF when a return the VMM emulated set it (`user_flags`), else the real IF,
+        which is what user mode ran with."""
+        eflags = self.guest_eflags(real)
+        return eflags if self.user_flags else (eflags & ~IF) | (real & IF)
+
+    def user_if(self) -> bool:
+        """Whether guest user mode takes interrupts now (see `user_flags`)."""
+        return self.vif if self.user_flags else True

@@ -219,6 +219,12 @@ def _report_guard(stats: RunStats, out: TextIO) -> None:
     for move in stats.vmm_moves:
         print(f"VMM area moved {move.old:#010x} -> {move.new:#010x} at guest EIP {move.eip:#x}: {move.why}",
               file=out)
+    if stats.user_patch_steps:
+        print(f"guest user code at patched windows, run from the guest's own bytes: "
+              f"{stats.user_patch_steps} instructions", file=out)
+    if stats.code_pages_seen:
+        print(f"pages of code outside the ELF first run (scanned at CPL 1): {stats.code_pages_seen}",
+              file=out)
 
 
 def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:

@@ -160,8 +160,9 @@ class Ring3:
         # In user mode the real IF is 1 and IOPL 0, as in ring 1 (the guest's own go to vflags).
         mask = transfers.IRET_MASK
         cpu.write(EFLAGS, (real & ~mask) | (flags & mask & ~VIRTUAL_FLAGS) | IF | 0x2)
+        vcpu.user_flags = True          # the user's IF/IOPL are the frame's, in vflags
         self._set_mode(kernel=False)
-        cpu.write(CS, cs)
+        self.m.load_cs(cs)
         cpu.write(SS, ss)
         cpu.write(ESP, user_esp)
         # SDM IRET, return to an outer level: data segments the new CPL may not use are nulled
@@ -185,7 +186,7 @@ class Ring3:
         mask = transfers.IRET_MASK
         cpu.write(EFLAGS, (cpu.read(EFLAGS) & ~mask) | (flags & mask & ~VIRTUAL_FLAGS) | IF | 0x2)
         vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
-        cpu.write(CS, cs)
+        self.m.load_cs(cs)
         if flags & IF:
             cpu.write(EIP, eip)
             if ctx.on_vif_set(eip) is not None:
@@ -204,7 +205,10 @@ class Ring3:
             raise GuestStop("interrupt from user mode: the guest TSS's SS0 is not a writable data segment",
                             return_eip, f"SS0 {ss0:#x}")
         eflags = cpu.read(EFLAGS)
-        frame = [cpu.read(SS), cpu.read(ESP), eflags, cpu.read(CS), return_eip]
+        # The user's EFLAGS as the guest sees them: its virtual IF/IOPL once a return the VMM
+        # emulated set them (`VirtualCpu.user_flags`), as ring 1 shows them.
+        shown = vcpu.user_eflags(eflags)
+        frame = [cpu.read(SS), cpu.read(ESP), shown, cpu.read(CS), return_eip]
         if error_code is not None:
             frame.append(error_code)
         new_esp = (esp0 - 4 * len(frame)) & 0xFFFFFFFF
@@ -216,8 +220,10 @@ class Ring3:
         self._set_mode(kernel=True)
         cpu.write(SS, (ss0 & ~3) | 3)
         cpu.write(ESP, new_esp)
-        # In user mode the guest's IF is the real one (1): a trap gate leaves it set.
-        vcpu.set_vif(bool(eflags & IF))
+        # The handler starts with the user's IF (a trap gate leaves it, an interrupt gate clears
+        # it), and from now on the virtual flags are the kernel's.
+        vcpu.set_vif(bool(shown & IF))
+        vcpu.user_flags = False
         self.inject._enter(handler_cs, handler_eip, eflags, clear_if)
         cause = "syscall" if soft else "irq" if vector >= 32 else "exception"
         self.counts[f"bounce {cause}"] += 1

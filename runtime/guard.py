@@ -126,6 +126,9 @@ class VmmGuard:
         #: Takes a page's new rights to apply between slices instead of now (True), when
         #: changing them now would be unsafe (runtime/traps.py `defer_protect`); None: never.
         self.defer: Callable[[int, int], bool] | None = None
+        #: Called after every change of a page's rights (runtime/vm.py: clears Unicorn's
+        #: old_exception, which a change made inside a hook can leave at #PF).
+        self.after_protect: Callable[[], None] | None = None
 
     def install(self) -> None:
         """Protect the VMM area and add the hook; before the first slice."""
@@ -201,6 +204,8 @@ class VmmGuard:
         if self.defer is not None and self.defer(page, prot):
             return
         self.uc.mem_protect(page, layout.PAGE_SIZE, prot)
+        if self.after_protect is not None:
+            self.after_protect()
 
     def watched(self, phys: int) -> bool:
         return (phys & _PAGE_MASK) in self._watchers

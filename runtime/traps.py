@@ -160,6 +160,8 @@ class Traps:
             kind = self._intr(vector)
             if vector in POISONING:
                 self.latch.clear()
+            else:
+                self.unlatch()
         except BaseException as err:
             self.error = err
             uc.emu_stop()
@@ -542,6 +544,17 @@ class Traps:
         if ecx == 1:
             assert self._io_op is not None
             cpu.write(EIP, eip + self._io_op.length)
+
+    def unlatch(self) -> None:
+        """Clear Unicorn's old_exception if something the VMM did inside a hook set it: a
+        page-rights change (uc_mem_protect) or a translation-cache drop (uc_ctl
+        TB_REMOVE_CACHE) of a linear address the guest's tables do not map raises a #PF
+        inside Unicorn that no hook sees but that stays latched (measured: xv6 --eager, its
+        LGDT patch's hypercall watching the new GDT's page, CR2 = that physical page), and
+        the guest's next #PF became a #DF. No exception is in flight when a VMM hook
+        returns, so the latch is -1 then, as QEMU's x86_cpu_do_interrupt leaves it."""
+        if self.latch.latched() != -1:
+            self.latch.clear()
 
     def defer_protect(self, page: int, perms: int) -> bool:
         """A page's new Unicorn rights (runtime/guard.py `_apply`): inside an IN/OUT hook

@@ -217,6 +217,7 @@ class Vm:
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
         self.guard.install()
         self.guard.defer = self.traps.defer_protect
+        self.guard.after_protect = self.traps.unlatch
         self.tables = TableWatch(self.guard, self.gdt, self.mmu, self.stats, config.ram_size)
         self.directory = DirectoryWatch(self.guard, self._pde_written)
         #: Installed by the patch manager's `attach` (patched runs only).

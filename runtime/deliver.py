@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bt.errors import GuestStop
 from runtime import machine
@@ -37,6 +38,9 @@ from runtime.cpu import CR2, CS, EFLAGS, EIP, ESP, SS
 from runtime.paging import Mmu, PageFault
 from runtime.segments import VMM_CS3, ShadowGdt
 from runtime.vcpu import IF, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, VirtualCpu
+
+if TYPE_CHECKING:
+    from runtime.ring3.mode import Ring3
 
 VEC_DE, VEC_DB, VEC_BP, VEC_UD, VEC_DF, VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = (
     0, 1, 3, 6, 8, 10, 11, 12, 13, 14)
@@ -111,6 +115,8 @@ class Injector:
         self.mmu = mmu
         self.gdt = gdt
         self.inward: Inward | None = None
+        #: Under `bt run --guest-ring 3`: the transitions the VMM makes itself (runtime/ring3/).
+        self.ring3: Ring3 | None = None
 
     # -- entry point ----------------------------------------------------------------------------
     def deliver(self, vector: int, return_eip: int, error_code: int | None = None,
@@ -212,17 +218,27 @@ class Injector:
     def _deliver(self, vector: int, return_eip: int, error_code: int | None, soft: bool) -> None:
         cpu, vcpu = self.cpu, self.vcpu
         cs = cpu.read(CS)
-        cpl = cs & 3
+        # The CPL in ring 1's terms (1: the guest kernel), also under --guest-ring 3, where
+        # both the guest's kernel and its user code run at real CPL 3 (`VirtualCpu.ring1_cpl`).
+        cpl = vcpu.ring1_cpl(cs)
         gate = self._gate(vector, soft, cpl)
         handler_cs = self._handler_cs(gate.selector, cpl)
         clear_if = gate.type in (GATE_INT32, GATE_INT16)
         eflags = cpu.read(EFLAGS)
-        if cpl == 3 and handler_cs & 3 == 1:
+        inward = cpl == 3 and handler_cs & 3 == 1
+        if self.ring3 is not None:
+            handler_cs |= 3                # every guest ring runs at real CPL 3
+            if inward:
+                self.ring3.enter_kernel(vector, error_code, return_eip, handler_cs, gate.offset, clear_if,
+                                        soft)
+                return
+            self.ring3.check_mode()
+        if inward:
             self._start_inward(vector, error_code, return_eip, cs, eflags, handler_cs, gate, clear_if)
             return
         # No privilege change: EFLAGS, CS, EIP[, error] on the current stack, at the current
         # CPL's rights (the guest kernel's frames show CS with RPL 0, module docstring).
-        frame = [vcpu.guest_eflags(eflags), cs & ~3 if cs & 3 == 1 else cs, return_eip]
+        frame = [vcpu.guest_eflags(eflags), cs & ~3 if cpl == 1 else cs, return_eip]
         if error_code is not None:
             frame.append(error_code)
         esp = cpu.read(ESP)

@@ -263,13 +263,15 @@ class Machine:
         sel, base, _limit, flags = self.uc.reg_read(ux.UC_X86_REG_GDTR)
         self.uc.reg_write(ux.UC_X86_REG_GDTR, (sel, base, limit, flags))
 
-    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int, cs: int, ds: int, eflags: int) -> None:
+    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int, cs: int, ds: int, eflags: int,
+                      ring: int = 1) -> None:
         """CPU state for BOOT, the VMM's two ring-0 instructions (LTR, IRETD) that enter the
         guest at `entry` in ring 1 with real IF = 1 and IOPL = 0, the arithmetic flags of
         `eflags`, CS and SS `cs`|1 and `ds`|1, DS/ES/FS/GS `ds` (guest selectors: the shadow
         GDT must hold them already; RPL 0 where the CPU allows it, as the guest loads its own:
         a DPL-1 data segment with RPL 0 is valid at CPL 1, CS and SS need RPL == CPL). The
-        VMM slots stay open for BOOT; `close_vmm_slots` after."""
+        VMM slots stay open for BOOT; `close_vmm_slots` after. `ring` 3 enters the guest kernel
+        in ring 3 instead (`bt run --guest-ring 3`: CS and SS `cs`|3 and `ds`|3)."""
         uc, cpu = self.uc, self.cpu
         uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.VMM_GDT, layout.VMM_GDT_SIZE - 1, 0))
         uc.reg_write(ux.UC_X86_REG_IDTR, (0, layout.VMM_IDT, layout.VMM_IDT_SIZE - 1, 0))
@@ -280,7 +282,7 @@ class Machine:
         # returns null data segments whose DPL < new CPL).
         for reg in (DS, ES, FS, GS):
             cpu.write(reg, ds)
-        frame = struct.pack("<5I", entry, cs | 1, (eflags & ~0x3200) | 0x202, esp, ds | 1)
+        frame = struct.pack("<5I", entry, cs | ring, (eflags & ~0x3200) | 0x202, esp, ds | ring)
         top = layout.VMM_STACK0_TOP - len(frame)
         cpu.phys_write(top, frame)
         cpu.write(ESP, self.linear(top))

@@ -125,8 +125,10 @@ def call_gate(selector: int, offset: int, dpl: int) -> Descriptor:
     return Descriptor.from_bytes(raw)
 
 
-def compress(d: Descriptor) -> Descriptor:
-    """The shadow of one guest descriptor (module docstring)."""
+def compress(d: Descriptor, ring: int = 1) -> Descriptor:
+    """The shadow of one guest descriptor (module docstring). `ring` is the real ring of
+    the guest kernel: 1, or 3 under `bt run --guest-ring 3` (runtime/ring3/), where every
+    code/data descriptor (and call gate) below DPL 3 becomes DPL 3."""
     if d.is_system:
         if d.type in (0x1, 0x3, 0x9, 0xB, 0x2, 0x5):  # TSS (16/32-bit), LDT, task gate
             return Descriptor(0)
@@ -135,9 +137,15 @@ def compress(d: Descriptor) -> Descriptor:
             # the VMM emulates with the guest's rules (runtime/gates.py). DPL 0 becomes 1 so
             # the CPU's own DPL check lets the guest kernel (CPL 1) reach that #NP.
             d = d.with_access(d.access & ~ACCESS_PRESENT)
-            return d.with_dpl(1) if d.dpl == 0 else d
+            return _raise_dpl(d, ring)
         return d
     # Not-present ones too: the CPU checks DPL before P, and the guest must get #NP.
+    return _raise_dpl(d, ring)
+
+
+def _raise_dpl(d: Descriptor, ring: int) -> Descriptor:
+    if ring == 3:
+        return d.with_dpl(3) if d.dpl < 3 else d
     return d.with_dpl(1) if d.dpl == 0 else d
 
 
@@ -168,7 +176,9 @@ class ShadowGdt:
                  read_linear: Callable[[int, int], bytes],
                  load_ldtr: Callable[[int, int, int], None],
                  area: Callable[[], layout.VmmArea] = lambda: layout.HOME,
-                 set_limit: Callable[[int], None] = lambda limit: None) -> None:
+                 set_limit: Callable[[int], None] = lambda limit: None, ring: int = 1) -> None:
+        #: The real ring of the guest kernel (`compress`).
+        self.ring = ring
         self._write = write_phys   # (phys, bytes) -> None
         self._area = area          # where the VMM area (so the shadow LDT) is now
         self._set_limit = set_limit  # the real GDTR's limit: the guest's (runtime/machine.py)
@@ -240,7 +250,7 @@ class ShadowGdt:
         raw = self._read(ldt.base, count * 8) if count else b""
         out = bytearray()
         for i in range(count):
-            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8]), self.ring).to_bytes()
         if self.ldt_synced > count:
             out += bytes(8 * (self.ldt_synced - count))
         self._write(layout.VMM_LDT, bytes(out))
@@ -268,7 +278,7 @@ class ShadowGdt:
         self._check_vmm_slots(raw[shadowed * 8:])
         out = bytearray(8)  # slot 0 stays null
         for i in range(1, shadowed):
-            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8])).to_bytes()
+            out += compress(Descriptor.from_bytes(raw[i * 8:i * 8 + 8]), self.ring).to_bytes()
         # Slots the previous guest GDT used and this one does not become null.
         if self.synced > shadowed:
             out += bytes(8 * (self.synced - shadowed))
@@ -305,7 +315,7 @@ class ShadowGdt:
             if first > last:
                 return
             raw = self._read(self.ldt_base + first * 8, (last - first + 1) * 8)
-            out = b"".join(compress(Descriptor.from_bytes(raw[i:i + 8])).to_bytes()
+            out = b"".join(compress(Descriptor.from_bytes(raw[i:i + 8]), self.ring).to_bytes()
                            for i in range(0, len(raw), 8))
             self._write(layout.VMM_LDT + first * 8, out)
             return
@@ -320,7 +330,7 @@ class ShadowGdt:
             if i == 0:
                 continue
             d = Descriptor.from_bytes(raw[(i - first) * 8:(i - first) * 8 + 8])
-            self._write(layout.VMM_GDT + i * 8, compress(d).to_bytes())
+            self._write(layout.VMM_GDT + i * 8, compress(d, self.ring).to_bytes())
         if self.ldt_selector and first <= self.ldt_selector >> 3 <= last:
             # The descriptor of the loaded LDT changed: LLDT's cached copy would keep the old
             # one on hardware, but a guest that does this reloads LDTR next; follow the table.

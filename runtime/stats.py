@@ -72,6 +72,15 @@ class RunStats:
     #: Guest RAM pages outside the kernel ELF's code first run (and scanned at CPL 1) while
     #: patching is on (runtime/codewatch.py).
     code_pages_seen: int = 0
+    #: Under `bt run --guest-ring 3` only (runtime/ring3/): what ring 3 adds, by cause
+    #: ("bounce syscall", "bounce irq", "bounce exception", "bounce iret to user", "view
+    #: switches", "view faults" (also counted as `paging` exits), "tlb flushes", "code flushes",
+    #: "iret sites").
+    ring3: Counter[str] = field(default_factory=Counter)
+    #: TLB flushes the VMM made (CR3 loads, INVLPG, shadow entries replaced; under ring 3 also
+    #: its view switches). For `bt compare --rings`; not in `to_dict`, whose keys ring 1's
+    #: reports and goldens pin.
+    tlb_flushes: int = 0
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -144,6 +153,8 @@ class RunStats:
             "code_pages_seen": self.code_pages_seen,
             "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": m.eip,
                            "symbol": sym(m.eip)} for m in self.vmm_moves],
+            # Present only under --guest-ring 3, so ring 1's output stays as it was.
+            **({"ring3": dict(sorted(self.ring3.items()))} if self.ring3 else {}),
         }
 
     def counts(self) -> dict[str, Any]:

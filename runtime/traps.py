@@ -176,7 +176,9 @@ class Traps:
         eip, cs, eflags = cpu.eip_cs_flags()
         if eflags & VM86:
             self.refuse_vm86()
-        cpl = cs & 3
+        # The CPL in ring 1's terms: 1 for the guest kernel, also under --guest-ring 3 where
+        # it runs at real CPL 3 (`VirtualCpu.ring1_cpl`).
+        cpl = self.ctx.vcpu.ring1_cpl(cs)
         # What the CPU knew and the hook is not told (runtime/latch.py): the error code it
         # would push, and whether INT n raised the vector rather than a fault (a guest's
         # `int $13` at CPL 1 is no #GP to emulate, SDM vol. 3 §6.4.2).
@@ -231,6 +233,8 @@ class Traps:
                 self.inject(VEC_GP, eip, 0, False)
                 return "interrupt"
             self.ctx.vcpu.set_cr(2, cr2)
+            if cpl == 1 and self.ctx.inject.ring3 is not None:
+                error &= ~PF_U         # the guest kernel's access, made at real CPL 3 (ring 3)
             if area.contains(cr2):
                 # The VMM's slot is one the guest's directory leaves empty (else the area
                 # would have moved): not present, whatever the VMM's own page table says.
@@ -361,6 +365,14 @@ class Traps:
         if at == m.linear(machine.STUB1) and cpl == 1 and self.ctx.inject.inward is not None:
             self.ctx.inject.complete_inward()
             return "interrupt"
+        ring3 = self.ctx.inject.ring3
+        if ring3 is not None and (iret_op := ring3.iret_site(at)) is not None:
+            # Under --guest-ring 3 every IRET of the kernel the scanner saw is an INT3
+            # (runtime/ring3/mode.py): emulated, it may return to guest user mode.
+            self.stats.exit("hypercall", "iret", at)
+            self.last.append(("hypercall", "iret", at))
+            self.execute(iret_op, at + 1, ring3.iret)
+            return "hypercall"
         if cpl == 3:
             # Patch exits are the guest kernel's: from ring 3 an INT3 replacement is the guest's
             # own instruction run by its user (runtime/userstep.py), anything else its #BP.
@@ -420,6 +432,8 @@ class Traps:
                     if self.ctx.vcpu.msr[MSR_EFER] & EFER_SCE:
                         raise GuestStop("SYSCALL with EFER.SCE = 1 outside 64-bit mode is not supported", eip)
                     raise DeliveryFault(VEC_UD, 0)
+                if self.ctx.inject.ring3 is not None:
+                    raise GuestStop("SYSENTER under --guest-ring 3 is not supported yet", eip)
                 if cs & 3 == 3:
                     self.ctx.inject.sysenter(eip + 2)
                 else:
@@ -582,7 +596,8 @@ class Traps:
         """Account for one IN/OUT hook call; False: the access is denied (a #GP is pending)."""
         self.refuse_vm86()
         eip, cs = self.cpu.eip_cs()
-        if cs & 3 != 1 and not self._io_permitted(cs & 3, port, size):
+        cpl = self.ctx.vcpu.ring1_cpl(cs)
+        if cpl != 1 and not self._io_permitted(cpl, port, size):
             self._deny_io(eip)
             return False
         eip = self.patcher.to_guest_eip(eip)
@@ -594,7 +609,7 @@ class Traps:
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
+        if cpl == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
             # A patch now covers this IN/OUT (or others were just made). Unicorn finishes the
             # instruction and would run on into a window; stop, so the run loop resumes
             # through `resume_at`.

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 
 from bt import layout
-from runtime.cpu import Cpu
+from runtime.cpu import CS, Cpu
 
 IF = 1 << 9
 IOPL_MASK = 3 << 12
@@ -83,6 +83,29 @@ class VirtualCpu:
         #: and silently keeps the real IF = 1 and IOPL = 0 (the unpatched raw-mode leak:
         #: docs/threat-model.md).
         self.user_flags = False
+        #: The real ring of the guest kernel: 1, or 3 under `bt run --guest-ring 3`.
+        self.ring = 1
+        #: Ring 3 only: whether the guest is in its kernel (the VMM sets it on every
+        #: transition, runtime/ring3/); in ring 1 the real CPL says it.
+        self.kernel_mode = True
+
+    def guest_cpl(self, cs: int | None = None) -> int:
+        """The CPL the guest believes it runs at: 0 (its kernel) or 3 (its user code). In ring
+        1 the real CPL tells (real 1 is the guest's 0; `cs` saves the read when the caller has
+        it); in ring 3 the real CPL is 3 for both and `kernel_mode` tells. The one question
+        every "guest kernel or guest user?" decision asks (traps, delivery, I/O checks)."""
+        if self.ring == 3:
+            return 0 if self.kernel_mode else 3
+        rpl = (self.cpu.read(CS) if cs is None else cs) & 3
+        return 0 if rpl == 1 else rpl
+
+    def ring1_cpl(self, cs: int | None = None) -> int:
+        """The real CPL the guest would run at in ring 1: 1 for its kernel, 3 for its user code
+        (the real CPL itself in ring 1). Code written in ring 1's terms (delivery's privilege
+        checks, the exits) asks this and works unchanged under --guest-ring 3."""
+        if self.ring == 3:
+            return 1 if self.kernel_mode else 3
+        return (self.cpu.read(CS) if cs is None else cs) & 3
 
     def reset(self) -> None:
         self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))

@@ -55,7 +55,7 @@ from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_ker
 from runtime.clock import BlockClock, CountClock, native_available
 from runtime.codewatch import CodeWatch
 from runtime.context import HANDLED, Ctx
-from runtime.cpu import CR3, CS, EIP, UnmappedPhys
+from runtime.cpu import CR3, EIP, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.disk import DiskImage
 from runtime.devices.standard import StandardDevices, build_standard_bus
@@ -80,6 +80,7 @@ from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
+    from runtime.ring3.mode import Ring3
 
 #: Unicorn errors that mean the guest went where no memory is.
 _UNMAPPED = {
@@ -151,7 +152,7 @@ class Vm:
                        watched=lambda phys: self.guard.watched(phys),
                        ram_store=lambda phys, data: self.guard.store(phys, data))
         self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
-                             self.machine.set_guest_gdt_limit)
+                             self.machine.set_guest_gdt_limit, ring=config.guest_ring)
         self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area,
                                wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
@@ -171,6 +172,13 @@ class Vm:
         self._reset = False
         self._deadline: float | None = None
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
+        #: `bt run --guest-ring 3`: the transitions and paging views ring 3 needs (runtime/ring3/).
+        self.ring3: Ring3 | None = None
+        if config.guest_ring == 3:
+            from runtime.ring3.mode import Ring3
+            self.ring3 = Ring3(self.machine, self.vcpu, self.mmu, self.gdt, self.inject, self.stats,
+                               config.ring3_view, self._flush_tlb)
+            self.inject.ring3 = self.ring3
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
@@ -184,6 +192,8 @@ class Vm:
                        irq_deliverable=lambda: self.intc.pending() and self._deliverable(),
                        irq_shadow=self._irq_shadow)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
+        if self.ring3 is not None:
+            self.ring3.clear_latch_at_entry(self.boot.entry, self.traps.latch.clear)
         self.mmio = MmioExits(self.ctx, self.traps, self.devices.mmio)
         self.mmio.attach(self.machine.uc)
         self.relocator = Relocator(self.machine, self.shadow, self.gdt, self.stats,
@@ -222,12 +232,15 @@ class Vm:
                 raise GuestStop("kernel does not fit in guest RAM", None,
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
+        if self.ring3 is not None:
+            self.ring3.plant_irets(config.kernel)
         self._loader_state()
         #: Why the run was asked to stop (`interrupt`), None while it runs on.
         self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
-        if patcher is None and config.patch is not None:
+        # Ring 3 runs unpatched: patch code sits on supervisor pages it could not run on.
+        if patcher is None and config.patch is not None and self.ring3 is None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
@@ -250,7 +263,7 @@ class Vm:
         self.vcpu.set_table("idtr", *LOADER_IDTR)
         self.gdt.load(base, limit)
         self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, layout.ENTRY_ESP,
-                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS)
+                                   LOADER_CS, LOADER_DS, layout.ENTRY_EFLAGS, self.gdt.ring)
         self._paging_changed()      # the CPU pages from the start, on the identity shadow
 
     # -- virtual time ---------------------------------------------------------------------------
@@ -301,7 +314,7 @@ class Vm:
 
     # -- callbacks for emulators ------------------------------------------------------------------
     def _deliverable(self) -> bool:
-        return self.vcpu.user_if() if self.cpu.read(CS) & 3 == 3 else self.vcpu.vif
+        return self.vcpu.user_if() if self.vcpu.guest_cpl() == 3 else self.vcpu.vif
 
     def _take_irq(self, return_eip: int) -> bool:
         intc = self.intc
@@ -407,6 +420,8 @@ class Vm:
                 self.shadow.load_flat()
             self.cpu.write(CR3, layout.VMM_SHADOW_PD)
             real_paging(self.cpu, cr0, cr4)
+        if self.ring3 is not None:
+            self.ring3.paging_changed(linear)
         self.relocator.check("INVLPG" if linear is not None else
                              f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
@@ -425,12 +440,15 @@ class Vm:
             self.relocator.check(f"store into page-directory entry {index}")
             return
         done = self.shadow.sync(index << 22)
+        if self.ring3 is not None and self.ring3.pde_written(index):
+            done = REPLACED
         if done == REPLACED:
             self._flush_tlb()
         if done != UNCHANGED:
             self._mapping_changed = True
 
     def _flush_tlb(self) -> None:
+        self.stats.tlb_flushes += 1
         try:
             self.machine.uc.ctl(uconst.UC_CTL_TLB_FLUSH, uconst.UC_CTL_IO_WRITE)
         except UcError as err:
@@ -442,6 +460,8 @@ class Vm:
         moved out of its way; the instruction then runs again."""
         if self.shadow.guest_pd is None:
             return False
+        if self.ring3 is not None and self.ring3.fault(linear):
+            return True
         if self.machine.vmm.contains(linear) and self.shadow.conflict():
             self.relocator.check(f"#PF at {linear:#x}")
             return True
@@ -489,7 +509,7 @@ class Vm:
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
                                     f"{self.stats.guest_insns} instructions")
-                if traps.steps.begin(pc, self.cpu.read(CS) & 3):
+                if traps.steps.begin(pc, self.vcpu.ring1_cpl()):
                     count = 1       # ring 3 at a patched window: one instruction, the guest's bytes
                 else:
                     pc = traps.patcher.resume_at(pc)
@@ -498,9 +518,12 @@ class Vm:
                 # dropped but remembered in old_exception (seen when the guest's first
                 # instruction after enabling paging faults; a hook that moved the VMM area or
                 # sent ring 3 back to a patched window's guest bytes): the next would be #DF.
-                traps.latch.clear()
                 traps.drop_stale_code()
                 how = self.insn_clock.begin(count)
+                # After `begin`: making a block exact drops its translation, which makes Unicorn
+                # walk the page tables for its address; under --guest-ring 3 a walk that misses
+                # the kernel view (runtime/ring3/vtlb.py) leaves #PF in old_exception.
+                traps.latch.clear()
                 try:
                     uc.emu_start(pc, self.machine.linear(STOP), **how)
                 except UcError as err:
@@ -534,6 +557,8 @@ class Vm:
                 # The guest may have mapped the VMM's slot by writing its page directory,
                 # with no CR3 load or INVLPG to tell: looked at once per slice.
                 self.relocator.check("slice end")
+                if self.ring3 is not None:
+                    self.ring3.after_slice()
                 self._retry_deferred()
                 if self._reset:
                     raise GuestStop("guest reset the machine (keyboard controller or port 0x92)",
@@ -595,14 +620,14 @@ class Vm:
             self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
         except UcError as err:
             eip, cs = self.cpu.eip_cs()
-            if cs & 3 == 1 and eip == self.boot.entry and err.errno in _UNMAPPED:
+            if cs & 3 == self.gdt.ring and eip == self.boot.entry and err.errno in _UNMAPPED:
                 # The IRETD worked; the kernel's entry point is where nothing is (a bad e_entry):
                 # the guest's stop, found by tests/fuzz.py, not a failure of BOOT.
                 raise GuestStop(_UNMAPPED[err.errno], eip, f"the entry point; {err}") from err
             raise InternalError(f"BOOT could not enter ring 1: {err}") from err
         self.insn_clock.end(self.cpu.read(EIP), False)
         eip, cs = self.cpu.eip_cs()
-        if cs & 3 != 1 or eip != self.boot.entry:
+        if cs & 3 != self.gdt.ring or eip != self.boot.entry:
             raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")
         self.machine.close_vmm_slots()
         return eip
@@ -630,7 +655,7 @@ class Vm:
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
         the CPU would, if the guest loaded one; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
-        if self.cpu.read(CS) & 3 == 1:
+        if self.vcpu.guest_cpl() == 0:
             # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
             # models, MONITOR/MWAIT, STAC/CLAC, INVPCID): emulate it like a trap.
             try:

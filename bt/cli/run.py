@@ -53,6 +53,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR",
                    help="pin the VMM area at this 4 MiB-aligned linear address while guest paging is on "
                         "(default: it moves out of the guest's way)")
+    rings = p.add_argument_group("the guest kernel's ring (issue 13)")
+    rings.add_argument("--guest-ring", type=int, choices=(1, 3), default=1,
+                       help="run the guest kernel in real ring 1 (default, raw mode) or deprivileged to "
+                            "ring 3 for comparison (unpatched; runtime/ring3/)")
+    rings.add_argument("--ring3", choices=("split", "flat"), default="split",
+                       help="ring 3's paging views: split (kernel and user views, switched on every "
+                            "transition) or flat (one view: guest user code reaches guest kernel memory)")
     patch = p.add_argument_group("patching (PATM)")
     patch.add_argument("--hot", type=positive_int, default=1, metavar="N",
                        help="patch a site once it trapped N times (default 1, as PATM)")
@@ -81,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         screen = outputs.document(args.screen, "--screen") if args.screen else None
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.max_insns,
                            timeout=args.timeout, serial=sink, patch=patch, terminal=terminal,
-                           vmm_base=args.vmm_base, **platform)
+                           vmm_base=args.vmm_base, guest_ring=args.guest_ring, ring3_view=args.ring3,
+                           **platform)
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("run", vm.patches.rules)
@@ -248,6 +256,8 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     if vm.patches is not None:
         _report_patches(vm, vm.patches, out)
     _report_guard(stats, out)
+    if stats.ring3:
+        print("ring 3: " + ", ".join(f"{k} {n}" for k, n in sorted(stats.ring3.items())), file=out)
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "
           f"({per:.1f} µs per exit)", file=out)

@@ -48,7 +48,15 @@ def _kernel_cs(ctx: Ctx, sel: int) -> int:
         raise EmulationFault(13, sel & 0xFFFC)
     if not desc.present:
         raise EmulationFault(11, sel & 0xFFFC)
-    return (sel & ~3) | 1
+    return (sel & ~3) | ctx.gdt.ring     # the real ring of the guest kernel: 1 (or 3)
+
+
+def _ring3_unsupported(ctx: Ctx, what: str) -> None:
+    """Under --guest-ring 3 a return to user mode is the VMM's to make (runtime/ring3/):
+    IRET through its INT3 sites; the rest is not done yet and stops cleanly."""
+    if ctx.gdt.ring == 3:
+        raise GuestStop(f"{what} to user mode under --guest-ring 3 is not supported yet",
+                        ctx.cpu.read_name("eip"))
 
 
 def _check_user_frame(ctx: Ctx, cs: int, ss: int) -> None:
@@ -72,11 +80,11 @@ def load_ss(ctx: Ctx, sel: int) -> None:
         raise EmulationFault(13, 0)
     desc = ctx.gdt.guest_descriptor(sel)
     if desc is None or desc.is_code or desc.is_system or not desc.type & 2 \
-            or sel & 3 not in (0, 1) or desc.dpl != 0:
+            or sel & 3 not in (0, ctx.gdt.ring) or desc.dpl != 0:
         raise EmulationFault(13, sel & 0xFFFC)
     if not desc.present:
         raise EmulationFault(12, sel & 0xFFFC)
-    ctx.cpu.write(SS, (sel & ~3) | 1)
+    ctx.cpu.write(SS, (sel & ~3) | ctx.gdt.ring)
 
 
 def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
@@ -97,6 +105,7 @@ def iret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
         # Back to user mode: the CPU itself pops the frame with a real IRETD in VMM
         # code (an IRET at CPL 1 to ring 3 is legal; only the CPU may lower CPL).
         # The virtual IF/IOPL follow the frame; in ring 3 the real ones rule.
+        _ring3_unsupported(ctx, "an IRET the scanner did not see")
         _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 16, 4), "little") & 0xFFFF)
         vcpu.vflags = (vcpu.vflags & ~VIRTUAL_FLAGS) | (flags & VIRTUAL_FLAGS)
         vcpu.user_flags = True
@@ -121,6 +130,7 @@ def far_ret(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     eip = int.from_bytes(raw[0:4], "little")
     cs = int.from_bytes(raw[4:8], "little") & 0xFFFF
     if cs & 3 == 3:
+        _ring3_unsupported(ctx, "a far RET")
         if op.operands:   # RETF imm16 to ring 3: not used by 32-bit kernels
             raise EmulationFault(13, cs & ~3)
         _check_user_frame(ctx, cs, int.from_bytes(ctx.mmu.read(esp + 12, 4), "little") & 0xFFFF)
@@ -182,6 +192,7 @@ def mov_from_sreg(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 def sysexit(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     """SYSEXIT (SDM): to ring 3 at SYSENTER_CS+16:EDX with SYSENTER_CS+24:ECX. The
     CPU makes the outward change: an IRETD frame on the VMM's ring-1 stack."""
+    _ring3_unsupported(ctx, "SYSEXIT")
     base = ctx.vcpu.msr[MSR_SYSENTER_CS] & 0xFFFC
     if not base:
         raise EmulationFault(13, 0)

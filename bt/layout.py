@@ -152,6 +152,14 @@ VMM_SHADOW_PD = VMM_BASE + 0x1C000
 VMM_LDT = VMM_BASE + 0x20000
 VMM_LDT_SIZE = 64 * KiB
 
+#: Ring 3 only (`bt run --guest-ring 3`, runtime/ring3/): the kernel view's shadow page
+#: directory and a pool of shadow page tables (a virtual TLB, filled on page faults). The CPU
+#: walks them in the VMM's host memory, write-protected like the rest of the area: the guest
+#: names physical pages in its own entries, never these.
+VMM_RING3_PD = VMM_BASE + 0x30000
+VMM_RING3_PT = VMM_BASE + 0x31000
+VMM_RING3_PT_PAGES = 256
+
 #: Patch memory: patch blocks and hypercall stubs (2 MiB, as PATM had).
 PATCH_BASE = VMM_BASE + 2 * MiB
 PATCH_SIZE = 2 * MiB
@@ -247,6 +255,7 @@ VMM_REGIONS: tuple[Region, ...] = (
     Region("patch state", PATCH_STATE_BASE, PATCH_STATE_SIZE),
     Region("shadow page directory", VMM_SHADOW_PD, PAGE_SIZE),
     Region("ldt", VMM_LDT, VMM_LDT_SIZE),
+    Region("ring 3 kernel view", VMM_RING3_PD, PAGE_SIZE * (1 + VMM_RING3_PT_PAGES)),
     Region("patch memory", PATCH_BASE, PATCH_SIZE),
 )
 

@@ -42,6 +42,7 @@ from bt.errors import InputError, PatchError
 from bt.operation import Operation
 from patchmgr import tables
 from patchmgr.block import build, plan
+from patchmgr.borrow import Borrowed, borrowed
 from patchmgr.memory import PatchMemory
 from patchmgr.patch import JMP_LEN, Block, ExitRecord, Patch, Refusal
 from patchmgr.record import Record
@@ -263,6 +264,56 @@ class PatchManager:
 
     def resume_at(self, eip: int) -> int:
         return self._interior.get(eip, eip)
+
+    def borrowed_at(self, eip: int) -> Borrowed | None:
+        """What the patch code holding `eip` has borrowed from the guest just before that
+        instruction (patchmgr/borrow.py), None outside patch blocks."""
+        patch = self._patch_holding(eip)
+        if patch is None or patch.block is None:
+            return None
+        block = patch.block
+        start = block.address
+        if eip >= block.tail:
+            stubs = [c.entry for c in block.chunks if c.entry and c.entry <= eip]
+            start = stubs[-1] if stubs else block.tail
+        else:
+            for chunk in block.chunks:
+                if chunk.patch <= eip:
+                    start = chunk.patch
+        code = block.code[start - block.address:eip - block.address]
+        words = {self.ctx.scratch(i) for i in range(layout.state_field("scratch").size // 4)}
+        return borrowed(code, start, eip, words, self.ctx.state("saved_esp"))
+
+    def code_seen(self, sites: Iterable[int]) -> None:
+        """Sensitive instructions in code the scanner never saw, found as the guest first runs
+        it (runtime/codewatch.py, CSAM's scan on first execution): patched now, as the
+        scanner's silent sites are before they run."""
+        if not self.config.enabled:
+            return
+        for site in sites:
+            insn = self._decode(site) if self.is_unpatched(site) else None
+            cls = isa.decode(insn).cls if insn is not None else None
+            if cls is not None and self.rules.handles(cls):
+                self.patch_site(site)
+
+    def window_at(self, address: int) -> tuple[int, int] | None:
+        """[start, end) of the patch whose guest window holds `address`, or None."""
+        for patch in self._patches_covering_range(address, address + 1):
+            return patch.start, patch.end
+        return None
+
+    def lift(self, address: int) -> None:
+        """Put the guest's own bytes back over the window holding `address`, the patch kept:
+        guest user code reached it, and ring 3 must run what the guest wrote there, not the
+        guest kernel's patch (runtime/userstep.py). `relay` puts the patch back."""
+        for patch in self._patches_covering_range(address, address + 1):
+            self.memory.write(patch.start, patch.original)
+
+    def relay(self, address: int) -> None:
+        """The patch of the window holding `address` back in place after `lift` (nothing if
+        the guest's write removed it meanwhile)."""
+        for patch in self._patches_covering_range(address, address + 1):
+            self.memory.write(patch.start, self._head(patch))
 
     def window_of(self, address: int) -> tuple[int, int] | None:
         """The guest window [start, end) of the JMP patch covering `address`, if any."""

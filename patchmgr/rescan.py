@@ -9,7 +9,7 @@ real IF (PUSHF) or silently drop the virtual one (POPF) forever.
 
 CSAM kept every scanned page write-monitored, marked a written page dirty and scanned it
 again before the guest next executed it. ring1 does the same: the runtime write-protects the
-kernel's code pages (runtime/patching.py `monitor`), hands each store to it here as a
+kernel's code pages (runtime/monitored.py), hands each store to it here as a
 written range, takes the execute permission from a written page, and when the guest next
 fetches an instruction from that page calls `rescan` with the page's written ranges, before
 the instruction runs. The ranges are decoded again from the instruction boundary that holds

@@ -98,6 +98,8 @@ class BlockClock:
         self.uc = uc
         #: Ring-3 blocks that may do I/O, given a no-op code hook to make them exact.
         self.exact_blocks = 0
+        #: [start, end) ranges the exact blocks' code hooks cover.
+        self._hooked: list[tuple[int, int]] = []
         #: Instructions from the first address up to (not including) the second, for the
         #: part of a block that ran before an exit: runtime/vm.py decodes guest code.
         self._insns_between = insns_between
@@ -184,18 +186,32 @@ class BlockClock:
         at, size = int(st.exact_at), int(st.exact_size)
         st.exact_at = 0
         assert _blockclock is not None
-        handle = ctypes.c_size_t()
-        err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle),
-                                uconst.UC_HOOK_CODE, ctypes.c_void_p(_blockclock.exact_hook_address()),
-                                ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(at),
-                                ctypes.c_uint64(at + size - 1))
-        if err != 0:
-            raise RuntimeError(f"uc_hook_add(UC_HOOK_CODE) failed: {err}")
+        # One code hook per guest address at most: blocks overlap (a block entered in the
+        # middle of another, at an address the guest jumps to or a one-instruction slice
+        # resumes at), and two hooks on an instruction would count it twice while stepping,
+        # stopping before it runs.
+        for lo, hi in self._uncovered(at, at + size):
+            handle = ctypes.c_size_t()
+            err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle),
+                                    uconst.UC_HOOK_CODE, ctypes.c_void_p(_blockclock.exact_hook_address()),
+                                    ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(lo),
+                                    ctypes.c_uint64(hi - 1))
+            if err != 0:
+                raise RuntimeError(f"uc_hook_add(UC_HOOK_CODE) failed: {err}")
+            self._hooked.append((lo, hi))
         self.uc.ctl_remove_cache(at, at + size)
         i = self._slot(at, size)
         if i is not None:
             self._flags[i] |= _EXACT
         self.exact_blocks += 1
+
+    def _uncovered(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of [lo, hi) no exact block's code hook covers yet."""
+        parts = [(lo, hi)]
+        for a, b in self._hooked:
+            parts = [piece for p, q in parts
+                     for piece in ((p, min(q, a)), (max(p, b), q)) if piece[0] < piece[1]]
+        return parts
 
     # -- a slice ----------------------------------------------------------------------------
     def begin(self, budget: int) -> dict[str, Any]:

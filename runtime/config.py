@@ -68,3 +68,10 @@ class RunConfig:
     #: `--vmm-base`: the 4 MiB slot of the guest's linear space the VMM area takes while
     #: guest paging is on, never to move (runtime/relocate.py); None: it floats.
     vmm_base: int | None = None
+    #: The real ring the guest kernel runs in: 1 (raw mode, ring1's way) or 3 (deprivileged
+    #: for comparison, `bt run --guest-ring 3`: runtime/ring3/); ring 3 runs unpatched.
+    guest_ring: int = 1
+    #: Ring 3's paging views (`--ring3`): "split" (a kernel view and the guest's own tables
+    #: for user mode, switched on every transition) or "flat" (one view, guest supervisor
+    #: pages user-accessible). Ignored in ring 1.
+    ring3_view: str = "split"

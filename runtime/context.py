@@ -84,7 +84,7 @@ class Ctx:
         return ea & 0xFFFFFFFF
 
     def user(self) -> bool:
-        return self.cpu.read_name("cs") & 3 == 3
+        return self.vcpu.guest_cpl() == 3
 
     def read(self, op: Operand, size: int | None = None) -> int:
         if isinstance(op, Reg):

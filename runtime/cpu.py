@@ -72,6 +72,10 @@ class Cpu:
         self._pair_ids = (ctypes.c_int * 2)(EIP, CS)
         self._pair_ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(self._pair),
                                                 ctypes.addressof(self._pair) + 8)
+        # EIP, CS and EFLAGS in one call, for the top of an exception exit.
+        self._triple = (ctypes.c_uint64 * 3)()
+        self._triple_ids = (ctypes.c_int * 3)(EIP, CS, EFLAGS)
+        self._triple_ptrs = (ctypes.c_void_p * 3)(*(ctypes.addressof(self._triple) + 8 * i for i in range(3)))
 
     def add_region(self, base: int, mem: memoryview) -> None:
         self._regions.append((base, base + len(mem), mem))
@@ -83,6 +87,13 @@ class Cpu:
         if self._reg_read(self._h, reg, self._pval) != 0:
             raise InternalError(f"uc_reg_read({reg}) failed")
         return self._val.value
+
+    def eip_cs_flags(self) -> tuple[int, int, int]:
+        t = self._triple
+        t[0] = t[1] = t[2] = 0
+        if self._batch(self._h, self._triple_ids, self._triple_ptrs, 3) != 0:
+            raise InternalError("uc_reg_read_batch failed")
+        return t[0], t[1], t[2]
 
     def eip_cs(self) -> tuple[int, int]:
         pair = self._pair

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bt.errors import GuestStop
 from runtime import machine
-from runtime.cpu import CS, EFLAGS, EIP, ESP, SS
+from runtime.cpu import CR2, CS, EFLAGS, EIP, ESP, SS
 from runtime.paging import Mmu, PageFault
 from runtime.segments import VMM_CS3, ShadowGdt
 from runtime.vcpu import IF, MSR_SYSENTER_CS, MSR_SYSENTER_EIP, MSR_SYSENTER_ESP, VirtualCpu
+
+if TYPE_CHECKING:
+    from runtime.ring3.mode import Ring3
 
 VEC_DE, VEC_DB, VEC_BP, VEC_UD, VEC_DF, VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = (
     0, 1, 3, 6, 8, 10, 11, 12, 13, 14)
@@ -49,7 +53,8 @@ GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK = 0xE, 0xF, 0x6, 0x7
 
 
 class DeliveryFault(Exception):
-    """The CPU could not deliver: raise `vector` with `error_code` instead."""
+    """The CPU could not deliver: raise `vector` with `error_code` instead (`linear`: the
+    address of a #PF, for CR2)."""
 
     def __init__(self, vector: int, error_code: int, linear: int | None = None) -> None:
         super().__init__(f"vector {vector} error {error_code:#x}")
@@ -57,6 +62,14 @@ class DeliveryFault(Exception):
         self.error_code = error_code
         #: For #PF: the linear address that faulted (CR2 gets it when the fault is detected).
         self.linear = linear
+
+
+def _page_fault(pf: PageFault) -> DeliveryFault:
+    return DeliveryFault(VEC_PF, pf.error_code, pf.linear)
+
+
+#: SDM vol. 3 table 6-4: the contributory exceptions.
+CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,9 @@ class Inward:
     clear_if: bool
     #: SYSENTER: no frame, the kernel stack is SYSENTER_ESP (SDM SYSENTER).
     sysenter: bool = False
+    #: A far CALL through a guest call gate (runtime/gates.py): these words pushed, in
+    #: push order (SS, ESP, parameters, CS, EIP), EFLAGS and the virtual IF left alone.
+    call_frame: tuple[int, ...] | None = None
 
 
 class Injector:
@@ -99,6 +115,8 @@ class Injector:
         self.mmu = mmu
         self.gdt = gdt
         self.inward: Inward | None = None
+        #: Under `bt run --guest-ring 3`: the transitions the VMM makes itself (runtime/ring3/).
+        self.ring3: Ring3 | None = None
 
     # -- entry point ----------------------------------------------------------------------------
     def deliver(self, vector: int, return_eip: int, error_code: int | None = None,
@@ -118,7 +136,7 @@ class Injector:
             if vector == VEC_DF:
                 raise GuestStop("triple fault", return_eip,
                                 f"delivering #DF raised vector {first.vector}") from None
-            if self._benign(vector) or self._benign(first.vector):
+            if not self._double(vector, first.vector):
                 self.deliver(first.vector, return_eip, first.error_code)
                 return
             try:
@@ -132,65 +150,103 @@ class Injector:
     def _fault_address(self, fault: DeliveryFault) -> None:
         """A #PF while delivering loads CR2 like any other #PF (SDM §4.7), also when it
         turns into #DF."""
-        if fault.linear is not None:
-            self.vcpu.set_cr(2, fault.linear)
+        if fault.vector == VEC_PF and fault.linear is not None:
+            self._set_cr2(fault.linear)
 
     @staticmethod
-    def _benign(vector: int) -> bool:
-        # SDM table 6-5: only contributory (0, 10-13) and page faults combine into #DF.
-        return vector not in (0, 10, 11, 12, 13, 14)
+    def _double(first: int, second: int) -> bool:
+        """SDM vol. 3 table 6-5: a contributory exception during a contributory one, or a
+        contributory one or a #PF during a #PF, is a #DF; everything else (benign first, or a
+        #PF during a contributory exception) is handled serially. A software interrupt is no
+        exception class at all: a fault while delivering it is delivered on its own."""
+        if first in CONTRIBUTORY:
+            return second in CONTRIBUTORY
+        return first == VEC_PF and (second in CONTRIBUTORY or second == VEC_PF)
+
+    def _set_cr2(self, linear: int) -> None:
+        self.vcpu.set_cr(2, linear)
+        self.cpu.write(CR2, linear)
 
     # -- the gate -------------------------------------------------------------------------------
+    # Error codes as QEMU, the reference, raises them (target/i386 do_interrupt_protected): the
+    # IDT index with the IDT bit for a bad gate, the handler's selector for a bad handler
+    # segment, and no EXT bit in either.
     def _gate(self, vector: int, soft: bool, cpl: int) -> Gate:
         base, limit = self.vcpu.table("idtr")
-        ext = 0 if soft else 1
         if vector * 8 + 7 > limit:
-            raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
+            raise DeliveryFault(VEC_GP, vector * 8 + 2)
         try:
             gate = Gate.from_bytes(self.mmu.read(base + vector * 8, 8))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
+            raise _page_fault(pf) from None
         if gate.type not in (GATE_INT32, GATE_TRAP32, GATE_INT16, GATE_TRAP16, GATE_TASK):
-            raise DeliveryFault(VEC_GP, vector * 8 + 2 + ext)
+            raise DeliveryFault(VEC_GP, vector * 8 + 2)
         if soft and gate.dpl < (0 if cpl == 1 else cpl):
             # SDM §6.12.1.1: INT n checks the gate's DPL against CPL, the guest's
             # CPL: ring 1 is the guest's ring 0.
             raise DeliveryFault(VEC_GP, vector * 8 + 2)
         if not gate.present:
-            raise DeliveryFault(VEC_NP, vector * 8 + 2 + ext)
+            raise DeliveryFault(VEC_NP, vector * 8 + 2)
         if gate.type == GATE_TASK:
             raise GuestStop("task gates are not supported", self.cpu.read(EIP), f"vector {vector}")
         return gate
 
-    def _handler_cs(self, selector: int) -> int:
-        desc = self.gdt.guest_descriptor(selector)
-        if desc is None or not desc.is_code:
-            raise DeliveryFault(VEC_GP, selector & ~3)
-        if not desc.present:      # SDM §6.12.1.1 (and QEMU): #NP(selector), not #GP
-            raise DeliveryFault(VEC_NP, selector & ~3)
-        # A guest DPL-0 handler runs at CPL 1 (compressed); RPL follows the real CPL.
-        return (selector & ~3) | max(desc.dpl, 1)
+    def _handler_cs(self, selector: int, cpl: int) -> int:
+        """The handler's code segment, checked as the CPU does (SDM §6.12.1.1): #GP(0) if
+        null, #GP(selector) if outside the table, not code, or of a DPL above the CPL,
+        #NP(selector) if not present. The guest's CPL is 0 at real CPL 1. The result carries
+        the real CPL the handler runs at: the guest's ring 0 is real ring 1; a conforming
+        segment or a DPL-3 one reached from ring 3 keeps the CPL."""
+        if not selector & 0xFFFC:
+            raise DeliveryFault(VEC_GP, 0)
+        try:
+            desc = self.gdt.guest_descriptor(selector)
+        except PageFault as pf:
+            raise _page_fault(pf) from None
+        guest_cpl = 0 if cpl == 1 else cpl
+        if desc is None or not desc.is_code or desc.dpl > guest_cpl:
+            raise DeliveryFault(VEC_GP, selector & 0xFFFC)
+        if not desc.present:
+            raise DeliveryFault(VEC_NP, selector & 0xFFFC)
+        if desc.type & 0x4:      # conforming: the handler runs at the current CPL
+            return (selector & ~3) | cpl
+        if desc.dpl not in (0, 3):
+            raise GuestStop("an interrupt handler in guest ring 1 or 2 (ring1 runs only guest rings 0 and 3)",
+                            self.cpu.read(EIP), f"selector {selector:#x}")
+        return (selector & ~3) | (1 if desc.dpl == 0 else 3)
 
     def _deliver(self, vector: int, return_eip: int, error_code: int | None, soft: bool) -> None:
         cpu, vcpu = self.cpu, self.vcpu
         cs = cpu.read(CS)
-        cpl = cs & 3
+        # The CPL in ring 1's terms (1: the guest kernel), also under --guest-ring 3, where
+        # both the guest's kernel and its user code run at real CPL 3 (`VirtualCpu.ring1_cpl`).
+        cpl = vcpu.ring1_cpl(cs)
         gate = self._gate(vector, soft, cpl)
-        handler_cs = self._handler_cs(gate.selector)
+        handler_cs = self._handler_cs(gate.selector, cpl)
         clear_if = gate.type in (GATE_INT32, GATE_INT16)
         eflags = cpu.read(EFLAGS)
-        if cpl == 3:
+        inward = cpl == 3 and handler_cs & 3 == 1
+        if self.ring3 is not None:
+            handler_cs |= 3                # every guest ring runs at real CPL 3
+            if inward:
+                self.ring3.enter_kernel(vector, error_code, return_eip, handler_cs, gate.offset, clear_if,
+                                        soft)
+                return
+            self.ring3.check_mode()
+        if inward:
             self._start_inward(vector, error_code, return_eip, cs, eflags, handler_cs, gate, clear_if)
             return
-        frame = [vcpu.guest_eflags(eflags), cs & ~3 if cs & 3 == 1 else cs, return_eip]
+        # No privilege change: EFLAGS, CS, EIP[, error] on the current stack, at the current
+        # CPL's rights (the guest kernel's frames show CS with RPL 0, module docstring).
+        frame = [vcpu.guest_eflags(eflags), cs & ~3 if cpl == 1 else cs, return_eip]
         if error_code is not None:
             frame.append(error_code)
         esp = cpu.read(ESP)
         new_esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
         try:
-            self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)))
+            self.mmu.write(new_esp, struct.pack(f"<{len(frame)}I", *reversed(frame)), user=cpl == 3)
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
+            raise _page_fault(pf) from None
         cpu.write(ESP, new_esp)
         self._enter(handler_cs, gate.offset, eflags, clear_if)
 
@@ -199,7 +255,7 @@ class Injector:
         cpu.write(EFLAGS, (eflags & ~CLEARED_ON_ENTRY) | IF)
         if clear_if:
             self.vcpu.set_vif(False)
-        cpu.write(CS, handler_cs)
+        self.m.load_cs(handler_cs)
         cpu.write(EIP, handler_eip)
 
     # -- ring 3 -> ring 1 -----------------------------------------------------------------------
@@ -215,15 +271,31 @@ class Injector:
         cpu.write(CS, VMM_CS3)
         cpu.write(EIP, self.m.linear(machine.TRAMP))
 
+    def _sysenter_cs(self) -> int:
+        """SYSENTER_CS, checked: #GP(0) if null (SDM SYSENTER). The CPU itself loads fixed flat
+        ring-0 segments whatever the GDT holds there; ring1 loads the guest's descriptors, so
+        they must be what the guest's SYSEXIT/SYSENTER convention says: ring-0 code at CS, data
+        at CS+8 (else a clean stop: ring1 cannot load hidden state the GDT does not hold)."""
+        cs = self.vcpu.msr[MSR_SYSENTER_CS] & 0xFFFC
+        if not cs:
+            raise DeliveryFault(VEC_GP, 0)
+        try:
+            code, data = self.gdt.guest_descriptor(cs), self.gdt.guest_descriptor(cs + 8)
+        except PageFault as pf:
+            raise _page_fault(pf) from None
+        if code is None or not code.present or not code.is_code or code.dpl != 0 or data is None \
+                or not data.present or data.is_code or data.is_system or not data.type & 2 or data.dpl != 0:
+            raise GuestStop("SYSENTER_CS names no ring-0 code segment followed by ring-0 data",
+                            self.cpu.read(EIP), f"SYSENTER_CS {cs:#x}")
+        return cs
+
     def sysenter(self, eip: int) -> None:
         """SYSENTER from ring 3 (SDM SYSENTER): to SYSENTER_CS:SYSENTER_EIP on
         SYSENTER_CS+8:SYSENTER_ESP, IF cleared, nothing pushed. The CPL change goes
         through the same call gate as interrupts, with the real TSS's ss1:esp1 set
         to the SYSENTER stack."""
         msr = self.vcpu.msr
-        cs = msr[MSR_SYSENTER_CS] & 0xFFFC
-        if not cs:
-            raise DeliveryFault(VEC_GP, 0)
+        cs = self._sysenter_cs()
         cpu = self.cpu
         self.m.write_tss_ring1((cs + 8) | 1, msr[MSR_SYSENTER_ESP] & 0xFFFFFFFF)
         eflags = cpu.read(EFLAGS)
@@ -234,15 +306,46 @@ class Injector:
         cpu.write(CS, VMM_CS3)
         cpu.write(EIP, self.m.linear(machine.TRAMP))
 
+    def sysenter_kernel(self) -> None:
+        """SYSENTER from the guest kernel (legal at CPL 0): the same transfer without a
+        change of privilege."""
+        msr = self.vcpu.msr
+        cs = self._sysenter_cs()
+        cpu = self.cpu
+        cpu.write(SS, (cs + 8) | 1)
+        cpu.write(ESP, msr[MSR_SYSENTER_ESP] & 0xFFFFFFFF)
+        self._enter(cs | 1, msr[MSR_SYSENTER_EIP] & 0xFFFFFFFF, cpu.read(EFLAGS), True)
+
+    def call_inward(self, handler_cs: int, handler_eip: int, frame: tuple[int, ...], ss0: int,
+                    esp0: int) -> None:
+        """A far CALL from ring 3 through a guest call gate to guest ring-0 code (SDM vol. 3
+        §5.8.5): through the VMM gate like an interrupt, onto the guest's ss0:esp0, where
+        `complete_inward` pushes `frame`."""
+        cpu = self.cpu
+        self.m.write_tss_ring1((ss0 & ~3) | 1, esp0)
+        eflags = cpu.read(EFLAGS)
+        self.inward = Inward(0, None, cpu.read(EIP), cpu.read(CS), eflags, cpu.read(ESP), cpu.read(SS),
+                             handler_cs, handler_eip, False, call_frame=frame)
+        self.m.open_vmm_slots()         # for TRAMP's CS and gate; shut again at STUB1
+        cpu.write(CS, VMM_CS3)
+        cpu.write(EIP, self.m.linear(machine.TRAMP))
+
+    def guest_ring0_stack(self) -> tuple[int, int]:
+        """The guest TSS's (ss0, esp0)."""
+        return self._guest_ring0_stack()
+
     def _guest_ring0_stack(self) -> tuple[int, int]:
         tr = self.vcpu.tr
-        desc = self.gdt.guest_descriptor(tr) if tr else None
+        try:
+            desc = self.gdt.guest_descriptor(tr) if tr else None
+        except PageFault as pf:
+            raise _page_fault(pf) from None
         if desc is None:
             raise GuestStop("interrupt from user mode but the guest loaded no TSS", self.cpu.read(EIP))
         try:
             esp0, ss0 = struct.unpack("<II", self.mmu.read(desc.base + machine.TSS_ESP0, 8))
         except PageFault as pf:
-            raise DeliveryFault(VEC_PF, pf.error_code, pf.linear) from None
+            raise _page_fault(pf) from None
         return ss0 & 0xFFFF, esp0
 
     def complete_inward(self) -> None:
@@ -253,12 +356,29 @@ class Injector:
             raise GuestStop("VMM call gate used without a delivery in flight", self.cpu.read(EIP))
         cpu = self.cpu
         esp = (cpu.read(ESP) + 16) & 0xFFFFFFFF   # drop the call gate's SS, ESP, CS, EIP
+        if pending.call_frame is not None:
+            words = pending.call_frame
+            new_esp = (esp - 4 * len(words)) & 0xFFFFFFFF
+            try:
+                self.mmu.write(new_esp, struct.pack(f"<{len(words)}I", *reversed(words)))
+            except PageFault:
+                raise GuestStop("triple fault", pending.eip, "guest kernel stack (TSS esp0) not writable") \
+                    from None
+            cpu.write(ESP, new_esp)
+            cpu.write(EFLAGS, pending.eflags)
+            self.vcpu.set_vif(self.vcpu.user_if())     # a call gate keeps IF: the user's
+            self.vcpu.user_flags = False
+            self.m.load_cs(pending.handler_cs)
+            cpu.write(EIP, pending.handler_eip)
+            return
         if pending.sysenter:
             cpu.write(ESP, esp)
             self.vcpu.set_vif(False)
+            self.vcpu.user_flags = False
             self._enter(pending.handler_cs, pending.handler_eip, pending.eflags, True)
             return
-        frame = [pending.ss, pending.esp, pending.eflags, pending.cs, pending.eip]
+        shown = self.vcpu.user_eflags(pending.eflags)
+        frame = [pending.ss, pending.esp, shown, pending.cs, pending.eip]
         if pending.error_code is not None:
             frame.append(pending.error_code)
         new_esp = (esp - 4 * len(frame)) & 0xFFFFFFFF
@@ -268,6 +388,8 @@ class Injector:
             raise GuestStop("triple fault", pending.eip, "guest kernel stack (TSS esp0) not writable") \
                 from None
         cpu.write(ESP, new_esp)
-        # In user mode the guest's IF is the real one (1): a trap gate leaves it set.
-        self.vcpu.set_vif(bool(pending.eflags & IF))
+        # The handler starts with the user's IF (a trap gate leaves it, an interrupt gate
+        # clears it below), and from now on the virtual flags are the kernel's.
+        self.vcpu.set_vif(bool(shown & IF))
+        self.vcpu.user_flags = False
         self._enter(pending.handler_cs, pending.handler_eip, pending.eflags, pending.clear_if)

@@ -1,4 +1,5 @@
-"""Clearing Unicorn's stale `old_exception` after each handled fault.
+"""Unicorn's exception state: clearing the stale `old_exception` after each handled
+fault, and reading what the CPU knew about the exception it hands the hook.
 
 Unicorn 2.1.4 hands faults to the UC_HOOK_INTR hook instead of
 `x86_cpu_do_interrupt`, so the line of QEMU that marks a fault as delivered
@@ -22,6 +23,23 @@ searches every pointer of the struct (~30 ms); later ones try the pointer that
 led there first (~0.1 ms), with the same checks. If any step
 fails the latch falls back to the context method. Either way only the field the
 context method would write is written.
+
+What the hook is not told (`ExceptionInfo`)
+-------------------------------------------
+Unicorn's UC_HOOK_INTR hook gets only the vector. Two more facts sit in the same CPU
+state, set by QEMU's `raise_interrupt2` for every exception (target/i386/excp_helper.c):
+
+* `error_code`: the code the CPU would push (the selector of a refused segment load,
+  the #PF error code with its W bit for a read-modify-write, 0...), so the VMM never
+  has to guess it;
+* `exception_is_int`: 1 for a software interrupt (INT n, INT3, INTO), 0 for a fault.
+  A guest's `int $13` at CPL 1 is then never taken for a #GP, whose EIP it shares the
+  vector with (issue 11, item 7).
+
+Their offsets are derived the same way as `old_exception`'s, by diffing contexts saved
+in a scratch engine around a #GP with a known selector and around an INT 0x0D, never
+hard-coded; they are read at the live address when the latch found one (a few ns),
+otherwise from a saved context (~2 µs).
 """
 
 from __future__ import annotations
@@ -66,6 +84,49 @@ def old_exception_offset() -> int:
     if len(candidates) != 1:
         raise InternalError(f"cannot locate Unicorn's old_exception field (candidates {candidates})")
     return candidates[0]
+
+
+def _context_at_hook(code: bytes) -> bytes:
+    """The context saved inside the interrupt hook, after `code` raised its exception."""
+    uc = new_engine(SCRATCH_TCG_BUFFER)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, code + b"\xf4")
+    seen: list[bytes] = []
+
+    def hook(u: Uc, _vector: int, _data: object) -> None:
+        seen.append(bytes(u.context_save()))
+        u.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, hook)
+    try:
+        uc.emu_start(0x1000, 0x1FFF, count=len(code) + 2)
+    except UcError:
+        pass
+    if not seen:
+        raise InternalError("Unicorn raised no exception in the scratch engine")
+    return seen[0]
+
+
+@functools.cache
+def exception_offsets() -> tuple[int, int]:
+    """Context offsets of (`error_code`, `exception_is_int`) (module docstring)."""
+    gp = _context_at_hook(b"\x66\xb8\x34\x12\x8e\xd8")   # mov ax, 0x1234; mov ds, ax -> #GP(0x1234)
+    soft = _context_at_hook(b"\x90\xcd\x0d")              # nop; int 0x0d
+    de = _context_at_hook(b"\x31\xc9\xf7\xf1")           # xor ecx, ecx; div ecx -> #DE
+
+    def word(ctx: bytes, off: int) -> int:
+        return int(struct.unpack_from("<I", ctx, off)[0])
+
+    size = min(len(gp), len(soft), len(de))
+    errors = [o for o in range(0, size - 3, 4)
+              if word(gp, o) == 0x1234 and word(soft, o) == 0 and word(de, o) == 0]
+    is_int = [o for o in range(0, size - 3, 4)
+              if word(soft, o) == 1 and word(gp, o) == 0 and word(de, o) == 0]
+    # QEMU declares them next to each other (CPUX86State: error_code, exception_is_int).
+    pairs = [(e, i) for e in errors for i in is_int if i == e + 4]
+    if len(pairs) != 1:
+        raise InternalError(f"cannot locate Unicorn's error_code, exception_is_int ({errors}, {is_int})")
+    return pairs[0]
 
 
 _MARKS = (0x5A17C0DE, 0x0BADF00D, 0x1337BEEF, 0x7EEDFACE)
@@ -207,3 +268,31 @@ class ExceptionLatch:
         if self._restore(self._h, self._ctx) != 0:
             raise InternalError("uc_context_restore failed")
         self.clears += 1
+
+
+class ExceptionInfo:
+    """The error code and the software-interrupt flag of the exception Unicorn is
+    handing its hook right now (module docstring). Uses the latch's live CPU state
+    when it found one, else a saved context."""
+
+    def __init__(self, latch: ExceptionLatch) -> None:
+        self._latch = latch
+        error_off, int_off = exception_offsets()
+        self._error: ctypes.c_int32 | None = None
+        self._is_int: ctypes.c_int32 | None = None
+        if latch._live is not None:
+            base = latch._live - latch.offset
+            self._error = ctypes.c_int32.from_address(base + error_off)
+            self._is_int = ctypes.c_int32.from_address(base + int_off)
+        self._offsets = (error_off, int_off)
+
+    def read(self) -> tuple[int, bool]:
+        """(error code, True for INT n / INT3 / INTO)."""
+        if self._error is not None and self._is_int is not None:
+            return self._error.value & 0xFFFFFFFF, bool(self._is_int.value)
+        latch = self._latch
+        if latch._save(latch._h, latch._ctx) != 0:
+            raise InternalError("uc_context_save failed")
+        raw = ctypes.string_at(int(latch.ctx.context.value or 0), max(self._offsets) + 4)
+        error = struct.unpack_from("<I", raw, self._offsets[0])[0]
+        return int(error), bool(struct.unpack_from("<i", raw, self._offsets[1])[0])

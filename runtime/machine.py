@@ -85,7 +85,11 @@ def _vmm_code() -> bytes:
 
 
 def _tramp() -> bytes:
-    return b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)           # lcall gate:0
+    """The user page: the far CALL, then INT3s. Guest user code that jumps anywhere into the
+    page (the guest maps nothing there) stops at once, with no side effect, and gets the #PF
+    it would get on hardware (runtime/traps.py)."""
+    code = b"\x9a" + struct.pack("<IH", 0, segments.VMM_GATE)          # lcall gate:0
+    return code + b"\xcc" * (layout.PAGE_SIZE - len(code))
 
 
 def _tss() -> bytes:
@@ -211,6 +215,30 @@ class Machine:
         uc.reg_write(ux.UC_X86_REG_TR, (sel, area.linear(layout.VMM_TSS), limit, flags))
         self.cpu.phys_write(layout.VMM_TSS + TSS_ESP0, struct.pack("<I", area.linear(layout.VMM_STACK0_TOP)))
 
+    def load_cs(self, selector: int) -> None:
+        """CS for a far transfer the VMM emulates (IRET, RETF, a call gate, an interrupt). A
+        register write is the only way in, and Unicorn checks it as if it loaded a data
+        segment (uc_check_cpu_x86_load_seg: readable), which refuses an execute-only code
+        segment the CPU itself would load: for that one load the shadow descriptor is made
+        readable, then restored (QEMU's TCG never checks read permission through CS, so the
+        cached readable bit changes nothing the guest can see)."""
+        try:
+            self.cpu.write(CS, selector)
+            return
+        except UcError:
+            pass
+        at = (layout.VMM_LDT if selector & 4 else layout.VMM_GDT) + (selector & ~7) + 4
+        high = self.cpu.phys_u32(at)
+        if high & 0x1A00 != 0x1800:          # not an execute-only code segment: a VMM bug
+            raise InternalError(f"the CPU refused CS {selector:#x} after the VMM's checks")
+        self.cpu.phys_write_u32(at, high | 0x200)
+        try:
+            self.cpu.write(CS, selector)
+        except UcError as err:
+            raise InternalError(f"the CPU refused CS {selector:#x} after the VMM's checks") from err
+        finally:
+            self.cpu.phys_write_u32(at, high)
+
     def load_ldtr(self, selector: int, base: int, limit: int) -> None:
         """The real LDTR (hidden part included: base, limit, present LDT type)."""
         flags = 0x8200 if selector else 0
@@ -240,13 +268,15 @@ class Machine:
         sel, base, _limit, flags = self.uc.reg_read(ux.UC_X86_REG_GDTR)
         self.uc.reg_write(ux.UC_X86_REG_GDTR, (sel, base, limit, flags))
 
-    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int, cs: int, ds: int, eflags: int) -> None:
+    def prepare_entry(self, entry: int, eax: int, ebx: int, esp: int, cs: int, ds: int, eflags: int,
+                      ring: int = 1) -> None:
         """CPU state for BOOT, the VMM's two ring-0 instructions (LTR, IRETD) that enter the
         guest at `entry` in ring 1 with real IF = 1 and IOPL = 0, the arithmetic flags of
         `eflags`, CS and SS `cs`|1 and `ds`|1, DS/ES/FS/GS `ds` (guest selectors: the shadow
         GDT must hold them already; RPL 0 where the CPU allows it, as the guest loads its own:
         a DPL-1 data segment with RPL 0 is valid at CPL 1, CS and SS need RPL == CPL). The
-        VMM slots stay open for BOOT; `close_vmm_slots` after."""
+        VMM slots stay open for BOOT; `close_vmm_slots` after. `ring` 3 enters the guest kernel
+        in ring 3 instead (`bt run --guest-ring 3`: CS and SS `cs`|3 and `ds`|3)."""
         uc, cpu = self.uc, self.cpu
         uc.reg_write(ux.UC_X86_REG_GDTR, (0, layout.VMM_GDT, layout.VMM_GDT_SIZE - 1, 0))
         uc.reg_write(ux.UC_X86_REG_IDTR, (0, layout.VMM_IDT, layout.VMM_IDT_SIZE - 1, 0))
@@ -258,7 +288,7 @@ class Machine:
         # returns null data segments whose DPL < new CPL).
         for reg in (DS, ES, FS, GS):
             cpu.write(reg, ds)
-        frame = struct.pack("<5I", entry, cs | 1, (eflags & ~0x3200) | 0x202, esp, ds | 1)
+        frame = struct.pack("<5I", entry, cs | ring, (eflags & ~0x3200) | 0x202, esp, ds | ring)
         top = layout.VMM_STACK0_TOP - len(frame)
         cpu.phys_write(top, frame)
         cpu.write(ESP, self.linear(top))

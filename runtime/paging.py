@@ -9,7 +9,7 @@ CR0.WP makes read-only pages read-only for supervisor writes too).
 
 A failed walk raises `PageFault` with the error code the CPU would push (§4.7):
 P (bit 0) set if the page was present and a protection check failed, W/R (bit 1)
-for writes, U/S (bit 2) for accesses at CPL 3, I/D (bit 4) for fetches.
+for writes, U/S (bit 2) for accesses at CPL 3 (no I/D: see `translate`).
 
 The CPU itself walks a shadow of the guest's page directory (runtime/shadowpd.py) in
 which one 4 MiB slot maps the VMM area (bt/layout.py). The walks here follow the guest's
@@ -50,11 +50,17 @@ class Mmu:
 
     def __init__(self, cpu: Cpu, regs: Callable[[], tuple[int, int, int]],
                  area: Callable[[], layout.VmmArea] = lambda: layout.HOME,
-                 vmm_store: Callable[[int, int], None] | None = None) -> None:
+                 vmm_store: Callable[[int, int], None] | None = None,
+                 watched: Callable[[int], bool] = lambda phys: False,
+                 ram_store: Callable[[int, bytes], None] | None = None) -> None:
         self.cpu = cpu
         self.regs = regs
         self.area = area
         self.vmm_store = vmm_store
+        #: A guest RAM page someone write-monitors (runtime/guard.py): emulated guest stores
+        #: into it go through `ram_store`, which tells the watchers, as the CPU's do.
+        self.watched = watched
+        self.ram_store = ram_store
 
     def translate(self, linear: int, write: bool = False, user: bool = False,
                   fetch: bool = False) -> int:
@@ -62,7 +68,9 @@ class Mmu:
         linear &= 0xFFFFFFFF
         if not cr0 & CR0_PG:
             return linear
-        code = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch else 0)
+        # No I/D bit: 32-bit paging sets it only with PAE + EFER.NXE or CR4.SMEP (SDM vol. 3
+        # §4.7), which ring1's guests never have (QEMU: target/i386 mmu_translate agrees).
+        code = (PF_W if write else 0) | (PF_U if user else 0)
         area = self.area()
         if area.contains(linear):
             # The VMM's slot of the shadow directory (runtime/shadowpd.py), as `VMM_PT` maps it.
@@ -116,6 +124,9 @@ class Mmu:
                 # guest's: the one page patch code writes stays writable, nothing else.
                 if self.vmm_store is not None:
                     self.vmm_store(phys, len(piece))
+                continue
+            if self.ram_store is not None and self.watched(phys):
+                self.ram_store(phys, piece)
                 continue
             self.cpu.phys_write(phys, piece)
 

@@ -23,6 +23,13 @@ level only):
 A guest that maps the VMM's slot itself conflicts with the VMM: `conflict` says so, and
 the runtime moves the VMM area to a free slot (runtime/relocate.py).
 
+While the guest's paging is off the CPU still pages, on this same directory filled with an
+identity map of 4 MiB pages, user and writable, but for the VMM's slot (`load_flat`). The
+guest sees no difference (linear == physical, no protection), but the VMM's page table keeps
+its rule there too: guest ring 3 can reach no VMM page but the trampoline, so it can neither
+run patch code nor write the patch-writable state page (issue 11, item 2). Segment limits
+could not do that: QEMU's TCG, hence Unicorn, checks none on data accesses.
+
 Accessed and dirty bits, which the CPU would set in the guest's entries but sets in the
 shadow's here: the shadow leaves out an entry the guest has not marked accessed, so that
 the CPU's first use of it faults here; the VMM sets A in the guest's entry then, as the
@@ -99,9 +106,11 @@ class ShadowPd:
         self._shadow[:] = self._mirror(self._guest(self.guest_pd))
         self._install_vmm()
 
-    def unload(self) -> None:
-        """Guest paging went off: nothing walks the shadow until the next `load`."""
+    def load_flat(self) -> None:
+        """Guest paging is off: the identity map (module docstring), the VMM's slot aside."""
         self.guest_pd = None
+        self._shadow[:] = _FLAT
+        self._install_vmm()
 
     def _install_vmm(self) -> None:
         self._shadow[self._area().pde_index] = vmm_pde()
@@ -154,6 +163,8 @@ class ShadowPd:
         """The VMM area moved from slot `old` to `new` (runtime/relocate.py): give the old
         slot back to the guest's entry and put the VMM's into the new one."""
         if self.guest_pd is None:
+            self._shadow[old.pde_index] = _FLAT[old.pde_index]
+            self._shadow[new.pde_index] = vmm_pde()
             return
         self._shadow[old.pde_index] = self._mirror_one(self.guest_entry(old.pde_index))
         self._shadow[new.pde_index] = vmm_pde()
@@ -164,6 +175,12 @@ class ShadowPd:
         assert self.guest_pd is not None
         free = np.flatnonzero((self._guest(self.guest_pd) & PTE_P) == 0)
         return [int(i) for i in free[::-1] if i != 0]
+
+
+#: The identity map of 4 MiB pages for a guest with paging off (CR4.PSE is on in the real
+#: CR4 then: runtime/emulate/crs.py `real_paging`).
+_FLAT = ((np.arange(ENTRIES, dtype=np.uint32) << 22)
+         | np.uint32(PTE_P | PTE_W | PTE_U | PTE_A | PTE_D | PTE_PS)).astype(np.uint32)
 
 
 def vmm_pde() -> int:

@@ -63,6 +63,24 @@ class RunStats:
     vflags_bad: list[int] = field(default_factory=list)
     #: Every move of the VMM area, in order.
     vmm_moves: list[VmmMove] = field(default_factory=list)
+    #: Guest stores into a page of its GDT or LDT after it loaded them, each followed by a
+    #: re-shadow of the descriptors it touched (runtime/tablewatch.py).
+    table_writes: int = 0
+    #: Instructions guest user code ran at a patched window, from the guest's own bytes
+    #: (runtime/userstep.py).
+    user_patch_steps: int = 0
+    #: Guest RAM pages outside the kernel ELF's code first run (and scanned at CPL 1) while
+    #: patching is on (runtime/codewatch.py).
+    code_pages_seen: int = 0
+    #: Under `bt run --guest-ring 3` only (runtime/ring3/): what ring 3 adds, by cause
+    #: ("bounce syscall", "bounce irq", "bounce exception", "bounce iret to user", "view
+    #: switches", "view faults" (also counted as `paging` exits), "tlb flushes", "code flushes",
+    #: "iret sites").
+    ring3: Counter[str] = field(default_factory=Counter)
+    #: TLB flushes the VMM made (CR3 loads, INVLPG, shadow entries replaced; under ring 3 also
+    #: its view switches). For `bt compare --rings`; not in `to_dict`, whose keys ring 1's
+    #: reports and goldens pin.
+    tlb_flushes: int = 0
 
     def exit(self, kind: str, cls: str | None, site: int) -> None:
         key = (kind, cls, site)
@@ -130,8 +148,13 @@ class RunStats:
                             for e, a, n, r in self.vmm_writers],
             "vflags_corrupted": self.vflags_corrupted,
             "vflags_bad": [f"{w:#010x}" for w in self.vflags_bad],
+            "table_writes": self.table_writes,
+            "user_patch_steps": self.user_patch_steps,
+            "code_pages_seen": self.code_pages_seen,
             "vmm_moves": [{"from": f"{m.old:#010x}", "to": f"{m.new:#010x}", "why": m.why, "eip": m.eip,
                            "symbol": sym(m.eip)} for m in self.vmm_moves],
+            # Present only under --guest-ring 3, so ring 1's output stays as it was.
+            **({"ring3": dict(sorted(self.ring3.items()))} if self.ring3 else {}),
         }
 
     def counts(self) -> dict[str, Any]:

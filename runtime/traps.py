@@ -32,21 +32,22 @@ from unicorn import Uc
 
 from bt import isa
 from bt.errors import GuestStop
-from bt.operation import Operation, Reg
+from bt.operation import Operation
 from runtime import machine
 from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
 from runtime.cpu import CR2, EAX, ECX, EDI, EFLAGS, EIP, ESI
-from runtime.deliver import VEC_BP, VEC_GP, VEC_PF, WITH_ERROR, DeliveryFault
+from runtime.deliver import VEC_BP, VEC_GP, VEC_NP, VEC_PF, VEC_UD, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
-from runtime.latch import POISONING, ExceptionLatch
-from runtime.paging import CR0_PG, PF_W, PageFault
+from runtime.gates import Gates
+from runtime.latch import POISONING, ExceptionInfo, ExceptionLatch
+from runtime.paging import CR0_PG, PF_P, PF_U, PageFault
 from runtime.patching import NoPatcher, Patcher
-from runtime.vcpu import IOPL_MASK
+from runtime.userstep import UserSteps
+from runtime.vcpu import IOPL_MASK, MSR_EFER
 
-#: Mnemonics whose #GP may come from a stale shadow GDT (resync and re-execute once).
-_SEGMENT_LOADS = frozenset({"mov", "pop", "lds", "les", "lfs", "lgs", "ljmp", "lcall", "jmp", "call"})
-#: Mnemonics that write memory without naming it as an operand (for #PF error codes).
-_IMPLICIT_WRITES = ("push", "call", "stos", "movs", "enter", "pushal", "pushfd", "pushf")
+#: EFER.SCE: SYSCALL enabled.
+EFER_SCE = 1
+
 #: 32-bit TSS descriptor types (available, busy) and where a TSS holds its I/O map base.
 TSS32, TSS32_BUSY, IOMAP_BASE = 0x9, 0xB, 0x66
 #: EFLAGS.DF: string instructions walk down.
@@ -66,6 +67,10 @@ class IoFault:
     string_in: bool
 
 
+#: EFLAGS.VM: virtual-8086 mode.
+VM86 = 1 << 17
+#: EFLAGS bits patch code may have changed and gives back: CF PF AF ZF SF TF DF OF.
+_ARITH = 0xDD5
 #: Instruction classes whose hypercall may change what the PIC has pending.
 _IO_CLASSES = frozenset({"in", "out", "ins", "outs"})
 
@@ -78,6 +83,9 @@ class Traps:
         self.stats = ctx.stats
         self.patcher: Patcher = patcher or NoPatcher()
         self.latch = ExceptionLatch(ctx.m.uc, latch)
+        self.exc = ExceptionInfo(self.latch)
+        self.steps = UserSteps(ctx, lambda: self.patcher)
+        self.gates = Gates(ctx, self.decode)
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
         #: Without details, for counting instructions (runtime/vm.py `_insns_between`).
@@ -87,7 +95,6 @@ class Traps:
         #: Clears Unicorn's skip-EIP-sync flag after this hook wrote EIP (runtime/pcsync.py).
         self.pcsync: Any = None
         self._cache: dict[int, tuple[bytes, Operation]] = {}
-        self._resynced_at: int | None = None
         self.error: BaseException | None = None
         self.exit_status: int | None = None
         #: A user-mode I/O the guest's IOPL and TSS deny, stopped in its hook (`_io_permitted`).
@@ -99,11 +106,8 @@ class Traps:
         #: (runtime/patching.py, `drop_stale_code`).
         self.in_io_hook = False
         self.stale_code = False
-        #: Page protections asked for inside an IN/OUT hook, applied between slices:
-        #: (physical page, Unicorn permissions), in order (`drop_stale_code`).
-        self.pending_protect: list[tuple[int, int]] = []
         #: Linear ranges [start, end) of guest code written inside a memory hook, whose
-        #: translations are dropped before the next slice (runtime/patching.py `_on_write`).
+        #: translations are dropped before the next slice (runtime/patching.py `drop_written`).
         self.drop_later: list[tuple[int, int]] = []
         #: A REP INS/OUTS element whose hook stopped the slice: (EIP, ECX, size, INS?).
         self._rep_element: tuple[int, int, int, bool] | None = None
@@ -156,6 +160,8 @@ class Traps:
             kind = self._intr(vector)
             if vector in POISONING:
                 self.latch.clear()
+            else:
+                self.unlatch()
         except BaseException as err:
             self.error = err
             uc.emu_stop()
@@ -167,48 +173,75 @@ class Traps:
 
     def _intr(self, vector: int) -> str:
         cpu = self.cpu
-        eip, cs = cpu.eip_cs()
+        eip, cs, eflags = cpu.eip_cs_flags()
+        if eflags & VM86:
+            self.refuse_vm86()
+        # The CPL in ring 1's terms: 1 for the guest kernel, also under --guest-ring 3 where
+        # it runs at real CPL 3 (`VirtualCpu.ring1_cpl`).
+        cpl = self.ctx.vcpu.ring1_cpl(cs)
+        # What the CPU knew and the hook is not told (runtime/latch.py): the error code it
+        # would push, and whether INT n raised the vector rather than a fault (a guest's
+        # `int $13` at CPL 1 is no #GP to emulate, SDM vol. 3 §6.4.2).
+        error, soft = self.exc.read()
         # A software interrupt reports the EIP after it; a fault its own EIP, and it counts as
         # run (runtime/clock.py), as it is by emulation.
-        self.clock.fault(eip, not (vector == VEC_BP or vector == 4 or vector >= 32))
-        cpl = cs & 3
+        self.clock.fault(eip, not soft)
         m = self.ctx.m
         area = m.vmm
         in_vmm = area.contains(eip) and not area.in_patch_memory(eip)
-        # A fault sets Unicorn's old_exception latch to its vector before this hook runs; INT n
-        # never does (notes #3). So vector 13 or 14 with the latch clear is the guest's own
-        # INT 0x0D or INT 0x0E, a software interrupt (EIP after it), not a fault.
-        if vector == VEC_GP and cpl == 1 and not in_vmm and self.latch.latched() == VEC_GP:
-            return self._trap(eip)      # the hot path: a privileged instruction of the guest kernel
-        if vector == VEC_PF and self.latch.latched() == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
+        if not soft and vector == VEC_GP and cpl == 1 and not in_vmm:
+            return self._trap(eip, error)   # the hot path: a privileged instruction of the guest kernel
+        if not soft and vector == VEC_PF and self.ctx.shadow_fault(cpu.read(CR2)):
             # The shadow page directory was behind the guest's (runtime/shadowpd.py): caught
             # up; the instruction runs again and the guest sees no fault.
             self.stats.exit("paging", None, self.patcher.to_guest_eip(eip))
             return "paging"
-        if vector == VEC_BP:
-            return self._int3(eip)
+        if soft and vector == VEC_BP:
+            return self._int3(eip, cpl)
         if eip in (m.linear(machine.IRET_OUT), m.linear(machine.RETF_OUT)):
             raise GuestStop("the CPU refused an emulated return to ring 3", eip,
                             f"vector {vector}; the frame passed the VMM's checks")
         if in_vmm:
+            if cpl == 3 and self.ctx.inject.inward is None:
+                # Guest user code jumped into the VMM's one user-readable page (the
+                # trampoline). The guest maps nothing there: its #PF, as on hardware.
+                return self._user_fetch_fault(eip if not soft else eip - 1)
             # A fault in the VMM's own trampoline: the call gate could not push onto
             # the guest's kernel stack (TSS.esp0). On hardware: a fault delivering a
-            # fault delivering an interrupt, i.e. a triple fault.
-            raise GuestStop("triple fault", eip,
+            # fault delivering an interrupt, i.e. a triple fault. Reported at the guest
+            # user instruction that started it, not at the VMM's trampoline.
+            inward = self.ctx.inject.inward
+            raise GuestStop("triple fault", inward.eip if inward is not None else eip,
                             f"vector {vector} while switching to the guest's kernel stack (TSS ss0:esp0)")
-        if vector == VEC_GP and cpl == 1 and self.latch.latched() == VEC_GP:
-            return self._trap(eip)
-        if vector == VEC_GP and cpl == 3 and self._user_rdtsc(eip):
+        if cpl == 3 and not soft and vector == VEC_GP and error == 0 and self._user_iopl(eip):
             return "trap"
-        soft = self._is_soft(vector, eip)
-        error: int | None = None
-        if vector == VEC_PF and not soft:
+        if cpl == 3 and not soft and vector == VEC_GP and error == 0 and self._user_rdtsc(eip):
+            return "trap"
+        if cpl == 3 and self.steps.user_at_patch(eip, vector, soft):
+            return "interrupt"          # ring 3 runs the guest's own bytes there (runtime/userstep.py)
+        if not soft and vector == VEC_GP and cpl == 1:
+            return self._trap(eip, error)
+        if not soft and vector == VEC_NP and self.gates.through_gate(eip, error):
+            return "trap"               # a guest call gate, emulated (runtime/gates.py)
+        if soft:
+            self.inject(vector, eip, None, True)
+            return "interrupt"
+        if vector == VEC_PF:
             cr2 = cpu.read(CR2)
+            if not self.ctx.vcpu.paging_regs()[0] & CR0_PG:
+                # The guest does not page: only the VMM's page table refused this (ring 3 in
+                # the VMM's top 4 MiB, runtime/shadowpd.py). Hardware would reach what lies at
+                # those physical addresses; the guest gets #GP(0), never a #PF it cannot expect.
+                self.inject(VEC_GP, eip, 0, False)
+                return "interrupt"
             self.ctx.vcpu.set_cr(2, cr2)
-            error = self._pf_error(cr2, eip, cpl)
-        elif vector in WITH_ERROR and not soft:
-            error = 0  # Unicorn does not expose error codes; the guest's own #GP is almost always 0
-        self.inject(vector, eip, error, soft)
+            if cpl == 1 and self.ctx.inject.ring3 is not None:
+                error &= ~PF_U         # the guest kernel's access, made at real CPL 3 (ring 3)
+            if area.contains(cr2):
+                # The VMM's slot is one the guest's directory leaves empty (else the area
+                # would have moved): not present, whatever the VMM's own page table says.
+                error &= ~PF_P
+        self.inject(vector, eip, error if vector in WITH_ERROR else None, False)
         return "interrupt"
 
     def _user_rdtsc(self, eip: int) -> bool:
@@ -228,69 +261,70 @@ class Traps:
         self.execute(op, op.next_address)
         return True
 
-    def _is_soft(self, vector: int, eip: int) -> bool:
-        if vector >= 32:
-            return True
+    def refuse_vm86(self) -> None:
+        """The guest is in virtual-8086 mode, which ring1 does not emulate: Unicorn's IRET
+        enters it from CPL 1 too (QEMU's helper_ret_protected honours EFLAGS.VM in the frame
+        at any CPL, where the SDM says only CPL 0 may). Stopped cleanly at the first exit."""
+        if self.cpu.read(EFLAGS) & VM86:
+            raise GuestStop("virtual-8086 mode is not supported", self.cpu.read(EIP))
+
+    def _user_iopl(self, eip: int) -> bool:
+        """CLI/STI in guest user mode with the guest's IOPL 3: legal on hardware (CPL <=
+        IOPL), a #GP here because the real IOPL is 0. Emulated on the virtual IF, which from
+        now on is the user's (`VirtualCpu.user_flags`): interrupts wait while it is clear."""
+        vcpu = self.ctx.vcpu
+        if (vcpu.vflags & IOPL_MASK) >> 12 != 3:
+            return False
         try:
-            before = self.ctx.mmu.read(eip - 2, 2)
+            op = self.decode(eip)
         except PageFault:
             return False
-        return before == bytes((0xCD, vector)) or (vector == 4 and before[1] == 0xCE)
+        if op.cls not in ("cli", "sti"):
+            return False
+        if not vcpu.user_flags:
+            vcpu.set_vif(True)      # what user mode ran with until now (the real IF)
+            vcpu.user_flags = True
+        self.stats.exit("trap", op.cls, eip)
+        self.last.append(("trap", op.cls, eip))
+        self.execute(op, op.next_address)
+        return True
+
+    def _give_back(self, eip: int) -> None:
+        """A fault inside patch code: put back what it borrowed from the guest, so that the
+        fault is the guest instruction's, with the guest's registers (patchmgr/borrow.py)."""
+        held = self.patcher.borrowed_at(eip)
+        if held is None:
+            return
+        cpu, mmu = self.cpu, self.ctx.mmu
+        for reg, where in held.saved.items():
+            cpu.write_name(reg, mmu.read_u32(where))
+        if held.eflags_at is not None:
+            image = mmu.read_u32(held.eflags_at)
+            cpu.write(EFLAGS, (cpu.read(EFLAGS) & ~_ARITH) | (image & _ARITH))
+        if held.pushed:
+            cpu.write_name("esp", (cpu.read_name("esp") + held.pushed) & 0xFFFFFFFF)
+
+    def _user_fetch_fault(self, eip: int) -> str:
+        if not self.ctx.vcpu.paging_regs()[0] & CR0_PG:
+            self.inject(VEC_GP, eip, 0, False)      # as above: a guest that does not page
+            return "interrupt"
+        self.ctx.vcpu.set_cr(2, eip)
+        self.cpu.write(CR2, eip)
+        self.inject(VEC_PF, eip, PF_U, False)
+        return "interrupt"
 
     def inject(self, vector: int, eip: int, error: int | None, soft: bool) -> None:
         """Deliver `vector` to the guest (counted as an injected-interrupt exit)."""
+        if not soft and self.ctx.m.vmm.in_patch_memory(eip):
+            self._give_back(eip)
         eip = self.patcher.to_guest_eip(eip)   # the guest never sees a patch address in a frame
         self.stats.exit("interrupt", None, eip)
         self.stats.vectors[vector] += 1
         self.last.append(("interrupt", f"vector {vector}", eip))
         self.ctx.inject.deliver(vector, eip, error, soft)
 
-    def _pf_error(self, cr2: int, eip: int, cpl: int) -> int:
-        """Rebuild the #PF error code Unicorn does not expose (SDM §4.7), by walking
-        the guest's tables for the access the faulting instruction made."""
-        user = cpl == 3
-        mmu = self.ctx.mmu
-        try:
-            mmu.translate(cr2, False, user)
-        except PageFault as pf:
-            # Not present, or (from user mode) a supervisor page: the walk for a read fails
-            # the same way as for a write, and W tells which access it was (a user write to a
-            # supervisor page is P|W|U = 7, not 5). A fetch is a read; with 32-bit paging it
-            # sets no I/D bit (SDM §4.7: only with PAE and NX, or SMEP).
-            if self._fetch_faulted(cr2, eip, user):
-                return pf.error_code
-            return pf.error_code | (PF_W if self._writes(eip) else 0)
-        try:
-            mmu.translate(cr2, True, user)
-        except PageFault as pf:
-            return pf.error_code
-        return (PF_W if self._writes(eip) else 0) | (4 if user else 0)
-
-    def _fetch_faulted(self, cr2: int, eip: int, user: bool) -> bool:
-        """The instruction's own bytes could not be fetched: CR2 lies within the 15 bytes
-        an instruction at EIP may span, and the bytes from EIP to CR2 are not readable at
-        this privilege."""
-        if not 0 <= (cr2 - eip) & 0xFFFFFFFF < 15:
-            return False
-        try:
-            self.ctx.mmu.read(eip, ((cr2 - eip) & 0xFFFFFFFF) + 1, user=user, fetch=True)
-        except PageFault:
-            return True
-        return False
-
-    def _writes(self, eip: int) -> bool:
-        try:
-            insn = next(self._cs.disasm(self.ctx.mmu.read(eip, 16), eip, 1))
-        except (StopIteration, CsError, PageFault):
-            return False
-        if insn.mnemonic.startswith(_IMPLICIT_WRITES):
-            return True
-        from capstone import CS_AC_WRITE
-        from capstone.x86 import X86_OP_MEM
-        return any(o.type == X86_OP_MEM and o.access & CS_AC_WRITE for o in insn.operands)
-
     # -- #GP at CPL 1: trap and emulate ---------------------------------------------------------
-    def _trap(self, eip: int) -> str:
+    def _trap(self, eip: int, error: int) -> str:
         try:
             op = self.decode(eip)
         except PageFault as pf:
@@ -299,34 +333,16 @@ class Traps:
             return "interrupt"
         emulate = EMULATORS.get(op.cls) if op.cls is not None else None
         if emulate is None or op.cls is None:
-            if op.mnemonic in _SEGMENT_LOADS and self._resynced_at != eip:
-                # Maybe the guest changed its GDT after LGDT: resync and re-execute once.
-                self._resynced_at = eip
-                self.ctx.gdt.sync()
-                return "trap"
-            self._resynced_at = None
-            self.inject(VEC_GP, eip, self._gp_error(op), False)
+            # Not ring compression's doing: the guest's own #GP, with the CPU's error code.
+            self.gates.refuse_task_switch(op, error)
+            self.inject(VEC_GP, eip, error, False)
             return "interrupt"
-        self._resynced_at = None
         self.stats.exit("trap", op.cls, eip)
         self.last.append(("trap", op.cls or "?", eip))
         self.ctx.retry_deferred(eip)
         self.patcher.on_trap(op)
         self.execute(op, op.next_address, emulate)
         return "trap"
-
-    def _gp_error(self, op: Operation) -> int:
-        """The #GP error code of a segment load the CPU refused: the selector
-        (SDM §6.13), which Unicorn does not report; 0 for everything else."""
-        if op.mnemonic in ("mov", "pop") and op.operands and isinstance(op.operands[0], Reg) \
-                and op.operands[0].name in ("ds", "es", "fs", "gs", "ss"):
-            try:
-                value = self.ctx.read(op.operands[1]) if op.mnemonic == "mov" else self.ctx.mmu.read_u32(
-                    self.cpu.read_name("esp"))
-            except PageFault:
-                return 0
-            return value & 0xFFFC
-        return 0
 
     def execute(self, op: Operation, next_eip: int, emulate: Emulator | None = None) -> None:
         """Run `op`'s emulator; continue at `next_eip` unless it transferred control.
@@ -362,11 +378,27 @@ class Traps:
                 self.cpu.write(EIP, to)
 
     # -- INT3: the VMM's stub, hypercalls, or the guest's own breakpoint ------------------------------
-    def _int3(self, eip: int) -> str:
+    def _int3(self, eip: int, cpl: int) -> str:
         at = eip - 1
         m = self.ctx.m
-        if at == m.linear(machine.STUB1):
+        if at == m.linear(machine.STUB1) and cpl == 1 and self.ctx.inject.inward is not None:
             self.ctx.inject.complete_inward()
+            return "interrupt"
+        ring3 = self.ctx.inject.ring3
+        if ring3 is not None and (iret_op := ring3.iret_site(at)) is not None:
+            # Under --guest-ring 3 every IRET of the kernel the scanner saw is an INT3
+            # (runtime/ring3/mode.py): emulated, it may return to guest user mode.
+            self.stats.exit("hypercall", "iret", at)
+            self.last.append(("hypercall", "iret", at))
+            self.execute(iret_op, at + 1, ring3.iret)
+            return "hypercall"
+        if cpl == 3:
+            # Patch exits are the guest kernel's: from ring 3 an INT3 replacement is the guest's
+            # own instruction run by its user (runtime/userstep.py), anything else its #BP.
+            if m.vmm.contains(at):
+                return self._user_fetch_fault(at)      # the trampoline page's INT3 filler
+            if not self.steps.user_at_patch(eip, VEC_BP, True):
+                self.inject(VEC_BP, eip, None, True)
             return "interrupt"
         in_patch = m.vmm.in_patch_memory(at)
         record = self.patcher.exit_at(at)
@@ -388,27 +420,46 @@ class Traps:
             if op.cls in _IO_CLASSES:
                 self._stop_for_irq(self.ctx.m.uc)
             return "hypercall"
-        if in_patch:
-            raise GuestStop("INT3 in patch memory that the patch manager does not know", at)
+        if in_patch or m.vmm.contains(at):
+            raise GuestStop("INT3 in VMM memory the VMM does not know (the guest kernel ran VMM code)", at)
         self.inject(VEC_BP, eip, None, True)
         return "interrupt"
 
     # -- SYSENTER: Unicorn never faults it, it calls this hook ---------------------------------------
     def on_sysenter(self, uc: Uc, _data: Any) -> None:
-        """SYSENTER from guest user mode, emulated on the guest's virtual MSRs (the
-        real ones stay 0: a real SYSENTER would enter ring 0). Unicorn adds the
+        """SYSENTER, emulated on the guest's virtual MSRs (the real ones stay 0: a real
+        SYSENTER would enter ring 0). From ring 3 through the VMM's gate, from the guest
+        kernel (legal at CPL 0) directly (runtime/deliver.py). Unicorn adds the
         instruction's 2 bytes to EIP after this hook, hence the -2."""
+        self._fast_call(uc, "sysenter")
+
+    def on_syscall(self, uc: Uc, _data: Any) -> None:
+        """SYSCALL: Unicorn runs it as a no-op. Outside 64-bit mode it is #UD while
+        EFER.SCE = 0 (SDM SYSCALL; QEMU's helper_syscall), which ring1's guests always have:
+        QEMU's 32-bit CPU models cannot set SCE."""
+        self._fast_call(uc, "syscall")
+
+    def _fast_call(self, uc: Uc, cls: str) -> None:
         t0 = time.perf_counter_ns()
         try:
+            self.refuse_vm86()
             eip, cs = self.cpu.eip_cs()
-            self.stats.exit("trap", "sysenter", eip)
-            self.last.append(("trap", "sysenter", eip))
-            if cs & 3 != 3:
-                raise GuestStop("SYSENTER from kernel mode is not supported", eip)
+            self.stats.exit("trap", cls, eip)
+            self.last.append(("trap", cls, eip))
             try:
-                self.ctx.inject.sysenter(eip + 2)
+                if cls == "syscall":
+                    if self.ctx.vcpu.msr[MSR_EFER] & EFER_SCE:
+                        raise GuestStop("SYSCALL with EFER.SCE = 1 outside 64-bit mode is not supported", eip)
+                    raise DeliveryFault(VEC_UD, 0)
+                if self.ctx.inject.ring3 is not None:
+                    raise GuestStop("SYSENTER under --guest-ring 3 is not supported yet", eip)
+                if cs & 3 == 3:
+                    self.ctx.inject.sysenter(eip + 2)
+                else:
+                    self.ctx.inject.sysenter_kernel()
             except DeliveryFault as fault:
-                self.inject(fault.vector, eip, fault.error_code, False)
+                error = fault.error_code if fault.vector in WITH_ERROR else None
+                self.inject(fault.vector, eip, error, False)
             self.cpu.write(EIP, self.cpu.read(EIP) - 2)
         except BaseException as err:  # stored and re-raised by the run loop
             self.error = err
@@ -513,11 +564,34 @@ class Traps:
             assert self._io_op is not None
             cpu.write(EIP, eip + self._io_op.length)
 
+    def unlatch(self) -> None:
+        """Clear Unicorn's old_exception if something the VMM did inside a hook set it: a
+        page-rights change (uc_mem_protect) or a translation-cache drop (uc_ctl
+        TB_REMOVE_CACHE) of a linear address the guest's tables do not map raises a #PF
+        inside Unicorn that no hook sees but that stays latched (measured: xv6 --eager, its
+        LGDT patch's hypercall watching the new GDT's page, CR2 = that physical page), and
+        the guest's next #PF became a #DF. No exception is in flight when a VMM hook
+        returns, so the latch is -1 then, as QEMU's x86_cpu_do_interrupt leaves it."""
+        if self.latch.latched() != -1:
+            self.latch.clear()
+
+    def defer_protect(self) -> bool:
+        """Whether a page's new Unicorn rights (runtime/guard.py `_apply`) must wait for the
+        end of the slice: inside an IN/OUT hook. Unicorn 2.1.4 runs that hook inside the
+        translated block, and a protection change of the page the CPU executes from leaves
+        a #PF pending (CR2 0) that it raises at the next instruction (xv6's ideinit: its IN
+        patched on first exit ended in a triple fault). The hook ends the slice (the patch
+        stops it); the run loop applies the change before the next one (`VmmGuard.apply_pending`),
+        then `drop_stale_code` drops every translation."""
+        if not self.in_io_hook:
+            return False
+        self.stale_code = True
+        return True
+
     def drop_stale_code(self) -> None:
-        """Between slices: drop Unicorn's translations if guest code was patched inside an
-        IN/OUT hook (runtime/patching.py: the invalidation had to wait), after giving the
-        patched pages the protection they were to get then; and the code written inside a
-        memory hook (`drop_later`)."""
+        """Between slices: drop Unicorn's translations if guest code was patched or page
+        rights changed inside a hook (runtime/patching.py: the invalidation had to wait); else
+        only the code written inside a memory hook (`drop_later`)."""
         if self.drop_later:
             ranges, self.drop_later = self.drop_later, []
             if not self.stale_code:
@@ -525,13 +599,9 @@ class Traps:
                     self.ctx.m.uc.ctl_remove_cache(start, end)
         if self.stale_code:
             self.stale_code = False
-            uc = self.ctx.m.uc
-            for page, perms in self.pending_protect:
-                uc.mem_protect(page, 0x1000, perms)
-            self.pending_protect.clear()
             from unicorn import unicorn_const as uconst
 
-            uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
+            self.ctx.m.uc.ctl(uconst.UC_CTL_TB_FLUSH, uconst.UC_CTL_IO_WRITE)
 
     def _stop_for_irq(self, uc: Uc) -> None:
         """End the slice when the I/O just done left an interrupt the guest takes now (it
@@ -544,8 +614,10 @@ class Traps:
 
     def _io_exit(self, cls: str, port: int, size: int) -> bool:
         """Account for one IN/OUT hook call; False: the access is denied (a #GP is pending)."""
+        self.refuse_vm86()
         eip, cs = self.cpu.eip_cs()
-        if cs & 3 != 1 and not self._io_permitted(cs & 3, port, size):
+        cpl = self.ctx.vcpu.ring1_cpl(cs)
+        if cpl != 1 and not self._io_permitted(cpl, port, size):
             self._deny_io(eip)
             return False
         eip = self.patcher.to_guest_eip(eip)
@@ -557,7 +629,7 @@ class Traps:
         self.stats.exit("io", cls, eip)
         self.stats.io_ports[port] += 1
         self.last.append(("io", f"{cls} {port:#x}", eip))
-        if cs & 3 == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
+        if cpl == 1 and (self.ctx.retry_deferred(eip) | bool(self.patcher.on_trap(op))):
             # A patch now covers this IN/OUT (or others were just made). Unicorn finishes the
             # instruction and would run on into a window; stop, so the run loop resumes
             # through `resume_at`.
@@ -588,7 +660,10 @@ class Traps:
         if cpl <= (vcpu.vflags & IOPL_MASK) >> 12:
             return True
         tr = vcpu.tr
-        desc = None if tr & 4 else self.ctx.gdt.guest_descriptor(tr)   # TR names a GDT entry
+        try:
+            desc = None if tr & 4 else self.ctx.gdt.guest_descriptor(tr)   # TR names a GDT entry
+        except PageFault:
+            return False                 # its GDT unmapped: denied (hardware: #PF)
         if desc is None or not desc.present or not desc.is_system or desc.type not in (TSS32, TSS32_BUSY):
             return False
         limit = desc.limit

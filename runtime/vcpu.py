@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 
 from bt import layout
-from runtime.cpu import Cpu
+from runtime.cpu import CS, Cpu
 
 IF = 1 << 9
 IOPL_MASK = 3 << 12
@@ -80,6 +80,36 @@ class VirtualCpu:
         #: Told when `pending` turns non-zero or zero (the patch manager's gates:
         #: runtime/patching.py).
         self.on_pending: Callable[[bool], None] | None = None
+        #: True while the guest runs in user mode entered by a return the VMM emulated
+        #: (IRET, RETF, SYSEXIT: patched, the IRET rule exits on every return to user mode),
+        #: so that the virtual IF and IOPL are the user's, from the frame. False after every
+        #: entry into the guest kernel: a native IRET to ring 3 at CPL 1 is legal, never seen,
+        #: and silently keeps the real IF = 1 and IOPL = 0 (the unpatched raw-mode leak:
+        #: docs/threat-model.md).
+        self.user_flags = False
+        #: The real ring of the guest kernel: 1, or 3 under `bt run --guest-ring 3`.
+        self.ring = 1
+        #: Ring 3 only: whether the guest is in its kernel (the VMM sets it on every
+        #: transition, runtime/ring3/); in ring 1 the real CPL says it.
+        self.kernel_mode = True
+
+    def guest_cpl(self, cs: int | None = None) -> int:
+        """The CPL the guest believes it runs at: 0 (its kernel) or 3 (its user code). In ring
+        1 the real CPL tells (real 1 is the guest's 0; `cs` saves the read when the caller has
+        it); in ring 3 the real CPL is 3 for both and `kernel_mode` tells. The one question
+        every "guest kernel or guest user?" decision asks (traps, delivery, I/O checks)."""
+        if self.ring == 3:
+            return 0 if self.kernel_mode else 3
+        rpl = (self.cpu.read(CS) if cs is None else cs) & 3
+        return 0 if rpl == 1 else rpl
+
+    def ring1_cpl(self, cs: int | None = None) -> int:
+        """The real CPL the guest would run at in ring 1: 1 for its kernel, 3 for its user code
+        (the real CPL itself in ring 1). Code written in ring 1's terms (delivery's privilege
+        checks, the exits) asks this and works unchanged under --guest-ring 3."""
+        if self.ring == 3:
+            return 1 if self.kernel_mode else 3
+        return (self.cpu.read(CS) if cs is None else cs) & 3
 
     def reset(self) -> None:
         self.cpu.phys_write(layout.STATE_BASE, bytes(layout.STATE_SIZE))
@@ -169,3 +199,14 @@ class VirtualCpu:
     def guest_eflags(self, real: int) -> int:
         """EFLAGS as the guest must see them: real bits, virtual IF and IOPL."""
         return (real & ~VIRTUAL_FLAGS) | (self.vflags & VIRTUAL_FLAGS)
+
+    def user_eflags(self, real: int) -> int:
+        """EFLAGS of guest user mode as a frame must show them: the virtual IOPL, and the
+        virtual IF when a return the VMM emulated set it (`user_flags`), else the real IF,
+        which is what user mode ran with."""
+        eflags = self.guest_eflags(real)
+        return eflags if self.user_flags else (eflags & ~IF) | (real & IF)
+
+    def user_if(self) -> bool:
+        """Whether guest user mode takes interrupts now (see `user_flags`)."""
+        return self.vif if self.user_flags else True

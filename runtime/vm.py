@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from unicorn import UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import unicorn_const as uconst
-from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSENTER
+from unicorn.x86_const import UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_INS_SYSCALL, UC_X86_INS_SYSENTER
 
 from bt import layout
 from bt.errors import GuestStop, HostError, InternalError, Ring1Error, UsageError
@@ -55,13 +55,15 @@ from runtime import config as cfg
 from runtime import firmware
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, LOADER_IDTR, load_kernel
 from runtime.clock import BlockClock, CountClock, native_available
+from runtime.codewatch import CodeWatch
 from runtime.context import HANDLED, Ctx
-from runtime.cpu import CR3, CS, EIP, ESI, UnmappedPhys
+from runtime.cpu import CR3, EIP, ESI, UnmappedPhys
 from runtime.deliver import VEC_UD, Injector
 from runtime.devices.disk import DiskImage
 from runtime.devices.standard import StandardDevices, build_standard_bus
 from runtime.devices.vga import TEXT_BASE, TEXT_WINDOW, render_screen
 from runtime.emulate import EMULATORS
+from runtime.emulate.crs import real_paging
 from runtime.engine import HOOK_IN, HOOK_INTR, HOOK_OUT, hook_raw
 from runtime.guard import KEEP_WRITERS, VmmGuard
 from runtime.linuxboot import EntryState, LinuxImage, is_linux, load_linux
@@ -74,12 +76,14 @@ from runtime.relocate import Relocator
 from runtime.segments import ShadowGdt
 from runtime.shadowpd import REPLACED, UNCHANGED, ShadowPd
 from runtime.stats import RunStats, process_age_ns
+from runtime.tablewatch import DirectoryWatch, TableWatch
 from runtime.terminal import Terminal
 from runtime.traps import Traps
 from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
+    from runtime.ring3.mode import Ring3
 
 #: Unicorn errors that mean the guest went where no memory is.
 _UNMAPPED = {
@@ -169,10 +173,12 @@ class Vm:
         #: The guest's mapping changed since deferred patches were last tried.
         self._mapping_changed = True
         area = self._area
-        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area, vmm_store=lambda phys, size: self.guard.dropped(
-            phys, size))
+        self.mmu = Mmu(self.cpu, self.vcpu.paging_regs, area,
+                       vmm_store=lambda phys, size: self.guard.dropped(phys, size),
+                       watched=lambda phys: self.guard.watched(phys),
+                       ram_store=lambda phys, data: self.guard.store(phys, data))
         self.gdt = ShadowGdt(self.cpu.phys_write, self.mmu.read, self.machine.load_ldtr, area,
-                             self.machine.set_guest_gdt_limit)
+                             self.machine.set_guest_gdt_limit, ring=config.guest_ring)
         self.shadow = ShadowPd(self.machine.vmm_memory, self.machine.ram, area,
                                wp=lambda: bool(self.vcpu.cr(0) & CR0_WP))
         self.now_ns = 0
@@ -194,6 +200,13 @@ class Vm:
         self._reset = False
         self._deadline: float | None = None
         self.inject = Injector(self.machine, self.vcpu, self.mmu, self.gdt)
+        #: `bt run --guest-ring 3`: the transitions and paging views ring 3 needs (runtime/ring3/).
+        self.ring3: Ring3 | None = None
+        if config.guest_ring == 3:
+            from runtime.ring3.mode import Ring3
+            self.ring3 = Ring3(self.machine, self.vcpu, self.mmu, self.gdt, self.inject, self.stats,
+                               config.ring3_view, self._flush_tlb)
+            self.inject.ring3 = self.ring3
         self.ctx = Ctx(m=self.machine, cpu=self.cpu, vcpu=self.vcpu, mmu=self.mmu, gdt=self.gdt,
                        bus=self.devices.bus, inject=self.inject, stats=self.stats,
                        on_halt=self._halt, on_vif_set=self._vif_set,
@@ -207,6 +220,8 @@ class Vm:
                        irq_deliverable=lambda: self.intc.pending() and self._deliverable(),
                        irq_shadow=self._irq_shadow)
         self.traps = Traps(self.ctx, patcher, config.last_exits, config.old_exception)
+        if self.ring3 is not None:
+            self.ring3.clear_latch_at_entry(self.boot.entry, self.traps.latch.clear)
         self.mmio = MmioExits(self.ctx, self.traps, self.devices.mmio)
         self.mmio.attach(self.machine.uc)
         self.relocator = Relocator(self.machine, self.shadow, self.gdt, self.stats,
@@ -226,9 +241,17 @@ class Vm:
         hook_raw(uc, UC_HOOK_INSN, HOOK_IN, self.traps.on_in, UC_X86_INS_IN)
         hook_raw(uc, UC_HOOK_INSN, HOOK_OUT, self.traps.on_out, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
+        uc.hook_add(UC_HOOK_INSN, self.traps.on_syscall, None, 1, 0, UC_X86_INS_SYSCALL)
         self.guard = VmmGuard(uc, self.cpu, self.stats, guest_eip=self._to_guest_eip, fail=self._hook_failed)
-        self.guard.after_store = self.traps.latch.clear
         self.guard.install()
+        self.guard.defer = self.traps.defer_protect
+        self.guard.stop_soon = self.insn_clock.stop_soon
+        self.guard.after_protect = self.traps.unlatch
+        self.tables = TableWatch(self.guard, self.gdt, self.mmu, self.stats, config.ram_size)
+        self.directory = DirectoryWatch(self.guard, self._pde_written)
+        #: Installed by the patch manager's `attach` (patched runs only).
+        self.code = CodeWatch(uc, self.guard, self.mmu, self.stats, lambda: self.traps.patcher,
+                              fail=self._hook_failed)
         # What the firmware leaves in low memory (BDA, EBDA, MP table, text screen), then the
         # kernel, which may overwrite it as under QEMU.
         for addr, data in firmware.low_memory(config.ram_size, tuple(d.sectors for d in disks)):
@@ -238,17 +261,17 @@ class Vm:
                 raise GuestStop("kernel does not fit in guest RAM", None,
                                 f"{addr:#x}+{len(data):#x} > {config.ram_size:#x}")
             self.cpu.phys_write(addr, data)
+        if self.ring3 is not None:
+            self.ring3.plant_irets(config.kernel)
         self._loader_state()
         #: Why the run was asked to stop (`interrupt`), None while it runs on.
         self.interrupted: str | None = None
         #: The patch manager of this run (issue 5), None when it runs unpatched.
         self.patches: PatchManager | None = None
-        #: Called when a slice ends on an execute-permission fault; True if it was the patch
-        #: manager's monitored code page (runtime/patching.py `fetch_fault`): go on at EIP.
-        self.on_fetch_fault: Callable[[], bool] | None = None
         #: Called after every slice, before the run loop looks at the devices.
         self.on_slice_end: list[Callable[[], None]] = []
-        if patcher is None and config.patch is not None:
+        # Ring 3 runs unpatched: patch code sits on supervisor pages it could not run on.
+        if patcher is None and config.patch is not None and self.ring3 is None:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
@@ -275,10 +298,11 @@ class Vm:
         self.vcpu.tr = state.tr
         self.gdt.load(base, limit)
         self.machine.prepare_entry(self.boot.entry, self.boot.eax, self.boot.ebx, state.esp,
-                                   state.cs, state.ds, state.eflags)
+                                   state.cs, state.ds, state.eflags, self.gdt.ring)
         self.cpu.write(ESI, state.esi)
         if state.pic_masks is not None:
             self.devices.pic.master.imr, self.devices.pic.slave.imr = state.pic_masks
+        self._paging_changed()      # the CPU pages from the start, on the identity shadow
 
     # -- virtual time ---------------------------------------------------------------------------
     def clock(self) -> int:
@@ -336,7 +360,7 @@ class Vm:
 
     # -- callbacks for emulators ------------------------------------------------------------------
     def _deliverable(self) -> bool:
-        return (self.cpu.read(CS) & 3) == 3 or self.vcpu.vif
+        return self.vcpu.user_if() if self.vcpu.guest_cpl() == 3 else self.vcpu.vif
 
     def _take_irq(self, return_eip: int) -> bool:
         intc = self.intc
@@ -432,19 +456,45 @@ class Vm:
         its slot (runtime/relocate.py), and Unicorn's caches are flushed."""
         self.traps.forget_code()
         self._mapping_changed = True
-        cr0, cr3, _cr4 = self.vcpu.paging_regs()
-        if not cr0 & CR0_PG:
-            self.shadow.unload()
-        elif linear is None:
-            self.shadow.load(cr3)
-            self.cpu.write(CR3, layout.VMM_SHADOW_PD)
-        else:
+        cr0, cr3, cr4 = self.vcpu.paging_regs()
+        if linear is not None:
             self.shadow.sync(linear)
+        else:
+            if cr0 & CR0_PG:
+                self.shadow.load(cr3)
+            else:
+                self.shadow.load_flat()
+            self.cpu.write(CR3, layout.VMM_SHADOW_PD)
+            real_paging(self.cpu, cr0, cr4)
+        if self.ring3 is not None:
+            self.ring3.paging_changed(linear)
         self.relocator.check("INVLPG" if linear is not None else
                              f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
+        self.directory.follow(self.shadow.guest_pd, self.config.ram_size)
+        self.tables.refresh()
+        # The CPU's view of memory changed under the running slice (page rights too): end it,
+        # so that Unicorn's first fetch on the new view is made afresh in the next slice, with
+        # old_exception clear (a fetch fault Unicorn drops here would turn the guest's next
+        # fault into #DF: seen with usermode --eager, the first instruction after CR0.PG).
+        self.machine.uc.emu_stop()
+
+    def _pde_written(self, index: int) -> None:
+        """The guest stored into entry `index` of its current page directory
+        (runtime/tablewatch.py `DirectoryWatch`): the shadow follows at once."""
+        if index == self.machine.vmm.pde_index:
+            self.relocator.check(f"store into page-directory entry {index}")
+            return
+        done = self.shadow.sync(index << 22)
+        if self.ring3 is not None and self.ring3.pde_written(index):
+            done = REPLACED
+        if done == REPLACED:
+            self._flush_tlb()
+        if done != UNCHANGED:
+            self._mapping_changed = True
 
     def _flush_tlb(self) -> None:
+        self.stats.tlb_flushes += 1
         try:
             self.machine.uc.ctl(uconst.UC_CTL_TLB_FLUSH, uconst.UC_CTL_IO_WRITE)
         except UcError as err:
@@ -456,6 +506,8 @@ class Vm:
         moved out of its way; the instruction then runs again."""
         if self.shadow.guest_pd is None:
             return False
+        if self.ring3 is not None and self.ring3.fault(linear):
+            return True
         if self.machine.vmm.contains(linear) and self.shadow.conflict():
             self.relocator.check(f"#PF at {linear:#x}")
             return True
@@ -503,19 +555,29 @@ class Vm:
                 if count <= 0:
                     raise GuestStop("instruction budget exhausted (--max-insns)", self.cpu.read(EIP),
                                     f"{self.stats.guest_insns} instructions")
-                pc = traps.patcher.resume_at(pc)
+                if traps.steps.begin(pc, self.vcpu.ring1_cpl()):
+                    count = 1       # ring 3 at a patched window: one instruction, the guest's bytes
+                else:
+                    pc = traps.patcher.resume_at(pc)
                 # Between slices no exception is in flight. A slice ended by emu_stop in a hook
                 # may still have tried to fetch the next instruction and raised a fault Unicorn
                 # dropped but remembered in old_exception (seen when the guest's first
-                # instruction after enabling paging faults): the next one would become #DF.
-                traps.latch.clear()
+                # instruction after enabling paging faults; a hook that moved the VMM area or
+                # sent ring 3 back to a patched window's guest bytes): the next would be #DF.
+                if self.guard.apply_pending():
+                    traps.stale_code = True     # rights changed inside a hook (runtime/guard.py)
                 traps.drop_stale_code()
                 how = self.insn_clock.begin(count)
+                # After `begin`: making a block exact drops its translation, which makes Unicorn
+                # walk the page tables for its address; under --guest-ring 3 a walk that misses
+                # the kernel view (runtime/ring3/vtlb.py) leaves #PF in old_exception.
+                traps.latch.clear()
                 try:
                     self._in_slice = True
                     uc.emu_start(pc, self.machine.linear(STOP), **how)
                 except UcError as err:
                     self._in_slice = False
+                    traps.steps.end()
                     self._advance(self.insn_clock.end(self.cpu.read(EIP), True))
                     if traps.error is not None:
                         raise traps.error from None
@@ -523,15 +585,16 @@ class Vm:
                         # The guest had written isa-debug-exit; Unicorn ran on to the end of
                         # its block (runtime/traps.py `guest_exited`), which is not the guest's.
                         break
+                    traps.refuse_vm86()
                     if err.errno == uconst.UC_ERR_INSN_INVALID and self._invalid_opcode():
                         pc = self.cpu.read(EIP)
                         continue
-                    if (err.errno == uconst.UC_ERR_FETCH_PROT and self.on_fetch_fault is not None
-                            and self.on_fetch_fault()):
-                        pc = self.cpu.read(EIP)
+                    if err.errno == uconst.UC_ERR_FETCH_PROT and self.code.resume():
+                        pc = self.cpu.read(EIP)     # code seen for the first time, or rewritten: scanned
                         continue
                     raise self._unicorn_stop(err) from err
                 self._in_slice = False
+                traps.steps.end()
                 ran = self.insn_clock.end(self.cpu.read(EIP), False)
                 self._advance(ran)
                 traps.finish_rep_element()
@@ -541,9 +604,12 @@ class Vm:
                 self._check_state()
                 if traps.error is not None:
                     raise traps.error
+                traps.refuse_vm86()
                 # The guest may have mapped the VMM's slot by writing its page directory,
                 # with no CR3 load or INVLPG to tell: looked at once per slice.
                 self.relocator.check("slice end")
+                if self.ring3 is not None:
+                    self.ring3.after_slice()
                 self._retry_deferred()
                 for hook in self.on_slice_end:
                     hook()
@@ -608,14 +674,23 @@ class Vm:
             self.machine.uc.emu_start(BOOT, self.machine.linear(STOP), count=2)
         except UcError as err:
             eip, cs = self.cpu.eip_cs()
-            if cs & 3 == 1 and eip == self.boot.entry and err.errno in _UNMAPPED:
+            entered = cs & 3 == self.gdt.ring and eip == self.boot.entry
+            if entered and err.errno == uconst.UC_ERR_FETCH_PROT and self.code.resume():
+                # The IRETD worked and Unicorn fetched the entry point, on a page outside the
+                # kernel ELF's code (a bzImage's decompressor at 1 MiB): scanned now
+                # (runtime/codewatch.py), the run loop starts there.
+                return self._entered()
+            if entered and err.errno in _UNMAPPED:
                 # The IRETD worked; the kernel's entry point is where nothing is (a bad e_entry):
                 # the guest's stop, found by tests/fuzz.py, not a failure of BOOT.
                 raise GuestStop(_UNMAPPED[err.errno], eip, f"the entry point; {err}") from err
             raise InternalError(f"BOOT could not enter ring 1: {err}") from err
+        return self._entered()
+
+    def _entered(self) -> int:
         self.insn_clock.end(self.cpu.read(EIP), False)
         eip, cs = self.cpu.eip_cs()
-        if cs & 3 != 1 or eip != self.boot.entry:
+        if cs & 3 != self.gdt.ring or eip != self.boot.entry:
             raise InternalError(f"BOOT left the CPU at {cs:#x}:{eip:#x}, not in ring 1 at the entry point")
         self.machine.close_vmm_slots()
         return eip
@@ -643,7 +718,7 @@ class Vm:
         included) instead of raising #UD. Deliver #UD through the guest's IDT as
         the CPU would, if the guest loaded one; False: stop with a diagnosis."""
         eip = self.cpu.read(EIP)
-        if self.cpu.read(CS) & 3 == 1:
+        if self.vcpu.guest_cpl() == 0:
             # A privileged instruction Unicorn does not implement (RDPMC, XSETBV on some
             # models, MONITOR/MWAIT, STAC/CLAC, INVPCID): emulate it like a trap.
             try:

@@ -100,9 +100,19 @@ SAMPLES_BY_NAME = {s.name: s for s in SAMPLES}
 #: boot must equal QEMU only when the PUSHF/POPF sites run through patches.
 IRQSAVE_CHECK_IF = Sample("irqsave", "iters=200 check_if=1", variant="check_if")
 
-#: Every boot with a golden file, for regenerating them.
+#: Every boot of the sample kernels with a golden file.
 ALL_BOOTS: tuple[Sample, ...] = (*SAMPLES, IRQSAVE_CHECK_IF)
-ALL_BY_KEY = {s.key: s for s in ALL_BOOTS}
+
+#: The attack and fidelity guests (samples/attacks, issue 11): one boot per group, each
+#: with its golden file `expected-<group>.serial`. tests/test_attacks.py runs them under
+#: ring1, unpatched and patched, against these goldens and the documented leaks.
+ATTACK_GROUPS = ("selectors", "gates", "exceptions", "instructions", "user_patch", "user_patch_paged",
+                 "pde", "smc", "iopl", "unscanned")
+ATTACKS: tuple[Sample, ...] = tuple(Sample("attacks", f"test={g}", variant=g) for g in ATTACK_GROUPS)
+
+#: Every boot with a golden file, for regenerating them.
+GOLDEN_BOOTS: tuple[Sample, ...] = (*ALL_BOOTS, *ATTACKS)
+ALL_BY_KEY = {s.key: s for s in GOLDEN_BOOTS}
 
 
 def run_qemu(elf: Path, cmdline: str, timeout: float = TIMEOUT_S) -> tuple[bytes, int]:

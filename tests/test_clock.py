@@ -117,3 +117,25 @@ def test_the_vm_counts_exact_instructions_around_exits() -> None:
         counts.append(vm.stats.guest_insns)
     assert counts[0] == 1 + 10 * 6 + 2              # to the OUT that ends the guest, exactly
     assert counts[1] - counts[0] in (0, 1)          # Unicorn's count takes the next one too
+
+
+@pytest.mark.skipif(not native_available(), reason="runtime._blockclock is not built")
+def test_a_one_instruction_slice_in_overlapping_exact_blocks_runs_one_instruction() -> None:
+    # Two exact blocks, one entered in the middle of the other (ring 3 stepping through a
+    # patched window does this: runtime/userstep.py): one code hook per address, or a step
+    # counts the instruction twice and stops before it runs, forever.
+    uc, end = _engine("inc eax\ninc ebx\ninc ecx\ninc edx\nnop")
+    clock = BlockClock(uc, lambda a, b: b - a)          # every instruction here is one byte
+    for at in (0x1000, 0x1001):
+        clock.state.exact_at, clock.state.exact_size = at, end - at
+        clock.begin(2)                                  # makes it exact
+        clock.end(at, False)
+    for _ in range(3):                                  # as the run loop: until it moves
+        clock.begin(1)
+        uc.emu_start(0x1001, end)
+        eip = uc.reg_read(ux.UC_X86_REG_EIP)
+        ran = clock.end(eip, False)
+        if eip != 0x1001:
+            break
+    assert (eip, ran) == (0x1002, 1)
+    assert [uc.reg_read(r) for r in (ux.UC_X86_REG_EBX, ux.UC_X86_REG_ECX)] == [1, 0]

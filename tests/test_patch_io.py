@@ -145,7 +145,8 @@ def test_code_pages_are_protected_between_slices_not_inside_an_io_hook() -> None
     assert io_sites, "hello's IN/OUT sites are patched at their first exit"
     assert not any(in_hook for _, in_hook in calls)
     # Protected between slices, or before the run: the kernel's code pages are monitored
-    # from the start (CSAM, runtime/patching.py `monitor`), so a patch there changes nothing.
-    monitored = set(vm.patches.memory._monitored)  # type: ignore[attr-defined]
+    # from the start (CSAM, runtime/monitored.py), so a patch there changes nothing.
+    monitor = vm.patches.memory.monitor  # type: ignore[attr-defined]
+    monitored = set(monitor.monitored)
     assert {s & ~0xFFF for s in io_sites} <= {a for a, _ in calls} | monitored
-    assert vm.traps.pending_protect == []
+    assert vm.guard.pending == {}

@@ -12,7 +12,7 @@ from runtime_guest import RESULTS, exit_with, kernel, run
 
 from patchmgr.manager import PatchConfig
 from runtime.config import RunConfig
-from runtime.emulate.misc import _host_cpuid
+from runtime.emulate.misc import guest_cpuid
 from runtime.vm import Vm
 from tests.scan_helpers import build_elf
 
@@ -32,7 +32,7 @@ def test_native_cpuid_at_cpl1_is_what_the_emulator_answers() -> None:
     assert vm.stats.by_class["cpuid"] == 0               # no exit: nothing traps or patches it
     for k, (leaf, sub) in enumerate(LEAVES):
         got = struct.unpack("<4I", vm.cpu.phys_read(RESULTS + 16 * k, 16))
-        assert got == _host_cpuid(leaf, sub), (hex(leaf), sub)
+        assert got == guest_cpuid(leaf, sub, vm.vcpu.cr(4)), (hex(leaf), sub)
 
 
 CPUID_LOOP = """

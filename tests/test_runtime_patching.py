@@ -42,6 +42,9 @@ class FakePatcher:
     def resume_at(self, eip: int) -> int:
         return eip
 
+    def window_at(self, address: int) -> tuple[int, int] | None:
+        return None
+
 
 def test_hypercall_runs_the_operation_and_resumes():
     vflags = layout.state("vflags")

@@ -256,3 +256,41 @@ def test_a_kernel_patched_before_the_state_block_split_is_refused() -> None:
                       "rule_data": {}, "patches": [], "refusals": []}).encode()
     with pytest.raises(InputError, match=r"record version 1 \(this ring1 reads 2\)"):
         record.load(old, b"")
+
+
+class _LetGo:
+    """A watcher that stops watching its page on the first store into it (as the patch
+    manager does when a store lands on a patch)."""
+
+    def __init__(self, owner: guard.VmmGuard) -> None:
+        self.guard = owner
+        self.pending_seen: dict[int, int] = {}
+
+    def before_store(self, phys: int, size: int) -> None:
+        self.guard.unwatch(phys & ~0xFFF, self)
+        self.pending_seen = dict(self.guard.pending)
+
+    def after_store(self, phys: int, size: int) -> None:
+        return None
+
+
+def test_rights_asked_for_inside_the_store_hook_wait_for_the_end_of_the_slice() -> None:
+    # Unicorn 2.1.4 restarts a store (or crashes later) whose hook changes page rights
+    # (Linux's boot, issue 15): the change waits in `pending`; a store into the page before
+    # then is made by the guard as it will be once the page is writable.
+    from unicorn import UC_PROT_ALL
+
+    vm, _ = _vm("hlt\n")
+    g = vm.guard
+    watcher = _LetGo(g)
+    g.watch(0x50000, watcher)
+    g._in_store = True            # as `_on_write` sets it around `ram_writes`
+    try:
+        assert g.ram_writes(0x50010, 4, 0x41414141)
+        assert watcher.pending_seen == {0x50000: UC_PROT_ALL}
+        assert g.ram_writes(0x50020, 4, 0x42424242)     # no watcher, rights still pending
+    finally:
+        g._in_store = False
+    assert vm.cpu.phys_read(0x50010, 4) == b"AAAA" and vm.cpu.phys_read(0x50020, 4) == b"BBBB"
+    assert g.apply_pending() and g.pending == {}
+    assert not g.ram_writes(0x50030, 4, 0)           # applied: an ordinary page again

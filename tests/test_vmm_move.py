@@ -176,8 +176,9 @@ def test_paging_off_brings_the_area_home() -> None:
 
 def test_a_page_directory_entry_written_without_a_flush_is_seen_on_first_use() -> None:
     # PD A maps slot 1 nowhere; the guest adds a 4 MiB page there and uses it at once
-    # (allowed on hardware: nothing not-present is cached). The shadow catches up on the
-    # page fault, which the guest never sees.
+    # (allowed on hardware: nothing not-present is cached). The directory's page is
+    # write-monitored, so the shadow follows the store itself; an entry the guest has not
+    # marked accessed stays out of it until its first use faults and sets A, as the CPU would.
     src = PAGING_ON + f"""
         mov dword ptr [{PD_A + 4 * 1:#x}], {PAGE_B | 0x83:#x}
         mov dword ptr [0x00400020], 0x51515151
@@ -192,3 +193,4 @@ def test_a_page_directory_entry_written_without_a_flush_is_seen_on_first_use() -
     assert vm.stats.exits["paging"] >= 1 and vm.stats.vectors[14] == 0
     # The CPU marked the new entry accessed and its 4 MiB page dirty, as on hardware.
     assert struct.unpack("<I", vm.cpu.phys_read(PD_A + 4, 4))[0] == PAGE_B | 0x83 | 0x60
+    assert vm.directory.writes >= 1     # the store itself was seen (runtime/tablewatch.py)

@@ -40,6 +40,10 @@ def add_parser(sub: Any) -> None:
                     "and report exits by kind and class, hot sites, patches and timings.")
     p.add_argument("kernels", nargs="+", metavar="KERNEL", help="kernel ELF(s) to compare")
     p.add_argument("--static", action="store_true", help="also run the ELF patched by `bt patch`")
+    p.add_argument("--rings", action="store_true",
+                   help="instead: run each KERNEL four ways, ring 3 split, ring 3 flat, ring 1, ring 1 "
+                        "patched, and report exits by cause, TLB flushes, wall time and what the guest "
+                        "could reach (docs/compare-rings.md; --json: ring1.compare-rings/1; --html)")
     p.add_argument("--jobs", "-j", type=positive_int, default=None, metavar="N",
                    help="runs in parallel (default: one per run, up to the number of CPUs)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (ring1.compare/1)")
@@ -140,6 +144,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.expect is not None and len(args.expect) != len(args.kernels):
         raise UsageError(f"--expect given {len(args.expect)} time(s) for {len(args.kernels)} kernel(s): "
                          "give one expected output per KERNEL, in the same order")
+    if args.rings:
+        return _compare_rings(args, [*command, "--rings"])
     # Every output is checked (its temporary file made) before the first run, and all of
     # them are renamed into place together at the end (bt/outfile.py): a bad --html never
     # leaves a fresh --json beside an old report.
@@ -249,3 +255,36 @@ def _variants(specs: list[str], base: dict[str, Any]) -> tuple[Any, ...]:
                               disabled_classes=options.get("disable_class", ()))
     ruleopts.warn("compare", rules)
     return parsed
+
+
+def _compare_rings(args: argparse.Namespace, command: list[str]) -> int:
+    """`bt compare --rings` (runtime/report/rings.py): the four ways, text and --json."""
+    import json
+
+    from runtime.report import rings
+
+    for flag in ("static", "replay", "save_runs"):
+        if getattr(args, flag):
+            raise UsageError(f"--rings does not take --{flag.replace('_', '-')} (not done yet)")
+    if args.variant:
+        raise UsageError("--rings does not take --variant")
+    run_options, _variants = _run_options(args)
+    inputs = [*args.kernels, *(args.expect or ()), args.keys, *(args.disk or ()),
+              *(spec.split(",", 1)[0] for spec in args.module or ())]
+    expect = {k: Path(e).read_bytes() for k, e in zip(args.kernels, args.expect or (), strict=False)}
+    with Outputs(inputs=inputs) as outputs:
+        json_out = outputs.document(args.json, "--json") if args.json else None
+        html_out = outputs.document(args.html, "--html") if args.html else None
+        results = rings.compare(args.kernels, run_options, expect)
+        if json_out is not None:
+            json_out.write_text(json.dumps(rings.to_json(results, command), indent=2) + "\n")
+        if html_out is not None:
+            html_out.write_text(rings.render_html(results))
+        outputs.commit()
+    sys.stdout.write(rings.render_text(results))
+    sys.stdout.flush()
+    bad = [k.kernel for k in results if not k.agree]
+    if bad:
+        raise MismatchError(f"ring 3 split, ring 1 and ring 1 patched do not all print the same for "
+                            f"{', '.join(bad)} (or not what --expect says)")
+    return 0

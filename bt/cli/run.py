@@ -55,6 +55,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR",
                    help="pin the VMM area at this 4 MiB-aligned linear address while guest paging is on "
                         "(default: it moves out of the guest's way)")
+    rings = p.add_argument_group("the guest kernel's ring (issue 13)")
+    rings.add_argument("--guest-ring", type=int, choices=(1, 3), default=1,
+                       help="run the guest kernel in real ring 1 (default, raw mode) or deprivileged to "
+                            "ring 3 for comparison (unpatched; runtime/ring3/)")
+    rings.add_argument("--ring3", choices=("split", "flat"), default="split",
+                       help="ring 3's paging views: split (kernel and user views, switched on every "
+                            "transition) or flat (one view: guest user code reaches guest kernel memory)")
     patch = p.add_argument_group("patching (PATM)")
     patch.add_argument("--hot", type=positive_int, default=1, metavar="N",
                        help="patch a site once it trapped N times (default 1, as PATM)")
@@ -84,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         screen = outputs.document(args.screen, "--screen") if args.screen else None
         config = RunConfig(kernel=args.kernel, cmdline=args.cmdline, max_insns=args.max_insns,
                            timeout=args.timeout, serial=sink, patch=patch, terminal=terminal,
-                           vmm_base=args.vmm_base, initrd=args.initrd, **platform)
+                           vmm_base=args.vmm_base, initrd=args.initrd, guest_ring=args.guest_ring,
+                           ring3_view=args.ring3, **platform)
         vm = Vm(config)
         if vm.patches is not None:
             ruleopts.warn("run", vm.patches.rules)
@@ -175,13 +183,15 @@ def _slot(text: str) -> int:
 
 def _patch_config(args: argparse.Namespace) -> PatchConfig:
     """Always a patch manager: with --no-patch it makes no patch, but a kernel written by
-    `bt patch` still needs its recorded patches served."""
+    `bt patch` still needs its recorded patches served. (`bt audit` shares this and has no
+    --leaks-only.)"""
+    leaks_only = getattr(args, "leaks_only", False)
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")
-    if args.no_patch and args.leaks_only:
+    if args.no_patch and leaks_only:
         raise UsageError("--no-patch and --leaks-only contradict each other")
     ruleopts.load(args)          # an unknown rule or class is a usage error, before any work
-    classes = ruleopts.leaks_only(args.disable_class) if args.leaks_only else tuple(args.disable_class)
+    classes = ruleopts.leaks_only(args.disable_class) if leaks_only else tuple(args.disable_class)
     return PatchConfig(hot=args.hot, eager=args.eager, enabled=not args.no_patch,
                        disabled_rules=tuple(args.disable_rule), disabled_classes=classes)
 
@@ -220,6 +230,12 @@ def _report_guard(stats: RunStats, out: TextIO) -> None:
     for move in stats.vmm_moves:
         print(f"VMM area moved {move.old:#010x} -> {move.new:#010x} at guest EIP {move.eip:#x}: {move.why}",
               file=out)
+    if stats.user_patch_steps:
+        print(f"guest user code at patched windows, run from the guest's own bytes: "
+              f"{stats.user_patch_steps} instructions", file=out)
+    if stats.code_pages_seen:
+        print(f"pages of code outside the ELF first run (scanned at CPL 1): {stats.code_pages_seen}",
+              file=out)
 
 
 def _print_last(vm: Vm, last: list[tuple[str, str, int]]) -> None:
@@ -251,6 +267,8 @@ def _report(args: argparse.Namespace, vm: Vm, stats: RunStats) -> None:
     if vm.patches is not None:
         _report_patches(vm, vm.patches, out)
     _report_guard(stats, out)
+    if stats.ring3:
+        print("ring 3: " + ", ".join(f"{k} {n}" for k, n in sorted(stats.ring3.items())), file=out)
     per = stats.vmm_ns / max(1, data["total_exits"]) / 1000
     print(f"time in VMM: {stats.vmm_ns / 1e6:.1f} ms of {stats.wall_ns / 1e6:.1f} ms "
           f"({per:.1f} µs per exit)", file=out)

@@ -11,7 +11,8 @@ and IOPL = 0, SDM IRET operation). EFLAGS may be clobbered on the way: IRET relo
 them from the frame.
 
 It exits instead, with the pre-decoded IRET for the runtime to emulate, when the frame
-returns to ring 3 (the runtime does the outward return and its bookkeeping), when the
+returns to ring 3 (the runtime does the outward return and its bookkeeping) or to
+virtual-8086 mode, when the
 frame sets IF while an interrupt is pending (the runtime delivers it right after the
 return, as hardware would), and when the return EIP lies inside a patched window (a
 fault taken in displaced code is reported there; the runtime resumes it in the patch
@@ -41,6 +42,8 @@ class Iret(PatchRule):
         out, go = ctx.label("iret_exit"), ctx.label("iret_go")
         return PatchCode(
             "test byte ptr [esp + 4], 3\n"            # frame CS RPL != 0: to user mode
+            f"jnz {out}\n"
+            "test byte ptr [esp + 10], 2\n"           # frame VM (EFLAGS bit 17): the runtime's
             f"jnz {out}\n"
             "test byte ptr [esp + 9], 2\n"            # frame IF (EFLAGS bit 9)
             f"jz {go}\n"

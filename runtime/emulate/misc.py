@@ -104,12 +104,38 @@ def _host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     return a, b, c, d
 
 
+def guest_cpuid(leaf: int, subleaf: int, cr4: int) -> tuple[int, int, int, int]:
+    """What CPUID answers the guest: the CPU model's values, with CPUID.1:ECX.OSXSAVE
+    mirroring the guest's CR4.OSXSAVE (SDM CPUID), not the scratch engine's."""
+    a, b, c, d = _host_cpuid(leaf, subleaf)
+    if leaf == 1:
+        c = (c & ~CPUID1_OSXSAVE) | (CPUID1_OSXSAVE if cr4 & CR4_OSXSAVE else 0)
+    return a, b, c, d
+
+
 def cpuid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
     cpu = ctx.cpu
-    a, b, c, d = _host_cpuid(cpu.read_name("eax"), cpu.read_name("ecx"))
+    a, b, c, d = guest_cpuid(cpu.read_name("eax"), cpu.read_name("ecx"), ctx.vcpu.cr(4))
     for name, value in (("eax", a), ("ebx", b), ("ecx", c), ("edx", d)):
         cpu.write_name(name, value)
     return None
+
+
+#: CPUID feature bits (SDM vol. 2 CPUID, tables 3-10 and 3-8) the emulated instructions check.
+CPUID1_MONITOR, CPUID1_XSAVE, CPUID1_OSXSAVE = 1 << 3, 1 << 26, 1 << 27
+CPUID7_INVPCID, CPUID7_SMAP = 1 << 10, 1 << 20
+CR4_OSXSAVE = 1 << 18
+
+
+def has(leaf: int, reg: int, bit: int) -> bool:
+    """Whether ring1's own CPUID (the one the guest reads, `cpuid`) reports a feature: an
+    instruction it reports absent is #UD, as on the CPU it describes (and under QEMU)."""
+    return bool(_host_cpuid(leaf, 0)[reg] & bit)
+
+
+def _require(leaf: int, reg: int, bit: int) -> None:
+    if not has(leaf, reg, bit):
+        raise EmulationFault(6, None)
 
 
 EMULATORS["cpuid"] = cpuid
@@ -122,7 +148,11 @@ AC = 1 << 18
 
 
 def xsetbv(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
-    # SDM XSETBV: XCR[ECX] = EDX:EAX; only XCR0 exists and bit 0 (x87) must stay set.
+    # SDM XSETBV: #UD unless XSAVE exists and CR4.OSXSAVE is set; XCR[ECX] = EDX:EAX; only
+    # XCR0 exists and bit 0 (x87) must stay set.
+    _require(1, 2, CPUID1_XSAVE)
+    if not ctx.vcpu.cr(4) & CR4_OSXSAVE:
+        raise EmulationFault(6, None)
     cpu = ctx.cpu
     value = (cpu.read_name("edx") << 32) | cpu.read_name("eax")
     if cpu.read_name("ecx") != 0 or not value & 1:
@@ -132,24 +162,27 @@ def xsetbv(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
 
 
 def rdpmc(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
-    # The guest's CPL is 0, where RDPMC is allowed; ring1 has no performance counters: 0.
-    ctx.cpu.write_name("eax", 0)
-    ctx.cpu.write_name("edx", 0)
-    return None
+    # The guest's CPL is 0, where RDPMC passes its privilege check; ring1 has no performance
+    # counters, and QEMU (helper_rdpmc) raises #UD there for the same reason.
+    raise EmulationFault(6, None)
 
 
 def monitor_mwait(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
-    # MONITOR arms nothing ring1 could see; MWAIT waits for an interrupt like HLT.
+    # #UD where CPUID.1:ECX.MONITOR says they are absent; else MONITOR arms nothing ring1
+    # could see and MWAIT waits for an interrupt like HLT.
+    _require(1, 2, CPUID1_MONITOR)
     return ctx.on_halt(next_eip) if op.mnemonic == "mwait" else None
 
 
 def stac_clac(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    _require(7, 1, CPUID7_SMAP)
     fl = ctx.cpu.read_name("eflags")
     ctx.cpu.write_name("eflags", (fl | AC) if op.mnemonic == "stac" else (fl & ~AC))
     return None
 
 
 def invpcid(op: Operation, ctx: Ctx, next_eip: int) -> int | None:
+    _require(7, 1, CPUID7_INVPCID)
     ctx.on_paging_change(None)
     return None
 

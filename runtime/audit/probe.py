@@ -14,6 +14,11 @@ from the guest's CPL, with its registers, stack and segment state:
   patch: inline translations run as emitted code, an int3 or hypercall exit is answered by
   the runtime's own emulator for its class (runtime/emulate), as in a run.
 
+Under `--guest-ring 3` the audit point's CPU state is at real CPL 3 (the guest kernel
+deprivileged, runtime/ring3/): each probe runs there unpatched (ring 3 runs unpatched), from
+the VMM's user page, the one VMM page CPL 3 may fetch from; SGDT and SIDT store on the guest
+kernel's stack (`Probe.stack`), since no VMM page is writable at CPL 3.
+
 The list of instructions is `bt.isa`: every row whose CPL-1 behaviour leaks or silently
 differs and which hands the guest a value (`PROBES` covers them; `NOT_PROBED` says why the
 others are left out; tests/test_audit.py checks the two against the table).
@@ -448,7 +453,9 @@ class Scratch:
     def access(self, linear: int, user: bool = False, store: bool = False) -> str:
         """A 4-byte load (or `store`) at `linear`, at CPL 1 from the audit point's CPU state,
         or with `user` at CPL 3 (an IRETD from there to code on the VMM's user page, with the
-        guest's own ring-3 selectors). Loads give "ok", stores "made" or "dropped" (Unicorn
+        guest's own ring-3 selectors). Under `--guest-ring 3` both run at CPL 3 from code on
+        the user page: the guest kernel's in its view, `user` with the real CR3 on split's
+        user view. Loads give "ok", stores "made" or "dropped" (Unicorn
         has the page write-protected, as the run's VMM guard does); either may give "#PF" or
         another fault. A #PF the run's VMM would take for itself (a guest entry the shadow page
         directory has not copied yet, or a first write to a clean 4 MiB page:

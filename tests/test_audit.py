@@ -9,8 +9,14 @@
 * Guard events: a guest that stores into three VMM pages: the audit reports the three.
 * Side effects: the probes run in a scratch engine; the run's memory and registers are
   unchanged after `take`.
-* Golden text for hello, usermode and higherhalf (the VMM area moves); RING1_UPDATE_GOLDEN=1
-  rewrites them. The RDTSC/RDTSCP rows read the host's TSC and are masked.
+* Ring 3 (`--guest-ring 3`): zoo run at CPL 3 prints what the audit's "ring 3 kernel" column
+  says; on usermode, every mapping's protection in each view is what the CPU did at CPL 3, and
+  guest user code reads guest kernel pages under flat only.
+* The attack guests (samples/attacks): the stores the guest says did not stick are the
+  audit's dropped stores; its descriptor table writes are counted.
+* Golden text for hello, usermode, higherhalf (the VMM area moves), two attack guests and
+  hello under ring 3; RING1_UPDATE_GOLDEN=1 rewrites them. The RDTSC/RDTSCP rows read the
+  host's TSC and are masked.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from unicorn import x86_const as ux
 from bt import isa, layout
 from bt.cli import main
 from patchmgr.manager import PatchConfig
-from runtime.audit import NOT_MEASURED, cpu_disagrees, reference, take
+from runtime.audit import NOT_MEASURED, RING1_ELSEWHERE, cpu_disagrees, reference, take
 from runtime.audit.probe import NOT_PROBED, PROBES
 from runtime.audit.reach import VIA_GUEST, VIA_NO_PAGING, VIA_SLOT
 from runtime.bench import LOAD, assemble
@@ -57,7 +63,7 @@ def _printed(serial: str) -> dict[str, str]:
 
 def _probe(doc: dict, label: str, column: str) -> str:
     row = next(r for r in doc["leaks"] if r["probe"] == label)
-    return row[column]["value"] if column.startswith("ring1") else row[column]
+    return row[column]["value"] if column.startswith("ring") else row[column]
 
 
 def _expected_values(p: dict[str, str]) -> dict[str, str]:
@@ -93,6 +99,48 @@ def test_patched_values_are_what_qemu_prints(tmp_path):
     rows = {r["probe"]: r for r in doc["leaks"]}
     assert rows["SGDT: GDTR"]["leaks_unpatched"] and not rows["SGDT: GDTR"]["leaks_patched"]
     assert all(r["ring3_kernel"] == NOT_MEASURED for r in doc["leaks"])
+    assert doc["point"]["guest_ring"] == 1 and doc["point"]["ring3_view"] is None
+
+
+def test_ring3_values_are_what_zoo_prints_at_cpl_3(tmp_path):
+    # Under --guest-ring 3 zoo runs at real CPL 3 and prints what the CPU gives it there; the
+    # audit's probes, run at CPL 3 from the end of that run, must say the same.
+    doc, serial = _audit(tmp_path, ZOO, "--guest-ring", "3")
+    printed = _printed(serial)
+    assert doc["point"]["guest_ring"] == 3 and doc["point"]["guest_cpl"] == 0 and doc["point"]["cpl"] == 3
+    assert printed["sgdt matches lgdt"] == "no"
+    for label, value in _expected_values(printed).items():
+        assert _probe(doc, label, "ring3_kernel") == value, label
+    assert int(_probe(doc, "MOV r,CS: selector", "ring3_kernel"), 16) & 3 == int(printed["cs.rpl"]) == 3
+    assert int(_probe(doc, "PUSH CS: selector", "ring3_kernel"), 16) & 3 == int(printed["push cs rpl"])
+    assert int(_probe(doc, "PUSH SS: selector", "ring3_kernel"), 16) & 3 == int(printed["push ss rpl"])
+    rows = {r["probe"]: r for r in doc["leaks"]}
+    assert rows["SGDT: GDTR"]["leaks_unpatched"] and rows["SGDT: GDTR"]["leaks_patched"] is None
+    assert all(r["ring1_unpatched"] == r["ring1_patched"] == RING1_ELSEWHERE for r in doc["leaks"])
+    assert doc["vmm_area"]["ring1"] == RING1_ELSEWHERE
+
+
+@pytest.mark.parametrize("view", ["split", "flat"])
+def test_ring3_reach_of_the_guest_kernel_and_guest_user_code(tmp_path, view):
+    # usermode under --guest-ring 3: the guest kernel at CPL 3 reaches the VMM's user page only,
+    # and writes none; guest user code reads guest kernel pages under flat only. Each mapping's
+    # protection is what a load and a store by the CPU at CPL 3 did, in each view.
+    doc, _ = _audit(
+        tmp_path, ROOT / "samples" / "usermode" / "usermode.elf", "--guest-ring", "3", "--ring3", view
+    )
+    assert doc["point"]["ring3_view"] == view
+    maps = doc["vmm_area"]["mappings"]
+    assert maps and all("ring1" not in m for m in maps)
+    assert {m["region"] for m in maps if m["ring3_kernel"]["read"]} == {"user page"}
+    assert {m["region"] for m in maps if m["ring3_user"]["read"]} == {"user page"}
+    assert not any(m["ring3_kernel"]["write"] != "no" or m["ring3_user"]["write"] != "no" for m in maps)
+    for m in maps:
+        loads = ("ok" if m["ring3_kernel"]["read"] else "#PF", "ok" if m["ring3_user"]["read"] else "#PF")
+        assert (m["cpu"]["ring1_load"], m["cpu"]["ring3_user_load"]) == loads, m["region"]
+        assert m["cpu"]["ring1_store"] == m["cpu"]["ring3_user_store"] == "#PF", m["region"]
+    exposed = doc["vmm_area"]["user_reads_kernel_pages"]
+    assert exposed == 0 if view == "split" else exposed > 0
+    assert any("the CPU agrees" in line for line in doc["verdict"])
 
 
 def test_every_leaking_row_of_the_table_is_probed_or_explained():
@@ -256,6 +304,32 @@ def test_a_guest_that_stops_is_audited_where_it_stopped(tmp_path, capsys):
     assert doc["leaks"][0]["guest_set"] == "IF 0 IOPL 0"
 
 
+ATTACKS = ROOT / "samples" / "attacks" / "attacks.elf"
+
+
+def test_the_attack_guests_stores_into_vmm_pages_are_the_dropped_ones(tmp_path):
+    # samples/attacks test=pde writes a word into eight VMM physical pages through its own page
+    # table and reads each back: the ones it says did not stick are the audit's dropped stores,
+    # the one that stuck is the page the audit says ring 1 writes.
+    doc, serial = _audit(tmp_path, ATTACKS, "--cmdline", "test=pde")
+    said = re.findall(r"physical (0x[0-9a-f]+): the write (did not stick|stuck)", serial)
+    assert len(said) == 8
+    dropped = {int(a, 16) for a, how in said if how == "did not stick"}
+    stuck = {int(a, 16) for a, how in said if how == "stuck"}
+    g = doc["guard"]
+    assert g["dropped_stores"] == len(dropped) == 7
+    assert {int(w["address"], 16) for w in g["first_writers"]} == dropped
+    assert [layout.region_at(a) for a in stuck] == ["patch state"]
+    writable = {m["region"] for m in doc["vmm_area"]["mappings"] if m["ring1"]["write"] == "yes"}
+    assert writable == {"patch state"}
+    assert len(g["vmm_moves"]) == 3
+
+
+def test_the_attack_guests_descriptor_table_writes_are_counted(tmp_path):
+    doc, serial = _audit(tmp_path, ATTACKS, "--cmdline", "test=selectors")
+    assert doc["guard"]["table_writes"] > 0 and "rewritten" in serial
+
+
 def _keys(value: object, out: set[str]) -> set[str]:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -267,8 +341,9 @@ def _keys(value: object, out: set[str]) -> set[str]:
     return out
 
 
-def test_the_json_document_is_documented(tmp_path):
-    doc, _ = _audit(tmp_path, ROOT / "samples" / "higherhalf" / "higherhalf.elf")
+@pytest.mark.parametrize("ring", ["1", "3"])
+def test_the_json_document_is_documented(tmp_path, ring):
+    doc, _ = _audit(tmp_path, ROOT / "samples" / "higherhalf" / "higherhalf.elf", "--guest-ring", ring)
     text = (ROOT / "docs" / "audit-json.md").read_text()
     # Every key of the document is named in the schema doc (reference keys are prose there).
     missing = {k for k in _keys(doc, set()) if f"`{k}`" not in text and f'"{k}"' not in text}
@@ -289,10 +364,20 @@ def test_rich_rendering_on_a_terminal():
 _TSC = re.compile(r"^  RDTSCP?: .*$", re.M)
 
 
-@pytest.mark.parametrize("name", ["hello", "usermode", "higherhalf"])
+GOLDENS = {
+    "hello": ["samples/hello/hello.elf"],
+    "usermode": ["samples/usermode/usermode.elf"],
+    "higherhalf": ["samples/higherhalf/higherhalf.elf"],
+    "attacks-pde": ["samples/attacks/attacks.elf", "--cmdline", "test=pde"],
+    "attacks-user_patch_paged": ["samples/attacks/attacks.elf", "--cmdline", "test=user_patch_paged"],
+    "hello-ring3": ["samples/hello/hello.elf", "--guest-ring", "3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDENS))
 def test_golden(monkeypatch, capsys, name):
     monkeypatch.chdir(ROOT)  # paths in the output stay relative
-    assert main(["audit", f"samples/{name}/{name}.elf"]) == 0
+    assert main(["audit", *GOLDENS[name]]) == 0
     out = _TSC.sub("  RDTSC: (host TSC, masked)", capsys.readouterr().out)
     golden = GOLDEN / f"{name}.txt"
     if UPDATE:

@@ -1,5 +1,6 @@
-"""`bt audit`: run a kernel in ring 1 and report what of the VMM it could reach, learn and
-change at the end of the run or after N guest instructions (runtime/audit).
+"""`bt audit`: run a kernel in ring 1 (or deprivileged to ring 3, --guest-ring 3) and report
+what of the VMM it could reach, learn and change at the end of the run or after N guest
+instructions (runtime/audit).
 
 Exit code: 0 when the audit is written at the end of the run or at `--at-insns`; 4 when
 the guest stopped for another reason, Ctrl-C included (the audit of that point is still written, after the
@@ -30,7 +31,7 @@ _BUDGET = "instruction budget exhausted"
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "audit",
-        help="what a guest kernel in ring 1 can reach, learn and change of the VMM",
+        help="what a guest kernel in ring 1 (or ring 3) can reach, learn and change of the VMM",
         description="Run KERNEL as `bt run` does and report, at the end of the run or after --at-insns "
         "guest instructions: the VMM structures mapped in the guest's linear space and their "
         "protection from guest ring 1 and ring 3 (from the run's page tables), the host values "
@@ -53,6 +54,21 @@ def add_parser(sub: Any) -> None:
     machine = p.add_argument_group("the PC (QEMU's pc machine)")
     devices.add_arguments(machine, writable=False)  # the guest's disk writes stay in memory
     p.add_argument("--vmm-base", type=_slot, metavar="ADDR", help="pin the VMM area (as bt run)")
+    rings = p.add_argument_group("the guest kernel's ring, as bt run")
+    rings.add_argument(
+        "--guest-ring",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="audit the guest kernel in ring 1 (default) or deprivileged to ring 3 "
+        "(unpatched; its probes run at CPL 3)",
+    )
+    rings.add_argument(
+        "--ring3",
+        choices=("split", "flat"),
+        default="split",
+        help="ring 3's paging views: split (default) or flat",
+    )
     patch = p.add_argument_group("patching (PATM), as bt run")
     patch.add_argument(
         "--hot", type=positive_int, default=1, metavar="N", help="patch a site once it trapped N times"
@@ -79,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             serial=sink,
             patch=patch,
             vmm_base=args.vmm_base,
+            guest_ring=args.guest_ring,
+            ring3_view=args.ring3,
             **platform,
         )
         vm = Vm(config)

@@ -13,9 +13,13 @@ audit point the user picks) and measures three things, each from the run itself:
 3. guard events of the run (`RunStats`): dropped stores into the VMM area, VMM moves,
    virtual flags words repaired.
 
-Each row carries how VirtualBox, VMware and Xen handled it (`reference`). The guest
-kernel deprivileged to ring 3 (`bt run --guest-ring 3`) does not exist yet: its columns
-say "not measured". The JSON form is `ring1.audit/1` (docs/audit-json.md).
+Each row carries how VirtualBox, VMware and Xen handled it (`reference`).
+
+An audit measures the run's own ring. `bt audit --guest-ring 3 [--ring3 split|flat]` audits
+the guest kernel deprivileged to real CPL 3 (runtime/ring3/): the probes run at CPL 3 from the
+audit point, unpatched (ring 3 runs unpatched), and the mappings are walked in ring 3's
+views; its ring-1 columns then say where they are measured, as a ring-1 audit's ring-3
+columns do. The JSON form is `ring1.audit/1` (docs/audit-json.md).
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.audit import reference
 from runtime.audit.probe import NOT_PROBED, PROBES, Outcome, Scratch
-from runtime.audit.reach import VIA_GUEST, VIA_GUEST_UNUSED, VIA_NO_PAGING, Access, Mapping, mappings
+from runtime.audit.reach import (
+    VIA_GUEST,
+    VIA_GUEST_UNUSED,
+    VIA_NO_PAGING,
+    Access,
+    Mapping,
+    mappings,
+    mappings_ring3,
+)
 from runtime.cpu import CS, EIP
 from runtime.paging import CR0_PG
 
@@ -35,8 +47,10 @@ if TYPE_CHECKING:
 SCHEMA = "ring1.audit/1"
 #: RunStats counters of the isolation work (issue 11), reported when the runtime has them.
 ISSUE11_COUNTERS = ("table_writes", "user_patch_steps", "code_pages_seen")
-#: What the columns of the guest kernel deprivileged to ring 3 say until that mode exists.
-NOT_MEASURED = "not measured (no --guest-ring 3 yet)"
+#: What a ring-1 audit says in the columns of the guest kernel deprivileged to ring 3, and
+#: a ring-3 audit in the ring-1 columns: each ring is its own run.
+NOT_MEASURED = "measured in a run of its own: bt audit --guest-ring 3 [--ring3 split|flat]"
+RING1_ELSEWHERE = "measured in a run of its own: bt audit without --guest-ring 3"
 
 
 @dataclass(frozen=True)
@@ -46,19 +60,24 @@ class Leak:
     guest: str | None
     unpatched: Outcome | None
     patched: Outcome | None
-    why_not: str = ""  #: why unpatched/patched are None (the guest was in ring 3)
+    why_not: str = ""  #: why unpatched/patched are None (the guest was in user mode)
+    #: The guest kernel's real ring: 3 in an audit of `--guest-ring 3`, where `unpatched` is
+    #: what the guest kernel at CPL 3 got and `patched` is None (ring 3 runs unpatched).
+    ring: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         ref = reference.LEAKS[self.cls]
+        ring1 = self.ring == 1
+        got = self.unpatched.to_dict() if self.unpatched else None
         return {
             "class": self.cls,
             "probe": self.label,
             "guest_set": self.guest,
-            "ring1_unpatched": self.unpatched.to_dict() if self.unpatched else None,
-            "ring1_patched": self.patched.to_dict() if self.patched else None,
+            "ring1_unpatched": got if ring1 else RING1_ELSEWHERE,
+            "ring1_patched": (self.patched.to_dict() if self.patched else None) if ring1 else RING1_ELSEWHERE,
             "leaks_unpatched": _differs(self.guest, self.unpatched),
-            "leaks_patched": _differs(self.guest, self.patched),
-            "ring3_kernel": NOT_MEASURED,
+            "leaks_patched": _differs(self.guest, self.patched) if ring1 else None,
+            "ring3_kernel": NOT_MEASURED if ring1 else got,
             "not_measured_because": self.why_not or None,
             "reference": ref.to_dict(),
         }
@@ -79,7 +98,7 @@ class Audit:
     guest_insns: int
     virtual_ns: int
     eip: int
-    cpl: int
+    cpl: int  #: the real CPL
     vmm_base: int
     paging: bool  #: the CPU's CR0.PG (the real one)
     guest_paging: bool  #: the guest's own (virtual) CR0.PG
@@ -91,6 +110,17 @@ class Audit:
     #: scratch engine (`Scratch.access`); empty when the probes could not run.
     cpu: dict[int, dict[str, str]] = field(default_factory=dict)
     verdict: list[str] = field(default_factory=list)
+    guest_ring: int = 1  #: the guest kernel's real ring (`--guest-ring`)
+    ring3_view: str | None = None  #: ring 3's paging views (`--ring3`), None in ring 1
+    guest_cpl: int = 0  #: the CPL the guest believes it runs at (`VirtualCpu.guest_cpl`)
+    #: Guest kernel (supervisor) pages guest user code can read (runtime/ring3/probe.py
+    #: `reach`); None with guest paging off.
+    user_reads_kernel_pages: int | None = None
+
+    @property
+    def kernel_key(self) -> str:
+        """The JSON name of the guest kernel's column."""
+        return "ring1" if self.guest_ring == 1 else "ring3_kernel"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,13 +132,19 @@ class Audit:
                 "virtual_ns": self.virtual_ns,
                 "eip": f"{self.eip:#010x}",
                 "cpl": self.cpl,
+                "guest_cpl": self.guest_cpl,
+                "guest_ring": self.guest_ring,
+                "ring3_view": self.ring3_view,
             },
             "vmm_area": {
                 "base": f"{self.vmm_base:#010x}",
                 "paging": self.paging,
                 "guest_paging": self.guest_paging,
-                "mappings": [{**m.to_dict(), "cpu": self.cpu.get(m.linear)} for m in self.mappings],
-                "ring3_kernel": NOT_MEASURED,
+                "mappings": [
+                    {**m.to_dict(self.kernel_key), "cpu": self.cpu.get(m.linear)} for m in self.mappings
+                ],
+                "user_reads_kernel_pages": self.user_reads_kernel_pages,
+                **({"ring3_kernel": NOT_MEASURED} if self.guest_ring == 1 else {"ring1": RING1_ELSEWHERE}),
                 "reference": {"vmm_slot": reference.AREA.to_dict(), "guest_alias": reference.ALIAS.to_dict()},
             },
             "leaks": [leak.to_dict() for leak in self.leaks],
@@ -143,8 +179,12 @@ def _not_in_kernel(vm: Vm) -> str:
     """Why the probes cannot run from the CPU state of the audit point ("" if they can)."""
     cpl, eip, area = vm.cpu.read(CS) & 3, vm.cpu.read(EIP), vm.machine.vmm
     why = ""
-    if cpl != 1:
+    if vm.vcpu.guest_cpl() != 0:
+        # Ring 1: the real CPL tells; ring 3: the guest kernel is at real CPL 3 too, so the
+        # VMM's record of the guest's mode (its virtual CPL) tells.
         why = f"the CPU was at CPL {cpl} at the audit point, not in the guest kernel"
+        if vm.vcpu.ring == 3:
+            why = "the guest was in user mode (virtual CPL 3) at the audit point, not in its kernel"
     elif area.contains(eip) and not area.in_patch_memory(eip):
         # The VMM's own ring-1 stub (a ring 3 -> 1 delivery in flight): CS is the VMM's.
         why = f"the CPU was in VMM code at {eip:#010x}, not in the guest kernel"
@@ -152,6 +192,8 @@ def _not_in_kernel(vm: Vm) -> str:
 
 
 def _leaks(vm: Vm, scratch: Scratch) -> list[Leak]:
+    if vm.vcpu.ring == 3:  # unpatched only: ring 3 runs unpatched
+        return [Leak(p.cls, p.label, p.guest(vm), scratch.run(p, None), None, ring=3) for p in PROBES]
     from patchmgr.registry import load
 
     rules = vm.patches.rules if vm.patches is not None else load()
@@ -160,12 +202,14 @@ def _leaks(vm: Vm, scratch: Scratch) -> list[Leak]:
 
 def take(vm: Vm, ended: str) -> Audit:
     """The audit of run `vm` where it stopped (`ended` says how)."""
+    from runtime.ring3.probe import reach
+
     guard = _guard(vm)  # before the probes: nothing they do reaches the run's counters
-    paging, maps = mappings(vm)
+    paging, maps = mappings(vm) if vm.ring3 is None else mappings_ring3(vm)
     why = _not_in_kernel(vm)
     cpu: dict[int, dict[str, str]] = {}
     if why:
-        leaks = [Leak(p.cls, p.label, p.guest(vm), None, None, why) for p in PROBES]
+        leaks = [Leak(p.cls, p.label, p.guest(vm), None, None, why, vm.vcpu.ring) for p in PROBES]
     else:
         scratch = Scratch(vm)
         try:
@@ -195,6 +239,10 @@ def take(vm: Vm, ended: str) -> Audit:
         leaks=leaks,
         guard=guard,
         cpu=cpu,
+        guest_ring=vm.vcpu.ring,
+        ring3_view=vm.ring3.view if vm.ring3 is not None else None,
+        guest_cpl=vm.vcpu.guest_cpl(),
+        user_reads_kernel_pages=reach(vm)["user_reads_kernel_pages"],
     )
     audit.verdict = verdict(audit)
     return audit
@@ -232,9 +280,15 @@ def cpu_disagrees(a: Audit) -> list[str]:
     return out
 
 
+def _regions(maps: list[Mapping]) -> str:
+    return ", ".join(sorted({m.region for m in maps})) or "none"
+
+
 def verdict(a: Audit) -> list[str]:
-    """What the guest kernel at ring 1 can read, change and learn, in a few sentences built
-    from the measured rows only."""
+    """What the guest kernel can read, change and learn, in a few sentences built from the
+    measured rows only."""
+    if a.guest_ring == 3:
+        return _verdict_ring3(a)
     out: list[str] = []
     readable = [m for m in a.mappings if m.ring1.read and m.via not in (VIA_GUEST, VIA_GUEST_UNUSED)]
     user = [m for m in a.mappings if m.ring3.read]
@@ -250,39 +304,76 @@ def verdict(a: Audit) -> list[str]:
             else ""
         )
         + f"; guest ring 3 reads {_pages(user)} ("
-        + (", ".join(sorted({m.region for m in user})) or "none")
+        + _regions(user)
         + ")."
     )
     if any(m.via == VIA_NO_PAGING for m in a.mappings):
         out.append("the CPU's paging is off at the audit point: no page protection applies to any CPL.")
     out.append(
         f"change: ring 1 writes {_physical(writable)} VMM physical pages ("
-        + (", ".join(sorted({m.region for m in writable})) or "none")
+        + _regions(writable)
         + f"); stores into the other {_physical(dropped)} it reaches are dropped by the guard "
         f"({a.guard['dropped_stores']} in this run, {a.guard['vflags_repairs']} virtual flags "
         "repairs)."
     )
-    ran = [x for x in a.leaks if x.unpatched is not None]
-    if ran:
-        leak_u = [x.label.split(":")[0] for x in ran if _differs(x.guest, x.unpatched)]
-        leak_p = [x.label.split(":")[0] for x in ran if _differs(x.guest, x.patched)]
-        out.append(
-            f"learn: unpatched, {len(leak_u)} of {len(ran)} probes give the guest a value other "
-            f"than the one it set ({', '.join(leak_u) or 'none'}); patched, {len(leak_p)} "
-            f"({', '.join(leak_p) or 'none'})."
-        )
-    else:
-        out.append(f"learn: not measured ({a.leaks[0].why_not if a.leaks else 'no probes'}).")
+    out.append(_learn(a, "unpatched"))
+    out += _user_reads(a)
     if a.cpu:
-        bad = cpu_disagrees(a)
         ran3 = any(not c["ring3_user_load"].startswith("not run") for c in a.cpu.values())
-        rings = "ring 1 and ring 3" if ran3 else "ring 1 (the guest has no ring-3 segments)"
-        out.append(
-            f"the CPU agrees: a load and a store from {rings} at every mapping did what the tables say."
-            if not bad
-            else "the CPU DISAGREES with the tables at: " + "; ".join(bad) + "."
-        )
-    out.append(
-        "ring 3 (guest kernel deprivileged): not measured; `bt run --guest-ring 3` does not exist yet."
+        out.append(_agrees(a, "ring 1 and ring 3" if ran3 else "ring 1 (the guest has no ring-3 segments)"))
+    out.append(f"ring 3 (guest kernel deprivileged): {NOT_MEASURED}.")
+    return out
+
+
+def _learn(a: Audit, how: str) -> str:
+    ran = [x for x in a.leaks if x.unpatched is not None]
+    if not ran:
+        return f"learn: not measured ({a.leaks[0].why_not if a.leaks else 'no probes'})."
+    leak_u = [x.label.split(":")[0] for x in ran if _differs(x.guest, x.unpatched)]
+    out = (
+        f"learn: {how}, {len(leak_u)} of {len(ran)} probes give the guest a value other "
+        f"than the one it set ({', '.join(leak_u) or 'none'})"
     )
+    if a.guest_ring == 3:
+        return out + "."
+    leak_p = [x.label.split(":")[0] for x in ran if _differs(x.guest, x.patched)]
+    return out + f"; patched, {len(leak_p)} ({', '.join(leak_p) or 'none'})."
+
+
+def _user_reads(a: Audit) -> list[str]:
+    if a.user_reads_kernel_pages is None:
+        return []
+    return [
+        f"guest user code reads {a.user_reads_kernel_pages} guest kernel (supervisor) pages "
+        "in the tables the CPU walks in user mode."
+    ]
+
+
+def _agrees(a: Audit, rings: str) -> str:
+    bad = cpu_disagrees(a)
+    if bad:
+        return "the CPU DISAGREES with the tables at: " + "; ".join(bad) + "."
+    return f"the CPU agrees: a load and a store from {rings} at every mapping did what the tables say."
+
+
+def _verdict_ring3(a: Audit) -> list[str]:
+    """The same for the guest kernel deprivileged to ring 3 (`Mapping.ring1` is its access
+    at real CPL 3, `Mapping.ring3` guest user code's)."""
+    kernel = [m for m in a.mappings if m.ring1.read]
+    user = [m for m in a.mappings if m.ring3.read]
+    writable = [m for m in a.mappings if m.ring1.write == "yes"]
+    dropped = [m for m in a.mappings if m.ring1.write == "dropped"]
+    out = [
+        f"read: the guest kernel at ring 3 ({a.ring3_view}) reads {_pages(kernel)} VMM pages "
+        f"({_regions(kernel)}) of the {_pages(a.mappings)} mapped in its views; guest user code "
+        f"reads {_pages(user)} ({_regions(user)}).",
+        f"change: the guest kernel at ring 3 writes {_physical(writable)} VMM physical pages "
+        f"({_regions(writable)}); stores into {_physical(dropped)} more are dropped by the guard "
+        f"({a.guard['dropped_stores']} in this run).",
+        _learn(a, "at CPL 3, unpatched (ring 3 runs unpatched)"),
+        *_user_reads(a),
+    ]
+    if a.cpu:
+        out.append(_agrees(a, "the guest kernel and guest user code (both at CPL 3)"))
+    out.append(f"ring 1: {RING1_ELSEWHERE}.")
     return out

@@ -14,6 +14,11 @@ from the guest's CPL, with its registers, stack and segment state:
   patch: inline translations run as emitted code, an int3 or hypercall exit is answered by
   the runtime's own emulator for its class (runtime/emulate), as in a run.
 
+Under `--guest-ring 3` the audit point's CPU state is at real CPL 3 (the guest kernel
+deprivileged, runtime/ring3/): each probe runs there unpatched (ring 3 runs unpatched), from
+the VMM's user page, the one VMM page CPL 3 may fetch from; SGDT and SIDT store on the guest
+kernel's stack (`Probe.stack`), since no VMM page is writable at CPL 3.
+
 The list of instructions is `bt.isa`: every row whose CPL-1 behaviour leaks or silently
 differs and which hands the guest a value (`PROBES` covers them; `NOT_PROBED` says why the
 others are left out; tests/test_audit.py checks the two against the table).
@@ -38,7 +43,7 @@ from runtime.cpu import Cpu
 from runtime.emulate import EMULATORS
 from runtime.engine import SCRATCH_TCG_BUFFER, new_engine
 from runtime.latch import ExceptionLatch
-from runtime.paging import CR0_WP, Mmu, PageFault
+from runtime.paging import CR0_PG, CR0_WP, Mmu, PageFault
 from runtime.ruletest import LinearCode
 from runtime.shadowpd import UNCHANGED, ShadowPd
 
@@ -69,6 +74,9 @@ class Probe:
     #: What the guest set, in the same words as `result` (None: nothing to compare with).
     guest: Callable[[Vm], str | None]
     regs: Callable[[Vm], dict[int, int]] = lambda _vm: {}
+    #: Ring 3's form of a probe that stores (SGDT, SIDT): at CPL 3 no VMM page is writable, so
+    #: it stores on the guest kernel's stack and pops the 8 bytes into EAX:EDX.
+    stack: bytes | None = None
 
 
 def _reg(uc: Uc, reg: int, mask: int = 0xFFFFFFFF) -> int:
@@ -186,8 +194,22 @@ def _fixed(code: bytes) -> Callable[[int], bytes]:
 #: Every probe, in bt.isa's order. Register forms where the instruction has one.
 PROBES: tuple[Probe, ...] = (
     Probe("pushf", "PUSHFD: IF, IOPL", _fixed(b"\x9c\x58"), _flags, _g_flags),  # pushfd; pop eax
-    Probe("sgdt", "SGDT: GDTR", lambda d: b"\x0f\x01\x05" + struct.pack("<I", d), _table, _g_table("gdtr")),
-    Probe("sidt", "SIDT: IDTR", lambda d: b"\x0f\x01\x0d" + struct.pack("<I", d), _table, _g_table("idtr")),
+    Probe(
+        "sgdt",
+        "SGDT: GDTR",
+        lambda d: b"\x0f\x01\x05" + struct.pack("<I", d),
+        _table,
+        _g_table("gdtr"),
+        stack=b"\x83\xec\x08\x0f\x01\x04\x24\x58\x5a",  # sub esp, 8; sgdt [esp]; pop eax; pop edx
+    ),
+    Probe(
+        "sidt",
+        "SIDT: IDTR",
+        lambda d: b"\x0f\x01\x0d" + struct.pack("<I", d),
+        _table,
+        _g_table("idtr"),
+        stack=b"\x83\xec\x08\x0f\x01\x0c\x24\x58\x5a",  # sub esp, 8; sidt [esp]; pop eax; pop edx
+    ),
     Probe("sldt", "SLDT: LDTR", _fixed(b"\x0f\x00\xc0"), _sel, _g_sel("ldtr")),  # sldt eax
     Probe("str", "STR: TR", _fixed(b"\x0f\x00\xc8"), _sel, _g_sel("tr")),  # str eax
     Probe("smsw", "SMSW: CR0 bits 0-15", _fixed(b"\x66\x0f\x01\xe0"), _sel, _g_sel("cr0")),  # smsw ax
@@ -307,17 +329,25 @@ class Scratch:
         self._dropped = False  #: the last store hit a write-protected page
         self._error: Exception | None = None
         self._exits = 0
+        #: The guest kernel's real ring (3 under `--guest-ring 3`: every probe runs at CPL 3,
+        #: from the VMM's user page, the one VMM page CPL 3 may fetch from) and ring 3's views.
+        self.ring = vm.vcpu.ring
+        self.view = vm.ring3.view if vm.ring3 is not None else None
 
     def _engine(self) -> tuple[Uc, ExceptionLatch]:
         """An engine over the copies, in the run's CPU state, with the run's page protections
-        (the VMM guard's, the code watch's), a hook that drops a store into a protected page
+        of the VMM area (the VMM guard's), a hook that drops a store into a protected page
         as the guard does (runtime/guard.py) and the probes' interrupt hook."""
         uc = new_engine(SCRATCH_TCG_BUFFER)  # a few short probes: a small translation buffer
         for base, mem in ((0, self._ram), (layout.VMM_BASE, self._vmm)):
             uc.mem_map_ptr(base, len(mem), UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
         uc.context_restore(self.context)
         for begin, last, perms in self.vm.machine.uc.mem_regions():
-            if perms != UC_PROT_ALL and (last < len(self._ram) or begin >= layout.VMM_BASE):
+            # The VMM area's protections only: a write-protected guest RAM page is one the run
+            # watches (the guest's GDT/LDT, page directory or code: issue 11), where the run
+            # makes the guest's store after noting it. Dropping it here lost the probes' own
+            # pushes (the mini-OS's kernel stack shares a watched page: PUSH CS read 0x0004).
+            if perms != UC_PROT_ALL and begin >= layout.VMM_BASE:
                 uc.mem_protect(begin, last - begin + 1, perms)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
@@ -368,6 +398,12 @@ class Scratch:
         self.uc.context_restore(self.context)
         site, data = self.area.linear(PROBE_HOME), self.area.linear(DATA_HOME)
         code = probe.code(data) + _PAD
+        stacked = False
+        if self.ring == 3:
+            if rules is not None:
+                raise ValueError("ring 3 runs unpatched: no patched probe")
+            site, stacked = self.area.linear(USER_PROBE_HOME), probe.stack is not None
+            code = (probe.stack if probe.stack is not None else probe.code(data)) + _PAD
         memory = _ScratchMemory(self)
         memory.write(site, code)
         kind, rule_name = "none", None
@@ -392,6 +428,8 @@ class Scratch:
             start = manager.resume_at(site)
         for reg, value in probe.regs(self.vm).items():
             self.uc.reg_write(reg, value)
+        if self.ring == 3:
+            self._latch.clear()  # as in `_once`
         self._fault, self._error, self._exits = None, None, 0
         end = site + len(code)
         try:
@@ -405,23 +443,32 @@ class Scratch:
             return Outcome(self._fault, self._exits, kind, rule_name)
         if int(self.uc.reg_read(ux.UC_X86_REG_EIP)) != end:
             return Outcome("did not finish", self._exits, kind, rule_name)
-        at = DATA_HOME - layout.VMM_BASE
-        return Outcome(probe.result(self.uc, bytes(self._vmm[at : at + 8])), self._exits, kind, rule_name)
+        if stacked:
+            stored = struct.pack("<II", _reg(self.uc, ux.UC_X86_REG_EAX), _reg(self.uc, ux.UC_X86_REG_EDX))
+        else:
+            at = DATA_HOME - layout.VMM_BASE
+            stored = bytes(self._vmm[at : at + 8])
+        return Outcome(probe.result(self.uc, stored), self._exits, kind, rule_name)
 
     def access(self, linear: int, user: bool = False, store: bool = False) -> str:
         """A 4-byte load (or `store`) at `linear`, at CPL 1 from the audit point's CPU state,
         or with `user` at CPL 3 (an IRETD from there to code on the VMM's user page, with the
-        guest's own ring-3 selectors). Loads give "ok", stores "made" or "dropped" (Unicorn
+        guest's own ring-3 selectors). Under `--guest-ring 3` both run at CPL 3 from code on
+        the user page: the guest kernel's in its view, `user` with the real CR3 on split's
+        user view. Loads give "ok", stores "made" or "dropped" (Unicorn
         has the page write-protected, as the run's VMM guard does); either may give "#PF" or
         another fault. A #PF the run's VMM would take for itself (a guest entry the shadow page
         directory has not copied yet, or a first write to a clean 4 MiB page:
         runtime/shadowpd.py) is handled as the run loop does: the entry is copied into the
         scratch shadow and the access runs again ("... after a shadow fill")."""
-        if user and self._user_selectors() is None:
+        if user and self.ring == 1 and self._user_selectors() is None:
             return "not run: no ring-3 code and data descriptors in the guest's GDT"
         filled = False
+        # Ring 3 walks the kernel view in kernel mode (runtime/ring3/vtlb.py), whose fills are
+        # not made here: only the shadow page directory's are (ring 1, and split's user view).
+        fills = self.ring == 1 or (user and self.view == "split")
         for _ in range(3):
-            if user:
+            if user or self.ring == 3:
                 # Each attempt in an engine of its own over the same copies: once an engine has
                 # run at CPL 3, restoring the CPL-1 context into it did not take (unicorn 2.1.4:
                 # the next probe ran on at the ring-3 code, CS 0x1b; measured).
@@ -435,7 +482,7 @@ class Scratch:
                     self.uc, self._latch = main, latch
             else:
                 got = self._once(linear, store, user)
-            if got is not None or self._pf != linear or self.shadow.fault(linear) == UNCHANGED:
+            if got is not None or self._pf != linear or not fills or self.shadow.fault(linear) == UNCHANGED:
                 break
             filled = True
             self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -452,7 +499,13 @@ class Scratch:
         insn = (b"\xa3" if store else b"\xa1") + struct.pack("<I", linear)  # mov [m], eax / mov eax, [m]
         site = self.area.linear(PROBE_HOME)
         memory = _ScratchMemory(self)
-        if user:
+        if self.ring == 3:
+            # Already at CPL 3 (the guest kernel's real CPL); guest user code differs only by
+            # the tables it runs on: split's user view is the shadow page directory.
+            site = self.area.linear(USER_PROBE_HOME)
+            memory.write(site, insn)
+            end = site + len(insn)
+        elif user:
             selectors = self._user_selectors()
             assert selectors is not None
             cs3, ss3 = selectors
@@ -467,6 +520,13 @@ class Scratch:
             end = site + len(insn)
         self._manager = None
         self.uc.context_restore(self.context)
+        if self.ring == 3:
+            # The run's context carries Unicorn's old_exception as the run left it: under ring 3
+            # often #PF (the kernel view's fills), and the access's own #PF would become #DF;
+            # the run loop clears it before every slice (runtime/latch.py), so here too.
+            self._latch.clear()
+            if user and self.view == "split" and self.vm.vcpu.cr(0) & CR0_PG:
+                self.uc.reg_write(ux.UC_X86_REG_CR3, layout.VMM_SHADOW_PD)
         self._fault, self._error, self._pf, self._dropped = None, None, None, False
         self._until = end
         try:

@@ -87,14 +87,16 @@ class Mapping:
     ring1: Access
     ring3: Access
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self, kernel: str = "ring1") -> dict[str, object]:
+        """`kernel` names the guest kernel's column: "ring1", or "ring3_kernel" in an audit
+        of `--guest-ring 3` (where `ring1` holds the guest kernel's access at CPL 3)."""
         return {
             "region": self.region,
             "linear": f"{self.linear:#010x}",
             "physical": f"{self.physical:#010x}",
             "pages": self.size // _PAGE,
             "via": self.via,
-            "ring1": self.ring1.to_dict(),
+            kernel: self.ring1.to_dict(),
             "ring3_user": self.ring3.to_dict(),
         }
 
@@ -175,6 +177,42 @@ def mappings(vm: Vm) -> tuple[bool, list[Mapping]]:
             w, u = bool(pde & pte & PTE_W), bool(pde & pte & PTE_U)
             pages.append((lin, page, via, _access(phys, page, True, w or not wp), _access(phys, page, u, w)))
     return True, _merge(sorted(pages))
+
+
+def mappings_ring3(vm: Vm) -> tuple[bool, list[Mapping]]:
+    """The same under `--guest-ring 3`, where guest kernel and guest user code both run at
+    real CPL 3 and differ only in the tables the CPU walks (runtime/ring3/mode.py): the
+    kernel view (`VMM_RING3_PD`) in kernel mode; in user mode the guest's own tables through
+    the shadow page directory (split) or the kernel view again (flat). With guest paging off
+    both walk the identity shadow. Each view is walked as a user access (U/S and R/W at both
+    levels; CR0.WP does not matter at CPL 3), so `Mapping.ring1` holds what the guest kernel
+    at ring 3 gets and `Mapping.ring3` what guest user code gets. An entry only in the guest's
+    own directory reaches user code once split's shadow copies it; the kernel view maps a VMM
+    frame supervisor-only (runtime/ring3/vtlb.py), so the guest kernel never gets it."""
+    cpu, ring3 = vm.cpu, vm.ring3
+    assert ring3 is not None
+    phys = _Phys(vm.machine.uc)
+    pse = bool(cpu.read(CR4) & CR4_PSE)
+    if vm.vcpu.cr(0) & CR0_PG:
+        kernel_pd = layout.VMM_RING3_PD
+        user_pd = layout.VMM_SHADOW_PD if ring3.view == "split" else kernel_pd
+    else:
+        kernel_pd = user_pd = cpu.read(CR3) & 0xFFFFF000
+    slot = vm.machine.vmm.pde_index
+    found: dict[int, tuple[int, str, Access, Access]] = {}  # linear -> physical, via, kernel, user
+    for pd, user_side in ((kernel_pd, False), (user_pd, True)):
+        for lin, page, pde, pte in _walk(cpu.phys_read, pd, pse):
+            via = VIA_SLOT if lin >> 22 == slot else VIA_GUEST
+            _, _, kernel, user = found.get(lin, (page, via, NONE, NONE))
+            acc = _access(phys, page, bool(pde & pte & PTE_U), bool(pde & pte & PTE_W))
+            found[lin] = (page, via, kernel, acc) if user_side else (page, via, acc, user)
+    guest_pd = vm.shadow.guest_pd
+    if guest_pd is not None and ring3.view == "split":
+        for lin, page, pde, pte in _walk(cpu.phys_read, guest_pd, pse):
+            if lin not in found:
+                user = _access(phys, page, bool(pde & pte & PTE_U), bool(pde & pte & PTE_W))
+                found[lin] = (page, VIA_GUEST_UNUSED, NONE, user)
+    return True, _merge([(lin, *row) for lin, row in sorted(found.items())])
 
 
 def _merge(pages: list[tuple[int, int, str, Access, Access]]) -> list[Mapping]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from runtime.audit import NOT_MEASURED, Audit, reference
+from runtime.audit import NOT_MEASURED, RING1_ELSEWHERE, Audit, reference
 from runtime.audit.probe import NOT_PROBED
 
 if TYPE_CHECKING:
@@ -47,9 +47,22 @@ def _cpu(a: Audit, linear: int, who: str) -> str:
 
 
 def _blocks(a: Audit) -> list[str | _Table]:
+    ring3 = a.guest_ring == 3
+    mode = (
+        f" (guest kernel deprivileged to ring 3, --ring3 {a.ring3_view}; the guest in its "
+        + ("kernel" if a.guest_cpl == 0 else "user mode")
+        + ")"
+        if ring3
+        else ""
+    )
+    other = (
+        f"  guest kernel at ring 1: {RING1_ELSEWHERE}"
+        if ring3
+        else f"  guest kernel at ring 3: {NOT_MEASURED}"
+    )
     out: list[str | _Table] = [
         f"bt audit: {a.kernel}",
-        f"audit point: {a.ended}; {a.guest_insns} guest instructions, EIP {a.eip:#010x}, CPL {a.cpl}, "
+        f"audit point: {a.ended}; {a.guest_insns} guest instructions, EIP {a.eip:#010x}, CPL {a.cpl}{mode}, "
         f"virtual time {a.virtual_ns} ns",
         "",
         f"1. The VMM area in the guest's linear space (base {a.vmm_base:#010x}; the CPU's paging "
@@ -78,20 +91,29 @@ def _blocks(a: Audit) -> list[str | _Table]:
                 "physical",
                 "pages",
                 "via",
-                "guest ring 1",
-                "guest ring 3 (user)",
-                "CPU at CPL 1",
-                "CPU at CPL 3",
+                *(
+                    ("guest kernel (CPL 3)", "guest user (CPL 3)", "CPU: guest kernel", "CPU: guest user")
+                    if ring3
+                    else ("guest ring 1", "guest ring 3 (user)", "CPU at CPL 1", "CPU at CPL 3")
+                ),
             ],
             rows,
         )
     )
-    out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
+    out.append(other)
     out += _ref("the VMM's slot", reference.AREA)
     out += _ref("guest mappings of VMM physical pages", reference.ALIAS)
     out += ["", "2. Host values the guest can read, each instruction executed at the audit point:"]
     if a.leaks and a.leaks[0].unpatched is None:
         out.append(f"  not measured: {a.leaks[0].why_not}")
+    elif ring3:
+        rows = []
+        for x in a.leaks:
+            u = x.unpatched
+            assert u is not None
+            mark = " LEAK" if x.guest is not None and u.value != x.guest else ""
+            rows.append([x.label, x.guest if x.guest is not None else "-", u.value + mark])
+        out.append(_Table(["probe", "guest set", "ring 3 kernel (CPL 3, unpatched)"], rows))
     else:
         rows = []
         for x in a.leaks:
@@ -106,7 +128,7 @@ def _blocks(a: Audit) -> list[str | _Table]:
                 [x.label, x.guest if x.guest is not None else "-", u.value + mark_u, p.value + mark_p, how]
             )
         out.append(_Table(["probe", "guest set", "ring 1 unpatched", "ring 1 patched", "patch"], rows))
-    out.append(f"  guest kernel at ring 3: {NOT_MEASURED}")
+    out.append(other)
     for cls, why in NOT_PROBED.items():
         out.append(f"  not probed: {cls}: {why}")
     groups: dict[reference.Handled, list[str]] = {}

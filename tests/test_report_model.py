@@ -159,3 +159,29 @@ def test_a_mismatch_in_how_the_runs_ended():
                                 "dynamic": _record("dynamic", status=None, stop="triple fault")})
     (mm,) = k.mismatches
     assert (mm.what, mm.expected, mm.got) == ("exit status", "3", "stopped: triple fault")
+
+
+def test_runs_both_cut_by_a_limit_agree_on_the_output_they_share():
+    """An OS that never ends is run to --max-insns: each run stops wherever it got to (the
+    patched one runs other instructions), so only the output both printed is compared."""
+    budget = "guest stopped at EIP {:#x}: instruction budget exhausted (--max-insns) (150000000 instructions)"
+    base = _record("unpatched", b"boot\n$ ", status=None, stop=budget.format(0x8010397C))
+    further = _record("dynamic", b"boot\n$ ls\n", status=None, stop=budget.format(0x8010455F))
+    assert compare_kernel(KERNEL, {"unpatched": base, "dynamic": further}).mismatches == ()
+    other = _record("dynamic", b"boot\n# ", status=None, stop=budget.format(0x8010455F))
+    (mm,) = compare_kernel(KERNEL, {"unpatched": base, "dynamic": other}).mismatches
+    assert mm.what == "serial"
+    # A limit on one side only is still a difference in how the runs ended.
+    ended = _record("dynamic", b"boot\n$ ", status=1)
+    (mm,) = compare_kernel(KERNEL, {"unpatched": base, "dynamic": ended}).mismatches
+    assert mm.what == "exit status"
+
+
+def test_runs_cut_by_a_limit_are_described_as_such():
+    from runtime.report.text import describe_outcome
+
+    budget = "guest stopped at EIP {:#x}: instruction budget exhausted (--max-insns) (9 instructions)"
+    k = compare_kernel(KERNEL, {"unpatched": _record("unpatched", b"ab", status=None, stop=budget.format(1)),
+                                "dynamic": _record("dynamic", b"abc", status=None, stop=budget.format(2))})
+    text = describe_outcome(k).plain
+    assert text.startswith("Every run was cut by a limit") and "(2 bytes)" in text and "EIP" not in text

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runtime.report import fmt
-from runtime.report.model import Comparison, Counts, KernelComparison
+from runtime.report.model import Comparison, Counts, KernelComparison, host_cut
 from runtime.report.record import BASELINE
 
 #: Width used when the output is not a terminal, so that files and goldens don't
@@ -132,6 +132,11 @@ def describe_outcome(k: KernelComparison) -> Text:
     status = (f"exit status {base.exit_status}" if base.exit_status is not None
               else f"stopped: {base.stop_reason}")
     runs = ", ".join(k.modes)
+    if k.agree and all(host_cut(k.runs[m]) for m in k.modes):
+        shared = min(len(k.runs[m].serial) for m in k.modes)
+        limit = base.stop_reason.split(": ", 1)[-1]
+        return Text(f"Every run was cut by a limit, each where it had got to ({limit}); the guest "
+                    f"output they share ({shared:,} bytes) is the same: {runs}.")
     if k.agree:
         return Text(f"Same guest output ({len(base.serial):,} bytes) and {status} in every run: {runs}.")
     lines = Text(f"MISMATCH: the runs disagree ({len(k.mismatches)} difference(s)); "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bt.cli.args import positive_int, seconds
+from bt.cli.bench_engine import fmt, progress
 from bt.errors import MismatchError
 
 
@@ -41,10 +42,6 @@ def run(args: argparse.Namespace) -> int:
     if not targets:
         print("bt bench boot: nothing to boot (--no-minios without --xv6)", file=sys.stderr)
         return 2
-
-    def progress(what: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\x1b[K{what}", end="", file=sys.stderr, flush=True)
 
     report = []
     for target in targets:
@@ -89,10 +86,6 @@ def _rows(target: Any, cs: list[Any]) -> dict[str, Any]:
             "prompt": target.prompt.decode(errors="replace"), "configs": rows}
 
 
-def _fmt(v: float | int | None, spec: str, suffix: str = "") -> str:
-    return "-" if v is None else format(v, spec) + suffix
-
-
 def _print(doc: dict[str, Any], runs: int) -> None:
     print(f"{doc['target']}: process start to the prompt {doc['prompt']!r} on serial, median of {runs} "
           "rounds; serial output up to it identical in every configuration that reached it")
@@ -102,8 +95,8 @@ def _print(doc: dict[str, Any], runs: int) -> None:
         if r["failed"] is not None:
             print(f"{r['name']:18s} did not reach the prompt: {r['failed']}")
             continue
-        print(f"{r['name']:18s} {_fmt(r['seconds'], '.3f'):>12s} {_fmt(r['vs_qemu'], '.2f', 'x'):>8s} "
-              f"{_fmt(r['startup_s'], '.3f'):>11s} {_fmt(r['exits'], ',d'):>9s} "
-              f"{_fmt(r['guest_insns'], ',d'):>12s}")
+        print(f"{r['name']:18s} {fmt(r['seconds'], '.3f'):>12s} {fmt(r['vs_qemu'], '.2f', 'x'):>8s} "
+              f"{fmt(r['startup_s'], '.3f'):>11s} {fmt(r['exits'], ',d'):>9s} "
+              f"{fmt(r['guest_insns'], ',d'):>12s}")
     print("start-up: process start to the guest's first instruction; exits and guest instructions are "
           "ring1's, counted until it was stopped just after the prompt")

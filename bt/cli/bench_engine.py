@@ -41,10 +41,6 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from runtime.enginebench import FLOOR, QEMU, measure, median, per_round
 
-    def progress(what: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\x1b[K{what}", end="", file=sys.stderr, flush=True)
-
     bench = measure(args.kernel, args.cmdline, args.runs, progress=progress)
     if sys.stderr.isatty():
         print("\r\x1b[K", end="", file=sys.stderr)
@@ -72,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
+def progress(what: str) -> None:
+    """One line of progress on a terminal's stderr, overwritten by the next."""
+    if sys.stderr.isatty():
+        print(f"\r\x1b[K{what}", end="", file=sys.stderr, flush=True)
+
+
+def fmt(v: float | int | None, spec: str, suffix: str = "") -> str:
+    """A figure for a table cell; "-" where there is none."""
     return "-" if v is None else format(v, spec) + suffix
 
 
@@ -82,9 +85,9 @@ def _print(bench: Any, rows: list[dict[str, Any]], with_qemu: bool) -> None:
     print(f"{'configuration':18s} {'process s':>10s} {'guest s':>9s} {'exits':>9s} {'guest/floor':>12s} "
           f"{'process/QEMU':>13s} {'start-up s':>10s}")
     for r in rows:
-        print(f"{r['name']:18s} {r['process_s']:10.3f} {_fmt(r['guest_s'], '.3f'):>9s} "
-              f"{_fmt(r['exits'], 'd'):>9s} {_fmt(r['guest_vs_floor'], '.2f', 'x'):>12s} "
-              f"{_fmt(r['process_vs_qemu'], '.2f', 'x'):>13s} {_fmt(r['startup_s'], '.3f'):>10s}")
+        print(f"{r['name']:18s} {r['process_s']:10.3f} {fmt(r['guest_s'], '.3f'):>9s} "
+              f"{fmt(r['exits'], 'd'):>9s} {fmt(r['guest_vs_floor'], '.2f', 'x'):>12s} "
+              f"{fmt(r['process_vs_qemu'], '.2f', 'x'):>13s} {fmt(r['startup_s'], '.3f'):>10s}")
     patched = next(r for r in rows if r["name"] == "ring1 patched")
     ratio = patched["guest_vs_floor"]
     verdict = "meets" if ratio <= FLOOR_TARGET else "misses"

@@ -32,6 +32,7 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 import numpy as np
 from capstone import x86_const as x86
@@ -112,8 +113,15 @@ class ScanResult:
         return _contains(self.instruction_starts, address) or address in self.overlapping
 
 
+def search(sorted_array: np.ndarray, value: int, side: Literal["left", "right"] = "left") -> int:
+    """np.searchsorted for one Python int. The int is made the array's own type first: given a
+    plain int, NumPy casts the whole uint64 array to float64 on every call (2.6 ms on a kernel's
+    3 M instructions instead of 4 us; 13 s of a Linux kernel's scan)."""
+    return int(np.searchsorted(sorted_array, sorted_array.dtype.type(value), side=side))
+
+
 def _contains(sorted_array: np.ndarray, value: int) -> bool:
-    i = int(np.searchsorted(sorted_array, value))
+    i = search(sorted_array, value)
     return i < sorted_array.shape[0] and int(sorted_array[i]) == value
 
 
@@ -180,7 +188,7 @@ class _Descent:
         # "Stops": flow instructions plus the last instruction of each region (falls off the code).
         last = []
         for lo, hi, _ in self.regions:
-            i = int(np.searchsorted(sweep.address, hi)) - 1
+            i = search(sweep.address, hi) - 1
             if i >= 0 and int(sweep.address[i]) >= lo:
                 last.append(i)
         flows = sweep.flow_index
@@ -322,7 +330,7 @@ class _Descent:
         pos = end = address
         while pos < hi and len(self.overlapping) < MAX_OVERLAPPING:
             if pos != address:
-                i = int(np.searchsorted(self.sw.address, pos))
+                i = search(self.sw.address, pos)
                 if (i < self.sw.count and int(self.sw.address[i]) == pos) or pos in self.overlapping:
                     out.append(pos)     # back in step with the sweep, or with an earlier decode
                     break
@@ -506,7 +514,7 @@ class _Window:
         if address // PAGE != (end - 1) // PAGE:
             return Patch.INT3, f"5-byte window crosses the page boundary at {(end - 1) // PAGE * PAGE:#x}"
         problems = [self._block_problem(address, end)]
-        t = int(np.searchsorted(self.targets, address + 1))
+        t = search(self.targets, address + 1)
         if t < self.targets.shape[0] and int(self.targets[t]) < end:
             target = int(self.targets[t])
             problems.append((target, f"branch target {target:#x} (+{target - address}) "
@@ -519,7 +527,7 @@ class _Window:
     def _block_problem(self, address: int, end: int) -> tuple[int, str] | None:
         """The first instruction of the window that ends a block, or where reached code stops."""
         sw, stop = self.sw, self.descent.stop
-        i = int(np.searchsorted(sw.address, address))
+        i = search(sw.address, address)
         while True:
             if i >= sw.count or not self.reached[i]:
                 a = int(sw.address[i]) if i < sw.count else end
@@ -527,7 +535,7 @@ class _Window:
             a = int(sw.address[i])
             if a != address and int(sw.address[i - 1]) + int(sw.size[i - 1]) != a:
                 return a, "5-byte window runs past the end of its section"
-            j = int(np.searchsorted(stop, i))
+            j = search(stop, i)
             if j < stop.shape[0] and int(stop[j]) == i:
                 who = "the instruction itself" if a == address else f"'{self._text(a)}' at +{a - address}"
                 return a, f"{who} ends a basic block inside the 5-byte window"
@@ -543,7 +551,7 @@ class _Window:
     def overlapping(self, address: int, size: int) -> tuple[Patch, str]:
         """A site decoded from a branch into the middle of a sweep instruction."""
         sw = self.sw
-        i = int(np.searchsorted(sw.address, address, side="right")) - 1
+        i = search(sw.address, address, side="right") - 1
         if i >= 0 and self.reached[i]:
             host = int(sw.address[i])
             return Patch.TRAP_ONLY, (f"instruction starts inside the reached instruction at {host:#x} "

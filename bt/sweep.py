@@ -205,7 +205,7 @@ class Decoder:
                         ctypes.addressof(insns.contents))
                     recs = np.frombuffer(view, dtype=_REC)
                     # keep what starts before the limit: all its bytes were in the buffer
-                    recs = recs[:max(1, int(np.searchsorted(recs["address"], base + limit)))]
+                    recs = recs[:max(1, int(np.searchsorted(recs["address"], np.uint64(base + limit))))]
                     invalid += self._chunk(recs, out, candidates)
                     off = int(recs["address"][-1]) - base + int(recs["size"][-1])
                 finally:

@@ -16,10 +16,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
-import numpy as np
 
 from bt import discover
-from bt.scan import ScanResult
+from bt.scan import ScanResult, search
 
 #: Blocks learned at run time, at most (each is two ints and a few targets).
 MAX_LEARNED_BLOCKS = 1 << 16
@@ -47,7 +46,7 @@ class ScanCodeMap:
 
     def _scanned_block(self, address: int) -> tuple[int, int] | None:
         starts, ends = self.scan.block_starts, self.scan.block_ends
-        i = int(np.searchsorted(starts, address, side="right")) - 1
+        i = search(starts, address, side="right") - 1
         # Blocks decoded from overlapping code sit among the others: look a few back.
         for k in range(i, max(i - 8, -1), -1):
             if int(starts[k]) <= address < int(ends[k]):

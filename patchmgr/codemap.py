@@ -16,7 +16,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
-
 from bt import discover
 from bt.scan import ScanResult, search
 

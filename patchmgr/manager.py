@@ -167,6 +167,11 @@ class PatchManager:
         self._suspended: dict[int, Patch] = {}
         self.ctx = EmitContext(area=area)
         self.patches: dict[int, Patch] = {}          # by site
+        #: (start, site) of every patch's guest window, sorted, and the widest window: which
+        #: patches cover an address, in O(log n) (asked on every trap and guest code store;
+        #: a scan of all patches took 13 s of a Linux boot's 95).
+        self._windows: list[tuple[int, int]] = []
+        self._widest = 1
         self.refusals: dict[int, Refusal] = {}
         self.notes: dict[int, str] = {}              # why a site got INT3 rather than a JMP
         self.stats = Stats()
@@ -543,6 +548,7 @@ class PatchManager:
         """Take the patch at `site` out; its block's bytes go back to patch memory unless
         `free` is false (a merge that may put the patch back)."""
         patch = self.patches.pop(site)
+        self._windows.remove((patch.start, site))
         if free:
             self._free_block(patch)
         self.memory.write(patch.start, patch.original)
@@ -564,7 +570,12 @@ class PatchManager:
                     self._mark_interior(chunk.guest, -1)
 
     def _register(self, patch: Patch) -> None:
+        old = self.patches.get(patch.site)
+        if old is not None:
+            self._windows.remove((old.start, old.site))
         self.patches[patch.site] = patch
+        bisect.insort(self._windows, (patch.start, patch.site))
+        self._widest = max(self._widest, patch.end - patch.start)
         self.refusals.pop(patch.site, None)
         self._index(patch)
         if self.watch is not None:
@@ -625,6 +636,7 @@ class PatchManager:
             if new is None:
                 self.memory.write(patch.start, patch.original)
                 del self.patches[patch.site]
+                self._windows.remove((patch.start, patch.site))
                 handle = self._watches.pop(patch.site, None)
                 if handle is not None and self.watch is not None:
                     self.watch.unwatch(handle)
@@ -695,7 +707,15 @@ class PatchManager:
         return not any(True for _ in self._patches_covering_range(start, end))
 
     def _patches_covering_range(self, start: int, end: int) -> Iterable[Patch]:
-        return [p for p in self.patches.values() if p.start < end and start < p.end]
+        windows = self._windows
+        i = bisect.bisect_left(windows, (start - self._widest + 1, -1))
+        found = []
+        while i < len(windows) and windows[i][0] < end:
+            patch = self.patches[windows[i][1]]
+            if start < patch.end:
+                found.append(patch)
+            i += 1
+        return found
 
     def _patch_holding(self, eip: int) -> Patch | None:
         i = bisect.bisect_right(self._blocks, eip, key=lambda t: t[0]) - 1

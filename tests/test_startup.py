@@ -6,6 +6,7 @@ is measured by `bt run --stats` ("start-up"), never asserted."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,3 +37,25 @@ def test_help_imports_no_engine(argv: list[str]):
     code = f"from bt.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     assert _imported_after(code) == []
 
+
+
+def test_bench_startup_json(capsys: pytest.CaptureFixture[str]):
+    """`bt bench startup`: every floor and the kernel's `bt run` measured, with the start-up
+    `bt run` reports itself; the figures' shape only, never their size."""
+    from bt.cli import main
+
+    hello = ROOT / "samples" / "hello" / "hello.elf"
+    assert main(["bench", "startup", str(hello), "--runs", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert next(iter(rows)) == "python -c pass" and "bt run hello.elf" in rows
+    assert all(r["process_s"] > 0 for r in rows.values())
+    assert rows["bt run hello.elf"]["startup_s"] > 0 and rows["python -c pass"]["startup_s"] is None
+    assert isinstance(doc["bytecode_cached"], bool)
+
+
+def test_bench_startup_a_missing_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from bt.cli import main
+
+    assert main(["bench", "startup", str(tmp_path / "nope.elf"), "--runs", "1"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 from capstone import x86_const as x86
 
-from bt import isa, multiboot
+from bt import arrays, isa, multiboot
 from bt.elf import KernelImage
 from bt.sweep import MAX_INSN, Decoder, FlowKind, Sweep, flow_of
 
@@ -215,7 +215,7 @@ class _Descent:
     def run(self, roots: list[int]) -> None:
         frontier = np.array(roots, dtype=np.uint64)
         while frontier.shape[0]:
-            frontier = np.unique(frontier)
+            frontier = arrays.unique(frontier)
             idx = np.searchsorted(self.sw.address, frontier)
             ok = idx < self.sw.count
             aligned = np.zeros(frontier.shape[0], dtype=bool)
@@ -229,15 +229,15 @@ class _Descent:
             kind, target = self.stop_kind[j], self.stop_target[j]
             s = self.stop[j]
             fall = self.sw.address[s] + self.sw.size[s].astype(np.uint64)
-            has_target = np.isin(kind, _TARGET_KINDS)
+            has_target = arrays.isin(kind, _TARGET_KINDS)
             self.targets.append(target[has_target])
             # indirect JMPs (kind END, id JMP): a switch's jump table may name their targets
             indirect = s[(kind == FlowKind.END) & (self.sw.id[s] == x86.X86_INS_JMP)]
             tables = [self._jump_table(int(i)) for i in indirect.tolist()]
             # IRET/RETF with the instruction before them in the same block (s > idx)
-            returns = s[(kind == FlowKind.END) & np.isin(self.sw.id[s], _FAR_RETURN_IDS) & (s > idx)]
+            returns = s[(kind == FlowKind.END) & arrays.isin(self.sw.id[s], _FAR_RETURN_IDS) & (s > idx)]
             labels = [self._pushed_label(int(i)) for i in returns.tolist()]
-            falls = np.isin(kind, _FALLTHROUGH_KINDS) | self._lone_int3(s)
+            falls = arrays.isin(kind, _FALLTHROUGH_KINDS) | self._lone_int3(s)
             frontier = np.concatenate([target[has_target], fall[falls],
                                        *[np.array(m, dtype=np.uint64) for m in more + tables + labels]])
 
@@ -375,7 +375,7 @@ def scan(image: KernelImage, progress: Callable[[int, int], None] | None = None)
     descent.run(roots)
     reached = descent.reached()
 
-    targets = np.unique(np.concatenate([np.array(roots, dtype=np.uint64), *descent.targets]))
+    targets = arrays.unique(np.concatenate([np.array(roots, dtype=np.uint64), *descent.targets]))
     starts, ends = _blocks(descent)
     int3 = isa.by_name("int3")
     is_int3 = sw.id == int3.ids[0]
@@ -410,7 +410,7 @@ def _blocks(descent: _Descent) -> tuple[np.ndarray, np.ndarray]:
     """Basic blocks [start, end): leaders are roots, targets and fall-throughs; a block ends at
     its stop (flow instruction) or just before the next leader."""
     sw = descent.sw
-    lead = np.unique(np.concatenate(descent.leaders)) if descent.leaders else np.zeros(0, np.int64)
+    lead = arrays.unique(np.concatenate(descent.leaders)) if descent.leaders else np.zeros(0, np.int64)
     stop = descent.stop[np.searchsorted(descent.stop, lead)]
     nxt = np.append(lead[1:], sw.count)
     last = np.minimum(stop, nxt - 1)
@@ -448,7 +448,7 @@ def _unreached(sw: Sweep, reached: np.ndarray, is_int3: np.ndarray) -> tuple[lis
     first, last = _runs(sw, ~reached & ~is_int3)
     start = sw.address[first]
     end = sw.address[last] + sw.size[last].astype(np.uint64)
-    other = np.cumsum(~np.isin(sw.id, _FILLER_IDS), dtype=np.int32)
+    other = np.cumsum(~arrays.isin(sw.id, _FILLER_IDS), dtype=np.int32)
     before = np.where(first > 0, other[np.maximum(first - 1, 0)], 0)
     filler = (other[last] - before == 0) & (end - start < FILLER_MAX) & (end % 4 == 0)
     pad = int(np.count_nonzero(is_int3 & ~reached)) + int((end - start)[filler].sum())

@@ -32,7 +32,7 @@ import capstone
 import numpy as np
 from capstone import x86_const as x
 
-from bt import isa
+from bt import arrays, isa
 from bt.errors import InternalError
 
 CHUNK = 1 << 16          # bytes decoded per cs_disasm call (about 20k instructions, 5 MB of cs_insn)
@@ -272,14 +272,14 @@ class Decoder:
         prefix: `ljmp $0x08, $1f` after LGDT). Their offset is followed like a near target;
         the ptr16:16 form (66 EA), which goes to 16-bit code, and 64-bit mode (where EA/9A
         are invalid) are not."""
-        far = np.isin(ids, (x.X86_INS_LJMP, x.X86_INS_LCALL))
+        far = arrays.isin(ids, (x.X86_INS_LJMP, x.X86_INS_LCALL))
         if self.bits != 32 or not far.any():
             return np.zeros(ids.shape[0], dtype=bool)
         pos = self._opcode_position(code)
         r = np.arange(code.shape[0])
         opcode = code[r, pos]
         size16 = ((code[:, :6] == 0x66) & (np.arange(6) < pos[:, None])).any(axis=1)
-        return far & np.isin(opcode, (0xEA, 0x9A)) & ~size16
+        return far & arrays.isin(opcode, (0xEA, 0x9A)) & ~size16
 
     def _far_offsets(self, code: np.ndarray) -> np.ndarray:
         """The 32-bit offset of far direct JMP/CALL rows (the bytes after the opcode)."""
@@ -317,7 +317,7 @@ class Decoder:
             dest &= np.uint64(0xFFFFFFFF)
         # 16-bit operand size: EIP is truncated to 16 bits (SDM JMP/Jcc/CALL operation).
         dest = np.where(width == 2, dest & np.uint64(0xFFFF), dest)
-        bad = ~np.isin(width, (1, 2, 4))
+        bad = ~arrays.isin(width, (1, 2, 4))
         if bad.any():
             raise InternalError(f"unexpected branch encoding at {int(address[rows][bad][0]):#x}")
         target[rows] = dest

@@ -74,6 +74,10 @@ class PatchMemory:
 
     def settle(self) -> None:
         """The guest runs outside patch memory: what was freed may be handed out again."""
+        if not self._pending:
+            # Nothing freed since the last settle: `_free` is already merged (`commit` only
+            # shrinks its ranges, the top only rises). Asked on every trap (issue 14).
+            return
         for start, end in self._pending:
             bisect.insort(self._free, (start, end))
         self._pending.clear()

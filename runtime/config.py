@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from bt import layout
-from patchmgr.manager import PatchConfig
-from runtime.boot import BootModule
+
+if TYPE_CHECKING:      # types only: `bt` parses its command line without importing the VMM
+    from patchmgr.manager import PatchConfig
+    from runtime.boot import BootModule
 
 #: Virtual time rate: one guest instruction is 10 virtual ns (a 100-MIPS CPU).
 #: Fixed so that virtual time, and with it every timer interrupt, depends only on

@@ -88,19 +88,19 @@ class Cpu:
             raise InternalError(f"uc_reg_read({reg}) failed")
         return self._val.value
 
+    # The two below mask each value to its register's width rather than clear the buffers
+    # first (as `read` does): the same values, one ctypes store fewer per register on every exit.
     def eip_cs_flags(self) -> tuple[int, int, int]:
         t = self._triple
-        t[0] = t[1] = t[2] = 0
         if self._batch(self._h, self._triple_ids, self._triple_ptrs, 3) != 0:
             raise InternalError("uc_reg_read_batch failed")
-        return t[0], t[1], t[2]
+        return t[0] & 0xFFFFFFFF, t[1] & 0xFFFF, t[2] & 0xFFFFFFFF
 
     def eip_cs(self) -> tuple[int, int]:
         pair = self._pair
-        pair[0] = pair[1] = 0
         if self._batch(self._h, self._pair_ids, self._pair_ptrs, 2) != 0:
             raise InternalError("uc_reg_read_batch failed")
-        return pair[0], pair[1]
+        return pair[0] & 0xFFFFFFFF, pair[1] & 0xFFFF
 
     def write(self, reg: int, value: int) -> None:
         self._val.value = value & 0xFFFFFFFFFFFFFFFF
@@ -137,6 +137,12 @@ class Cpu:
     def phys_read(self, addr: int, size: int) -> bytes:
         off, mem = self._region(addr, size)
         return bytes(mem[off:off + size])
+
+    def phys_view(self, addr: int, size: int) -> memoryview:
+        """A live view of `size` bytes at physical `addr`: it shows later writes (the CPU's and
+        the VMM's), and compares with `bytes` in place."""
+        off, mem = self._region(addr, size)
+        return mem[off:off + size]
 
     def phys_write(self, addr: int, data: bytes) -> None:
         off, mem = self._region(addr, len(data))

@@ -69,6 +69,19 @@ def test_cli_sti_move_only_the_virtual_if():
     assert vm.stats.by_class["cli"] == 1 and vm.stats.by_class["sti"] == 1
 
 
+def test_a_rewritten_trapping_instruction_is_decoded_again():
+    """The decode cache (runtime/traps.py) re-checks the bytes at EIP on every exit: a site
+    that trapped as CLI and was then rewritten by the guest into STI is emulated as STI."""
+    src = ("sti\ncall site\nmov eax, [{vf}]\nmov [0x23000], eax\nmov byte ptr [site], 0xfb\n"
+           "cli\ncall site\nmov eax, [{vf}]\nmov [0x23004], eax\nmov al, 0\nout 0xf4, al\n"
+           "site:\ncli\nret\n").format(vf=layout.state("vflags"))
+    vm, result = run(kernel(src))
+    _ok(result)
+    after_cli, after_sti = words(vm, RESULTS, 2)
+    assert not after_cli & 0x200 and after_sti & 0x200
+    assert vm.stats.by_class["cli"] == 2 and vm.stats.by_class["sti"] == 2
+
+
 @pytest.mark.parametrize("cr, value", [(0, 0x80000011 & ~0x80000000 | 0x10000), (3, 0x5000), (4, 0x10)])
 def test_mov_cr_both_ways(cr: int, value: int):
     src = (f"mov eax, {value:#x}\nmov cr{cr}, eax\nxor eax, eax\nmov eax, cr{cr}\nmov [0x23000], eax\n"

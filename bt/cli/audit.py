@@ -13,17 +13,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from bt.cli import devices, ruleopts
 from bt.cli.args import positive_int, seconds
 from bt.cli.run import _interruptible, _patch_config, _slot
 from bt.errors import GuestStop
 from bt.outfile import Outputs
-from runtime.audit import Audit, take
-from runtime.audit.text import render, render_rich
-from runtime.config import RunConfig
-from runtime.vm import Vm
+
+if TYPE_CHECKING:       # the VMM is imported when the command runs (bt/cli/run.py says why)
+    from runtime.audit import Audit
 
 _BUDGET = "instruction budget exhausted"
 
@@ -80,6 +79,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runtime.audit import take
+    from runtime.config import RunConfig
+    from runtime.vm import Vm
+
     platform = devices.run_fields(args)
     patch = _patch_config(args)
     inputs = [args.kernel, args.keys, *(args.disk or ()), *(m.path for m in platform["modules"])]
@@ -131,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _show(audit: Audit) -> None:
     """Rich tables on a terminal, plain text otherwise (as bt compare)."""
+    from runtime.audit.text import render, render_rich
+
     if sys.stdout.isatty():
         from rich.console import Console
 

@@ -22,11 +22,9 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from bt.cli import linuxkernel
 from bt.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -65,6 +63,8 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bt.cli import linuxkernel  # the ELF reader (NumPy): when the benchmark runs
+
     kernel = args.kernel or linuxkernel.kernel(lambda line: print(line, file=sys.stderr))
     if not Path(kernel).is_file():
         raise InputError(f"{kernel}: no such file")
@@ -90,6 +90,8 @@ def _command(kernel: Path, milestone: int, mode: str, serial: Path) -> list[str]
         return ["qemu-system-i386", "-machine", "pc,acpi=off", "-m", str(RAM_MIB), "-kernel", str(kernel),
                 "-append", CMDLINE, *initrd, "-display", "none", "-monitor", "none", "-no-reboot",
                 "-serial", f"file:{serial}", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+    from importlib.metadata import entry_points
+
     extra = ["--leaks-only"] if mode == "unpatched" else []
     if any(ep.name == "vtsc" for ep in entry_points(group="ring1.patch_rules")):
         extra += ["--disable-rule", "vtsc"]   # its counter does not follow virtual time

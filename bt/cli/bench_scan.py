@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bt import elf, scan, scanreport
-from bt.cli import vmlinux
 from bt.cli.args import positive_int
 from bt.errors import InputError
 
@@ -43,6 +41,8 @@ def add_parser(sub: Any) -> None:
 def _kernel(arg: str | None) -> Path:
     if arg is not None:
         return Path(arg)
+    from bt.cli import vmlinux  # the ELF reader (NumPy): only for the default kernel
+
     found = vmlinux.cached()
     if found is not None:
         return found
@@ -51,6 +51,8 @@ def _kernel(arg: str | None) -> Path:
 
 
 def _ring1(path: Path) -> dict[str, float | int]:
+    from bt import elf, scan, scanreport  # NumPy, Capstone: when the benchmark runs
+
     t0 = time.perf_counter()
     image = elf.load(path)
     t1 = time.perf_counter()

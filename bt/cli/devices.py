@@ -11,7 +11,6 @@ from typing import Any
 from bt.cli.args import finite
 from bt.errors import InputError, UsageError
 from bt.infile import Unreadable, read_input
-from runtime.boot import BootModule
 from runtime.config import KEY_DELAY_NS
 from runtime.devices import keymap
 from runtime.devices.disk import SECTOR
@@ -70,6 +69,8 @@ def _check_file(path: str, flag: str) -> None:
 
 def run_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The `RunConfig` fields these flags set, checked."""
+    from runtime.boot import BootModule  # here: the boot loader pulls in the scanner (NumPy)
+
     modules = tuple(BootModule.parse(spec) for spec in args.module or ())
     for m in modules:
         if not m.path:

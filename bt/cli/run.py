@@ -18,17 +18,19 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, cast
 
 from bt.cli import devices, ruleopts
 from bt.cli.args import positive_int, seconds
 from bt.errors import GuestStop, InternalError, UsageError
 from bt.outfile import Output, Outputs
-from patchmgr.manager import PatchConfig, PatchManager
-from runtime.config import RunConfig
-from runtime.stats import RunStats
-from runtime.terminal import Terminal
-from runtime.vm import Vm
+
+if TYPE_CHECKING:
+    # The VMM (Unicorn, Capstone, Keystone, NumPy) is imported by the command that runs it,
+    # not by `bt` parsing its command line: every other subcommand and `--help` would pay it.
+    from patchmgr.manager import PatchConfig, PatchManager
+    from runtime.stats import RunStats
+    from runtime.vm import Vm
 
 
 def add_parser(sub: Any) -> None:
@@ -73,6 +75,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runtime.config import RunConfig
+    from runtime.terminal import Terminal
+    from runtime.vm import Vm
+
     platform = devices.run_fields(args)
     # The terminal is the keyboard when stdin is one and no --keys script types instead.
     terminal = "keys" not in platform and Terminal.available()
@@ -185,6 +191,8 @@ def _patch_config(args: argparse.Namespace) -> PatchConfig:
     """Always a patch manager: with --no-patch it makes no patch, but a kernel written by
     `bt patch` still needs its recorded patches served. (`bt audit` shares this and has no
     --leaks-only.)"""
+    from patchmgr.manager import PatchConfig
+
     leaks_only = getattr(args, "leaks_only", False)
     if args.no_patch and args.eager:
         raise UsageError("--no-patch and --eager contradict each other")

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bt import elf, isa, scan, scanreport
 from bt.cli.args import Parser, count
 from bt.outfile import STDOUT, Outputs
 
@@ -42,6 +41,8 @@ def add_parser(sub: Any) -> None:
 
 
 def check_classes(names: list[str]) -> None:
+    from bt import isa  # Capstone: imported by the command that uses it (bt/cli/run.py)
+
     groups = {c.value for c in isa.Category} | {c.rule for c in isa.CLASSES if c.rule}
     for name in names:
         if name not in groups:
@@ -49,6 +50,8 @@ def check_classes(names: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bt import elf, scan, scanreport
+
     check_classes(args.classes)
     with Outputs(inputs=[args.kernel]) as outputs:
         report = outputs.document(args.json, "--json", dash=True) if args.json is not None else None

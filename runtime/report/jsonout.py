@@ -45,6 +45,7 @@ def _kernel(k: KernelComparison) -> dict[str, Any]:
         "modes": list(k.modes),
         "ok": k.ok,
         "agree": k.agree,
+        "linux_log": k.linux_log,
         "mismatches": [{"mode": m.mode, "what": m.what, "expected": m.expected, "got": m.got}
                        for m in k.mismatches],
         "reference": None if k.reference is None else {

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from bt import bootlog
 from runtime.report.kernel import Function, KernelInfo
 from runtime.report.record import BASELINE, MODES, Patch, RunRecord
 from runtime.report.repro import Reproducibility
@@ -125,6 +126,9 @@ class KernelComparison:
     timings: tuple[RunTiming, ...]
     mismatches: tuple[Mismatch, ...]
     reference: Reference | None = None
+    #: The runs' serial output was compared as Linux boot logs: without printk's timestamps
+    #: and the lines that measure time (bt/bootlog.py `TIMING`), which every exit moves.
+    linux_log: bool = False
 
     @property
     def name(self) -> str:
@@ -199,6 +203,7 @@ def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord], top: int =
         timings=tuple(RunTiming(m, runs[m].timing.wall, runs[m].timing.guest, runs[m].timing.vmm,
                                 runs[m].total_exits, runs[m].guest_instructions) for m in modes),
         mismatches=_mismatches(runs, modes),
+        linux_log=_linux_log(runs, modes),
         reference=None if reference is None else Reference(
             reference[0], hashlib.sha256(reference[1]).hexdigest(), len(reference[1]),
             {m: runs[m].serial == reference[1] for m in modes}),
@@ -284,12 +289,24 @@ def _mismatches(runs: Mapping[str, RunRecord], modes: tuple[str, ...]) -> tuple[
         # where each was cut is not compared.
         cut = host_cut(base) and host_cut(r)
         shorter = min(len(base.serial), len(r.serial)) if cut else None
-        if base.serial[:shorter] != r.serial[:shorter]:
+        if _linux_log(runs, modes) and not cut:
+            parted = bootlog.first_difference(base.serial, r.serial)
+            if parted is not None:
+                line, a, b = parted
+                out.append(Mismatch(m, "serial", f"line {line}: {a[:60]!r}", f"line {line}: {b[:60]!r}"))
+        elif base.serial[:shorter] != r.serial[:shorter]:
             at = _first_difference(base.serial, r.serial)
             out.append(Mismatch(m, "serial", _excerpt(base.serial, at), _excerpt(r.serial, at)))
         if not cut and (r.exit_status, r.stop_reason) != (base.exit_status, base.stop_reason):
             out.append(Mismatch(m, "exit status", _status(base), _status(r)))
     return tuple(out)
+
+
+def _linux_log(runs: Mapping[str, RunRecord], modes: tuple[str, ...]) -> bool:
+    """Every run's output is a Linux boot log that is not byte for byte the baseline's."""
+    base = runs[BASELINE].serial
+    return (all(bootlog.is_linux(runs[m].serial) for m in modes)
+            and any(runs[m].serial != base for m in modes))
 
 
 def _first_difference(a: bytes, b: bytes) -> int:

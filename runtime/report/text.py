@@ -137,6 +137,9 @@ def describe_outcome(k: KernelComparison) -> Text:
         limit = base.stop_reason.split(": ", 1)[-1]
         return Text(f"Every run was cut by a limit, each where it had got to ({limit}); the guest "
                     f"output they share ({shared:,} bytes) is the same: {runs}.")
+    if k.agree and k.linux_log:
+        return Text(f"Same Linux boot log, compared line by line without printk's timestamps and the "
+                    f"lines that measure time (bt/bootlog.py), and {status} in every run: {runs}.")
     if k.agree:
         return Text(f"Same guest output ({len(base.serial):,} bytes) and {status} in every run: {runs}.")
     lines = Text(f"MISMATCH: the runs disagree ({len(k.mismatches)} difference(s)); "

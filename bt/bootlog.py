@@ -42,7 +42,8 @@ TIMING: tuple[Mask, ...] = (
                                           "the line falls depends on timing"),
 )
 
-MACHINE: tuple[Mask, ...] = TIMING + (
+MACHINE: tuple[Mask, ...] = (
+    *TIMING,
     # The CPU and clocks: QEMU TCG calibrates the host's TSC, its PIT calibration fails.
     _mask(r"tsc: (Fast TSC calibration|Unable to calibrate|No reference|Marking TSC unstable"
           r"|Using PIT calibration).*", "QEMU TCG's TSC runs at the host's rate"),

@@ -51,7 +51,8 @@ MACHINE: tuple[Mask, ...] = (
           r"|\s*'|'tsc' |tsc: mask|pit:)|tsc: Marking TSC unstable).*",
           "QEMU's clocksource watchdog finds its TSC unstable"),
     _mask(r"(Unstable clock detected, switching default tracing clock.*|If you want to keep using the local"
-          r" clock, then add:|  \"trace_clock=local\"|on the kernel command line)", "QEMU's tracing clock switched"),
+          r" clock, then add:|  \"trace_clock=local\"|on the kernel command line)",
+          "QEMU's tracing clock switched"),
     # Firmware tables ring1 does not have (SMBIOS, PnP BIOS, the PCI BIOS).
     _mask(r"(SMBIOS \S+ present\.|DMI: .*|DMI not present or invalid\.)", "no SMBIOS table under ring1"),
     _mask(r"PnPBIOS: .*", "no PnP BIOS under ring1"),

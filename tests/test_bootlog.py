@@ -32,7 +32,8 @@ def test_lines_drop_timestamps_line_ends_and_timing():
 def test_a_line_that_is_not_about_time_is_a_difference():
     other = LEAKS.replace(b"PF_ROUTE", b"PF_KEY")
     assert bootlog.first_difference(PATCHED, other) == (
-        2, b"NET: Registered PF_NETLINK/PF_ROUTE protocol family", b"NET: Registered PF_NETLINK/PF_KEY protocol family")
+        2, b"NET: Registered PF_NETLINK/PF_ROUTE protocol family",
+        b"NET: Registered PF_NETLINK/PF_KEY protocol family")
     assert bootlog.first_difference(PATCHED, LEAKS[:LEAKS.index(b"[    3.6]")]) == (
         3, b"Kernel panic - not syncing: VFS: Unable to mount root fs", b"")
 

@@ -8,7 +8,8 @@ milestone 2: samples/linux/initramfs.cpio.gz's init prints a line, reads /proc/c
 ends the machine through isa-debug-exit. Every command line has `nokaslr` (the patch
 manager scans the kernel where it is linked), `panic=-1` (a panic reboots, which ends
 ring1's run and QEMU's under -no-reboot) and `cryptomgr.notests` (`CMDLINE`). Each run's
-output must show its milestone, or the figure is marked as not reached. Figures vary with the machine and its load.
+output must show its milestone, or the figure is marked as not reached. Figures vary with
+the machine and its load.
 """
 
 from __future__ import annotations

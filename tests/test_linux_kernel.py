@@ -109,10 +109,10 @@ def linux_runs(debian_kernel: Path,
     for milestone, initrd in ((1, []), (2, ["--initrd", str(INITRAMFS)])):
         for mode, extra in (("patched", _rules_off()), ("leaks", ["--leaks-only"])):
             serial = tmp / f"m{milestone}-{mode}.serial"
-            cmd = [sys.executable, "-m", "bt", "run", str(debian_kernel), "--cmdline", CMDLINE, "--ram", "128",
-                   *initrd, "--serial", str(serial), "--stats", *extra]
-            runs[(milestone, mode)] = (serial, subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
-                                                                stderr=subprocess.PIPE))
+            cmd = [sys.executable, "-m", "bt", "run", str(debian_kernel), "--cmdline", CMDLINE,
+                   "--ram", "128", *initrd, "--serial", str(serial), "--stats", *extra]
+            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            runs[(milestone, mode)] = (serial, proc)
     yield runs
     for _serial, proc in runs.values():
         if proc.poll() is None:

@@ -7,6 +7,7 @@ TTY, so the same code gives the terminal view and the text of the golden files.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Iterator
 from typing import IO
 
@@ -173,23 +174,46 @@ def describe_sites(k: KernelComparison) -> Table:
     return t
 
 
+#: More patches than this (a Linux kernel has about 1,000): the terminal lists only the
+#: refused and unpatched ones and those with a reason (an INT3 for a JMP), and counts the
+#: active ones by rule; the whole table is in --json and --html.
+PATCH_ROWS = 200
+
+
 def describe_patches(k: KernelComparison, mode: str) -> Table:
     patches = k.patches[mode]
-    active = sum(1 for p in patches if p.status == "active")
-    t = _table(f"Patch table ({mode}): {active} active of {len(patches)}",
-               "address", "symbol", "instruction", "rule", "kind", "size", "status", "reason", numeric_from=5)
+    active = [p for p in patches if p.status == "active"]
+    shown = (patches if len(patches) <= PATCH_ROWS
+             else tuple(p for p in patches if p.status != "active" or p.reason))
+    title = f"Patch table ({mode}): {len(active)} active of {len(patches)}"
+    if shown is not patches:
+        title += f"; the {len(shown)} not active or with a reason"
+    t = _table(title, "address", "symbol", "instruction", "rule", "kind", "size", "status", "reason",
+               numeric_from=5)
+    t.columns[0].min_width = 10                  # an address is never cut
+    t.columns[1].max_width = 40
+    t.columns[1].overflow = "ellipsis"
+    t.columns[2].max_width = 30
+    t.columns[2].overflow = "ellipsis"
     t.columns[5].justify = "right"
     t.columns[6].justify = "left"
     t.columns[7].justify = "left"
-    for p in patches:
+    for p in shown:
         t.add_row(fmt.address(p.address), k.kernel.describe(p.address), p.text, p.rule, p.kind,
                   str(p.size), p.status, p.reason or "")
     if not patches:
         t.add_row("(no patches)", *[""] * 7)
+    notes = []
+    if shown is not patches:
+        by_rule = Counter(p.rule for p in active)
+        notes.append("active by rule: " + ", ".join(f"{r} {n:,}" for r, n in by_rule.most_common())
+                     + " (every row: --json, --html)")
     unscanned = sum(1 for p in patches if p.status == "unpatched")
     if unscanned:
-        t.caption = (f"{unscanned} site(s) ran unpatched because the scan never reached them "
+        notes.append(f"{unscanned} site(s) ran unpatched because the scan never reached them "
                      "(status unpatched)")
+    if notes:
+        t.caption = "\n".join(notes)
         t.caption_justify = "left"
     return t
 

@@ -9,13 +9,14 @@ statistics change, this module changes, and the model and renderers do not.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from runtime.report.record import BASELINE, DYNAMIC, STATIC, Patch, RunRecord, Site, Timing
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
+    from runtime.vm import Vm
 
 
 def unavailable(static: bool) -> str | None:
@@ -35,17 +36,28 @@ def unavailable(static: bool) -> str | None:
     return None
 
 
-def instruction_texts(kernel: str, addresses: Iterable[int]) -> dict[int, str]:
-    """The instruction at each address as the kernel file holds it ("" outside its
-    segments: code the guest copied or generated at run time)."""
+def instruction_texts(kernel: str, addresses: Iterable[int],
+                      memory: Callable[[int], bytes | None] | None = None,
+                      classes: Mapping[int, str] | None = None) -> dict[int, str]:
+    """The instruction at each address: as guest memory held it when the run ended
+    (`memory`, patches taken out), if it is still the class that exited there (Linux
+    rewrites its code at boot: the file's NOP at delay_tsc+0x5c runs as RDTSC); else as the
+    kernel file holds it ("" outside its segments: code the guest copied or generated)."""
     import capstone
 
-    from bt import elf
+    from bt import elf, isa
 
     image = elf.load(kernel)
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32 if image.bits == 32 else capstone.CS_MODE_64)
+    md.detail = True
     out: dict[int, str] = {}
     for address in addresses:
+        code = memory(address) if memory is not None else None
+        insn = next(md.disasm(code, address, count=1), None) if code else None
+        cls = isa.classify(insn) if insn is not None else None
+        if insn is not None and classes is not None and cls is not None and cls.name == classes.get(address):
+            out[address] = f"{insn.mnemonic} {insn.op_str}".strip()
+            continue
         for seg in image.segments:
             if seg.vaddr <= address < seg.vaddr + seg.filesz:
                 code = seg.data[address - seg.vaddr:address - seg.vaddr + 16]
@@ -54,6 +66,20 @@ def instruction_texts(kernel: str, addresses: Iterable[int]) -> dict[int, str]:
                     out[address] = f"{insn.mnemonic} {insn.op_str}".strip()
                 break
     return out
+
+
+def _guest_bytes(vm: Vm, manager: PatchManager | None) -> Callable[[int], bytes | None]:
+    """Guest code at a linear address at the end of the run, patches taken out; None where
+    it is not mapped any more."""
+    from runtime.cpu import UnmappedPhys
+    from runtime.paging import PageFault
+
+    def read(address: int) -> bytes | None:
+        try:
+            return manager.original(address, 16) if manager is not None else vm.mmu.read(address, 16)
+        except (PageFault, UnmappedPhys):       # not mapped (any more): the file's bytes will do
+            return None
+    return read
 
 
 def patch_table(manager: PatchManager) -> tuple[Patch, ...]:
@@ -215,7 +241,8 @@ def run_once(kernel: str, mode: str, options: Mapping[str, Any], kind: str | Non
 
         raise InternalError(f"the {mode} run of {kernel} ran without a patch manager")
     stats = vm.stats.to_dict()
-    texts = instruction_texts(kernel, (s["address"] for s in stats["by_site"]))
+    texts = instruction_texts(kernel, (s["address"] for s in stats["by_site"]), _guest_bytes(vm, manager),
+                              {s["address"]: s["class"] for s in stats["by_site"]})
     return record_from_stats(mode, stats, serial=serial.getvalue(), exit_status=exit_status,
                              stop_reason=stop_reason, patches=patch_table(manager) if manager else (),
                              options=options, text_at=texts)

@@ -176,45 +176,57 @@ def describe_sites(k: KernelComparison) -> Table:
 
 #: More patches than this (a Linux kernel has about 1,000): the terminal lists only the
 #: refused and unpatched ones and those with a reason (an INT3 for a JMP), and counts the
-#: active ones by rule; the whole table is in --json and --html.
+#: active ones by rule (`_patch_exceptions`); the whole table is in --json and --html.
 PATCH_ROWS = 200
 
 
 def describe_patches(k: KernelComparison, mode: str) -> Table:
     patches = k.patches[mode]
-    active = [p for p in patches if p.status == "active"]
-    shown = (patches if len(patches) <= PATCH_ROWS
-             else tuple(p for p in patches if p.status != "active" or p.reason))
-    title = f"Patch table ({mode}): {len(active)} active of {len(patches)}"
-    if shown is not patches:
-        title += f"; the {len(shown)} not active or with a reason"
-    t = _table(title, "address", "symbol", "instruction", "rule", "kind", "size", "status", "reason",
-               numeric_from=5)
-    t.columns[0].min_width = 10                  # an address is never cut
-    t.columns[1].max_width = 40
-    t.columns[1].overflow = "ellipsis"
-    t.columns[2].max_width = 30
-    t.columns[2].overflow = "ellipsis"
+    if len(patches) > PATCH_ROWS:
+        return _patch_exceptions(k, mode)
+    active = sum(1 for p in patches if p.status == "active")
+    t = _table(f"Patch table ({mode}): {active} active of {len(patches)}",
+               "address", "symbol", "instruction", "rule", "kind", "size", "status", "reason", numeric_from=5)
     t.columns[5].justify = "right"
     t.columns[6].justify = "left"
     t.columns[7].justify = "left"
-    for p in shown:
+    for p in patches:
         t.add_row(fmt.address(p.address), k.kernel.describe(p.address), p.text, p.rule, p.kind,
                   str(p.size), p.status, p.reason or "")
     if not patches:
         t.add_row("(no patches)", *[""] * 7)
-    notes = []
-    if shown is not patches:
-        by_rule = Counter(p.rule for p in active)
-        notes.append("active by rule: " + ", ".join(f"{r} {n:,}" for r, n in by_rule.most_common())
-                     + " (every row: --json, --html)")
     unscanned = sum(1 for p in patches if p.status == "unpatched")
     if unscanned:
-        notes.append(f"{unscanned} site(s) ran unpatched because the scan never reached them "
+        t.caption = (f"{unscanned} site(s) ran unpatched because the scan never reached them "
                      "(status unpatched)")
-    if notes:
-        t.caption = "\n".join(notes)
         t.caption_justify = "left"
+    return t
+
+
+def _patch_exceptions(k: KernelComparison, mode: str) -> Table:
+    """A table too long for a terminal (`PATCH_ROWS`): the sites that were refused, ran
+    unpatched or got an INT3 for a reason, each with it, and the active ones counted by rule."""
+    patches = k.patches[mode]
+    active = [p for p in patches if p.status == "active"]
+    shown = [p for p in patches if p.status != "active" or p.reason]
+    t = _table(f"Patch table ({mode}): {len(active)} active of {len(patches)}; the {len(shown)} "
+               "refused, unpatched or with a reason", "address", "symbol", "instruction", "patch", "reason",
+               numeric_from=4)
+    t.columns[0].min_width = 10
+    t.columns[3].min_width = 9
+    t.columns[4].justify = "left"
+    t.columns[1].max_width = 30
+    t.columns[1].overflow = "ellipsis"
+    t.columns[2].max_width = 20
+    t.columns[2].overflow = "ellipsis"
+    t.columns[4].min_width = 34
+    for p in shown:
+        t.add_row(fmt.address(p.address), k.kernel.describe(p.address), p.text,
+                  p.kind if p.status == "active" else p.status, p.reason or "")
+    by_rule = Counter(p.rule for p in active)
+    t.caption = ("active by rule: " + ", ".join(f"{r} {n:,}" for r, n in by_rule.most_common())
+                 + "; every row with its rule, kind and size: --json, --html")
+    t.caption_justify = "left"
     return t
 
 

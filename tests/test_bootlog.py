@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+
 from bt import bootlog
 from runtime.report.kernel import KernelInfo
 from runtime.report.model import compare_kernel
@@ -70,3 +73,25 @@ def test_other_output_is_still_compared_byte_for_byte():
     k = compare_kernel(KernelInfo("k.elf", "0" * 64, ()), {"unpatched": _run("unpatched", b"a\r\n"),
                                                           "dynamic": _run("dynamic", b"a\n")})
     assert not k.agree and not k.linux_log
+
+
+def test_a_linux_sized_patch_table_lists_what_is_not_a_plain_jump():
+    """Past `PATCH_ROWS` patches the terminal shows the exceptions with their reasons and
+    counts the rest by rule; the HTML and JSON keep every row."""
+    from runtime.report import text
+    from runtime.report.record import Patch
+
+    plain = [Patch(0xC1000000 + 16 * i, "irqflags", "jump", 5, "active", text="cli") for i in range(300)]
+    refused = "no enabled rule for class rdtsc (table: trap)"
+    odd = [Patch(0xC2000000, "-", "-", 0, "refused", refused, "rdtsc"),
+           Patch(0xC2000010, "io", "int3", 1, "active", "window overlaps another patch", "out dx, al")]
+    runs = {"unpatched": _run("unpatched", LEAKS),
+            "dynamic": dataclasses.replace(_run("dynamic", PATCHED), patches=(*plain, *odd))}
+    k = compare_kernel(KernelInfo("vmlinuz", "0" * 64, ()), runs)
+    out = io.StringIO()
+    text.plain_console(out).print(text.describe_patches(k, "dynamic"))
+    shown = out.getvalue()
+    assert "301 active of 302; the 2 refused, unpatched or with a reason" in shown
+    assert refused in shown and "window overlaps another patch" in shown
+    assert "0xc1000010" not in shown
+    assert "active by rule: irqflags 300, io 1" in shown

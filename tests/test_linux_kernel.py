@@ -23,6 +23,16 @@ def test_cache_lookup_newest_abi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert linuxkernel.cached() == tmp_path / "vmlinuz-6.1.0-50-686"     # 50 > 9: by number
 
 
+def test_linux_kernel_command_prints_the_cached_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from bt.cli import main
+
+    monkeypatch.setenv("RING1_CACHE", str(tmp_path))
+    (tmp_path / "vmlinuz-6.1.0-50-686").write_bytes(b"x")
+    assert main(["linux-kernel"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'vmlinuz-6.1.0-50-686'}\n"
+
+
 def test_package_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[list[str]] = []
 

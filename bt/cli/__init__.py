@@ -18,11 +18,11 @@ import traceback
 from collections.abc import Iterator, Sequence
 
 from bt import __version__
-from bt.cli import audit, bench, campaign, compare, patch, run, scan
+from bt.cli import audit, bench, campaign, compare, linuxkernel, patch, run, scan
 from bt.cli.args import ArgumentError, Parser
 from bt.errors import Ring1Error
 
-COMMANDS = (scan, patch, run, compare, audit, campaign, bench)
+COMMANDS = (scan, patch, run, compare, audit, campaign, bench, linuxkernel)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,13 +11,15 @@ its x86-64 vmlinux (bt/cli/vmlinux.py). apt must know i386 packages: on a fresh 
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bt.cache import cache_dir, write_atomic
-from bt.cli import vmlinux
 from bt.errors import InputError
 
 METAPACKAGE = "linux-image-686"
@@ -40,6 +42,8 @@ def cached() -> Path | None:
 
 def fetch(say: Callable[[str], None] = print) -> Path:
     """Download Debian's current 686 kernel package and cache its bzImage; returns its path."""
+    from bt.cli import vmlinux  # its bzImage reader imports NumPy: not for `bt --help`
+
     package = vmlinux.kernel_package(METAPACKAGE, FLAVOUR, ARCH)
     version = package.removeprefix("linux-image-").split(":")[0]
     if not version.startswith(SERIES + "-"):
@@ -62,3 +66,24 @@ def fetch(say: Callable[[str], None] = print) -> Path:
 def kernel(say: Callable[[str], None] = print) -> Path:
     """The cached bzImage, fetched first if there is none."""
     return cached() or fetch(say)
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "linux-kernel",
+        help="print the path of Debian's 32-bit kernel, fetched into the cache first if needed",
+        description="Print the path of Debian 12's linux-image-6.1.0-*-686 bzImage in ring1's cache "
+                    "($RING1_CACHE or ~/.cache/ring1), fetching it with apt-get download when none is "
+                    "cached (apt must know i386: dpkg --add-architecture i386 && apt-get update). "
+                    "Use: bt run \"$(bt linux-kernel)\" --ram 128 --cmdline ...")
+    p.add_argument("--fetch", action="store_true", help="fetch the newest package even if one is cached")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    path = fetch(say) if args.fetch else kernel(say)
+    print(path)
+    return 0

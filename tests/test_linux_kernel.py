@@ -80,7 +80,7 @@ def test_kallsyms_of_the_stripped_kernel(debian_kernel: Path) -> None:
 #: The milestones' command line: the serial console; the kernel where it is linked (KASLR would
 #: move it, and the patch manager scans the kernel as linked); `panic=-1` reboots at the panic,
 #: which ends the run cleanly ("guest reset the machine"), as QEMU -no-reboot ends there;
-#: `cryptomgr.notests`: the crypto self-tests' Diffie-Hellman runs 3 G of the boot's 3.3 G
+#: `cryptomgr.notests`: the crypto self-tests' Diffie-Hellman runs 3.7 G of the kernel's 4.0 G
 #: instructions (docs/linux.md).
 CMDLINE = "console=ttyS0 nokaslr panic=-1 cryptomgr.notests"
 ROOTFS_PANIC = b"Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)"

@@ -30,8 +30,8 @@ from bt.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 INITRAMFS = ROOT / "samples" / "linux" / "initramfs.cpio.gz"
-#: `cryptomgr.notests`: the crypto self-tests' Diffie-Hellman is 3 G of the boot's 3.3 G instructions
-#: (docs/linux.md); without it, each boot takes 10 times as long under ring1 and QEMU alike.
+#: `cryptomgr.notests`: the crypto self-tests' Diffie-Hellman is 3.7 G of the kernel's 4.0 G
+#: instructions to the root-fs panic (docs/linux.md), under ring1 and QEMU alike.
 CMDLINE = "console=ttyS0 nokaslr panic=-1 cryptomgr.notests"
 RAM_MIB = 128
 #: What each milestone's output must show.

@@ -23,10 +23,13 @@ _TIMESTAMP = re.compile(rb"^\[ *\d+\.\d+\] ")
 class Mask:
     pattern: re.Pattern[bytes]
     why: str
+    #: The line itself must be in both logs, but where it falls is not compared: another
+    #: thread printed it (`first_difference`).
+    moves: bool = False
 
 
-def _mask(pattern: str, why: str) -> Mask:
-    return Mask(re.compile(pattern.encode()), why)
+def _mask(pattern: str, why: str, moves: bool = False) -> Mask:
+    return Mask(re.compile(pattern.encode()), why, moves)
 
 
 TIMING: tuple[Mask, ...] = (
@@ -38,8 +41,9 @@ TIMING: tuple[Mask, ...] = (
     _mask(r"sched_clock: Marking stable .*", "clock readings at that moment"),
     _mask(r"audit: type=2000 audit\(.*", "printed by another thread: where it falls depends on timing"),
     _mask(r"rtc_cmos rtc_cmos: setting system clock to .*", "the wall-clock time it was read at"),
-    _mask(r"Freeing initrd memory: \d+K", "the initramfs is unpacked beside the initcalls (async): where "
-                                          "the line falls depends on timing"),
+    _mask(r"Trying to unpack rootfs image as initramfs\.\.\.|Freeing initrd memory: \d+K",
+          "the initramfs is unpacked beside the initcalls (async): where the line falls depends on timing",
+          moves=True),
 )
 
 MACHINE: tuple[Mask, ...] = (
@@ -67,12 +71,20 @@ MACHINE: tuple[Mask, ...] = (
 
 def lines(log: bytes, masks: tuple[Mask, ...] = TIMING) -> list[bytes]:
     """The log's lines without timestamps or line ends, less those a mask matches."""
-    out = []
+    return _split(log, masks)[0]
+
+
+def _split(log: bytes, masks: tuple[Mask, ...]) -> tuple[list[bytes], list[bytes]]:
+    """(the lines no mask matches, the lines a `moves` mask matches), timestamps removed."""
+    kept, moved = [], []
     for raw in log.splitlines():
         line = _TIMESTAMP.sub(b"", raw.rstrip(b"\r"))
-        if not any(m.pattern.fullmatch(line) for m in masks):
-            out.append(line)
-    return out
+        mask = next((m for m in masks if m.pattern.fullmatch(line)), None)
+        if mask is None:
+            kept.append(line)
+        elif mask.moves:
+            moved.append(line)
+    return kept, moved
 
 
 def is_linux(log: bytes) -> bool:
@@ -82,11 +94,16 @@ def is_linux(log: bytes) -> bool:
 
 def first_difference(a: bytes, b: bytes, masks: tuple[Mask, ...] = TIMING) -> tuple[int, bytes, bytes] | None:
     """Where two logs part, after `lines`: (line number from 1, the line in a, the line in b),
-    an empty line for the log that ended; None when they agree."""
-    la, lb = lines(a, masks), lines(b, masks)
+    an empty line for the log that ended; (0, ...) for a line another thread printed (a
+    `moves` mask) that is in one log only; None when they agree."""
+    (la, ma), (lb, mb) = _split(a, masks), _split(b, masks)
     for i in range(max(len(la), len(lb))):
         x = la[i] if i < len(la) else b""
         y = lb[i] if i < len(lb) else b""
         if x != y:
             return i + 1, x, y
+    if sorted(ma) != sorted(mb):
+        only_a = [x for x in ma if x not in mb]
+        only_b = [y for y in mb if y not in ma]
+        return 0, only_a[0] if only_a else b"", only_b[0] if only_b else b""
     return None

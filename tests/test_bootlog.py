@@ -41,6 +41,15 @@ def test_a_line_that_is_not_about_time_is_a_difference():
         3, b"Kernel panic - not syncing: VFS: Unable to mount root fs", b"")
 
 
+def test_a_line_from_another_thread_may_move_but_not_go():
+    unpack = b"[    0.9] Trying to unpack rootfs image as initramfs...\r\n"
+    early = PATCHED.replace(b"[    0.372100] NET", unpack + b"[    0.372100] NET")
+    late = LEAKS + unpack
+    assert bootlog.first_difference(early, late) is None
+    gone = bootlog.first_difference(early, LEAKS)
+    assert gone == (0, b"Trying to unpack rootfs image as initramfs...", b"")
+
+
 def test_machine_lines_only_where_the_machine_is_compared():
     qemu = PATCHED.replace(b"Linux version 6.1.0-50-686 (debian-kernel@lists.debian.org)\r\n",
                            b"Linux version 6.1.0-50-686 (debian-kernel@lists.debian.org)\r\n"

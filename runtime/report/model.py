@@ -293,7 +293,8 @@ def _mismatches(runs: Mapping[str, RunRecord], modes: tuple[str, ...]) -> tuple[
             parted = bootlog.first_difference(base.serial, r.serial)
             if parted is not None:
                 line, a, b = parted
-                out.append(Mismatch(m, "serial", f"line {line}: {a[:60]!r}", f"line {line}: {b[:60]!r}"))
+                where = f"line {line}" if line else "printed from another thread"
+                out.append(Mismatch(m, "serial", f"{where}: {a[:60]!r}", f"{where}: {b[:60]!r}"))
         elif base.serial[:shorter] != r.serial[:shorter]:
             at = _first_difference(base.serial, r.serial)
             out.append(Mismatch(m, "serial", _excerpt(base.serial, at), _excerpt(r.serial, at)))

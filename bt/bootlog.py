@@ -44,6 +44,8 @@ TIMING: tuple[Mask, ...] = (
     _mask(r"Trying to unpack rootfs image as initramfs\.\.\.|Freeing initrd memory: \d+K",
           "the initramfs is unpacked beside the initcalls (async): where the line falls depends on timing",
           moves=True),
+    _mask(r"input: AT Translated Set 2 keyboard as .*", "the keyboard is probed by the serio thread: where "
+                                                        "the line falls depends on timing", moves=True),
 )
 
 MACHINE: tuple[Mask, ...] = (

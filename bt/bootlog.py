@@ -56,6 +56,8 @@ MACHINE: tuple[Mask, ...] = (
     _mask(r"(clocksource: (Checking clocksource tsc|Switched to clocksource|timekeeping watchdog"
           r"|\s*'|'tsc' |tsc: mask|pit:)|tsc: Marking TSC unstable).*",
           "QEMU's clocksource watchdog finds its TSC unstable"),
+    _mask(r"(TSC found unstable after boot, most likely due to broken BIOS\. Use 'tsc=unstable'\."
+          r"|sched_clock: Marking unstable .*)", "QEMU's clocksource watchdog finds its TSC unstable"),
     _mask(r"(Unstable clock detected, switching default tracing clock.*|If you want to keep using the local"
           r" clock, then add:|  \"trace_clock=local\"|on the kernel command line)",
           "QEMU's tracing clock switched"),

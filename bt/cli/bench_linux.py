@@ -86,13 +86,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command(kernel: Path, milestone: int, mode: str, serial: Path) -> list[str]:
+def _command(kernel: Path, milestone: int, mode: str, serial: Path, icount: bool = False) -> list[str]:
+    """The run's command line. `icount`: QEMU's guest clock from its instruction count, not the
+    host's (the reference test: on a loaded host, QEMU's default clock lets the kernel see RCU
+    stalls, a failed timer check, a TSC its watchdog marks unstable; measured)."""
     initrd = ["-initrd" if mode == "qemu" else "--initrd", str(INITRAMFS)] if milestone == 2 else []
     if mode == "qemu":
         # The machine ring1 gives: no ACPI tables, isa-debug-exit at 0xF4; TCG, one CPU.
-        return ["qemu-system-i386", "-machine", "pc,acpi=off", "-m", str(RAM_MIB), "-kernel", str(kernel),
-                "-append", CMDLINE, *initrd, "-display", "none", "-monitor", "none", "-no-reboot",
-                "-serial", f"file:{serial}", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        clock = ["-icount", "shift=3,sleep=off"] if icount else []
+        return ["qemu-system-i386", "-machine", "pc,acpi=off", *clock, "-m", str(RAM_MIB),
+                "-kernel", str(kernel), "-append", CMDLINE, *initrd, "-display", "none", "-monitor", "none",
+                "-no-reboot", "-serial", f"file:{serial}",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
     from importlib.metadata import entry_points
 
     extra = ["--leaks-only"] if mode == "unpatched" else []

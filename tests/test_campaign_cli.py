@@ -266,8 +266,14 @@ mode = "none"
     killed = []
 
     def workers() -> list[int]:
-        return [pid for pid in _children(os.getpid())
-                if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        found = []
+        for pid in _children(os.getpid()):
+            try:        # a child may end between the listing and this read (seen under load)
+                if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+        return found
 
     def kill_the_worker() -> None:
         deadline = time.monotonic() + 60

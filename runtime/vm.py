@@ -151,8 +151,16 @@ def _load(config: cfg.RunConfig) -> Bootable:
     if raw and is_linux(raw):
         if config.modules:
             raise UsageError(f"--module: {config.kernel} is a Linux kernel; it takes --initrd")
-        return load_linux(config.kernel, ram_size=config.ram_size, cmdline=config.cmdline,
-                          initrd=config.initrd, data=raw)
+        image = load_linux(config.kernel, ram_size=config.ram_size, cmdline=config.cmdline,
+                           initrd=config.initrd, data=raw)
+        if image.header is not None and config.patch is not None and config.patch.enabled \
+                and "nokaslr" not in config.cmdline.split():
+            # Measured: without it Debian's kernel moves itself and runs no further than a loop
+            # on a stale patch, with no output, until --timeout.
+            raise UsageError("--cmdline: a Linux bzImage needs `nokaslr` when ring1 patches it: the patch "
+                             "manager patches the kernel where it is linked and does not follow KASLR's "
+                             "move (harmless for a kernel built without it; docs/linux.md)")
+        return image
     if config.initrd is not None:
         raise UsageError(f"--initrd: {config.kernel} is not a Linux kernel (a bzImage or a vmlinux ELF); "
                          "a multiboot kernel takes --module")

@@ -142,6 +142,17 @@ def _finished(runs: dict[tuple[int, str], Any], milestone: int, mode: str) -> tu
     return _DONE[(milestone, mode)]
 
 
+def test_a_bzimage_without_nokaslr_is_refused_when_patched(debian_kernel: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Without `nokaslr` the kernel moves itself away from the patched code and loops with no
+    output until --timeout (measured): a one-line usage error instead, before it runs."""
+    from bt.cli import main
+
+    assert main(["run", str(debian_kernel), "--ram", "128", "--cmdline", "console=ttyS0 panic=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs `nokaslr`" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("mode", ["patched", "leaks"])
 def test_milestone1_rootfs_panic(linux_runs: dict[tuple[int, str], Any], mode: str) -> None:
     code, err, log = _finished(linux_runs, 1, mode)

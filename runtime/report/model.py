@@ -189,6 +189,7 @@ def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord], top: int =
     by_class = _rows(runs, modes, lambda r: r.exits_by_class)
     total = Counts("total", {m: runs[m].total_exits for m in modes})
     all_sites = _site_rows(kernel, runs, modes)
+    linux_log = _linux_log(runs, modes)
     return KernelComparison(
         kernel=kernel,
         modes=modes,
@@ -202,8 +203,8 @@ def compare_kernel(kernel: KernelInfo, runs: Mapping[str, RunRecord], top: int =
         patches={m: tuple(sorted(runs[m].patches, key=lambda p: p.address)) for m in modes if m != BASELINE},
         timings=tuple(RunTiming(m, runs[m].timing.wall, runs[m].timing.guest, runs[m].timing.vmm,
                                 runs[m].total_exits, runs[m].guest_instructions) for m in modes),
-        mismatches=_mismatches(runs, modes),
-        linux_log=_linux_log(runs, modes),
+        mismatches=_mismatches(runs, modes, linux_log),
+        linux_log=linux_log,
         reference=None if reference is None else Reference(
             reference[0], hashlib.sha256(reference[1]).hexdigest(), len(reference[1]),
             {m: runs[m].serial == reference[1] for m in modes}),
@@ -278,7 +279,8 @@ def host_cut(r: RunRecord) -> bool:
     return r.exit_status is None and any(cut in r.stop_reason for cut in HOST_CUTS)
 
 
-def _mismatches(runs: Mapping[str, RunRecord], modes: tuple[str, ...]) -> tuple[Mismatch, ...]:
+def _mismatches(runs: Mapping[str, RunRecord], modes: tuple[str, ...],
+                linux_log: bool) -> tuple[Mismatch, ...]:
     base = runs[BASELINE]
     out = []
     for m in modes:
@@ -289,7 +291,7 @@ def _mismatches(runs: Mapping[str, RunRecord], modes: tuple[str, ...]) -> tuple[
         # where each was cut is not compared.
         cut = host_cut(base) and host_cut(r)
         shorter = min(len(base.serial), len(r.serial)) if cut else None
-        if _linux_log(runs, modes) and not cut:
+        if linux_log and not cut:
             parted = bootlog.first_difference(base.serial, r.serial)
             if parted is not None:
                 line, a, b = parted

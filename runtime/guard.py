@@ -240,14 +240,15 @@ class VmmGuard:
         for page in [p for p in self.pending if start <= p < end]:
             del self.pending[page]          # superseded by what is applied now
         # Guest RAM is one big range: stretches between watched pages are one run each.
+        watched = sorted(p for p in self._watchers if start <= p < end)
         lo = start
-        for page in sorted(p for p in self._watchers if start <= p < end):
+        for page in watched:
             if lo < page:
                 self.uc.mem_protect(lo, page - lo, UC_PROT_READ | UC_PROT_WRITE)
             lo = page + layout.PAGE_SIZE
         if lo < end:
             self.uc.mem_protect(lo, end - lo, UC_PROT_READ | UC_PROT_WRITE)
-        self._protect(sorted(p for p in self._watchers if start <= p < end))
+        self._protect(watched)
 
     def forbid_exec_pages(self, pages: list[int]) -> None:
         """`forbid_exec` for each of `pages` (sorted), one mem_protect per run (`_protect`)."""

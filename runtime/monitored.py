@@ -129,9 +129,7 @@ class KernelCodeMonitor:
         revoke: set[int] = set()
         for page in pages:
             if page in self._dirty and page in self.monitored and page not in self.revoked:
-                group = page & self._group_mask
-                revoke.update(p for p in range(group, group + self.GROUP * _PAGE, _PAGE)
-                              if p in self.monitored and p not in self.revoked)
+                revoke.update(p for p in self._group(page) if p in self.monitored and p not in self.revoked)
         if revoke:
             # Every translation from the pages first: a block chained to one of them would
             # skip the permission check.
@@ -139,6 +137,11 @@ class KernelCodeMonitor:
                 self._drop_page(page)
             self.vm.guard.forbid_exec_pages(sorted(revoke))
             self.revoked |= revoke
+
+    def _group(self, page: int) -> range:
+        """The pages of `page`'s aligned group (`GROUP`)."""
+        first = page & self._group_mask
+        return range(first, first + self.GROUP * _PAGE, _PAGE)
 
     def _drop_page(self, page: int) -> None:
         """Drop Unicorn's translations of physical page `page`, through a linear address
@@ -172,8 +175,7 @@ class KernelCodeMonitor:
         which never ran); False: not one of this module's."""
         if page not in self.revoked:
             return False
-        group = page & self._group_mask
-        pages = [p for p in range(group, group + self.GROUP * _PAGE, _PAGE) if p in self.revoked]
+        pages = [p for p in self._group(page) if p in self.revoked]
         ranges = [r for p in pages for r in self._dirty.pop(p, [])]
         for p in pages:
             self._writes[p] = 0

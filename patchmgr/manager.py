@@ -187,6 +187,9 @@ class PatchManager:
         #: `on_trap` asks both on every trap.
         self._scanned_sites: set[int] = set()
         self._handled: dict[str, bool] = {}
+        #: Called whenever a patch or a refusal changes: what `quiet` said may no longer hold
+        #: (the runtime's fast exits forget their sites, runtime/fastexit.py).
+        self.on_change: Callable[[], None] | None = None
 
     # ---- the runtime's calls ----------------------------------------------------------------
     def on_trap(self, op: Operation) -> bool:
@@ -204,6 +207,26 @@ class PatchManager:
             self._learn(op.address)
             return isinstance(self.patch_site(op.address), Patch)
         return False
+
+    def quiet(self, op: Operation) -> bool:
+        """Whether `on_trap(op)` will only count from now on, until `on_change` is called:
+        the site was refused (or this run patches nothing), its scan question is answered,
+        and no freed patch memory waits for the settling a trap does."""
+        site = op.address
+        if self.patch_memory.contains(site) or self.patch_memory.unsettled:
+            return False
+        if (site not in self._scanned_sites and op.cls is not None and self._handles(op.cls)
+                and self._learning is not None and site not in self.stats.unscanned):
+            return False
+        return not self.config.enabled or site in self.refusals
+
+    def count_traps(self, site: int, n: int) -> None:
+        """`n` traps at a quiet site (taken by the runtime's fast exits)."""
+        self.stats.traps[site] += n
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _handles(self, cls: str) -> bool:
         # Asked on every trap: the answer per class is fixed once the rules are.
@@ -539,6 +562,7 @@ class PatchManager:
                 self._suspended[patch.site] = patch
         for refusal in rec.refusals:
             self.refusals[refusal.site] = refusal
+        self._changed()
 
     def _free_block(self, patch: Patch) -> None:
         if patch.block is not None:
@@ -559,6 +583,7 @@ class PatchManager:
 
     def _unindex(self, patch: Patch) -> None:
         """Forget `patch` in every map the exits use (its guest bytes and watch stay)."""
+        self._changed()
         for addr in [a for a, (p, _) in self._exits.items() if p is patch]:
             del self._exits[addr]
         self._blocks = [(a, p) for a, p in self._blocks if p is not patch]
@@ -582,6 +607,7 @@ class PatchManager:
             self._watches[patch.site] = self.watch.watch(patch.start, patch.end)
 
     def _index(self, patch: Patch) -> None:
+        self._changed()
         if patch.block is not None:
             for addr, record in patch.block.exits:
                 self._exits[addr] = (patch, record)
@@ -679,6 +705,7 @@ class PatchManager:
         placeholder = op or Operation(None, site, 0, "?", (), "?")
         refusal = Refusal(site, placeholder, reason)
         self.refusals[site] = refusal
+        self._changed()
         return refusal
 
     def is_unpatched(self, address: int) -> bool:

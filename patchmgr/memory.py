@@ -72,6 +72,11 @@ class PatchMemory:
         """A removed block's bytes: reusable after the next `settle()`."""
         self._pending.append((address, _aligned(address + size)))
 
+    @property
+    def unsettled(self) -> bool:
+        """Freed blocks wait for `settle`."""
+        return bool(self._pending)
+
     def settle(self) -> None:
         """The guest runs outside patch memory: what was freed may be handed out again."""
         if not self._pending:

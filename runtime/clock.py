@@ -4,13 +4,14 @@ Two clocks, the same interface (`begin` a slice with a budget, `fault` when an e
 leaves a block in its middle, `end` the slice and get the instructions it ran):
 
 * `BlockClock`, the default: a C hook Unicorn calls once per translated block
-  (runtime/native/blockclock.c) adds the block's instruction count and stops the slice
-  once its budget is spent: at the first block that starts after it, which Unicorn then
-  does not run (unicorn 2.1.4, tests/test_clock.py pins it) and the hook does not count. A
-  block that starts within the budget runs whole, so a slice ends on a block boundary, the
-  same one in every run, and always makes progress. A block left in its middle by an exception or an
-  error only ran the instructions before it: `fault` and `end` take the rest back,
-  counting them with Capstone from the block's start to where the CPU is. A stop from an
+  (runtime/native/blockclock.c, in the module `runtime._native`) adds the block's
+  instruction count and stops the slice once its budget is spent: at the first block that
+  starts after it, which Unicorn then does not run (unicorn 2.1.4, tests/test_clock.py
+  pins it) and the hook does not count. A block that starts within the budget runs whole,
+  so a slice ends on a block boundary, the same one in every run, and always makes
+  progress. A block left in its middle by an exception or an error only ran the
+  instructions before it: `fault` and `end` take the rest back, counting them with
+  Capstone from the block's start to where the CPU is. A stop from an
   IN/OUT hook lets the block run to its end (unicorn 2.1.4), so it needs nothing.
   Measured on an exit-free loop: within 2x of Unicorn with no count at all, against
   20x for Unicorn's own count.
@@ -48,9 +49,9 @@ from unicorn.unicorn_py3.unicorn import uclib
 from runtime.insncount import SliceCounter
 
 try:
-    from runtime import _blockclock  # type: ignore[attr-defined]
+    from runtime import _native  # type: ignore[attr-defined]
 except ImportError:   # not built: `pip install` found no C compiler
-    _blockclock = None
+    _native = None
 
 #: No block entered (the state's `block`).
 _NONE = 0xFFFFFFFFFFFFFFFF
@@ -85,7 +86,12 @@ _IO_IDS = (x86c.X86_INS_IN, x86c.X86_INS_OUT, x86c.X86_INS_INSB, x86c.X86_INS_IN
 
 
 def native_available() -> bool:
-    return _blockclock is not None and _blockclock.state_size() == ctypes.sizeof(_State)
+    return _native is not None and _native.state_size() == ctypes.sizeof(_State)
+
+
+def native_module() -> Any:
+    """runtime/native's module (the block clock and the fast exits), None if not built."""
+    return _native if native_available() else None
 
 
 class BlockClock:
@@ -94,7 +100,7 @@ class BlockClock:
     name = "block"
 
     def __init__(self, uc: Uc, insns_between: Callable[[int, int], int]) -> None:
-        assert _blockclock is not None
+        assert _native is not None
         self.uc = uc
         #: Ring-3 blocks that may do I/O, given a no-op code hook to make them exact.
         self.exact_blocks = 0
@@ -120,7 +126,7 @@ class BlockClock:
         self._table(_SLOTS)
         self._hook = ctypes.c_size_t()
         err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_BLOCK,
-                                ctypes.c_void_p(_blockclock.hook_address()),
+                                ctypes.c_void_p(_native.hook_address()),
                                 ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(1), ctypes.c_uint64(0))
         if err != 0:
             raise RuntimeError(f"uc_hook_add(UC_HOOK_BLOCK) failed: {err}")
@@ -185,7 +191,7 @@ class BlockClock:
         st = self.state
         at, size = int(st.exact_at), int(st.exact_size)
         st.exact_at = 0
-        assert _blockclock is not None
+        assert _native is not None
         # One code hook per guest address at most: blocks overlap (a block entered in the
         # middle of another, at an address the guest jumps to or a one-instruction slice
         # resumes at), and two hooks on an instruction would count it twice while stepping,
@@ -193,7 +199,7 @@ class BlockClock:
         for lo, hi in self._uncovered(at, at + size):
             handle = ctypes.c_size_t()
             err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle),
-                                    uconst.UC_HOOK_CODE, ctypes.c_void_p(_blockclock.exact_hook_address()),
+                                    uconst.UC_HOOK_CODE, ctypes.c_void_p(_native.exact_hook_address()),
                                     ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(lo),
                                     ctypes.c_uint64(hi - 1))
             if err != 0:

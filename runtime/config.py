@@ -49,6 +49,9 @@ class RunConfig:
     #: hook per translated block; falls back to "count" when the module is not built) or
     #: "count" (Unicorn's own count, a helper call per instruction).
     clock: str = "block"
+    #: CLI/STI traps at sites the patcher leaves alone emulated in C (runtime/fastexit.py);
+    #: False: every exit through Python (`bt bench trap` measures both).
+    fast_exits: bool = True
     #: Multiboot modules, in order (`--module FILE[,ARGS]`, QEMU's -initrd).
     modules: tuple[BootModule, ...] = ()
     #: Disk images on the primary IDE channel: master, then slave (`--disk FILE`).

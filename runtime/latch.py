@@ -257,6 +257,10 @@ class ExceptionLatch:
             raise InternalError("uc_context_save failed")
         return int(self._field.value)
 
+    def count_clears(self, n: int) -> None:
+        """`n` clears made in C (runtime/fastexit.py) through `live_fields`."""
+        self.clears += n
+
     def clear(self) -> None:
         if self._live is not None:
             self._live_field.value = -1
@@ -285,6 +289,13 @@ class ExceptionInfo:
             self._error = ctypes.c_int32.from_address(base + error_off)
             self._is_int = ctypes.c_int32.from_address(base + int_off)
         self._offsets = (error_off, int_off)
+
+    def live_fields(self) -> tuple[int, int, int] | None:
+        """Host addresses of the live `old_exception`, `error_code` and `exception_is_int`
+        (for runtime/native/fastexit.c), None without the direct method."""
+        if self._error is None or self._is_int is None or self._latch._live is None:
+            return None
+        return (self._latch._live, ctypes.addressof(self._error), ctypes.addressof(self._is_int))
 
     def read(self) -> tuple[int, bool]:
         """(error code, True for INT n / INT3 / INTO)."""

@@ -107,6 +107,8 @@ class MmioExits:
         return found
 
     def _account(self, addr: int, write: bool) -> int:
+        if self.traps.fast is not None:
+            self.traps.fast.enter()      # C's exits first (runtime/fastexit.py)
         eip = self._accessor(addr)
         site = self.traps.patcher.to_guest_eip(eip)
         self.ctx.stats.exit("io", "mmio", site)
@@ -144,6 +146,8 @@ class MmioExits:
             self._time(t0)
 
     def _time(self, t0: int) -> None:
+        if self.traps.fast is not None:
+            self.traps.fast.leave()
         dt = time.perf_counter_ns() - t0
         self.ctx.stats.vmm_ns += dt
         self.ctx.stats.vmm_ns_by_kind["io"] += dt

@@ -71,6 +71,13 @@ class PatchExit:
 class Patcher(Protocol):
     def on_trap(self, op: Operation) -> bool | None: ...
 
+    def quiet(self, op: Operation) -> bool:
+        """Whether a trap of `op` will from now on only be counted (`count_traps`), until
+        the patcher calls its `on_change` (runtime/fastexit.py takes such traps in C)."""
+        ...
+
+    def count_traps(self, site: int, n: int) -> None: ...
+
     def exit_at(self, address: int) -> PatchExit | Any | None: ...
 
     def to_guest_eip(self, eip: int) -> int: ...
@@ -96,6 +103,12 @@ class NoPatcher:
     """The unpatched VMM: traps are only emulated, no INT3 belongs to a patch."""
 
     def on_trap(self, op: Operation) -> bool | None:
+        return None
+
+    def quiet(self, op: Operation) -> bool:
+        return True
+
+    def count_traps(self, site: int, n: int) -> None:
         return None
 
     def exit_at(self, address: int) -> PatchExit | None:

@@ -119,6 +119,10 @@ class PcSync:
         self.available = offset is not None
         self._flag = ctypes.c_uint8.from_address(_handle(uc) + offset) if offset is not None else None
 
+    def flag_address(self) -> int | None:
+        """Host address of the flag (runtime/native/fastexit.c clears it too)."""
+        return ctypes.addressof(self._flag) if self._flag is not None else None
+
     def after_hook(self) -> None:
         """The interrupt hook that may have written EIP is returning: Unicorn's later IN/OUT
         hooks in this slice must see their own EIP again."""

@@ -38,6 +38,7 @@ from runtime.context import HANDLED, Ctx, EmulationFault, Emulator
 from runtime.cpu import CR2, EAX, ECX, EDI, EFLAGS, EIP, ESI
 from runtime.deliver import VEC_BP, VEC_GP, VEC_NP, VEC_PF, VEC_UD, WITH_ERROR, DeliveryFault
 from runtime.emulate import EMULATORS
+from runtime.fastexit import FastExits
 from runtime.gates import Gates
 from runtime.latch import POISONING, ExceptionInfo, ExceptionLatch
 from runtime.paging import CR0_PG, PF_P, PF_U, PageFault
@@ -71,6 +72,8 @@ class IoFault:
 VM86 = 1 << 17
 #: EFLAGS bits patch code may have changed and gives back: CF PF AF ZF SF TF DF OF.
 _ARITH = 0xDD5
+#: The classes runtime/native/fastexit.c emulates.
+FAST_CLASSES = frozenset({"cli", "sti"})
 #: Instruction classes whose hypercall may change what the PIC has pending.
 _IO_CLASSES = frozenset({"in", "out", "ins", "outs"})
 
@@ -115,6 +118,10 @@ class Traps:
         self._rep_element: tuple[int, int, int, bool] | None = None
         #: The instruction of the IN/OUT hook being handled (for `stop_in_io`).
         self._io_op: Operation | None = None
+        #: The C hook in front of `on_intr` that takes CLI/STI at quiet sites
+        #: (runtime/fastexit.py); None when the run has none. Every Python hook starts with
+        #: its `enter`, so what C counted is folded in first.
+        self.fast: FastExits | None = None
 
     # -- decoding -------------------------------------------------------------------------------
     def decode(self, eip: int) -> Operation:
@@ -158,6 +165,8 @@ class Traps:
     # the first argument is the engine's handle, and every exception is caught here.
     def on_intr(self, _handle: int, vector: int, _data: Any) -> None:
         uc = self.uc
+        if self.fast is not None:
+            self.fast.enter()
         if self.exit_status is not None:
             uc.emu_stop()          # after the guest's isa-debug-exit: see `guest_exited`
             return
@@ -174,6 +183,8 @@ class Traps:
             uc.emu_stop()
         finally:
             self.pcsync.after_hook()
+            if self.fast is not None:
+                self.fast.leave()
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -349,7 +360,19 @@ class Traps:
         self.ctx.retry_deferred(eip)
         self.patcher.on_trap(op)
         self.execute(op, op.next_address, emulate)
+        if self.fast is not None and op.cls in FAST_CLASSES:
+            self._to_fast(op)
         return "trap"
+
+    def _to_fast(self, op: Operation) -> None:
+        """After Python emulated a CLI or STI: C takes the site's next traps if the patcher
+        will only count them (runtime/fastexit.py)."""
+        fast = self.fast
+        assert fast is not None
+        hit = self._cache.get(op.address)
+        quiet = getattr(self.patcher, "quiet", None)
+        if hit is not None and quiet is not None and quiet(op):
+            fast.register(op.address, op.cls or "", hit[0], self.patcher)
 
     def execute(self, op: Operation, next_eip: int, emulate: Emulator | None = None) -> None:
         """Run `op`'s emulator; continue at `next_eip` unless it transferred control.
@@ -447,6 +470,8 @@ class Traps:
         self._fast_call(uc, "syscall")
 
     def _fast_call(self, uc: Uc, cls: str) -> None:
+        if self.fast is not None:
+            self.fast.enter()
         t0 = time.perf_counter_ns()
         try:
             self.refuse_vm86()
@@ -471,6 +496,8 @@ class Traps:
         except BaseException as err:  # stored and re-raised by the run loop
             self.error = err
             uc.emu_stop()
+        if self.fast is not None:
+            self.fast.leave()
         dt = time.perf_counter_ns() - t0
         self.stats.vmm_ns += dt
         self.stats.vmm_ns_by_kind["trap"] += dt
@@ -480,6 +507,8 @@ class Traps:
         uc = self.uc
         if self.exit_status is not None:
             return 0
+        if self.fast is not None:
+            self.fast.enter()
         t0 = time.perf_counter_ns()
         kind = "io"
         self.in_io_hook = True
@@ -501,6 +530,8 @@ class Traps:
             return 0
         finally:
             self.in_io_hook = False
+            if self.fast is not None:
+                self.fast.leave()
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -509,6 +540,8 @@ class Traps:
         uc = self.uc
         if self.exit_status is not None:
             return
+        if self.fast is not None:
+            self.fast.enter()
         t0 = time.perf_counter_ns()
         kind = "io"
         self.in_io_hook = True
@@ -526,6 +559,8 @@ class Traps:
             uc.emu_stop()
         finally:
             self.in_io_hook = False
+            if self.fast is not None:
+                self.fast.leave()
             dt = time.perf_counter_ns() - t0
             self.stats.vmm_ns += dt
             self.stats.vmm_ns_by_kind[kind] += dt
@@ -537,6 +572,8 @@ class Traps:
         op = self._io_op
         if op is not None:
             self.clock.cut(self.cpu.read(EIP) + op.length)
+        if self.fast is not None:
+            self.fast.hold("the guest exited")
         self.stop_in_io(uc)
 
     def stop_in_io(self, uc: Uc) -> None:

@@ -15,6 +15,7 @@ rewrites its invariant bytes, so that the guest's damage is reported instead of 
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections.abc import Callable
 
@@ -133,6 +134,10 @@ class VirtualCpu:
     @property
     def vif(self) -> bool:
         return bool(self._pw[_VFLAGS_W] & IF)
+
+    def vflags_address(self) -> int:
+        """Host address of the flags word (runtime/native/fastexit.c writes IF there)."""
+        return ctypes.addressof(self._pw) + 4 * _VFLAGS_W
 
     def set_vif(self, on: bool) -> None:
         w = self._pw

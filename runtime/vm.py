@@ -83,6 +83,7 @@ from runtime.vcpu import MSR_APIC_BASE, VirtualCpu
 
 if TYPE_CHECKING:
     from patchmgr.manager import PatchManager
+    from runtime.fastexit import FastExits
     from runtime.ring3.mode import Ring3
 
 #: Unicorn errors that mean the guest went where no memory is.
@@ -178,6 +179,9 @@ class Vm:
         self.vcpu = VirtualCpu(self.cpu)
         self.vcpu.reset()
         self.stats = RunStats()
+        #: The C hook that takes quiet CLI/STI traps (runtime/fastexit.py), if the run has it.
+        self._fast: FastExits | None = None
+        self.patches: PatchManager | None = None
         #: The guest's mapping changed since deferred patches were last tried.
         self._mapping_changed = True
         area = self._area
@@ -245,7 +249,9 @@ class Vm:
         self.traps.clock = self.insn_clock
         self._decoded: dict[tuple[int, int], int] = {}
         uc = self.machine.uc
-        hook_raw(uc, UC_HOOK_INTR, HOOK_INTR, self.traps.on_intr)
+        self._fast = self.traps.fast = self._fast_exits()
+        if self._fast is None:
+            hook_raw(uc, UC_HOOK_INTR, HOOK_INTR, self.traps.on_intr)
         hook_raw(uc, UC_HOOK_INSN, HOOK_IN, self.traps.on_in, UC_X86_INS_IN)
         hook_raw(uc, UC_HOOK_INSN, HOOK_OUT, self.traps.on_out, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self.traps.on_sysenter, None, 1, 0, UC_X86_INS_SYSENTER)
@@ -274,8 +280,6 @@ class Vm:
         self._loader_state()
         #: Why the run was asked to stop (`interrupt`), None while it runs on.
         self.interrupted: str | None = None
-        #: The patch manager of this run (issue 5), None when it runs unpatched.
-        self.patches: PatchManager | None = None
         #: Called after every slice, before the run loop looks at the devices.
         self.on_slice_end: list[Callable[[], None]] = []
         # Ring 3 runs unpatched: patch code sits on supervisor pages it could not run on.
@@ -283,6 +287,41 @@ class Vm:
             from runtime.patching import attach
             self.patches = attach(self, config.patch)   # the kernel is in memory: eager patches
             self.traps.patcher = self.patches
+            self._mapping_changed = self._mapping_changed     # deferred patches now exist
+
+    def _fast_exits(self) -> FastExits | None:
+        """The fast exits where this run allows them (runtime/fastexit.py): the block clock
+        (the C hook shares its state), the latch's live fields, the EIP-sync flag, ring 1
+        (under --guest-ring 3 every exit needs the VMM's view switch), and a trap history no
+        longer than the C side keeps."""
+        from runtime.fastexit import RING, FastExits
+
+        traps = self.traps
+        fields = traps.exc.live_fields()
+        flag = traps.pcsync.flag_address()
+        if (not self.config.fast_exits or not isinstance(self.insn_clock, BlockClock)
+                or self.ring3 is not None or fields is None or flag is None
+                or self.config.last_exits > RING):
+            return None
+        return FastExits(self.machine.uc, traps.on_intr, self.insn_clock, fields, flag,
+                         self.vcpu.vflags_address(), self.stats, traps.last,
+                         lambda site, n: traps.patcher.count_traps(site, n), traps.latch.count_clears,
+                         self.intc.pending)
+
+    @property
+    def _mapping_changed(self) -> bool:
+        return self._mapping_new
+
+    @_mapping_changed.setter
+    def _mapping_changed(self, on: bool) -> None:
+        # While deferred patches wait for a trap at live code (`_retry_deferred`), every trap
+        # goes through Python, which tries them.
+        self._mapping_new = on
+        if self._fast is not None:
+            if on and self.patches is not None:
+                self._fast.hold("mapping changed")
+            else:
+                self._fast.release("mapping changed")
 
     def interrupt(self, why: str) -> None:
         """Stop the run as soon as Unicorn returns (the end of the current translation block):
@@ -319,6 +358,8 @@ class Vm:
         as the instructions do: a guest polling the PIT and the TSC in a loop sees both
         advance with every iteration, not by a slice's worth at once when the slice ends
         (Linux's quick_pit_calibrate gave up on that)."""
+        if self._fast is not None:
+            self._fast.fold()
         now = self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
         if self._in_slice:
             now += self.insn_clock.so_far() * cfg.NS_PER_INSN
@@ -576,6 +617,8 @@ class Vm:
                     traps.stale_code = True     # rights changed inside a hook (runtime/guard.py)
                 traps.drop_stale_code()
                 how = self.insn_clock.begin(count)
+                if self._fast is not None:
+                    self._fast.begin_slice(traps.patcher)
                 # After `begin`: making a block exact drops its translation, which makes Unicorn
                 # walk the page tables for its address; under --guest-ring 3 a walk that misses
                 # the kernel view (runtime/ring3/vtlb.py) leaves #PF in old_exception.
@@ -644,11 +687,15 @@ class Vm:
                     raise GuestStop("wall-clock timeout (--timeout)", pc,
                                     f"{self.stats.guest_insns} instructions")
         except GuestStop as stop:
+            if self._fast is not None:
+                self._fast.fold()
             if stop.eip is not None:
                 stop.eip = self.traps.patcher.to_guest_eip(stop.eip)
             stop.last_exits = list(traps.last)
             raise
         except UnmappedPhys as err:
+            if self._fast is not None:
+                self._fast.fold()
             outside = GuestStop("access to memory outside guest RAM", self._guest_eip(), str(err))
             outside.last_exits = list(traps.last)
             raise outside from err
@@ -660,6 +707,8 @@ class Vm:
                 raise HostError(f"Unicorn ran out of memory: {err}") from err
             # A bug in ring1 (possibly raised inside a Unicorn hook and re-raised here):
             # stop cleanly with where the guest was and what it did last.
+            if self._fast is not None:
+                self._fast.fold()
             internal = InternalError(f"{type(err).__name__}: {err} (guest EIP {self._guest_eip():#010x})")
             internal.last_exits = list(traps.last)
             raise internal from err

@@ -103,8 +103,10 @@ def to_user(esp: int = USTACK) -> str:
             f"mov ax, {UDATA}\nmov ds, ax\nmov es, ax\niretd\n")
 
 
-def run(image: RawImage, max_insns: int = 2_000_000) -> tuple[Vm, RunResult | GuestStop]:
-    vm = Vm(RunConfig(kernel=Path("<test>"), serial=io.BytesIO(), max_insns=max_insns), image=image)
+def run(image: RawImage, max_insns: int = 2_000_000, fast: bool = True) -> tuple[Vm, RunResult | GuestStop]:
+    """`fast`: the fast exits (runtime/fastexit.py) take CLI/STI where they can."""
+    vm = Vm(RunConfig(kernel=Path("<test>"), serial=io.BytesIO(), max_insns=max_insns, fast_exits=fast),
+            image=image)
     try:
         return vm, vm.run()
     except GuestStop as stop:

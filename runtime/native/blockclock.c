@@ -19,57 +19,7 @@
 #include <Python.h>
 #include <stdint.h>
 
-typedef struct {
-    uint64_t pc;
-    uint16_t icount;
-    uint16_t size;
-} uc_tb;
-
-typedef int (*uc_ctl_fn)(void *uc, int control, ...);
-typedef int (*uc_emu_stop_fn)(void *uc);
-typedef int (*uc_vmem_read_fn)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
-typedef size_t (*cs_disasm_fn)(size_t handle, const uint8_t *code, size_t size, uint64_t address,
-                               size_t count, void **insn);
-typedef void (*cs_free_fn)(void *insn, size_t count);
-
-/* Table entry flags. */
-#define CHECKED 1   /* decoded: HAS_IO is known */
-#define HAS_IO 2    /* holds an IN/OUT/INS/OUTS (or could not be decoded) */
-#define EXACT 4     /* the run loop made its translation stop exactly (a code hook on it) */
-
-typedef struct {
-    uint64_t insns;        /* instructions of the blocks entered so far */
-    uint64_t limit;        /* ask Unicorn to stop once insns reaches this */
-    uint64_t block;        /* the block entered last: address (~0: none) */
-    uint32_t block_insns;  /* its instruction count */
-    uint32_t block_size;   /* its size in bytes */
-    uint32_t stopped;      /* 1: this hook asked Unicorn to stop (the budget was spent) */
-    uint32_t misses;       /* table misses (blocks first seen) */
-    uint32_t failed;       /* misses Unicorn could not answer (counted as 1 instruction) */
-    uint32_t used;         /* table entries in use */
-    uint32_t mask;         /* table size - 1 (a power of two) */
-    uint32_t full;         /* 1: the table is over half full, the Python side grows it */
-    uc_ctl_fn ctl;
-    uc_emu_stop_fn stop;
-    int64_t request;       /* the encoded uc_ctl control word for TB_REQUEST_CACHE */
-    uint64_t *keys;        /* (address << 16) | size; 0: empty */
-    uint16_t *counts;
-    uint64_t entered;      /* blocks entered so far (tells one entry of a block from the next) */
-    uint32_t exec_prot;    /* UC_PROT_EXEC */
-    uint32_t insn_size;    /* sizeof(cs_insn) */
-    uc_vmem_read_fn vmem_read;
-    uint8_t *flags;        /* per table entry: CHECKED | HAS_IO | EXACT */
-    uint64_t exact_at;     /* a block with I/O to make exact before it runs (0: none) */
-    uint32_t exact_size;
-    uint32_t pad;
-    uint64_t cs_handle;    /* a Capstone handle, x86-32, no details */
-    cs_disasm_fn disasm;
-    cs_free_fn cs_free;
-    uint32_t io_ids[8];    /* Capstone ids of IN, OUT, INSB/W/D, OUTSB/W/D */
-    uint32_t stepping;     /* 1: this slice runs `step_left` instructions exactly */
-    uint32_t step_left;
-    uint64_t stepped;      /* instructions run while stepping */
-} block_clock;
+#include "native.h"
 
 static inline uint32_t slot_of(uint64_t key, uint32_t mask)
 {
@@ -135,6 +85,22 @@ static int does_io(block_clock *c, void *uc, uint64_t address, uint32_t size)
     }
     c->cs_free(insns, n);
     return found;
+}
+
+int64_t insns_between(block_clock *c, void *uc, uint64_t start, uint64_t end)
+{
+    uint8_t code[4096];
+    void *insns = NULL;
+    if (end < start || end - start > sizeof code)
+        return -1;
+    if (end == start)
+        return 0;
+    if (c->vmem_read(uc, start, (int)c->exec_prot, code, (size_t)(end - start)) != 0)
+        return -1;
+    size_t n = c->disasm((size_t)c->cs_handle, code, (size_t)(end - start), start, 0, &insns);
+    if (insns != NULL)
+        c->cs_free(insns, n);
+    return (int64_t)n;
 }
 
 static void block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
@@ -216,6 +182,23 @@ static void exact_hook(void *uc, uint64_t address, uint32_t size, void *user_dat
     c->stepped++;
 }
 
+/* A block hook that does nothing: `bt bench trap` measures what Unicorn itself costs per
+ * block once any block hook is installed, the floor of every exact per-block count. */
+static void noop_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    (void)uc;
+    (void)address;
+    (void)size;
+    (void)user_data;
+}
+
+static PyObject *noop_hook_address(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromVoidPtr((void *)noop_block_hook);
+}
+
 static PyObject *hook_address(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -237,19 +220,37 @@ static PyObject *state_size(PyObject *self, PyObject *args)
     return PyLong_FromSize_t(sizeof(block_clock));
 }
 
+static PyObject *fast_hook_address(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromVoidPtr(fast_hook());
+}
+
+static PyObject *fast_size(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromSize_t(fast_state_size());
+}
+
 static PyMethodDef methods[] = {
     {"hook_address", hook_address, METH_NOARGS, "Address of the C block hook (a uc_cb_hookcode_t)."},
     {"state_size", state_size, METH_NOARGS, "sizeof the state struct the hook takes as user data."},
     {"exact_hook_address", exact_hook_address, METH_NOARGS, "Address of the no-op C code hook."},
+    {"noop_hook_address", noop_hook_address, METH_NOARGS, "Address of a block hook that does nothing."},
+    {"fast_hook_address", fast_hook_address, METH_NOARGS,
+     "Address of the C interrupt hook of the fast exits (a uc_cb_hookintr_t)."},
+    {"fast_state_size", fast_size, METH_NOARGS, "sizeof the fast exits' state struct."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_blockclock", "ring1's per-block guest instruction counter.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_native", "ring1's native hooks: the block clock and the fast exits.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__blockclock(void)
+PyMODINIT_FUNC PyInit__native(void)
 {
     return PyModule_Create(&module);
 }

@@ -242,6 +242,11 @@ class BlockClock:
         Unicorn before that block; nothing is restarted, unlike `emu_stop` from a memory hook)."""
         self.state.limit = self.state.insns
 
+    @property
+    def mark(self) -> int:
+        """The state's instruction count when the running slice began."""
+        return self._mark
+
     def so_far(self) -> int:
         """Instructions the running slice has counted up to now, read from a hook in the
         middle of it: every block entered, the current one whole (after `fault`, up to the

@@ -1,10 +1,10 @@
-"""The fast exits: the guest kernel's CLI and STI traps emulated in C (issue 14).
+"""The fast exits: the guest kernel's CLI, STI and RDTSC traps emulated in C (issue 14).
 
 runtime/native/fastexit.c is the VMM's interrupt hook; it hands every exception it does not
-take to `Traps.on_intr`, untouched. It takes a #GP of CLI or STI at CPL 1 at a site this
-module registered, and does there what the Python path does (the virtual IF, EIP, the
-block clock's count, Unicorn's old_exception and EIP-sync flag, the exit's statistics),
-at about a tenth of the cost. The C file's comment lists what each side guarantees.
+take to `Traps.on_intr`, untouched. It takes a #GP of CLI, STI or RDTSC at CPL 1 at a site
+this module registered, and does there what the Python path does (the virtual IF or the
+virtual TSC, EIP, the block clock's count, Unicorn's old_exception and EIP-sync flag, the
+exit's statistics), at a thirtieth of the cost. The C file's comment lists what each side guarantees.
 
 The division of work:
 
@@ -19,7 +19,8 @@ The division of work:
 * `leave` (at the end of every Python hook) and `begin_slice`: whether an interrupt waits,
   asked of the interrupt controller (the hook may have changed that; nothing else does
   until the next hook or the slice's end, where devices tick). C takes an STI only when
-  none waits.
+  none waits. Once an RDTSC site is registered, also virtual time's base (a HLT in a hook
+  moves it).
 * `hold`/`release`: whether C may take exits at all (`holds` lists the reasons it may not).
 """
 
@@ -35,12 +36,13 @@ from unicorn import x86_const as ux
 from unicorn.unicorn_py3.unicorn import uclib
 
 from runtime.clock import BlockClock, native_module
+from runtime.config import NS_PER_EXIT, NS_PER_INSN
 from runtime.engine import HOOK_INTR
 from runtime.stats import RunStats
 
 #: Site kinds (fastexit.c KIND_*), by bt.isa class.
-KINDS = ("cli", "sti")
-_OPCODES = {"cli": b"\xfa", "sti": b"\xfb"}
+KINDS = ("cli", "sti", "rdtsc")
+_OPCODES = {"cli": b"\xfa", "sti": b"\xfb", "rdtsc": b"\x0f\x31"}
 RING = 64
 #: Sites the table holds at most (half its slots: probes stay short).
 _SLOTS = 1 << 12
@@ -66,6 +68,8 @@ class _State(ctypes.Structure):
         ("pad2", ctypes.c_int32),
         ("old_exception", ctypes.c_void_p), ("error_code", ctypes.c_void_p), ("is_int", ctypes.c_void_p),
         ("skip_sync", ctypes.c_void_p), ("vflags", ctypes.c_void_p),
+        ("time_base", ctypes.c_int64), ("ns_per_insn", ctypes.c_uint64), ("ns_per_exit", ctypes.c_uint64),
+        ("reg_eax", ctypes.c_int32), ("reg_edx", ctypes.c_int32),
     ]
 
 
@@ -79,7 +83,8 @@ class FastExits:
     def __init__(self, uc: Uc, on_intr: Callable[[int, int, Any], None], clock: BlockClock,
                  fields: tuple[int, int, int], skip_sync: int, vflags: int,
                  stats: RunStats, last: deque[tuple[str, str, int]], count_traps: Callable[[int, int], None],
-                 latch_cleared: Callable[[int], None], irq_waiting: Callable[[], bool]) -> None:
+                 latch_cleared: Callable[[int], None], irq_waiting: Callable[[], bool],
+                 time_base: Callable[[], int]) -> None:
         native = native_module()
         assert native is not None and native.fast_state_size() == ctypes.sizeof(_State)
         self.stats = stats
@@ -87,6 +92,9 @@ class FastExits:
         self._count_traps = count_traps
         self._latch_cleared = latch_cleared
         self._irq_waiting = irq_waiting
+        self._time_base = time_base
+        #: An RDTSC site is registered: `leave` keeps `time_base` current.
+        self._timed = False
         #: Why C may not take exits now (`hold`/`release`); it may when this is empty.
         self.holds: set[str] = set()
         self._sites = (_Site * _SLOTS)()
@@ -106,6 +114,8 @@ class FastExits:
         st.old_exception, st.error_code, st.is_int = fields
         st.skip_sync = skip_sync
         st.vflags = vflags
+        st.ns_per_insn, st.ns_per_exit = NS_PER_INSN, NS_PER_EXIT
+        st.reg_eax, st.reg_edx = ux.UC_X86_REG_EAX, ux.UC_X86_REG_EDX
         handle = ctypes.c_size_t()
         err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
                                 ctypes.c_void_p(native.fast_hook_address()),
@@ -157,6 +167,8 @@ class FastExits:
         site.between = 0
         site.eip = eip            # last: the entry is complete before C can find it
         self._registered.add(eip)
+        if cls == "rdtsc":
+            self._timed = True
 
     def invalidate(self) -> None:
         """The patch manager changed a patch or a refusal: every site goes back to Python."""
@@ -174,7 +186,10 @@ class FastExits:
 
     def leave(self) -> None:
         """At the end of a Python hook (0.4 µs: the interrupt controller is asked)."""
-        self.state.irq_hint = 1 if self._irq_waiting() else 0
+        st = self.state
+        st.irq_hint = 1 if self._irq_waiting() else 0
+        if self._timed:
+            st.time_base = self._time_base()
 
     def fold(self) -> None:
         st = self.state

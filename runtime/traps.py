@@ -73,7 +73,7 @@ VM86 = 1 << 17
 #: EFLAGS bits patch code may have changed and gives back: CF PF AF ZF SF TF DF OF.
 _ARITH = 0xDD5
 #: The classes runtime/native/fastexit.c emulates.
-FAST_CLASSES = frozenset({"cli", "sti"})
+FAST_CLASSES = frozenset({"cli", "sti", "rdtsc"})
 #: Instruction classes whose hypercall may change what the PIC has pending.
 _IO_CLASSES = frozenset({"in", "out", "ins", "outs"})
 
@@ -365,7 +365,7 @@ class Traps:
         return "trap"
 
     def _to_fast(self, op: Operation) -> None:
-        """After Python emulated a CLI or STI: C takes the site's next traps if the patcher
+        """After Python emulated a CLI, STI or RDTSC: C takes the site's next traps if the patcher
         will only count them (runtime/fastexit.py)."""
         fast = self.fast
         assert fast is not None

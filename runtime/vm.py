@@ -306,7 +306,13 @@ class Vm:
         return FastExits(self.machine.uc, traps.on_intr, self.insn_clock, fields, flag,
                          self.vcpu.vflags_address(), self.stats, traps.last,
                          lambda site, n: traps.patcher.count_traps(site, n), traps.latch.count_clears,
-                         self.intc.pending)
+                         self.intc.pending, self._time_base)
+
+    def _time_base(self) -> int:
+        """`clock()` less the running slice's block-clock instructions (runtime/fastexit.py)."""
+        assert isinstance(self.insn_clock, BlockClock)
+        return (self.now_ns + (self.stats.exit_count - self._exits_mark) * cfg.NS_PER_EXIT
+                - self.insn_clock.mark * cfg.NS_PER_INSN)
 
     @property
     def _mapping_changed(self) -> bool:

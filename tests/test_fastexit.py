@@ -136,6 +136,27 @@ def test_an_sti_with_an_interrupt_waiting_goes_to_python_and_the_interrupt_comes
     assert fast_vm.traps.fast is not None and fast_vm.traps.fast.taken == 1      # the second STI
 
 
+def test_rdtsc_in_c_reads_the_same_virtual_time_as_python():
+    # RDTSC at two sites, between Python exits (an OUT) and HLTs woken by the PIT (a HLT moves
+    # virtual time inside its hook): every value the guest reads is the same both ways.
+    handler = "push eax\nmov al, 0x20\nout 0x20, al\npop eax\niretd\n"
+    src = (TICK_PENDING + "mov ecx, 12\nmov edi, 0x24000\n"
+           "l: rdtsc\nmov [edi], eax\nmov [edi+4], edx\nout 0x80, al\nrdtsc\nmov [edi+8], eax\n"
+           "sti\nhlt\ncli\nrdtsc\nmov [edi+12], eax\nadd edi, 16\ndec ecx\njnz l\n"
+           "mov al, 0\nout 0xf4, al\n")
+    image = kernel(src, {0x20: (handler, 0, False)})
+    fast_vm, fast = run(image)
+    slow_vm, slow = run(image, fast=False)
+    assert isinstance(fast, RunResult) and isinstance(slow, RunResult)
+    assert fast.last_exits == slow.last_exits and fast_vm.stats.hits == slow_vm.stats.hits
+    assert fast_vm.stats.virtual_ns == slow_vm.stats.virtual_ns
+    values = fast_vm.cpu.phys_read(0x24000, 12 * 16)
+    assert values == slow_vm.cpu.phys_read(0x24000, 12 * 16)
+    tsc = [int.from_bytes(values[i:i + 4], "little") for i in range(0, len(values), 4)]
+    assert tsc[0] < tsc[2] < tsc[3] < tsc[4]           # it advances, across the HLT too
+    assert fast_vm.traps.fast is not None and fast_vm.traps.fast.taken >= 3 * 11
+
+
 def test_invalidate_folds_and_forgets_every_site():
     fast_vm, _ = _same_runs("mov ecx, 5\nl: cli\nsti\ndec ecx\njnz l\nmov al, 0\nout 0xf4, al\n")
     fast = fast_vm.traps.fast

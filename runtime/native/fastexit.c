@@ -1,12 +1,13 @@
-/* The fast exits: CLI and STI of the guest kernel, emulated in C on the virtual IF.
+/* The fast exits: CLI, STI and RDTSC of the guest kernel, emulated in C.
  *
  * Why: a trap-and-emulate exit through the Python hook (runtime/traps.py) costs about
- * 4 µs, spread over some twenty Python calls with no single hot spot (runtime/README.md
- * has the profile). CLI and STI are most of a kernel's traps once its hot sites are
- * patched (the sites a rule refused, or every site under --no-patch), and emulating them
- * is a bit in the state block. So this hook sits in front of the Python one: a #GP that
- * is a CLI or STI at CPL 1, at a site the Python side registered, is done here with the
- * same effects the Python path has; anything else, or any doubt, goes to Python untouched.
+ * 4-8 µs, spread over some twenty Python calls with no single hot spot (runtime/README.md
+ * has the profile). CLI, STI and RDTSC are most of a kernel's traps once its hot sites are
+ * patched (the sites a rule refused, RDTSC which no rule patches, or every site under
+ * --no-patch), and emulating them is a bit in the state block or a reading of virtual
+ * time. So this hook sits in front of the Python one: a #GP that is one of them at CPL 1,
+ * at a site the Python side registered, is done here with the same effects the Python path
+ * has; anything else, or any doubt, goes to Python untouched.
  *
  * What the Python side guarantees (runtime/fastexit.py):
  * - a site is registered only after Python handled a trap there and the patch manager
@@ -18,7 +19,11 @@
  *   latch without live fields, the count clock);
  * - `irq_hint` is 0 only while no interrupt is waiting (asked of the interrupt controller
  *   at each slice's start and at the end of every Python hook, the only places where it can
- *   change): STI then needs nothing but the bit.
+ *   change): STI then needs nothing but the bit;
+ * - `time_base` is virtual time as runtime/vm.py `Vm.clock` computes it, less the block
+ *   clock's instructions and this side's exits, set at the same places (only time passing
+ *   in a hook, a HLT, moves it): RDTSC reads time_base + exits * ns_per_exit + insns *
+ *   ns_per_insn, the 1 GHz virtual TSC of runtime/emulate/msr.py.
  * What this hook checks itself, every time: the exception is a #GP(0) fault (not INT 13),
  * the CPU is at CPL 1 outside virtual-8086 mode, the byte at EIP is still the site's
  * opcode (the guest may rewrite or remap its code), the clock is not stepping.
@@ -40,13 +45,14 @@ typedef void (*intr_hook_fn)(void *uc, uint32_t intno, void *user_data);
 #define RING 64          /* the last fast exits kept for the trap history (runtime/traps.py `last`) */
 #define KIND_CLI 0
 #define KIND_STI 1
+#define KIND_RDTSC 2
 #define VEC_GP 13
 #define EFLAGS_VM (1u << 17)
 #define VIRTUAL_IF (1u << 9)
 
 typedef struct {
     uint32_t eip;        /* 0: empty (no site at 0 is registered) */
-    uint32_t kind;       /* KIND_CLI or KIND_STI */
+    uint32_t kind;       /* KIND_CLI, KIND_STI or KIND_RDTSC */
     uint32_t count;      /* exits here since the last fold */
     uint32_t dirty;      /* 1: listed in `dirty` */
     uint64_t block;      /* the block of the last exit here (NO_BLOCK: none yet) */
@@ -77,6 +83,10 @@ typedef struct {
     int32_t *is_int;
     uint8_t *skip_sync;      /* the EIP-sync flag runtime/pcsync.py clears */
     uint32_t *vflags;        /* the state block's virtual flags word (bt/layout.py) */
+    int64_t time_base;       /* virtual ns (see above) */
+    uint64_t ns_per_insn;
+    uint64_t ns_per_exit;
+    int32_t reg_eax, reg_edx;
 } fast_exits;
 
 static inline uint64_t now_ns(void)
@@ -116,8 +126,11 @@ static int fast(fast_exits *f, void *uc)
     fast_site *s = find(f, (uint32_t)eip);
     if (s == NULL || (s->kind == KIND_STI && f->irq_hint))
         return 0;
-    uint8_t op = 0;
-    if (c->vmem_read(uc, eip, (int)c->exec_prot, &op, 1) != 0 || op != (s->kind == KIND_CLI ? 0xFA : 0xFB))
+    uint8_t op[2] = {0, 0};
+    uint32_t length = s->kind == KIND_RDTSC ? 2 : 1;
+    if (c->vmem_read(uc, eip, (int)c->exec_prot, op, length) != 0)
+        return 0;
+    if (s->kind == KIND_RDTSC ? (op[0] != 0x0F || op[1] != 0x31) : op[0] != (s->kind == KIND_CLI ? 0xFA : 0xFB))
         return 0;
     /* The clock, as runtime/clock.py `BlockClock.fault` does it: the block ran up to and
      * including the faulting instruction, which counts as run. */
@@ -136,7 +149,7 @@ static int fast(fast_exits *f, void *uc)
             s->between = between;
         }
     }
-    uint64_t next = (eip + 1) & 0xFFFFFFFFu;
+    uint64_t next = (eip + length) & 0xFFFFFFFFu;
     if (f->reg_write(uc, f->reg_eip, &next))
         return 0;
     /* Committed from here on. */
@@ -145,10 +158,17 @@ static int fast(fast_exits *f, void *uc)
             c->insns -= c->block_insns - between - 1;
         c->block = NO_BLOCK;
     }
-    if (s->kind == KIND_CLI)
+    f->exits++;          /* before RDTSC reads the time: Python counts an exit first too */
+    if (s->kind == KIND_CLI) {
         *f->vflags &= ~VIRTUAL_IF;
-    else
+    } else if (s->kind == KIND_STI) {
         *f->vflags |= VIRTUAL_IF;
+    } else {
+        uint64_t now = (uint64_t)(f->time_base + (int64_t)(f->exits * f->ns_per_exit + c->insns * f->ns_per_insn));
+        uint64_t eax = now & 0xFFFFFFFFu, edx = now >> 32;
+        f->reg_write(uc, f->reg_eax, &eax);
+        f->reg_write(uc, f->reg_edx, &edx);
+    }
     *f->skip_sync = 0;
     *f->old_exception = -1;
     s->count++;
@@ -159,7 +179,6 @@ static int fast(fast_exits *f, void *uc)
     f->ring_eip[f->ring_n % RING] = (uint32_t)eip;
     f->ring_kind[f->ring_n % RING] = s->kind;
     f->ring_n++;
-    f->exits++;
     f->ns += now_ns() - t0;
     return 1;
 }

@@ -33,6 +33,11 @@ class InterruptController:
         self.ioapic.set_irq(line, level)
 
     def pending(self) -> bool:
+        # Nothing requested anywhere, the common answer, without the priority logic: asked
+        # at the end of every exit (runtime/fastexit.py). A slave 8259's request reaches the
+        # CPU only through the master's IRR (its cascade line).
+        if not self.lapic.irr and not self.pic.master.irr:
+            return False
         if self.lapic.pending_vector() > 0:
             return True
         return self.lapic.accepts_pic() and self.pic.pending()

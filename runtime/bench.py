@@ -7,6 +7,8 @@ Three guests assembled with Keystone, each a counted loop:
   old_exception cleared), DEC, JNZ; run with the fast exits (runtime/fastexit.py: the
   C hook takes the CLI after the first), with every exit through Python, and through
   Python with the other way of clearing old_exception (runtime/latch.py);
+* `rdtsc`: the same loop with RDTSC (a fault at CPL 1: the VMM sets CR4.TSD), with the fast
+  exits and through Python;
 * `cr0`: the same loop with MOV EAX, CR0, an exit the fast exits leave to Python, with
   them installed (what every other exit costs);
 * `base`: the same loop with a NOP instead of the CLI, under the VMM;
@@ -93,6 +95,8 @@ class TrapBench:
     fast: int                #: exits the fast exits took in it (0: the run has none)
     python_trap_s: float     #: the CLI loop with every exit through Python
     cr0_s: float             #: the MOV EAX, CR0 loop (Python's exit, fast exits installed)
+    rdtsc_s: float           #: the RDTSC loop, default run
+    python_rdtsc_s: float    #: the RDTSC loop with every exit through Python
     base_s: float
     plain_insns: int
     vmm_plain_s: float
@@ -112,6 +116,14 @@ class TrapBench:
     @property
     def us_per_python_exit(self) -> float:
         return (self.python_trap_s - self.base_s) / self.traps * 1e6
+
+    @property
+    def us_per_rdtsc_exit(self) -> float:
+        return (self.rdtsc_s - self.base_s) / self.traps * 1e6
+
+    @property
+    def us_per_python_rdtsc_exit(self) -> float:
+        return (self.python_rdtsc_s - self.base_s) / self.traps * 1e6
 
     @property
     def us_per_cr0_exit(self) -> float:
@@ -140,6 +152,8 @@ def trap_bench(traps: int = 20_000, plain_iters: int = 2_000_000) -> TrapBench:
     vm_py, t_py = run_guest(_loop("cli", traps) + _EXIT, fast=False)
     _vm_c, t_ctx = run_guest(_loop("cli", traps) + _EXIT, latch="context", fast=False)
     _vm_r, t_cr0 = run_guest(_loop("mov eax, cr0", traps) + _EXIT)
+    _vm_t, t_rdtsc = run_guest(_loop("rdtsc", traps) + _EXIT)
+    _vm_tp, t_py_rdtsc = run_guest(_loop("rdtsc", traps) + _EXIT, fast=False)
     _vm_b, t_base = run_guest(_loop("nop", traps) + _EXIT)
     plain = _loop("add eax, ecx\nxor ebx, eax", plain_iters) + _EXIT
     vm_p, t_plain = run_guest(plain)
@@ -149,7 +163,8 @@ def trap_bench(traps: int = 20_000, plain_iters: int = 2_000_000) -> TrapBench:
     _vm_n, t_count = run_guest(plain, clock="count")
     return TrapBench(traps=vm_t.stats.by_class["cli"], trap_s=t_trap,
                      fast=vm_t.traps.fast.taken if vm_t.traps.fast is not None else 0,
-                     python_trap_s=t_py, cr0_s=t_cr0, base_s=t_base,
+                     python_trap_s=t_py, cr0_s=t_cr0, rdtsc_s=t_rdtsc, python_rdtsc_s=t_py_rdtsc,
+                     base_s=t_base,
                      plain_insns=vm_p.stats.guest_insns, vmm_plain_s=t_plain, bare_plain_s=t_bare,
                      hooked_plain_s=t_hooked, clock=vm_p.insn_clock.name, count_plain_s=t_count,
                      vmm_ns_per_trap=_per_trap(vm_t), python_vmm_ns_per_trap=_per_trap(vm_py),

@@ -26,8 +26,8 @@ from runtime.vm import Vm
 def test_the_block_clock_is_built() -> None:
     if not native_available():
         if os.environ.get("CI"):
-            pytest.fail("runtime._blockclock is not built (pip install -e . compiles it)")
-        pytest.skip("runtime._blockclock is not built: runs use Unicorn's count")
+            pytest.fail("runtime._native is not built (pip install -e . compiles it)")
+        pytest.skip("runtime._native is not built: runs use Unicorn's count")
 
 
 def _run(sample: Sample, clock: str, patched: bool) -> tuple[Vm, bytes]:
@@ -39,7 +39,7 @@ def _run(sample: Sample, clock: str, patched: bool) -> tuple[Vm, bytes]:
     return vm, out.getvalue()
 
 
-@pytest.mark.skipif(not native_available(), reason="runtime._blockclock is not built")
+@pytest.mark.skipif(not native_available(), reason="runtime._native is not built")
 @pytest.mark.parametrize("patched", [False, True], ids=["unpatched", "patched"])
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.key)
 def test_block_and_count_clocks_agree(sample: Sample, patched: bool) -> None:
@@ -119,7 +119,7 @@ def test_the_vm_counts_exact_instructions_around_exits() -> None:
     assert counts[1] - counts[0] in (0, 1)          # Unicorn's count takes the next one too
 
 
-@pytest.mark.skipif(not native_available(), reason="runtime._blockclock is not built")
+@pytest.mark.skipif(not native_available(), reason="runtime._native is not built")
 def test_a_one_instruction_slice_in_overlapping_exact_blocks_runs_one_instruction() -> None:
     # Two exact blocks, one entered in the middle of the other (ring 3 stepping through a
     # patched window does this: runtime/userstep.py): one code hook per address, or a step

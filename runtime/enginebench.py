@@ -10,6 +10,10 @@ machine whose speed drifts hits all alike), and two times are kept per run:
   run loop under ring1 (`wall_ns` of `bt run --json`: exits, emulation and dynamic
   patching included, loading and scanning not).
 
+Besides the floor, the floor with a C block hook that does nothing ("floor + block
+hook"): what Unicorn itself charges for any exact per-block instruction count, ring1's
+block clock included (runtime/clock.py), so that ring1's own share is seen apart.
+
 Ratios are medians of per-round ratios. Every run's serial output must equal the
 first's, and QEMU's where QEMU is installed: a figure never comes from a run that
 went wrong. Figures are machine-dependent: printed, never asserted on.
@@ -39,6 +43,7 @@ from runtime.floor import StoreCost, store_cost
 #: The QEMU configuration's name; the others run Python.
 QEMU = "QEMU TCG"
 FLOOR = "engine floor"
+HOOKED = "floor + block hook"
 RING1 = {"ring1 unpatched": ["--no-patch"], "ring1 patched": [], "ring1 eager": ["--eager"]}
 PYPI = "https://pypi.org/pypi/unicorn/json"
 
@@ -82,8 +87,9 @@ def _python(args: list[str], timeout: float) -> subprocess.CompletedProcess[byte
                           stdin=subprocess.DEVNULL, check=False)
 
 
-def _floor(kernel: Path, cmdline: str, timeout: float) -> Outcome:
-    proc = _python(["-m", "runtime.floor", str(kernel), "--cmdline", cmdline], timeout)
+def _floor(kernel: Path, cmdline: str, timeout: float, hooked: bool = False) -> Outcome:
+    proc = _python(["-m", "runtime.floor", str(kernel), "--cmdline", cmdline,
+                    *(["--block-hook"] if hooked else [])], timeout)
     if proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip().splitlines()
         raise InputError(f"the engine floor could not run {kernel}: {why[-1] if why else proc.returncode}")
@@ -116,6 +122,10 @@ def configs(kernel: Path, cmdline: str, timeout: float, with_qemu: bool) -> list
     if with_qemu:
         out.append(Config(QEMU, lambda: _qemu(kernel, cmdline, timeout)))
     out.append(Config(FLOOR, lambda: _floor(kernel, cmdline, timeout)))
+    from runtime.clock import native_module
+
+    if native_module() is not None:
+        out.append(Config(HOOKED, lambda: _floor(kernel, cmdline, timeout, hooked=True)))
     for name, flags in RING1.items():
         out.append(Config(name, lambda f=flags: _ring1(kernel, cmdline, f, timeout)))  # type: ignore[misc]
     return out

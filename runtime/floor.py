@@ -24,6 +24,7 @@ from pathlib import Path
 from unicorn import UC_HOOK_INSN, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as ux
 
+from bt.errors import InputError
 from bt.layout import ENTRY_EFLAGS, ENTRY_ESP, LOADER_GDT_BASE, RAM_DEFAULT
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, load_boot_image
 from runtime.engine import new_engine
@@ -47,8 +48,10 @@ class FloorRun:
 
 
 def run_floor(kernel: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT,
-              timeout_s: float = 120.0) -> FloorRun:
-    """Run `kernel` on a bare engine until it writes isa-debug-exit, halts or faults."""
+              timeout_s: float = 120.0, block_hook: bool = False) -> FloorRun:
+    """Run `kernel` on a bare engine until it writes isa-debug-exit, halts or faults.
+    `block_hook`: with a C block hook that does nothing (runtime/native), Unicorn's own cost
+    of any exact per-block count such as ring1's block clock (runtime/clock.py)."""
     image = load_boot_image(kernel, ram_size=ram_size, cmdline=cmdline)
     uc = new_engine()
     uc.mem_map(0, ram_size, UC_PROT_ALL)
@@ -83,6 +86,8 @@ def run_floor(kernel: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT
 
     uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, ux.UC_X86_INS_IN)
     uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+    if block_hook:
+        _noop_block_hook(uc)
     reason = ""
     t0 = time.perf_counter()
     try:
@@ -94,6 +99,24 @@ def run_floor(kernel: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT
     if not status and not reason:
         reason = "the guest halted or ran out of time (the floor has no interrupts to wake it)"
     return FloorRun(bytes(serial), status[0] if status else None, reason, eip, seconds)
+
+
+def _noop_block_hook(uc: Uc) -> None:
+    import ctypes
+
+    from unicorn import UC_HOOK_BLOCK
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    from runtime.clock import native_module
+
+    native = native_module()
+    if native is None:
+        raise InputError("runtime._native is not built: no C block hook to install")
+    handle = ctypes.c_size_t()
+    hook = ctypes.c_void_p(native.noop_hook_address())
+    if uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, hook, None,
+                         ctypes.c_uint64(1), ctypes.c_uint64(0)) != 0:
+        raise InputError("uc_hook_add(UC_HOOK_BLOCK) failed")
 
 
 @dataclass(frozen=True)
@@ -151,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.floor", description=main.__doc__)
     p.add_argument("kernel", type=Path)
     p.add_argument("--cmdline", default="")
+    p.add_argument("--block-hook", action="store_true", help="with a C block hook that does nothing")
     args = p.parse_args(argv)
-    run = run_floor(args.kernel, args.cmdline)
+    run = run_floor(args.kernel, args.cmdline, block_hook=args.block_hook)
     print(json.dumps({"serial": run.serial.hex(), "status": run.status,
                       "reason": run.reason, "eip": run.eip, "seconds": run.seconds}))
     return 0

@@ -23,6 +23,8 @@ def test_floor_runs_a_sample_as_qemu_does() -> None:
     floor = run_floor(kernel, "a b")
     assert floor.serial == run_qemu(kernel, "a b")[0]
     assert floor.status == 0 and floor.seconds > 0
+    hooked = run_floor(kernel, "a b", block_hook=True)     # the no-op C block hook changes nothing
+    assert (hooked.serial, hooked.status) == (floor.serial, floor.status)
 
 
 def test_store_cost_has_its_three_loops() -> None:
@@ -35,7 +37,8 @@ def test_bench_engine_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     assert main(["bench", "engine", "--cmdline", "iters=300", "--runs", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = {r["name"]: r for r in doc["configs"]}
-    assert {"engine floor", "ring1 unpatched", "ring1 patched", "ring1 eager"} <= set(rows)
+    assert {"engine floor", "floor + block hook", "ring1 unpatched", "ring1 patched", "ring1 eager"} <= set(rows)
+    assert rows["ring1 patched"]["guest_vs_hooked_floor"] > 0
     assert rows["engine floor"]["guest_vs_floor"] == 1.0
     assert rows["ring1 patched"]["exits"] < rows["ring1 unpatched"]["exits"]
     assert all(rows[n]["startup_s"] > 0 for n in rows if n.startswith("ring1"))

@@ -37,7 +37,8 @@ def test_bench_engine_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     assert main(["bench", "engine", "--cmdline", "iters=300", "--runs", "1", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     rows = {r["name"]: r for r in doc["configs"]}
-    assert {"engine floor", "floor + block hook", "ring1 unpatched", "ring1 patched", "ring1 eager"} <= set(rows)
+    names = {"engine floor", "floor + block hook", "ring1 unpatched", "ring1 patched", "ring1 eager"}
+    assert names <= set(rows)
     assert rows["ring1 patched"]["guest_vs_hooked_floor"] > 0
     assert rows["engine floor"]["guest_vs_floor"] == 1.0
     assert rows["ring1 patched"]["exits"] < rows["ring1 unpatched"]["exits"]

@@ -322,6 +322,21 @@ _BY_NAME: dict[str, InsnClass] = {c.name: c for c in CLASSES}
 # Every mnemonic spelling any row may print as: a cheap pre-filter (the scanner's
 # first pass runs without Capstone detail and only decodes these in full).
 CANDIDATE_MNEMONICS: frozenset[str] = frozenset().union(*(c.mnemonics for c in CLASSES))
+#: The spellings of the rows that run without an exception at CPL 1 (`Unicorn.SILENT`).
+SILENT_MNEMONICS: frozenset[str] = frozenset().union(*(c.mnemonics for c in CLASSES
+                                                       if c.unicorn is Unicorn.SILENT))
+_SEGMENT_NAMES = ("cs", "ds", "es", "fs", "gs", "ss")
+
+
+def maybe_silent(mnemonic: str, op_str: str) -> bool:
+    """False only for an instruction that is certainly no silent row's, from Capstone's text
+    alone (no detail): the pre-filter of patchmgr/rescan.py. MOV and PUSH are silent only
+    with a segment register (MOV r/m,Sreg; PUSH Sreg), which their text then names."""
+    if mnemonic not in SILENT_MNEMONICS:
+        return False
+    if mnemonic in ("mov", "push"):
+        return any(seg in op_str for seg in _SEGMENT_NAMES)
+    return True
 
 
 def by_name(name: str) -> InsnClass:

@@ -183,6 +183,7 @@ class PatchManager:
         self._bit_users: Counter[tuple[int, int]] = Counter()
         self._cs = Cs(CS_ARCH_X86, CS_MODE_32)
         self._cs.detail = True
+        self._cs_lite = Cs(CS_ARCH_X86, CS_MODE_32)
         #: Trapping sites the static scan reached, and per class whether a rule handles it:
         #: `on_trap` asks both on every trap.
         self._scanned_sites: set[int] = set()
@@ -392,6 +393,17 @@ class PatchManager:
     def decode_current(self, site: int) -> CsInsn | None:
         """The guest's instruction at `site` now (patches taken out), None if unmapped."""
         return self._decode(site)
+
+    def decode_current_lite(self, site: int) -> tuple[int, str, str] | None:
+        """(size, mnemonic, operands) of the guest's instruction at `site` now, decoded without
+        Capstone's detail; None if unmapped or undecodable."""
+        try:
+            code = self.original(site, 16)
+        except PatchError:
+            return None
+        for _addr, size, mnemonic, op_str in self._cs_lite.disasm_lite(code, site, 1):
+            return size, mnemonic, op_str
+        return None
 
     def first_execution(self, site: int) -> int:
         """The guest is about to run `site`, a sensitive instruction that never traps

@@ -55,17 +55,22 @@ def silent_sites(manager: PatchManager, start: int, end: int) -> list[int]:
     found = []
     limit = end + _TAIL
     while at < limit:
-        insn = manager.decode_current(at)
-        if insn is None:
+        # Without Capstone's detail first, and in full only what may be silent: Linux rewrites
+        # its code 3,000 times at boot, and each rewrite decodes a block's worth (issue 14).
+        lite = manager.decode_current_lite(at)
+        if lite is None:
             break
-        if at + insn.size > start:
-            op = isa.decode(insn)
-            if (op.cls is not None and manager.rules.handles(op.cls)
-                    and isa.by_name(op.cls).unicorn is isa.Unicorn.SILENT):
-                found.append(at)
+        size, mnemonic, op_str = lite
+        if at + size > start:
+            if isa.maybe_silent(mnemonic, op_str):
+                insn = manager.decode_current(at)
+                op = isa.decode(insn) if insn is not None else None
+                if (op is not None and op.cls is not None and manager.rules.handles(op.cls)
+                        and isa.by_name(op.cls).unicorn is isa.Unicorn.SILENT):
+                    found.append(at)
             if at >= end:
                 break
-        at += insn.size
+        at += size
     return found
 
 

@@ -167,3 +167,36 @@ def test_unicorn_column_agrees_with_the_probe():
         if cls.unicorn is not isa.Unicorn.DEPENDS and cls.unicorn is not seen:
             wrong.append(f"{src}: table says {cls.unicorn.value}, probe saw {seen.value}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_maybe_silent_passes_every_silent_instruction_and_drops_plain_code() -> None:
+    # The rescan's pre-filter (patchmgr/rescan.py) decodes without Capstone's detail: it must
+    # let every instruction of a silent row through, whatever its operands.
+    from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+    from keystone import KS_ARCH_X86, KS_MODE_32, Ks
+
+    ks, cs = Ks(KS_ARCH_X86, KS_MODE_32), Cs(CS_ARCH_X86, CS_MODE_32)
+    cs_full = Cs(CS_ARCH_X86, CS_MODE_32)
+    cs_full.detail = True
+
+    def lite(src: str) -> tuple[str, str, str | None]:
+        code = bytes(ks.asm(src, 0x1000)[0] or b"")
+        _a, _s, mnemonic, op_str = next(cs.disasm_lite(code, 0x1000, 1))
+        return mnemonic, op_str, isa.decode(next(cs_full.disasm(code, 0x1000, 1))).cls
+
+    silent = ["mov eax, cs", "mov word ptr [eax], ss", "mov ax, ds", "mov word ptr [esp+4], gs", "push cs",
+              "push ss", "push ds", "push es", "push fs", "push gs", "pushfd", "pushf", "popfd", "popf",
+              "sgdt [eax]", "sidt [eax]", "sldt ax", "str ax", "smsw ax", "lar eax, ecx", "lsl eax, ecx",
+              "verr ax", "verw ax", "cpuid", "sysenter"]
+    classes = set()
+    for src in silent:     # some of these are no row's (MOV from DS is not sensitive): only rows count
+        mnemonic, op_str, cls = lite(src)
+        if cls is not None and isa.by_name(cls).unicorn is isa.Unicorn.SILENT:
+            classes.add(cls)
+            assert isa.maybe_silent(mnemonic, op_str), src
+    assert {"mov_from_sreg", "push_sreg", "pushf", "popf", "sgdt", "sidt", "sldt", "str", "smsw", "lar",
+            "lsl", "verr", "verw", "cpuid"} <= classes
+    for src in ["mov eax, ebx", "mov dword ptr [eax], 5", "push eax", "push 0x10", "add eax, 1", "jmp 0x1000",
+                "ret", "lea eax, [ebx+ecx*4]"]:
+        mnemonic, op_str, cls = lite(src)
+        assert cls is None and not isa.maybe_silent(mnemonic, op_str), src

@@ -532,7 +532,10 @@ class Vm:
         # so that Unicorn's first fetch on the new view is made afresh in the next slice, with
         # old_exception clear (a fetch fault Unicorn drops here would turn the guest's next
         # fault into #DF: seen with usermode --eager, the first instruction after CR0.PG).
-        self.machine.uc.emu_stop()
+        # Not for INVLPG, which changes one page's translation and no mode: Linux flushes a
+        # page 40,000 times while it boots, and a slice ended for each cost 3 s (issue 14).
+        if linear is None:
+            self.machine.uc.emu_stop()
 
     def _pde_written(self, index: int) -> None:
         """The guest stored into entry `index` of its current page directory

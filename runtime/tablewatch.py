@@ -62,8 +62,14 @@ class TableWatch:
             out.append((True, gdt.ldt_base, gdt.ldt_limit + 1))
         return out
 
-    def refresh(self) -> None:
-        """Watch the pages where the tables are now (module docstring)."""
+    def refresh(self, around: int | None = None) -> None:
+        """Watch the pages where the tables are now (module docstring). `around`: the address
+        of an INVLPG, which changes translations only in its 4 MiB (the shadow directory's
+        entry is copied again whole): nothing to do unless a table lies there."""
+        if around is not None:
+            lo = around & 0xFFC00000
+            if not any(base < lo + 0x400000 and lo < base + size for _ldt, base, size in self._ranges()):
+                return
         pages: dict[int, list[tuple[bool, int]]] = {}
         for ldt, base, size in self._ranges():
             first = base & _MASK

@@ -523,11 +523,14 @@ class Vm:
             real_paging(self.cpu, cr0, cr4)
         if self.ring3 is not None:
             self.ring3.paging_changed(linear)
-        self.relocator.check("INVLPG" if linear is not None else
-                             f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
+        # An INVLPG changes no directory entry (a store into the directory is followed by
+        # `_pde_written`), so it can bring no new conflict with the VMM's slot but in that slot.
+        if linear is None or (linear & 0xFFFFFFFF) >> 22 == self.machine.vmm.pde_index:
+            self.relocator.check("INVLPG" if linear is not None else
+                                 f"CR3 load ({cr3:#x})" if cr0 & CR0_PG else "paging off")
         self._flush_tlb()
         self.directory.follow(self.shadow.guest_pd, self.config.ram_size)
-        self.tables.refresh()
+        self.tables.refresh(linear)
         # The CPU's view of memory changed under the running slice (page rights too): end it,
         # so that Unicorn's first fetch on the new view is made afresh in the next slice, with
         # old_exception clear (a fetch fault Unicorn drops here would turn the guest's next

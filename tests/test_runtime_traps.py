@@ -230,3 +230,27 @@ def test_every_privileged_class_has_an_emulator():
     missing = [c.name for c in isa.CLASSES
                if 32 in c.modes and c.category is isa.Category.PRIVILEGED and c.name not in EMULATORS]
     assert missing == []
+
+
+@pytest.mark.parametrize("wp", [False, True])
+def test_one_entry_mirrored_without_numpy_is_the_directory_mirror(wp: bool) -> None:
+    # INVLPG mirrors one entry in plain Python (runtime/shadowpd.py `_mirror_one`); a CR3
+    # load mirrors the whole directory with NumPy (`_mirror`). Both must agree on every
+    # combination of the bits the mirror looks at.
+    import numpy as np
+
+    from runtime import shadowpd
+
+    class Half:
+        _mirror = shadowpd.ShadowPd._mirror
+        _mirror_one = shadowpd.ShadowPd._mirror_one
+
+        def _wp(self) -> bool:
+            return wp
+
+    bits = (shadowpd.PTE_P, shadowpd.PTE_A, shadowpd.PTE_PS, shadowpd.PTE_W, shadowpd.PTE_D)
+    half = Half()
+    for mask in range(1 << len(bits)):
+        for frame in (0, 0x12345000, 0xFFC00000):
+            entry = frame | 0x4 | sum(b for i, b in enumerate(bits) if mask >> i & 1)
+            assert half._mirror_one(entry) == int(half._mirror(np.array([entry], dtype=np.uint32))[0])

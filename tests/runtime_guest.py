@@ -103,6 +103,35 @@ def to_user(esp: int = USTACK) -> str:
             f"mov ax, {UDATA}\nmov ds, ax\nmov es, ax\niretd\n")
 
 
+#: Remap the 8259s (IRQ 0 at vector 0x20, only IRQ 0 unmasked) and start the PIT at 100 Hz.
+PIC_PIT_SETUP = """
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x01
+    out 0x21, al
+    mov al, 0xfe
+    out 0x21, al
+    mov al, 0x34
+    out 0x43, al
+    mov al, 0x9c
+    out 0x40, al
+    mov al, 0x2e
+    out 0x40, al
+"""
+#: The same, then wait with IF clear until the 8259 has latched IRQ 0 (OCW3: read IRR).
+TICK_PENDING = PIC_PIT_SETUP + """    mov al, 0x0a
+    out 0x20, al
+wait:
+    in al, 0x20
+    test al, 1
+    jz wait
+"""
+
+
 def run(image: RawImage, max_insns: int = 2_000_000, fast: bool = True) -> tuple[Vm, RunResult | GuestStop]:
     """`fast`: the fast exits (runtime/fastexit.py) take CLI/STI where they can."""
     vm = Vm(RunConfig(kernel=Path("<test>"), serial=io.BytesIO(), max_insns=max_insns, fast_exits=fast),

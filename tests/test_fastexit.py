@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from runtime_guest import KERNEL, kernel, run
+from runtime_guest import KERNEL, TICK_PENDING, kernel, run
 
 from bt.cli import main
 from bt.errors import GuestStop
@@ -85,34 +85,6 @@ def test_int_13_and_other_faults_at_cpl_1_stay_with_python():
     assert isinstance(fast, RunResult) and isinstance(slow, RunResult)
     assert fast.last_exits == slow.last_exits and fast_vm.stats.hits == slow_vm.stats.hits
     assert fast_vm.stats.vectors == slow_vm.stats.vectors
-
-
-#: Remap the PIC (IRQ 0 at vector 0x20, only IRQ 0 unmasked), start the PIT, then with the
-#: virtual IF clear wait until the PIC has latched IRQ 0 (as tests/test_runtime_irqflags.py).
-TICK_PENDING = """
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x01
-    out 0x21, al
-    mov al, 0xfe
-    out 0x21, al
-    mov al, 0x34
-    out 0x43, al
-    mov al, 0x9c
-    out 0x40, al
-    mov al, 0x2e
-    out 0x40, al
-    mov al, 0x0a
-    out 0x20, al
-wait:
-    in al, 0x20
-    test al, 1
-    jz wait
-"""
 
 
 def test_an_sti_with_an_interrupt_waiting_goes_to_python_and_the_interrupt_comes_after_its_shadow():

@@ -11,6 +11,7 @@ from runtime_guest import (
     KCODE,
     KERNEL,
     KSTACK,
+    PIC_PIT_SETUP,
     RESULTS,
     UCODE,
     UDATA,
@@ -196,24 +197,6 @@ def test_pf_from_user_mode_on_a_supervisor_page():
 
 # -- IRQs ---------------------------------------------------------------------------------------------
 
-PIC_PIT_SETUP = """
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x01
-    out 0x21, al
-    mov al, 0xfe
-    out 0x21, al
-    mov al, 0x34
-    out 0x43, al
-    mov al, 0x9c
-    out 0x40, al
-    mov al, 0x2e
-    out 0x40, al
-"""
 
 # IRQ0 handler: count, EOI, remember the CS it interrupted; exit after 5 ticks.
 TICK = """

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import runtime_guest
 from refguest import hexlines, run_reference, run_ring1, write_elf
 from runtime_guest import KERNEL, kernel
 
@@ -76,31 +77,7 @@ def test_unpatched_pushf_leaks_the_real_if(tmp_path: Path):
 
 #: Remap the PIC (IRQ 0 at vector 0x20, only IRQ 0 unmasked), start the PIT at 100 Hz, then
 #: with IF = 0 wait until the PIC has latched IRQ 0 (OCW3: read IRR).
-TICK_PENDING = """
-    cli
-    mov al, 0x11
-    out 0x20, al
-    mov al, 0x20
-    out 0x21, al
-    mov al, 0x04
-    out 0x21, al
-    mov al, 0x01
-    out 0x21, al
-    mov al, 0xfe
-    out 0x21, al
-    mov al, 0x34
-    out 0x43, al
-    mov al, 0x9c
-    out 0x40, al
-    mov al, 0x2e
-    out 0x40, al
-    mov al, 0x0a
-    out 0x20, al
-wait:
-    in al, 0x20
-    test al, 1
-    jz wait
-"""
+TICK_PENDING = "\n    cli\n" + runtime_guest.TICK_PENDING
 #: The IRQ 0 handler prints the return address of its frame (as an offset from `base`).
 PRINT_RETURN = "mov eax, [esp]\nsub eax, 0x100000\ncall 0x1e0000\nmov al, 0x20\nout 0xf4, al\n"
 

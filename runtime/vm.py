@@ -391,6 +391,10 @@ class Vm:
 
     def _on_exit(self, status: int) -> None:
         self.traps.exit_status = status
+        if self._fast is not None:
+            # Whichever exit wrote isa-debug-exit (an OUT, or patch code's hypercall for one),
+            # every later exit of the block Unicorn finishes is inert (`Traps.on_intr`), in C too.
+            self._fast.hold("the guest exited")
 
     def _on_reset(self) -> None:
         # The guest reset the machine (keyboard controller, port 0x92): QEMU -no-reboot ends

@@ -171,3 +171,11 @@ def test_samples_count_the_same_with_and_without_fast_exits(sample: str, flags: 
     assert outputs[0][0] in (1, 3)
     assert outputs[0] == outputs[1]
     assert made and made[0].taken > 0
+
+
+def test_exits_after_the_guests_isa_debug_exit_are_inert_in_c_too():
+    # The guest writes isa-debug-exit and traps again in the same block (a CLI the C side
+    # knows, then RDTSC): Python leaves such exits alone, so must C (no count, no effect).
+    src = ("mov ecx, 3\nl: cli\nrdtsc\nsti\ndec ecx\njnz l\nmov al, 0\nout 0xf4, al\ncli\nrdtsc\nsti\nhlt\n")
+    fast_vm, _slow_vm = _same_runs(src)
+    assert fast_vm.stats.by_class["cli"] == 3 and fast_vm.stats.by_class["rdtsc"] == 3

@@ -25,21 +25,19 @@ machine-dependent: they are printed, never asserted on.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks, KsError
-from unicorn import UC_HOOK_BLOCK
 from unicorn import x86_const as ux
-from unicorn.unicorn_py3.unicorn import uclib
 
 from bt.errors import AssembleError
 from runtime.clock import native_module
 from runtime.config import RunConfig
 from runtime.engine import TCG_BUFFER, new_engine
+from runtime.floor import add_noop_block_hook
 from runtime.vm import RawImage, Vm
 
 LOAD = 0x100000
@@ -69,20 +67,17 @@ def run_guest(src: str, max_insns: int | None = None, latch: str = "direct",
     return vm, time.perf_counter() - t0
 
 
-def bare_unicorn(src: str, block_hook: int | None = None) -> float:
-    """Seconds a bare engine (flat ring 0, no hooks; or only the C block hook at address
-    `block_hook`) takes for `src` up to its OUT."""
+def bare_unicorn(src: str, block_hook: bool = False) -> float:
+    """Seconds a bare engine (flat ring 0, no hooks; or only a C block hook that does
+    nothing, runtime/floor.py) takes for `src` up to its OUT."""
     code = assemble(src)
     uc = new_engine(TCG_BUFFER)
     uc.mem_map(0, 4 << 20)
     uc.mem_write(LOAD, code)
     uc.reg_write(ux.UC_X86_REG_ESP, 0x80000)
     end = LOAD + len(assemble(src.split("xor eax, eax")[0]))
-    if block_hook is not None:
-        handle = ctypes.c_size_t()
-        if uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, ctypes.c_void_p(block_hook),
-                             None, ctypes.c_uint64(1), ctypes.c_uint64(0)) != 0:
-            raise RuntimeError("uc_hook_add(UC_HOOK_BLOCK) failed")
+    if block_hook:
+        add_noop_block_hook(uc)
     t0 = time.perf_counter()
     uc.emu_start(LOAD, end)
     return time.perf_counter() - t0
@@ -158,8 +153,7 @@ def trap_bench(traps: int = 20_000, plain_iters: int = 2_000_000) -> TrapBench:
     plain = _loop("add eax, ecx\nxor ebx, eax", plain_iters) + _EXIT
     vm_p, t_plain = run_guest(plain)
     t_bare = bare_unicorn(plain)
-    native = native_module()
-    t_hooked = bare_unicorn(plain, native.noop_hook_address()) if native is not None else None
+    t_hooked = bare_unicorn(plain, block_hook=True) if native_module() is not None else None
     _vm_n, t_count = run_guest(plain, clock="count")
     return TrapBench(traps=vm_t.stats.by_class["cli"], trap_s=t_trap,
                      fast=vm_t.traps.fast.taken if vm_t.traps.fast is not None else 0,

@@ -46,6 +46,7 @@ from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn import unicorn_const as uconst
 from unicorn.unicorn_py3.unicorn import uclib
 
+from runtime.engine import hook_native
 from runtime.insncount import SliceCounter
 
 try:
@@ -124,12 +125,7 @@ class BlockClock:
         st.insn_size = ctypes.sizeof(capstone._cs_insn)
         st.io_ids[:] = _IO_IDS
         self._table(_SLOTS)
-        self._hook = ctypes.c_size_t()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_BLOCK,
-                                ctypes.c_void_p(_native.hook_address()),
-                                ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if err != 0:
-            raise RuntimeError(f"uc_hook_add(UC_HOOK_BLOCK) failed: {err}")
+        hook_native(uc, UC_HOOK_BLOCK, _native.hook_address(), ctypes.addressof(st))
         self._mark = 0
         self._cut: int | None = None
 
@@ -197,13 +193,8 @@ class BlockClock:
         # resumes at), and two hooks on an instruction would count it twice while stepping,
         # stopping before it runs.
         for lo, hi in self._uncovered(at, at + size):
-            handle = ctypes.c_size_t()
-            err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle),
-                                    uconst.UC_HOOK_CODE, ctypes.c_void_p(_native.exact_hook_address()),
-                                    ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(lo),
-                                    ctypes.c_uint64(hi - 1))
-            if err != 0:
-                raise RuntimeError(f"uc_hook_add(UC_HOOK_CODE) failed: {err}")
+            hook_native(self.uc, uconst.UC_HOOK_CODE, _native.exact_hook_address(), ctypes.addressof(st),
+                        lo, hi - 1)
             self._hooked.append((lo, hi))
         self.uc.ctl_remove_cache(at, at + size)
         i = self._slot(at, size)

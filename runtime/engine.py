@@ -73,3 +73,15 @@ def hook_raw(uc: Uc, htype: int, prototype: Any, fn: Callable[..., Any], *extra:
         raise UcError(status)
     uc._callbacks[handle.value] = fptr    # kept alive with the engine
     return int(handle.value)
+
+
+def hook_native(uc: Uc, htype: int, address: int, data: int | None, begin: int = 1, end: int = 0) -> int:
+    """Register the C function at `address` (runtime/native) as a hook over [begin, end]
+    (begin > end: everywhere), with `data` (a pointer, or None) as its user data. The caller
+    keeps `data`'s memory alive as long as the engine."""
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), htype, ctypes.c_void_p(address),
+                               ctypes.c_void_p(data), ctypes.c_uint64(begin), ctypes.c_uint64(end))
+    if status != UC_ERR_OK:
+        raise UcError(status)
+    return int(handle.value)

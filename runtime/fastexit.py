@@ -37,7 +37,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from runtime.clock import BlockClock, native_module
 from runtime.config import NS_PER_EXIT, NS_PER_INSN
-from runtime.engine import HOOK_INTR
+from runtime.engine import HOOK_INTR, hook_native
 from runtime.stats import RunStats
 
 #: Site kinds (fastexit.c KIND_*), by bt.isa class.
@@ -116,12 +116,7 @@ class FastExits:
         st.vflags = vflags
         st.ns_per_insn, st.ns_per_exit = NS_PER_INSN, NS_PER_EXIT
         st.reg_eax, st.reg_edx = ux.UC_X86_REG_EAX, ux.UC_X86_REG_EDX
-        handle = ctypes.c_size_t()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INTR,
-                                ctypes.c_void_p(native.fast_hook_address()),
-                                ctypes.c_void_p(ctypes.addressof(st)), ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if err != 0:
-            raise RuntimeError(f"uc_hook_add(UC_HOOK_INTR) failed: {err}")
+        hook_native(uc, UC_HOOK_INTR, native.fast_hook_address(), ctypes.addressof(st))
         #: Exits C took over the whole run.
         self.taken = 0
         #: The patcher whose `quiet` the registered sites rely on (`begin_slice`).

@@ -27,7 +27,7 @@ from unicorn import x86_const as ux
 from bt.errors import InputError
 from bt.layout import ENTRY_EFLAGS, ENTRY_ESP, LOADER_GDT_BASE, RAM_DEFAULT
 from runtime.boot import LOADER_CS, LOADER_DS, LOADER_GDT, load_boot_image
-from runtime.engine import new_engine
+from runtime.engine import hook_native, new_engine
 
 COM1, COM1_LCR, COM1_LSR = 0x3F8, 0x3FB, 0x3FD
 LCR_DLAB = 0x80           # while set, COM1+0 is the divisor latch, not the transmitter
@@ -87,7 +87,7 @@ def run_floor(kernel: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT
     uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, ux.UC_X86_INS_IN)
     uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, ux.UC_X86_INS_OUT)
     if block_hook:
-        _noop_block_hook(uc)
+        add_noop_block_hook(uc)
     reason = ""
     t0 = time.perf_counter()
     try:
@@ -101,22 +101,16 @@ def run_floor(kernel: str | Path, cmdline: str = "", ram_size: int = RAM_DEFAULT
     return FloorRun(bytes(serial), status[0] if status else None, reason, eip, seconds)
 
 
-def _noop_block_hook(uc: Uc) -> None:
-    import ctypes
-
+def add_noop_block_hook(uc: Uc) -> None:
+    """A C block hook that does nothing: Unicorn's own cost of any exact per-block count."""
     from unicorn import UC_HOOK_BLOCK
-    from unicorn.unicorn_py3.unicorn import uclib
 
     from runtime.clock import native_module
 
     native = native_module()
     if native is None:
         raise InputError("runtime._native is not built: no C block hook to install")
-    handle = ctypes.c_size_t()
-    hook = ctypes.c_void_p(native.noop_hook_address())
-    if uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, hook, None,
-                         ctypes.c_uint64(1), ctypes.c_uint64(0)) != 0:
-        raise InputError("uc_hook_add(UC_HOOK_BLOCK) failed")
+    hook_native(uc, UC_HOOK_BLOCK, native.noop_hook_address(), None)
 
 
 @dataclass(frozen=True)

@@ -572,8 +572,6 @@ class Traps:
         op = self._io_op
         if op is not None:
             self.clock.cut(self.cpu.read(EIP) + op.length)
-        if self.fast is not None:
-            self.fast.hold("the guest exited")
         self.stop_in_io(uc)
 
     def stop_in_io(self, uc: Uc) -> None:

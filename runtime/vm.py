@@ -703,17 +703,13 @@ class Vm:
                     raise GuestStop("wall-clock timeout (--timeout)", pc,
                                     f"{self.stats.guest_insns} instructions")
         except GuestStop as stop:
-            if self._fast is not None:
-                self._fast.fold()
             if stop.eip is not None:
                 stop.eip = self.traps.patcher.to_guest_eip(stop.eip)
-            stop.last_exits = list(traps.last)
+            stop.last_exits = self._last_exits()
             raise
         except UnmappedPhys as err:
-            if self._fast is not None:
-                self._fast.fold()
             outside = GuestStop("access to memory outside guest RAM", self._guest_eip(), str(err))
-            outside.last_exits = list(traps.last)
+            outside.last_exits = self._last_exits()
             raise outside from err
         except Ring1Error:
             raise
@@ -723,10 +719,8 @@ class Vm:
                 raise HostError(f"Unicorn ran out of memory: {err}") from err
             # A bug in ring1 (possibly raised inside a Unicorn hook and re-raised here):
             # stop cleanly with where the guest was and what it did last.
-            if self._fast is not None:
-                self._fast.fold()
             internal = InternalError(f"{type(err).__name__}: {err} (guest EIP {self._guest_eip():#010x})")
-            internal.last_exits = list(traps.last)
+            internal.last_exits = self._last_exits()
             raise internal from err
         finally:
             self._in_slice = False
@@ -737,7 +731,13 @@ class Vm:
             self.stats.unknown_ports = Counter(self.devices.bus.unknown)
             self.stats.virtual_ns = self.clock()
             self.stats.wall_ns = int((time.perf_counter() - t_start) * 1e9)
-        return RunResult(traps.exit_status, self.stats, list(traps.last))
+        return RunResult(traps.exit_status, self.stats, self._last_exits())
+
+    def _last_exits(self) -> list[tuple[str, str, int]]:
+        """The trap history for a report, with the fast exits' folded in first, in order."""
+        if self._fast is not None:
+            self._fast.fold()
+        return list(self.traps.last)
 
     def _enter_guest(self) -> int:
         """Run BOOT (LTR, IRETD into ring 1) on its own, then shut the VMM's GDT slots; the
